@@ -1,0 +1,91 @@
+"""Checkpoints: a model config plus weights in one file, loaded without executing code from it.
+
+The file is written by ``torch.save`` and read with ``torch.load(weights_only=True)``, whose unpickler accepts
+only tensors and plain containers; anything else (a crafted pickle) is refused with ``CheckpointError``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._version import __version__
+from .errors import CheckpointError
+from .models import ModelConfig, RecurrentModel, build_model
+
+FORMAT = "edgernn-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_NAME = "model.ckpt"
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)  # task, metrics, training config: plain JSON-like values
+
+    def model(self) -> RecurrentModel:
+        m = build_model(self.config)
+        try:
+            m.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            raise CheckpointError(f"the checkpoint's weights do not fit its config: {str(e).splitlines()[0]}") from None
+        return m.eval()
+
+
+def save(path: str | os.PathLike[str], model: RecurrentModel, meta: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically; returns the path written."""
+    from .export.core import write_atomic
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "edgernn_version": __version__,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    out = Path(path)
+    write_atomic(out, buf.getvalue())
+    return out
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or a training output directory holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / DEFAULT_NAME
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r} (expected a file, or a directory with {DEFAULT_NAME})")
+    return p
+
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint without executing code from it."""
+    p = resolve(path)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {str(p)!r}: it holds objects other than tensors and plain data "
+            f"(only edgernn checkpoints are accepted): {str(e).splitlines()[0][:200]}"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(p)!r} is not an edgernn checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{str(p)!r} was written by a newer edgernn; upgrade edgernn to read it")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{str(p)!r} has no valid state_dict")
+    config = ModelConfig.from_dict(dict(payload.get("config", {})))
+    return Checkpoint(config, state, dict(payload.get("meta", {})))

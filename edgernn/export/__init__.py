@@ -1,0 +1,128 @@
+"""Export to ONNX: four strategies in one registry, a manifest in every file, parity checked before writing.
+
+``export_model`` exports an edgernn zoo model (``RecurrentModel``); ``export`` takes any ``torch.nn.Module``
+that uses ``torch.nn.RNN/LSTM/GRU`` (or edgernn's layers) inside.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..manifest import TensorSpec
+from ..models import RecurrentModel
+from ..parity import Case
+from .core import ExportResult, export_module, write_atomic
+from .registry import Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
+
+__all__ = [
+    "Capabilities",
+    "ExportResult",
+    "Strategy",
+    "export",
+    "export_model",
+    "get_strategy_class",
+    "register_strategy",
+    "strategy_names",
+    "write_atomic",
+]
+
+
+def export_model(
+    model: RecurrentModel,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    strategy: str = "native",
+    lengths: bool | None = None,
+    opset: int | None = None,
+    verify: bool = True,
+    cases: Sequence[Case] | None = None,
+    **options: Any,
+) -> ExportResult:
+    """Export a zoo model; inputs ``x`` (batch, time, features) and, when ``lengths``, ``lengths`` (batch,).
+
+    ``lengths`` defaults to whether the strategy accepts it. Parity is checked against torch and the numpy
+    oracle.
+    """
+    from .. import reference
+
+    caps = get_strategy_class(strategy).caps
+    if lengths is None:
+        lengths = caps.lengths
+    cfg = model.config
+    specs = [TensorSpec("x", "float32", ["batch", "time", cfg.input_size])]
+    if lengths:
+        specs.append(TensorSpec("lengths", "int64", ["batch"], role="lengths"))
+    t = 5 if caps.dynamic_length else int(options["seq_len"])
+    example: tuple[Tensor, ...] = (torch.zeros(2, t, cfg.input_size),)
+    if lengths:
+        example += (torch.full((2,), t, dtype=torch.int64),)
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+    def oracle(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
+
+    return export_module(
+        model,
+        example,
+        specs,
+        ["y"],
+        strategy=strategy,
+        path=path,
+        opset=opset,
+        verify=verify,
+        cases=cases,
+        oracle=oracle,
+        manifest_extra={"model_config": cfg.to_dict()},
+        **options,
+    )
+
+
+def export(
+    module: nn.Module,
+    example_inputs: Sequence[Tensor],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    strategy: str = "native",
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    lengths_input: str | None = None,
+    opset: int | None = None,
+    verify: bool = True,
+    cases: Sequence[Case] | None = None,
+    int_high: int | None = None,
+    **options: Any,
+) -> ExportResult:
+    """Export a user's module. Its torch recurrent layers are swapped for edgernn's (same weights) in a copy; the
+    module itself is left untouched and is the parity reference.
+
+    ``dynamic_axes`` maps input names to ``{axis: "batch" | "time"}``; by default every input's axis 0 is the
+    batch and axis 1 (if any) the time axis. ``lengths_input`` names an input holding sequence lengths.
+    Integer inputs (token ids) are drawn in ``[0, int_high)`` for parity; by default up to the smallest
+    embedding table in the module.
+    """
+    example = tuple(example_inputs)
+    names = list(input_names or ([f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]))
+    specs = []
+    for name, t in zip(names, example, strict=True):
+        axes = (dynamic_axes or {}).get(name, {0: "batch", 1: "time"} if t.dim() >= 2 else {0: "batch"})
+        shape: list[int | str] = [axes.get(i, int(n)) for i, n in enumerate(t.shape)]
+        role = "lengths" if name == lengths_input else "data"
+        specs.append(TensorSpec(name, str(t.detach().cpu().numpy().dtype), shape, role))
+    if int_high is None:
+        sizes = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
+        int_high = min(sizes) if sizes else 2
+    with torch.no_grad():
+        out = module(*example)
+    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+    outs = list(output_names or (["y"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
+    return export_module(
+        module, example, specs, outs, strategy=strategy, path=path, opset=opset, verify=verify, cases=cases,
+        int_high=int_high, **options,
+    )

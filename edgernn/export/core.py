@@ -1,0 +1,321 @@
+"""Export any module holding recurrent layers: trace with torch's exporter, route the recurrence through the
+chosen strategy, write the manifest, check parity, and only then write the file (atomically)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import nn as enn
+from .._version import __version__
+from ..errors import ExportError, ParityError
+from ..manifest import MANIFEST_KEY, Manifest, StateSpec, TensorSpec
+from ..parity import Case, ParityReport, Runner, cases_for, check, session_runner, torch_runner
+from .layout import LayerWeights, onnx_weights
+from .registry import Strategy, get_strategy_class
+
+
+@dataclass
+class ExportResult:
+    path: Path | None  # None when nothing was written (no path given)
+    manifest: Manifest
+    report: ParityReport | None  # None with verify=False
+    model_bytes: bytes
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """A hash of every parameter and buffer (name, dtype, shape, bytes) in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def make_hook(strategy: Strategy, weights: dict[int, list[LayerWeights]]) -> Callable[..., Any]:
+    """The forward that every edgernn recurrent layer runs while the exporter traces."""
+
+    def hook(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
+        if not isinstance(input, Tensor):
+            raise ExportError("PackedSequence inputs cannot be exported; pass the padded tensor and `lengths`")
+        x = input.transpose(0, 1) if layer.batch_first else input
+        rows = layer.num_layers * layer.num_directions
+        if hx is None:
+            h0 = x.new_zeros(rows, x.shape[1], layer.state_size)
+            c0 = x.new_zeros(rows, x.shape[1], layer.hidden_size) if layer.cell_kind.has_cell_state else None
+        elif isinstance(hx, tuple):
+            h0, c0 = hx
+        else:
+            h0, c0 = hx, None
+        y, h, c = strategy.run_stack(layer, weights[id(layer)], x, h0, c0, lengths)
+        if layer.batch_first:
+            y = y.transpose(0, 1)
+        return (y, (h, c)) if layer.cell_kind.has_cell_state else (y, h)
+
+    return hook
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch's exporter prints progress and warnings meant for its own debugging; keep the user's terminal clean."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def _normalise(proto: Any) -> None:
+    """Drop what makes files differ between runs or leak local paths: doc strings, node stack traces."""
+    import onnx
+
+    def clean(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+
+    clean(proto.graph)
+    for f in proto.functions:
+        for node in f.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    proto.doc_string = ""
+    del proto.metadata_props[:]
+
+
+def _default_opset(proto: Any) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _set_opset(proto: Any, opset: int) -> Any:
+    from onnx import version_converter
+
+    if _default_opset(proto) == opset:
+        return proto
+    try:
+        return version_converter.convert_version(proto, opset)
+    except Exception as e:  # the converter raises bare RuntimeErrors
+        raise ExportError(f"cannot convert the exported graph to opset {opset}: {e}") from None
+
+
+def _dims(specs: Sequence[TensorSpec]) -> tuple[dict[int, Any] | None, ...]:
+    named: dict[str, Any] = {}
+    out: list[dict[int, Any] | None] = []
+    for s in specs:
+        axes = {}
+        for i, d in enumerate(s.shape):
+            if isinstance(d, str):
+                named.setdefault(d, torch.export.Dim(d, min=1, max=1 << 20))
+                axes[i] = named[d]
+        out.append(axes or None)
+    return tuple(out)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def export_module(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    inputs: Sequence[TensorSpec],
+    output_names: Sequence[str],
+    *,
+    strategy: str = "native",
+    path: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    verify: bool = True,
+    cases: Sequence[Case] | None = None,
+    oracle: Runner | None = None,
+    int_high: int = 2,
+    manifest_extra: dict[str, Any] | None = None,
+    **options: Any,
+) -> ExportResult:
+    """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy.
+
+    ``inputs`` name the graph's inputs in ``forward``'s order, with dynamic axes named "batch" and "time" and
+    roles ("data", "lengths"). Parity is checked against ``module`` itself, unconverted, before anything is
+    written; a failure raises ``ParityError`` and leaves ``path`` untouched.
+    """
+    strat = get_strategy_class(strategy)(**options)
+    caps = strat.caps
+    opset = caps.default_opset if opset is None else int(opset)
+    if not caps.opset_min <= opset <= caps.opset_max:
+        raise ExportError(f"strategy {strategy!r} supports opset {caps.opset_min}-{caps.opset_max}; got {opset}")
+    if any(s.role == "lengths" for s in inputs) and not caps.lengths:
+        raise ExportError(f"strategy {strategy!r} takes no lengths input; export without lengths")
+
+    original = module
+    work = enn.convert(copy.deepcopy(module)).eval()
+    layers = enn.recurrent_layers(work)
+    if not layers:
+        raise ExportError("the module holds no torch.nn.RNN/LSTM/GRU (or edgernn) recurrent layer to export")
+    for _, layer in layers:
+        strat.check_layer(layer)
+    weights = {id(layer): onnx_weights(layer) for _, layer in layers}
+
+    specs = list(inputs)
+    if not caps.dynamic_length:
+        specs = [replace(s, shape=[strat.options["seq_len"] if d == "time" else d for d in s.shape]) for s in specs]
+    hook = make_hook(strat, weights)
+    try:
+        with _quiet(), torch.no_grad(), enn.export_hook(hook):
+            program = torch.onnx.export(
+                work,
+                tuple(example_inputs),
+                dynamo=True,
+                input_names=[s.name for s in specs],
+                output_names=list(output_names),
+                dynamic_shapes=_dims(specs),
+                custom_translation_table=strat.translation_table() or None,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
+    proto = _set_opset(program.model_proto, opset)
+    _normalise(proto)
+
+    first = layers[0][1]
+    kinds = {layer.cell_kind.name for _, layer in layers}
+    manifest = Manifest(
+        strategy=strategy,
+        cell=kinds.pop() if len(kinds) == 1 else None,
+        num_layers=first.num_layers,
+        hidden_size=first.hidden_size,
+        bidirectional=bool(first.bidirectional),
+        opset=_default_opset(proto),
+        inputs=specs,
+        outputs=[_output_spec(proto, n) for n in output_names],
+        weights_sha256=weights_sha256(original),
+        proj_size=int(getattr(first, "proj_size", 0)),
+        peephole=bool(getattr(first, "peephole", False)),
+        seq_len=None if caps.dynamic_length else int(strat.options["seq_len"]),
+        edgernn_version=__version__,
+        **(manifest_extra or {}),
+    )
+    report = None
+    if verify:
+        report = verify_parity(original, proto, manifest, cases=cases, oracle=oracle, int_high=int_high)
+        manifest = replace(manifest, parity=report.summary())
+        if not report.passed:
+            worst = report.failures()[:5]
+            lines = "; ".join(f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst)
+            raise ParityError(
+                f"parity FAILED for strategy {strategy!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}. "
+                "Nothing was written.",
+                report,
+            )
+    else:
+        manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
+    _set_manifest(proto, manifest)
+    data = proto.SerializeToString(deterministic=True)
+    out = None
+    if path is not None:
+        out = Path(path)
+        write_atomic(out, data)
+    return ExportResult(out, manifest, report, data)
+
+
+def _root_cause(e: BaseException) -> str:
+    """torch's exporter wraps the real error in pages of advice; its summary lists the root cause first."""
+    for line in str(e).splitlines():
+        if line.startswith("<class '"):
+            return line[:400]
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
+
+
+def _output_spec(proto: Any, name: str) -> TensorSpec:
+    import onnx
+
+    vi = next((o for o in proto.graph.output if o.name == name), None)
+    if vi is None:
+        raise ExportError(f"the exported graph has no output named {name!r}")
+    tt = vi.type.tensor_type
+    dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
+    return TensorSpec(name, str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims)
+
+
+def _set_manifest(proto: Any, manifest: Manifest) -> None:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = MANIFEST_KEY
+    entry.value = manifest.to_json()
+
+
+def verify_parity(
+    module: nn.Module,
+    proto: Any,
+    manifest: Manifest,
+    *,
+    cases: Sequence[Case] | None = None,
+    oracle: Runner | None = None,
+    providers: Sequence[str] = ("cpu",),
+    int_high: int = 2,
+) -> ParityReport:
+    """Eager torch ``module`` against onnxruntime on ``proto`` (each provider) and the optional numpy oracle."""
+    from ..runtime.providers import make_session
+
+    data = proto.SerializeToString() if not isinstance(proto, bytes) else proto
+    candidates: dict[str, Runner] = {}
+    for p in providers:
+        sess, _ = make_session(data, p, threads=None)
+        candidates[f"onnxruntime:{p}"] = session_runner(sess)
+    if oracle is not None:
+        candidates["numpy"] = oracle
+    if cases is None:
+        cases = cases_for(has_lengths=manifest.input("lengths") is not None, fixed_length=manifest.seq_len)
+    was_training = module.training
+    module.eval()
+    try:
+        return check(
+            torch_runner(module, manifest.inputs),
+            candidates,
+            manifest.inputs,
+            [o.name for o in manifest.outputs],
+            cases,
+            int_high=int_high,
+        )
+    finally:
+        module.train(was_training)

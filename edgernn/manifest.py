@@ -1,0 +1,93 @@
+"""The manifest every edgernn export writes into the ONNX model's ``metadata_props``.
+
+The runtime reads input names, dynamic axes and state names/shapes from it instead of asking the user. It is
+stored as JSON under one key, ``edgernn.manifest``. This module imports neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelFormatError
+
+MANIFEST_KEY = "edgernn.manifest"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: float32, int64
+    shape: list[int | str]  # ints are fixed sizes, strings name dynamic axes ("batch", "time")
+    role: str = "data"  # data | lengths | state
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    input: str  # graph input carrying the state into a step
+    output: str  # graph output carrying it out
+    shape: list[int | str]  # with "batch" for the dynamic batch axis
+    init: str = "zeros"  # the initial value a new stream starts from
+
+
+@dataclass(frozen=True)
+class Manifest:
+    strategy: str
+    cell: str | None  # None when a module holds several kinds
+    num_layers: int
+    hidden_size: int
+    bidirectional: bool
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    states: list[StateSpec] = field(default_factory=list)
+    weights_sha256: str = ""
+    parity: dict[str, Any] = field(default_factory=dict)
+    seq_len: int | None = None  # unroll: the fixed length
+    chunk: int | None = None  # step: steps per call
+    proj_size: int = 0
+    peephole: bool = False
+    model_config: dict[str, Any] | None = None  # edgernn zoo models: the ModelConfig
+    edgernn_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+            if d.get("format_version", 0) > FORMAT_VERSION:
+                raise ModelFormatError(
+                    f"manifest format {d['format_version']} is newer than this edgernn understands "
+                    f"({FORMAT_VERSION}); upgrade edgernn"
+                )
+            d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
+            d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
+            d["states"] = [StateSpec(**s) for s in d.get("states", [])]
+            return cls(**d)
+        except ModelFormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelFormatError(f"the edgernn manifest in this model is malformed: {e}") from None
+
+    def input(self, role: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.role == role), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_manifest(metadata: dict[str, str]) -> Manifest:
+    """The manifest from a model's metadata_props (as a dict); ModelFormatError when there is none."""
+    text = metadata.get(MANIFEST_KEY)
+    if text is None:
+        raise ModelFormatError(
+            "this ONNX model has no edgernn manifest (it was not exported by edgernn); "
+            "name its inputs and states explicitly instead"
+        )
+    return Manifest.from_json(text)

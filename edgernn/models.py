@@ -1,0 +1,102 @@
+"""The model zoo: optional input projection, a recurrent stack, and a head, built from one frozen config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .cells import get_cell
+from .errors import ConfigError
+from .nn import make_layer
+
+HEADS = ("regression", "classification")
+READOUTS = ("last", "all")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "lstm"  # a registered cell kind: rnn-tanh, rnn-relu, lstm, gru
+    input_size: int = 1  # features per time step
+    hidden_size: int = 32  # units per direction
+    num_layers: int = 1  # stacked recurrent layers
+    bidirectional: bool = False  # a second, time-reversed direction per layer
+    dropout: float = 0.0  # between stacked layers and before the head (training only)
+    head: str = "regression"  # "regression" (linear outputs) or "classification" (logits)
+    output_size: int = 1  # regression targets, or number of classes
+    readout: str = "last"  # "last": one output per sequence; "all": one per time step
+    proj_size: int = 0  # LSTM only: project h to this width (0 = off)
+
+    def __post_init__(self) -> None:
+        get_cell(self.cell)
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"unknown readout {self.readout!r}; choose one of: {', '.join(READOUTS)}")
+        for name in ("input_size", "hidden_size", "num_layers", "output_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.proj_size and (self.cell != "lstm" or not 0 < self.proj_size < self.hidden_size):
+            raise ConfigError("proj_size needs cell 'lstm' and 0 < proj_size < hidden_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+
+class RecurrentModel(nn.Module):
+    """x (batch, time, features) [+ lengths (batch,)] -> (batch, outputs) or (batch, time, outputs).
+
+    With ``readout='last'`` the output is read from the final state of the top layer (both directions when
+    bidirectional), which with ``lengths`` is each sequence's last valid step.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.rnn = make_layer(
+            c.cell,
+            c.input_size,
+            c.hidden_size,
+            num_layers=c.num_layers,
+            bidirectional=c.bidirectional,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            batch_first=True,
+            proj_size=c.proj_size,
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.state_size * c.num_directions, c.output_size)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        y, state = self.rnn(x, None, lengths)
+        if self.config.readout == "all":
+            return self.head(self.drop(y))
+        h = state[0] if isinstance(state, tuple) else state
+        d = self.config.num_directions
+        last = torch.cat([h[-d + i] for i in range(d)], dim=-1) if d > 1 else h[-1]
+        return self.head(self.drop(last))
+
+
+def build_model(config: ModelConfig) -> RecurrentModel:
+    return RecurrentModel(config)

@@ -1,0 +1,177 @@
+"""Recurrent layers that are drop-in replacements for ``torch.nn.RNN``, ``LSTM`` and ``GRU``.
+
+They subclass torch's layers, so they take the same constructor arguments, hold the same parameters under the
+same ``state_dict`` keys (a checkpoint of a torch layer loads unchanged) and run torch's fused kernels (MKL,
+cuDNN) in eager mode. Two things are added:
+
+* ``forward(input, hx=None, lengths=None)``: ``lengths`` (one int per sequence) runs a padded batch as if each
+  sequence ran alone. Outputs at padded steps are zero and the returned state is each sequence's state at its
+  last valid step, which is also what ONNX's recurrent ops do with ``sequence_lens``.
+* during an edgernn export, ``forward`` hands the layer to the chosen strategy (see ``edgernn.export``), which
+  emits the ONNX form of the recurrence; torch's own tracing of recurrent layers is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .cells import CellKind, get_cell
+from .errors import ConfigError, InputError
+
+# While an export runs, the strategy's hook: (layer, input, hx, lengths) -> what forward returns.
+_EXPORT_HOOK: ContextVar[Callable[..., Any] | None] = ContextVar("edgernn_export_hook", default=None)
+
+
+@contextlib.contextmanager
+def export_hook(hook: Callable[..., Any]) -> Iterator[None]:
+    """Route every edgernn recurrent layer's forward through ``hook`` inside the block (used by exporters)."""
+    token = _EXPORT_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _EXPORT_HOOK.reset(token)
+
+
+class _Recurrent:
+    """Behaviour shared by the three layer classes; mixed in before the torch base class."""
+
+    # set by each subclass / instance
+    cell_kind: CellKind
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1  # type: ignore[attr-defined]
+
+    @property
+    def state_size(self) -> int:
+        """Width of h: proj_size when the LSTM projects, else hidden_size."""
+        proj = getattr(self, "proj_size", 0)
+        return proj if proj else self.hidden_size  # type: ignore[attr-defined]
+
+    def layer_weights(self, layer: int, direction: int) -> dict[str, Tensor]:
+        """torch-layout weights of one layer and direction: w_ih, w_hh, b_ih, b_hh (zeros without bias), w_hr."""
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        g, h = self.cell_kind.gates, self.hidden_size  # type: ignore[attr-defined]
+        w_ih = getattr(self, "weight_ih" + sfx)
+        out = {"w_ih": w_ih, "w_hh": getattr(self, "weight_hh" + sfx)}
+        if self.bias:  # type: ignore[attr-defined]
+            out["b_ih"] = getattr(self, "bias_ih" + sfx)
+            out["b_hh"] = getattr(self, "bias_hh" + sfx)
+        else:
+            out["b_ih"] = w_ih.new_zeros(g * h)
+            out["b_hh"] = w_ih.new_zeros(g * h)
+        if getattr(self, "proj_size", 0):
+            out["w_hr"] = getattr(self, "weight_hr" + sfx)
+        return out
+
+    def forward(self, input: Any, hx: Any = None, lengths: Tensor | None = None) -> Any:  # noqa: A002
+        hook = _EXPORT_HOOK.get()
+        if hook is not None:
+            return hook(self, input, hx, lengths)
+        if lengths is None or isinstance(input, PackedSequence):
+            return super().forward(input, hx)  # type: ignore[misc]
+        batch_first = self.batch_first  # type: ignore[attr-defined]
+        total = input.shape[1 if batch_first else 0]
+        lengths = _check_lengths(lengths, input.shape[0 if batch_first else 1], total)
+        packed = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
+        out, state = super().forward(packed, hx)  # type: ignore[misc]
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=total)
+        return out, state
+
+
+def _check_lengths(lengths: Tensor, batch: int, total: int) -> Tensor:
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise InputError(f"lengths must have shape ({batch},), one per sequence; got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise InputError(f"lengths must be integers; got {lengths.dtype}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > total):
+        raise InputError(f"every length must be in 1..{total} (the padded length); got {lengths.tolist()}")
+    return lengths
+
+
+class RNN(_Recurrent, nn.RNN):
+    """Elman RNN, ``nonlinearity='tanh'`` or ``'relu'``; same arguments as ``torch.nn.RNN``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cell_kind = get_cell("rnn-" + self.nonlinearity)
+
+
+class LSTM(_Recurrent, nn.LSTM):
+    """LSTM; same arguments as ``torch.nn.LSTM`` (``proj_size`` included)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cell_kind = get_cell("lstm")
+
+
+class GRU(_Recurrent, nn.GRU):
+    """GRU; same arguments as ``torch.nn.GRU``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cell_kind = get_cell("gru")
+
+
+_BY_TORCH_CLASS: dict[type[nn.Module], type[nn.Module]] = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+
+Layer = RNN | LSTM | GRU
+
+
+def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs: Any) -> Layer:
+    """Build the edgernn layer for a registered cell kind name."""
+    kind = get_cell(cell)
+    if kind.torch_class != "LSTM" and kwargs.pop("proj_size", 0):
+        raise ConfigError(f"proj_size is an LSTM option; cell {cell!r} does not take it")
+    if kind.torch_class == "RNN":
+        return RNN(input_size, hidden_size, nonlinearity=kind.nonlinearity, **kwargs)
+    if kind.torch_class == "LSTM":
+        return LSTM(input_size, hidden_size, **kwargs)
+    return GRU(input_size, hidden_size, **kwargs)
+
+
+def from_torch(layer: nn.Module) -> Layer:
+    """The edgernn layer equivalent to a ``torch.nn.RNN/LSTM/GRU``: same arguments, same weights (copied)."""
+    if isinstance(layer, _Recurrent):
+        return layer  # type: ignore[return-value]
+    cls = _BY_TORCH_CLASS.get(type(layer))
+    if cls is None:
+        raise ConfigError(f"{type(layer).__name__} is not torch.nn.RNN, LSTM or GRU")
+    kwargs: dict[str, Any] = {
+        "num_layers": layer.num_layers,
+        "bias": layer.bias,
+        "batch_first": layer.batch_first,
+        "dropout": layer.dropout,
+        "bidirectional": layer.bidirectional,
+    }
+    if cls is RNN:
+        kwargs["nonlinearity"] = layer.nonlinearity
+    if cls is LSTM:
+        kwargs["proj_size"] = layer.proj_size
+    p = next(layer.parameters())
+    new = cls(layer.input_size, layer.hidden_size, device=p.device, dtype=p.dtype, **kwargs)
+    new.load_state_dict(layer.state_dict())
+    new.train(layer.training)
+    return new
+
+
+def convert(module: nn.Module) -> nn.Module:
+    """Replace, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``module`` by its edgernn twin; returns module."""
+    if type(module) in _BY_TORCH_CLASS:
+        return from_torch(module)
+    for name, child in module.named_children():
+        setattr(module, name, convert(child))
+    return module
+
+
+def recurrent_layers(module: nn.Module) -> list[tuple[str, Layer]]:
+    """The edgernn recurrent layers inside ``module``, with their qualified names."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, _Recurrent)]  # type: ignore[misc]

@@ -1,0 +1,208 @@
+"""Numeric parity: the eager torch model against onnxruntime (each provider asked for) and the numpy oracle.
+
+The reference is always the eager torch module the user trained, never an exported program. Cases are taken at
+shapes other than the traced one: batch 1 and several, length 1, a prime length, a long length, and a padded
+batch when the model takes lengths. One tolerance table, keyed by dtype, decides pass or fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .manifest import TensorSpec
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# Elementwise |candidate - reference| <= atol + rtol * |reference|. int8 has no row on purpose: quantised models
+# are judged by the task metric on held-out data, not elementwise.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-5, rtol=1e-5),
+    "fp16": Tolerance(atol=5e-3, rtol=5e-3),
+}
+
+
+def tolerance(dtype: str) -> Tolerance:
+    try:
+        return TOLERANCES[dtype]
+    except KeyError:
+        raise ConfigError(f"no elementwise tolerance for {dtype!r}; known: {', '.join(TOLERANCES)}") from None
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    length: int
+    padded: bool = False  # lengths drawn below `length` (the padded length), one sequence kept at full length
+
+    @property
+    def label(self) -> str:
+        return f"B={self.batch} T={self.length}" + (" padded" if self.padded else "")
+
+
+# (batch, length): one step, batch 1 at a prime length, several at a prime length, a long sequence
+DEFAULT_CASES: tuple[Case, ...] = (Case(1, 1), Case(1, 31), Case(3, 17), Case(2, 257), Case(3, 17, padded=True))
+
+
+def cases_for(*, has_lengths: bool, fixed_length: int | None = None) -> list[Case]:
+    """The default cases for a model; a fixed-length export is checked at its length with several batch sizes."""
+    if fixed_length is not None:
+        base = [Case(1, fixed_length), Case(3, fixed_length), Case(3, fixed_length, padded=True)]
+    else:
+        base = list(DEFAULT_CASES)
+    return [c for c in base if has_lengths or not c.padded]
+
+
+def make_inputs(specs: Sequence[TensorSpec], case: Case, rng: np.random.Generator, int_high: int = 2) -> dict[str, np.ndarray]:
+    """Random inputs at a case's shape: normal floats, ints in [0, int_high), lengths that include 1 and T."""
+    sizes = {"batch": case.batch, "time": case.length}
+    out: dict[str, np.ndarray] = {}
+    for s in specs:
+        if s.role == "state":
+            continue
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in s.shape)
+        if s.role == "lengths":
+            lengths = np.full(case.batch, case.length)
+            if case.padded:
+                lengths = rng.integers(1, case.length + 1, size=case.batch)
+                lengths[0] = case.length
+                lengths[-1] = 1
+            out[s.name] = lengths.astype(s.dtype)
+        elif np.dtype(s.dtype).kind == "f":
+            out[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        else:
+            out[s.name] = rng.integers(0, int_high, size=shape).astype(s.dtype)
+    return out
+
+
+@dataclass
+class Comparison:
+    case: str
+    candidate: str  # e.g. "onnxruntime:cpu", "numpy"
+    output: str
+    max_abs: float
+    max_rel: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    dtype: str
+    atol: float
+    rtol: float
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
+
+    @property
+    def max_abs(self) -> float:
+        return max((c.max_abs for c in self.comparisons), default=0.0)
+
+    def failures(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        d["max_abs"] = self.max_abs
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest records: verdict, tolerance, worst diff, and the cases that were checked."""
+        return {
+            "passed": self.passed,
+            "dtype": self.dtype,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "max_abs": self.max_abs,
+            "cases": sorted({c.case for c in self.comparisons}),
+            "candidates": sorted({c.candidate for c in self.comparisons}),
+        }
+
+    def table(self) -> str:
+        rows = [("case", "vs torch", "output", "max abs", "max rel", "")]
+        for c in self.comparisons:
+            rows.append((c.case, c.candidate, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", "ok" if c.passed else "FAIL"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(f"parity {verdict} ({self.dtype}: atol {self.atol:g}, rtol {self.rtol:g}; worst {self.max_abs:.2e})")
+        return "\n".join(lines)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> tuple[float, float, bool]:
+    """max abs diff, max diff relative to the reference's largest magnitude, and the tolerance verdict."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != got.shape:
+        return float("inf"), float("inf"), False
+    if ref.size == 0:
+        return 0.0, 0.0, True
+    diff = np.abs(got - ref)
+    if not np.all(np.isfinite(got)):
+        return float("inf"), float("inf"), False
+    max_abs = float(diff.max())
+    max_rel = max_abs / max(float(np.abs(ref).max()), np.finfo(np.float32).tiny)
+    return max_abs, max_rel, bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref)))
+
+
+Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+
+
+def check(
+    reference: Runner,
+    candidates: Mapping[str, Runner],
+    specs: Sequence[TensorSpec],
+    output_names: Sequence[str],
+    cases: Sequence[Case],
+    *,
+    dtype: str = "fp32",
+    seed: int = 0,
+    int_high: int = 2,
+) -> ParityReport:
+    """Run ``reference`` and every candidate on each case's random inputs and compare every output."""
+    tol = tolerance(dtype)
+    report = ParityReport(dtype, tol.atol, tol.rtol)
+    rng = np.random.default_rng(seed)
+    for case in cases:
+        feed = make_inputs(specs, case, rng, int_high)
+        want = reference(feed)
+        for cname, run in candidates.items():
+            got = run(feed)
+            for name, r, g in zip(output_names, want, got, strict=True):
+                a, rel, ok = compare(r, g, tol)
+                report.comparisons.append(Comparison(case.label, cname, name, a, rel, ok))
+    return report
+
+
+def torch_runner(module: Any, specs: Sequence[TensorSpec]) -> Runner:
+    """Call an eager torch module with a feed (inputs in the order of ``specs``), in eval mode, without grad."""
+    import torch
+
+    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        args = [torch.from_numpy(np.array(feed[s.name])) for s in specs if s.name in feed]
+        with torch.no_grad():
+            out = module(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().cpu().numpy() for o in outs]
+
+    return run
+
+
+def session_runner(session: Any) -> Runner:
+    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        names = {i.name for i in session.get_inputs()}
+        return list(session.run(None, {k: v for k, v in feed.items() if k in names}))
+
+    return run
