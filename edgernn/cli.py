@@ -1,0 +1,153 @@
+"""The `edgernn` command line: a thin click layer over the library (each command calls one library function).
+
+Heavy imports (torch, onnxruntime) happen inside the commands, so `edgernn --help` is instant. Every
+``EdgeRNNError`` reaches the user as one line on stderr and the error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cells import cell_names
+from .errors import EdgeRNNError
+
+EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
+6 model file; 7 input data; 8 provider."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeRNNError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgernn")
+def main() -> None:
+    """edgernn: train recurrent networks in torch, export them to ONNX, run them with onnxruntime, and prove
+    on every export that the deployed model computes what the trained one computes."""
+
+
+def _strategy_choices() -> list[str]:
+    return ["native", "loop", "unroll", "step"]
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@main.command()
+@click.option("--task", default="sine", show_default=True, help="Built-in task: sine, denoise, adding, sign.")
+@click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
+@click.option("--hidden", default=32, show_default=True, help="Hidden units per direction.")
+@click.option("--layers", default=1, show_default=True, help="Stacked recurrent layers.")
+@click.option("--bidirectional/--unidirectional", default=False, show_default=True)
+@click.option("--proj-size", default=0, show_default=True, help="LSTM projection size (0 = off).")
+@click.option("--dropout", default=0.0, show_default=True, help="Dropout between layers and before the head.")
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Adam learning rate.")
+@click.option("--clip", default=1.0, show_default=True, help="Max gradient norm (0 = off).")
+@click.option("--weight-decay", default=0.0, show_default=True, help="L2 penalty.")
+@click.option("--l1", default=0.0, show_default=True, help="L1 penalty on weights.")
+@click.option("--init", default="orthogonal", show_default=True, help="default, xavier, he, orthogonal, identity.")
+@click.option("--min-len", default=8, show_default=True, help="Shortest generated sequence.")
+@click.option("--max-len", default=48, show_default=True, help="Longest generated sequence.")
+@click.option("--n-train", default=1024, show_default=True, help="Generated training sequences.")
+@click.option("--patience", default=5, show_default=True, help="Early-stopping patience in epochs (0 = off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for model.ckpt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train(**o: Any) -> None:
+    """Train a model on a built-in task and write OUT/model.ckpt and OUT/history.json."""
+    from .workflows import train_to_dir
+
+    result = train_to_dir(**o, progress=not o["as_json"])
+    if o["as_json"]:
+        _echo_json(result)
+    else:
+        click.echo(f"trained {result['cell']} on {result['task']}: best {result['metric']} {result['best_metric']:.4g} "
+                   f"at epoch {result['best_epoch'] + 1}; checkpoint {result['checkpoint']}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--strategy", type=click.Choice(_strategy_choices()), default="native", show_default=True,
+              help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write MODEL.onnx.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the strategy's default).")
+@click.option("--seq-len", type=int, default=None, help="unroll: the fixed sequence length.")
+@click.option("--chunk", type=int, default=None, help="step: time steps per call (default 1).")
+@click.option("--lengths/--no-lengths", default=None, help="Add a `lengths` input for padded batches "
+              "(default: when the strategy supports it).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
+def export(ckpt: str, out_path: str, as_json: bool, **o: Any) -> None:
+    """Export checkpoint CKPT (a file or a training directory) to ONNX, after checking parity.
+
+    A model that fails parity is not written and the command exits with code 5.
+    """
+    from .workflows import export_checkpoint
+
+    result = export_checkpoint(ckpt, out_path, **o)
+    if as_json:
+        _echo_json({"path": str(result.path), "manifest": result.manifest.to_dict(),
+                    "parity": result.report.to_dict() if result.report else None})
+        return
+    if result.report is not None:
+        click.echo(result.report.table())
+    click.echo(f"wrote {result.path} ({result.manifest.strategy}, opset {result.manifest.opset})")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@click.argument("model", type=click.Path())
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda, tensorrt, ... or auto.")
+@click.option("--fallback", default=None, help="Provider to use if --provider is not available.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: bool) -> None:
+    """Check that MODEL.onnx computes what checkpoint CKPT computes (torch vs onnxruntime vs numpy).
+
+    Exits 0 when every case is within tolerance and 5 when any is not.
+    """
+    from .workflows import parity_check
+
+    report = parity_check(ckpt, model, provider=provider, fallback=fallback)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(report.table())
+    if not report.passed:
+        sys.exit(5)
+
+
+@main.command()
+@click.option("--out", "out_dir", default="edgernn-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
+@click.option("--epochs", default=6, show_default=True)
+@click.option("--strategy", type=click.Choice(_strategy_choices()), default="native", show_default=True)
+def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
+    """The whole pipeline on the built-in default: train briefly on the sine task, export, run, check parity."""
+    from .workflows import demo as run_demo
+
+    run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
+
+
+def _add_runtime_commands() -> None:
+    try:
+        from .cli_runtime import COMMANDS
+    except ImportError:
+        return
+    for cmd in COMMANDS:
+        main.add_command(cmd)
+
+
+_add_runtime_commands()

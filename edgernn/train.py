@@ -1,0 +1,205 @@
+"""Training: Adam, gradient-norm clipping, a choice of initialisation, L1/L2, dropout, loss masked on padding,
+a validation metric, a progress bar and early stopping (the best epoch's weights are kept)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import Batch, Task, batches, get_task, make_splits
+from .errors import ConfigError
+from .models import ModelConfig, RecurrentModel, build_model
+from .nn import recurrent_layers
+
+INITS = ("default", "xavier", "he", "orthogonal", "identity")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # passes over the training set (early stopping may end sooner)
+    batch_size: int = 32  # sequences per step
+    lr: float = 3e-3  # Adam learning rate
+    clip: float = 1.0  # max global gradient norm (0 = no clipping); recurrent nets need it
+    weight_decay: float = 0.0  # L2 penalty (Adam's weight_decay)
+    l1: float = 0.0  # L1 penalty on weights, added to the loss
+    init: str = "orthogonal"  # default | xavier | he | orthogonal | identity (ReLU RNNs: IRNN)
+    n_train: int = 1024  # generated training sequences
+    n_val: int = 256  # generated validation sequences
+    min_len: int = 8  # shortest sequence
+    max_len: int = 48  # longest sequence (batches are padded to their longest)
+    patience: int = 5  # epochs without validation improvement before stopping (0 = never stop early)
+    seed: int = 0  # data, initialisation and shuffling
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be at least 1")
+        if self.lr <= 0 or self.clip < 0 or self.weight_decay < 0 or self.l1 < 0:
+            raise ConfigError("lr must be positive; clip, weight_decay and l1 must not be negative")
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_metric: float = math.nan
+    metric: str = ""
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Initialise every recurrent layer (and linear head) in place; LSTM forget-gate biases start at 1."""
+    if scheme not in INITS:
+        raise ConfigError(f"unknown init {scheme!r}; choose one of: {', '.join(INITS)}")
+    if scheme == "default":
+        return
+    for _, layer in recurrent_layers(model):
+        kind = layer.cell_kind
+        if scheme == "identity" and kind.torch_class != "RNN":
+            raise ConfigError("init 'identity' (IRNN) is for rnn-relu/rnn-tanh cells; use orthogonal for LSTM/GRU")
+        h = layer.hidden_size
+        for name, p in layer.named_parameters():
+            with torch.no_grad():
+                if name.startswith("bias"):
+                    p.zero_()
+                    if kind.name == "lstm":
+                        p[h : 2 * h] = 0.5  # half of the forget bias on each of b_ih and b_hh: 1 in total
+                elif name.startswith("weight_ih") or name.startswith("weight_hr"):
+                    if scheme == "he":
+                        nn.init.kaiming_normal_(p, nonlinearity="relu")
+                    elif scheme == "identity":
+                        nn.init.normal_(p, 0.0, 0.001)
+                    else:
+                        nn.init.xavier_uniform_(p)
+                elif name.startswith("weight_hh"):
+                    blocks = p.view(kind.gates, h, -1)
+                    for g in range(kind.gates):
+                        if scheme == "xavier":
+                            nn.init.xavier_uniform_(blocks[g])
+                        elif scheme == "he":
+                            nn.init.kaiming_normal_(blocks[g], nonlinearity="relu")
+                        elif scheme == "identity":
+                            blocks[g].copy_(torch.eye(h, blocks.shape[-1]))
+                        else:
+                            nn.init.orthogonal_(blocks[g])
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _loss(task: Task, out: Tensor, batch: Batch) -> Tensor:
+    y = torch.from_numpy(batch.y)
+    if task.readout == "all":
+        mask = torch.from_numpy(batch.mask)
+        err = ((out - y) ** 2).mean(-1)
+        return (err * mask).sum() / mask.sum()  # padded steps contribute nothing
+    if task.head == "classification":
+        return nn.functional.cross_entropy(out, y)
+    return nn.functional.mse_loss(out, y)
+
+
+def evaluate(model: RecurrentModel, task: Task, examples: list[Any], batch_size: int = 64) -> float:
+    """The task's validation metric: masked MSE (regression) or accuracy (classification)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches(examples, batch_size):
+            out = model(torch.from_numpy(b.x), torch.from_numpy(b.lengths))
+            if task.head == "classification":
+                total += float((out.argmax(-1).numpy() == b.y).sum())
+                count += len(b.y)
+            elif task.readout == "all":
+                total += float((((out.numpy() - b.y) ** 2).mean(-1) * b.mask).sum())
+                count += int(b.mask.sum())
+            else:
+                total += float(((out.numpy() - b.y) ** 2).sum())
+                count += b.y.size
+    return total / max(count, 1)
+
+
+def model_config_for(task: Task, **overrides: Any) -> ModelConfig:
+    """A ModelConfig whose input, output, head and readout fit ``task``."""
+    base = {"input_size": task.input_size, "output_size": task.output_size, "head": task.head, "readout": task.readout}
+    return ModelConfig(**{**base, **overrides})
+
+
+def fit(
+    model_config: ModelConfig, task: str | Task, config: TrainConfig = TrainConfig(), *, progress: bool = True
+) -> tuple[RecurrentModel, History]:
+    """Train a zoo model on a built-in task; returns the best model (by validation metric) and the history."""
+    import click
+
+    task = get_task(task) if isinstance(task, str) else task
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    initialise(model, config.init)
+    train_set, val_set = make_splits(
+        task, n_train=config.n_train, n_val=config.n_val, min_len=config.min_len, max_len=config.max_len, seed=config.seed
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed + 1)
+    higher_better = task.metric == "accuracy"
+    hist = History(metric=task.metric)
+    best_state = copy.deepcopy(model.state_dict())
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    bar = click.progressbar(
+        length=config.epochs * steps_per_epoch,
+        label="training",
+        file=sys.stderr if progress else _Null(),
+        item_show_func=lambda s: s,
+    )
+    with bar:
+        for epoch in range(config.epochs):
+            model.train()
+            losses = []
+            for b in batches(train_set, config.batch_size, rng):
+                out = model(torch.from_numpy(b.x), torch.from_numpy(b.lengths))
+                loss = _loss(task, out, b)
+                if config.l1:
+                    loss = loss + config.l1 * sum(p.abs().sum() for n, p in model.named_parameters() if "weight" in n)
+                opt.zero_grad()
+                loss.backward()
+                if config.clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                opt.step()
+                losses.append(loss.item())
+                bar.update(1, f"epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f}")
+            metric = evaluate(model, task, val_set)
+            hist.train_loss.append(float(np.mean(losses)))
+            hist.val_metric.append(metric)
+            improved = hist.best_epoch < 0 or (metric > hist.best_metric if higher_better else metric < hist.best_metric)
+            if improved:
+                hist.best_epoch, hist.best_metric = epoch, metric
+                best_state = copy.deepcopy(model.state_dict())
+            elif config.patience and epoch - hist.best_epoch >= config.patience:
+                hist.stopped_early = True
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), hist
+
+
+class _Null:
+    """A sink for the progress bar when progress is off."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False

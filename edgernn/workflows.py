@@ -1,0 +1,145 @@
+"""What each CLI command does, as plain functions (so everything the CLI does is reachable from Python)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFormatError
+
+
+def train_to_dir(
+    *,
+    task: str,
+    cell: str,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    out_dir: str,
+    proj_size: int = 0,
+    dropout: float = 0.0,
+    progress: bool = True,
+    **train_options: Any,
+) -> dict[str, Any]:
+    """Train on a built-in task; write OUT/model.ckpt and OUT/history.json; return a summary."""
+    from . import checkpoint
+    from .data import get_task
+    from .train import TrainConfig, fit, model_config_for
+
+    train_options.pop("as_json", None)
+    t = get_task(task)
+    mcfg = model_config_for(
+        t, cell=cell, hidden_size=hidden, num_layers=layers, bidirectional=bidirectional, dropout=dropout,
+        proj_size=proj_size,
+    )
+    tcfg = TrainConfig(**train_options)
+    model, hist = fit(mcfg, t, tcfg, progress=progress)
+    out = Path(out_dir)
+    meta = {"task": task, "train_config": tcfg.__dict__, "history": hist.to_dict()}
+    ckpt = checkpoint.save(out / checkpoint.DEFAULT_NAME, model, meta)
+    from .export.core import write_atomic
+
+    write_atomic(out / "history.json", json.dumps(hist.to_dict(), indent=2).encode())
+    return {
+        "checkpoint": str(ckpt),
+        "task": task,
+        "cell": cell,
+        "metric": hist.metric,
+        "best_metric": hist.best_metric,
+        "best_epoch": hist.best_epoch,
+        "epochs_run": len(hist.val_metric),
+        "stopped_early": hist.stopped_early,
+    }
+
+
+def export_checkpoint(
+    ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    strategy: str = "native",
+    opset: int | None = None,
+    seq_len: int | None = None,
+    chunk: int | None = None,
+    lengths: bool | None = None,
+    no_verify: bool = False,
+) -> Any:
+    """Load a checkpoint safely and export it (see ``edgernn.export.export_model``)."""
+    from . import checkpoint
+    from .export import export_model
+
+    options: dict[str, Any] = {}
+    if seq_len is not None:
+        options["seq_len"] = seq_len
+    if chunk is not None:
+        options["chunk"] = chunk
+    model = checkpoint.load(ckpt).model()
+    return export_model(model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options)
+
+
+def parity_check(ckpt: str | Path, model_path: str | Path, *, provider: str = "cpu", fallback: str | None = None) -> Any:
+    """Re-check an exported model against its checkpoint on one provider (torch vs onnxruntime vs numpy)."""
+    import onnx
+
+    from . import checkpoint, reference
+    from .export.core import verify_parity
+    from .manifest import read_manifest
+    from .runtime.providers import resolve
+
+    ck = checkpoint.load(ckpt)
+    model = ck.model()
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFormatError(f"no model file at {str(model_path)!r}")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:
+        raise ModelFormatError(f"{str(model_path)!r} is not a readable ONNX model: {e}") from None
+    manifest = read_manifest({p.key: p.value for p in proto.metadata_props})
+    choice = resolve(provider, fallback)
+    short = "cpu" if choice.fell_back and fallback == "cpu" else (fallback if choice.fell_back else provider)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    cfg = ck.config
+
+    def oracle(feed: dict[str, Any]) -> list[Any]:
+        return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
+
+    return verify_parity(model, proto, manifest, oracle=oracle, providers=[short or "cpu"])
+
+
+def demo(out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = "native",
+         echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train briefly on `sine`, export, run the ONNX model on held-out data and report parity."""
+    import numpy as np
+
+    from .data import get_task, make_splits
+    from .runtime import Model
+
+    t0 = time.time()
+    echo(f"[1/4] training a 2-layer {cell} (hidden 32) on the built-in 'sine' task for up to {epochs} epochs")
+    summary = train_to_dir(
+        task="sine", cell=cell, hidden=32, layers=2, bidirectional=False, out_dir=str(out_dir), epochs=epochs,
+        n_train=512, progress=True,
+    )
+    echo(f"      validation mse {summary['best_metric']:.4g}; checkpoint {summary['checkpoint']}")
+    onnx_path = out_dir / "model.onnx"
+    echo(f"[2/4] exporting with strategy '{strategy}' and checking parity at shapes other than the traced one")
+    result = export_checkpoint(summary["checkpoint"], onnx_path, strategy=strategy)
+    echo(result.report.table())
+    echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1024:.1f} KiB)")
+    echo("[3/4] running the ONNX model with onnxruntime on held-out sequences of mixed lengths")
+    task = get_task("sine")
+    _, held_out = make_splits(task, n_train=0, n_val=64, min_len=8, max_len=48, seed=1234)
+    from .data import collate
+
+    batch = collate(held_out)
+    m = Model(onnx_path, provider="cpu")
+    pred = m.run(batch.x, batch.lengths) if m.manifest.input("lengths") else np.stack([m.run(e.x[None])[0] for e in held_out])
+    mse = float(((pred - batch.y) ** 2).mean())
+    echo(f"      onnxruntime ({m.provider}) held-out mse {mse:.4g} on {len(held_out)} sequences")
+    verdict = "PASS" if result.report.passed else "FAIL"
+    echo(f"[4/4] parity {verdict}: worst |torch - onnxruntime| = {result.report.max_abs:.2e} "
+         f"(tolerance atol {result.report.atol:g}) in {time.time() - t0:.0f}s")
+    return {"checkpoint": summary["checkpoint"], "model": str(onnx_path), "parity": result.report.summary(), "mse": mse}
