@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,13 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {str(p)!r}: it holds objects other than tensors and plain data "
-            f"(only edgernn checkpoints are accepted): {str(e).splitlines()[0][:200]}"
-        ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"refusing to load {str(p)!r}: it asks to import {found.group(1)}, and an edgernn checkpoint holds "
+                "only tensors and plain data (loading it could run code from the file)"
+            ) from None
+        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint (corrupt or not a torch file)") from None
     except Exception as e:
         raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

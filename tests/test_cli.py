@@ -1,0 +1,84 @@
+"""The CLI through click's CliRunner: the issue's commands as written, JSON output, errors and exit codes."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgernn.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    r = CliRunner().invoke(main, ["train", "--task", "sine", "--cell", "gru", "--hidden", "8", "--layers", "2",
+                                  "--bidirectional", "--epochs", "1", "--n-train", "64", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_train_writes_checkpoint_and_history(trained: Path) -> None:
+    assert (trained / "model.ckpt").is_file()
+    hist = json.loads((trained / "history.json").read_text())
+    assert hist["metric"] == "mse" and len(hist["val_metric"]) == 1
+
+
+def test_export_then_parity(trained: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(main, ["export", str(trained / "model.ckpt"), "--strategy", "native", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "parity PASS" in r.output and out.is_file()
+    r = runner.invoke(main, ["parity", str(trained), str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["passed"] is True and report["max_abs"] < 1e-5
+    cases = {c["case"] for c in report["comparisons"]}
+    assert {"B=1 T=1", "B=3 T=17", "B=2 T=257"} <= cases
+
+
+def test_export_json(trained: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["manifest"]["strategy"] == "native" and d["parity"]["passed"] is True
+
+
+def test_parity_detects_a_different_model(trained: Path, tmp_path: Path) -> None:
+    """A model exported from other weights must fail parity against this checkpoint, with exit code 5."""
+    other = tmp_path / "other"
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--task", "sine", "--cell", "gru", "--hidden", "8", "--layers", "2",
+                             "--bidirectional", "--epochs", "1", "--n-train", "64", "--seed", "9", "--out", str(other)])
+    assert r.exit_code == 0, r.output
+    runner.invoke(main, ["export", str(other), "--out", str(tmp_path / "other.onnx")])
+    r = runner.invoke(main, ["parity", str(trained), str(tmp_path / "other.onnx")])
+    assert r.exit_code == 5 and "parity FAIL" in r.output
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 3
+    assert r.output.strip().startswith("error: no checkpoint") and "Traceback" not in r.output
+    assert not (tmp_path / "m.onnx").exists()
+    r = runner.invoke(main, ["train", "--task", "nope", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "choose one of" in r.output
+    r = runner.invoke(main, ["export", "x", "--strategy", "magic", "--out", "m.onnx"])
+    assert r.exit_code == 2 and "magic" in r.output
+
+
+def test_help_on_every_command() -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["--help"])
+    assert r.exit_code == 0 and "Exit codes" in r.output
+    for name in main.commands:
+        r = runner.invoke(main, [name, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, name
+
+
+def test_demo(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "parity PASS" in r.output and (tmp_path / "demo" / "model.onnx").is_file()
