@@ -69,21 +69,29 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint without executing code from it."""
-    p = resolve(path)
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` with its failures turned into CheckpointError messages a user can act on."""
+    p = str(path)
+    if not os.path.isfile(p):
+        raise CheckpointError(f"no file at {p!r}")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
             raise CheckpointError(
-                f"refusing to load {str(p)!r}: it asks to import {found.group(1)}, and an edgernn checkpoint holds "
+                f"refusing to load {p!r}: it asks to import {found.group(1)}, and an edgernn checkpoint holds "
                 "only tensors and plain data (loading it could run code from the file)"
             ) from None
-        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint (corrupt or not a torch file)") from None
+        raise CheckpointError(f"{p!r} is not a readable checkpoint (corrupt or not a torch file)") from None
     except Exception as e:
-        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"{p!r} is not a readable checkpoint: {str(e).splitlines()[0][:200]}") from None
+
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint without executing code from it."""
+    p = resolve(path)
+    payload = safe_torch_load(p)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not an edgernn checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -79,7 +79,15 @@ def train(**o: Any) -> None:
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=click.Path(), required=False)
+@click.option("--module", "module_spec", default=None, metavar="PKG.MOD:FACTORY",
+              help="Export your own torch module instead of a checkpoint: FACTORY() returns the module, or "
+              "(module, example_inputs).")
+@click.option("--weights", type=click.Path(), default=None, help="With --module: a state_dict file (loaded safely).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+              help="With --module: an example input, e.g. x:2x5x3 or tokens:2x5:int64 (repeat per input).")
+@click.option("--time-major", is_flag=True, help="With --module: inputs are (time, batch, ...) not (batch, time, ...).")
+@click.option("--lengths-input", default=None, help="With --module: the input that holds sequence lengths.")
 @click.option("--strategy", type=click.Choice(_strategy_choices()), default="native", show_default=True,
               help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write MODEL.onnx.")
@@ -90,14 +98,23 @@ def train(**o: Any) -> None:
               "(default: when the strategy supports it).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
-def export(ckpt: str, out_path: str, as_json: bool, **o: Any) -> None:
-    """Export checkpoint CKPT (a file or a training directory) to ONNX, after checking parity.
+def export(ckpt: str | None, out_path: str, as_json: bool, module_spec: str | None, weights: str | None,
+           inputs: tuple[str, ...], time_major: bool, lengths_input: str | None, **o: Any) -> None:
+    """Export checkpoint CKPT (a file or a training directory), or your own module (--module), to ONNX after
+    checking parity against the torch model.
 
     A model that fails parity is not written and the command exits with code 5.
     """
-    from .workflows import export_checkpoint
+    from .workflows import export_checkpoint, export_user_module
 
-    result = export_checkpoint(ckpt, out_path, **o)
+    if (ckpt is None) == (module_spec is None):
+        raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
+    if module_spec is not None:
+        o.pop("lengths")
+        result = export_user_module(module_spec, out_path, weights=weights, inputs=inputs, time_major=time_major,
+                                    lengths_input=lengths_input, **o)
+    else:
+        result = export_checkpoint(ckpt, out_path, **o)
     if as_json:
         _echo_json({"path": str(result.path), "manifest": result.manifest.to_dict(),
                     "parity": result.report.to_dict() if result.report else None})
@@ -127,6 +144,18 @@ def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: 
         click.echo(report.table())
     if not report.passed:
         sys.exit(5)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
+    states, file size and the parity result recorded at export."""
+    from .inspect import format_inspection, inspect_model
+
+    info = inspect_model(model)
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
 
 
 @main.command()

@@ -1,0 +1,78 @@
+"""`edgernn inspect`, reproducible files, and the opset range each strategy declares."""
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgernn.cli import main
+from edgernn.errors import ExportError, ModelFormatError
+from edgernn.export import export_model, get_strategy_class, strategy_names
+from edgernn.inspect import inspect_model
+from edgernn.models import ModelConfig, build_model
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(cell="lstm", input_size=3, hidden_size=6, num_layers=2))
+
+
+def test_inspect_human_and_json(tmp_path: Path) -> None:
+    export_model(_model(), tmp_path / "m.onnx")
+    runner = CliRunner()
+    r = runner.invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "native export of lstm" in r.output and "LSTM x2" in r.output and "parity: PASS" in r.output
+    assert "(batch, time, 3)" in r.output
+    r = runner.invoke(main, ["inspect", str(tmp_path / "m.onnx"), "--json"])
+    info = json.loads(r.output)
+    assert info["ops"]["LSTM"] == 2 and info["opsets"]["ai.onnx"] == 18
+    assert info["inputs"][0]["dynamic_axes"] == [0, 1] and info["inputs"][0]["shape"][2] == 3
+    assert info["file_size"] == (tmp_path / "m.onnx").stat().st_size
+    assert info["manifest"]["strategy"] == "native" and info["parity"]["passed"] is True
+
+
+def test_inspect_foreign_and_broken_files(tmp_path: Path) -> None:
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])])
+    onnx.save(onnx.helper.make_model(g), tmp_path / "plain.onnx")
+    info = inspect_model(tmp_path / "plain.onnx")
+    assert info["manifest"] is None and info["ops"] == {"Relu": 1}
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError):
+        inspect_model(tmp_path / "junk.onnx")
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing.onnx")])
+    assert r.exit_code == ModelFormatError.exit_code and r.output.startswith("error: no model file")
+
+
+def test_same_checkpoint_same_bytes_and_hash_tracks_weights(tmp_path: Path) -> None:
+    a = export_model(_model(0), tmp_path / "a.onnx")
+    b = export_model(_model(0), tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert a.manifest.weights_sha256 == b.manifest.weights_sha256
+    changed = _model(0)
+    with torch.no_grad():
+        changed.head.bias[0] += 1e-3
+    c = export_model(changed, None)
+    assert c.manifest.weights_sha256 != a.manifest.weights_sha256
+    # options that do not touch the weights leave the hash alone
+    d = export_model(_model(0), None, opset=20)
+    assert d.manifest.weights_sha256 == a.manifest.weights_sha256
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_opset_range_ends(strategy: str) -> None:
+    caps = get_strategy_class(strategy).caps
+    opts = {} if caps.dynamic_length else {"seq_len": 4}
+    model = _model()
+    for opset in (caps.opset_min, caps.opset_max):
+        r = export_model(model, None, strategy=strategy, opset=opset, **opts)
+        assert r.manifest.opset == opset and r.report is not None and r.report.passed
+        proto = onnx.load_from_string(r.model_bytes)
+        assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    with pytest.raises(ExportError, match="opset"):
+        export_model(model, None, strategy=strategy, opset=caps.opset_min - 1, **opts)
