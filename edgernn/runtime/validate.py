@@ -11,7 +11,9 @@ from ..errors import InputError
 from ..manifest import TensorSpec
 
 
-def check_feed(specs: Sequence[TensorSpec], feed: Mapping[str, Any], *, fill_lengths: bool = True) -> dict[str, np.ndarray]:
+def check_feed(
+    specs: Sequence[TensorSpec], feed: Mapping[str, Any], *, fill_lengths: bool = True
+) -> dict[str, np.ndarray]:
     """Validate and convert ``feed`` against the model's input specs; returns arrays of the graph's dtypes.
 
     A missing ``lengths`` input (role ``lengths``) is filled with the full length of each sequence.

@@ -1,0 +1,311 @@
+"""``edgernn bench``: how fast an exported model runs here, and (given its checkpoint) against torch eager.
+
+Latency per step and per sequence (p50, p95), throughput, and peak memory, on onnxruntime with the chosen
+provider; with a checkpoint, torch eager on the same inputs in the same process, reported as ratios. The
+onnxruntime part imports no torch (and is measured first, so its peak memory is the runtime's alone); torch is
+imported only for ``ckpt``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, ModelFormatError
+from .runtime.io import data_axes, streaming_model
+from .runtime.model import Model
+from .runtime.states import StatePair
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        a = np.asarray(seconds, dtype=np.float64) * 1e3
+        return cls(float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.mean()), len(a))
+
+
+@dataclass
+class BenchReport:
+    model: str
+    provider: dict[str, Any]
+    threads: int | None
+    streaming: bool  # stateful model: steps run through a Stream
+    chunk: int  # steps per call
+    batch: int
+    seq_len: int
+    features: int
+    step: Latency  # one call of `chunk` steps, batch 1
+    sequence: Latency  # `seq_len` steps for `batch` sequences
+    frames_per_s: float  # batch * seq_len / sequence p50
+    sequences_per_s: float
+    peak_rss_mb: float | None  # the process's peak before torch is loaded
+    torch: dict[str, Any] | None = None
+    ratios: dict[str, float] = field(default_factory=dict)  # torch time / onnxruntime time (> 1: onnxruntime faster)
+    max_abs_diff: float | None = None  # torch vs onnxruntime on the sequence input, when shapes match
+    machine: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        mode = f"stream (stateful, {self.chunk} step(s) per call)" if self.streaming else "sequence model"
+        lines = [
+            f"model      {self.model}",
+            f"provider   {self.provider.get('used')}"
+            + (
+                f" (fell back from {self.provider['requested']}: {self.provider['reason']})"
+                if self.provider.get("fell_back")
+                else ""
+            )
+            + f", threads {self.threads if self.threads else 'auto'}",
+            f"mode       {mode}",
+            f"step       p50 {self.step.p50_ms:.4f} ms  p95 {self.step.p95_ms:.4f} ms  (batch 1, {self.chunk} step(s))",
+            f"sequence   p50 {self.sequence.p50_ms:.3f} ms  p95 {self.sequence.p95_ms:.3f} ms  "
+            f"(batch {self.batch}, {self.seq_len} steps)",
+            f"throughput {self.frames_per_s:,.0f} steps/s, {self.sequences_per_s:,.1f} sequences/s",
+            f"peak RSS   {self.peak_rss_mb:.1f} MB" if self.peak_rss_mb is not None else "peak RSS   n/a",
+        ]
+        if self.torch:
+            t = self.torch
+            lines += [
+                f"torch      step p50 {t['step']['p50_ms']:.4f} ms, sequence p50 {t['sequence']['p50_ms']:.3f} ms "
+                f"(torch {t['version']}, {t['threads']} thread(s))",
+                f"ratio      onnxruntime is {self.ratios['step']:.2f}x torch's speed per step, "
+                f"{self.ratios['sequence']:.2f}x per sequence",
+            ]
+            if self.max_abs_diff is not None:
+                lines.append(f"max |diff| {self.max_abs_diff:.3g} (torch vs onnxruntime on the sequence input)")
+        return "\n".join(lines)
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident set size so far, in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def machine_info() -> dict[str, str]:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": str(os.cpu_count())}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        info["cpu"] = platform.processor()
+    import onnxruntime as ort
+
+    info["onnxruntime"] = ort.__version__
+    info["numpy"] = np.__version__
+    return info
+
+
+def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t = clock()
+        fn()
+        out.append(clock() - t)
+    return out
+
+
+def bench(
+    model: str | os.PathLike[str],
+    *,
+    ckpt: str | os.PathLike[str] | None = None,
+    provider: str = "cpu",
+    fallback: str | None = None,
+    threads: int | None = 1,
+    optimization: str = "all",
+    optimized_model_path: str | os.PathLike[str] | None = None,
+    provider_options: dict[str, dict[str, Any]] | None = None,
+    steps: int = 500,
+    seq_len: int = 100,
+    batch: int = 1,
+    repeats: int = 20,
+    warmup: int = 20,
+    states: Sequence[StatePair | str] | None = None,
+    layout: str | None = None,
+    seed: int = 0,
+) -> BenchReport:
+    """Measure ``model`` (and the checkpoint's torch model on the same inputs); see the module docstring."""
+    for name, v in (("steps", steps), ("seq_len", seq_len), ("batch", batch), ("repeats", repeats)):
+        if v < 1:
+            raise ConfigError(f"{name} must be at least 1; got {v}")
+    m = Model(
+        model,
+        provider,
+        fallback=fallback,
+        threads=threads,
+        optimization=optimization,
+        optimized_model_path=optimized_model_path,
+        provider_options=provider_options,
+    )
+    sm = streaming_model(m, states, layout)
+    rng = np.random.default_rng(seed)
+    features: int | str | None
+    seq_axes = (0, 1)  # where (batch, time) go in the data input of a sequence model
+    if sm is not None:
+        features, chunk = sm.features, sm.chunk or 1
+        if seq_len % chunk:
+            raise ConfigError(f"seq_len {seq_len} is not a multiple of the model's chunk ({chunk})")
+    else:
+        data = m.data_inputs()
+        if len(data) != 1:
+            raise ModelFormatError("bench runs models with one data input (batch, time, features)")
+        features, chunk = data[0].shape[-1], 1
+        axes = data_axes(data[0], layout)
+        if axes is None or axes.rank != 3 or axes.batch is None or axes.time is None:
+            raise ModelFormatError(
+                f"bench needs a (batch, time, features) input; {data[0].name!r} is {data[0].shape} (try --layout)"
+            )
+        seq_axes = (axes.batch, axes.time)
+    if not isinstance(features, int):
+        raise ModelFormatError("the model's feature size is not fixed in its graph; bench cannot make inputs for it")
+    x = rng.standard_normal((batch, seq_len, features)).astype(np.float32)  # (batch, time, features)
+
+    if sm is not None:
+        s = sm.stream()
+        next_frame = itertools.cycle([x[0, i : i + chunk] if chunk > 1 else x[0, i] for i in range(0, seq_len, chunk)])
+
+        def one_step() -> None:
+            s.step(next(next_frame))
+
+        step_times = _time_calls(one_step, steps, warmup)
+        streams = [sm.stream() for _ in range(batch)]
+        ort_out: np.ndarray | None = None
+
+        def one_sequence() -> None:
+            nonlocal ort_out
+            for st in streams:
+                st.reset()
+            ys = []
+            for i in range(0, seq_len, chunk):
+                piece = x[:, i : i + chunk] if chunk > 1 else x[:, i]
+                ys.append(
+                    np.stack(sm.step_many(streams, list(piece))) if batch > 1 else streams[0].step(piece[0])[None]
+                )
+            ort_out = _join(ys)
+
+        seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
+    else:
+        name = m.data_inputs()[0].name
+        xm = np.moveaxis(x, (0, 1), seq_axes)  # in the model's own layout
+        one = {name: np.moveaxis(x[:1, :1], (0, 1), seq_axes)}
+        step_times = _time_calls(lambda: m.run_feed(one), steps, warmup)
+        full = {name: xm}
+        ort_out = None
+
+        def one_sequence() -> None:
+            nonlocal ort_out
+            ort_out = m.run_feed(full)[m.output_names[0]]
+
+        seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
+    seq = Latency.of(seq_times)
+    report = BenchReport(
+        model=os.fspath(model),
+        provider=m.choice.to_dict(),
+        threads=threads,
+        streaming=sm is not None,
+        chunk=chunk,
+        batch=batch,
+        seq_len=seq_len,
+        features=features,
+        step=Latency.of(step_times),
+        sequence=seq,
+        frames_per_s=batch * seq_len / (seq.p50_ms / 1e3),
+        sequences_per_s=batch / (seq.p50_ms / 1e3),
+        peak_rss_mb=peak_rss_mb(),
+        machine=machine_info(),
+    )
+    if ckpt is not None:
+        _bench_torch(report, ckpt, x, chunk, threads, steps, repeats, warmup, ort_out)
+    return report
+
+
+def _join(ys: list[np.ndarray]) -> np.ndarray:
+    """Per-call outputs (batch, ...) of a stream run as one array: (batch, time, out) outputs concatenated over
+    time, last-step readouts (batch, out) from the last call -- what the full-sequence model returns."""
+    return np.concatenate(ys, axis=1) if ys[-1].ndim >= 3 else ys[-1]
+
+
+def _bench_torch(
+    report: BenchReport,
+    ckpt: str | os.PathLike[str],
+    x: np.ndarray,
+    chunk: int,
+    threads: int | None,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    ort_out: np.ndarray | None,
+) -> None:
+    import torch
+
+    from . import checkpoint
+
+    cp = checkpoint.load(ckpt)
+    model = cp.model()
+    if cp.config.input_size != report.features:
+        raise ConfigError(
+            f"the checkpoint's model takes {cp.config.input_size} features but the ONNX model takes {report.features}"
+        )
+    if threads:
+        torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    next_frame = itertools.cycle([xt[:1, i : i + chunk] for i in range(0, x.shape[1], chunk)])
+    state: Any = None
+
+    def one_step() -> None:
+        # what a streaming step computes in eager torch: the recurrent stack with carried state, then the head
+        nonlocal state
+        y, state = model.rnn(next(next_frame), state)
+        model.head(y if model.config.readout == "all" else y[:, -1])
+
+    out: Any = None
+
+    def one_sequence() -> None:
+        nonlocal out
+        out = model(xt)
+
+    with torch.inference_mode():
+        step_times = _time_calls(one_step, steps, warmup)
+        seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
+    t_step, t_seq = Latency.of(step_times), Latency.of(seq_times)
+    report.torch = {
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "step": asdict(t_step),
+        "sequence": asdict(t_seq),
+        "peak_rss_mb_with_torch": peak_rss_mb(),
+    }
+    report.ratios = {
+        "step": t_step.p50_ms / report.step.p50_ms,
+        "sequence": t_seq.p50_ms / report.sequence.p50_ms,
+    }
+    if ort_out is not None and out is not None:
+        ref = out.detach().numpy()
+        if ref.shape == ort_out.shape:
+            report.max_abs_diff = float(np.abs(ref - ort_out).max())

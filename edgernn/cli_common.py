@@ -1,0 +1,118 @@
+"""What every edgernn command shares: errors as one line and an exit code, and the provider/session options.
+
+Imports click and edgernn's torch-free modules only, so runtime commands work on a device without torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .errors import ConfigError, EdgeRNNError
+from .runtime.providers import OPTIMIZATION_LEVELS, PROVIDERS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(f: F) -> F:
+    """Turn an ``EdgeRNNError`` into ``error: <message>`` on stderr and the error's exit code, without a
+    traceback; a closed downstream pipe (``edgernn run --stream | head``) ends the command quietly."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except EdgeRNNError as e:
+            click.echo(f"error: {e}", err=True)
+            raise click.exceptions.Exit(e.exit_code) from None
+        except BrokenPipeError:
+            sys.stderr.close()  # nothing left to tell; keep Python from complaining at exit
+            raise click.exceptions.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def provider_options(f: F) -> F:
+    """--provider, --fallback, --threads, --optimization, --save-optimized, --provider-option."""
+    options = [
+        click.option(
+            "--provider",
+            type=click.Choice(["auto", *PROVIDERS]),
+            default="cpu",
+            show_default=True,
+            help="onnxruntime execution provider; auto takes the best one this build has. "
+            "Asking for one that is missing is an error unless --fallback is given.",
+        ),
+        click.option(
+            "--fallback",
+            type=click.Choice(list(PROVIDERS)),
+            default=None,
+            help="Provider to use when --provider is missing or fails to start (reported, never silent).",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=0),
+            default=1,
+            show_default=True,
+            help="Intra-op threads; 1 is fastest for batch-1 streaming. 0 lets onnxruntime decide.",
+        ),
+        click.option(
+            "--optimization",
+            type=click.Choice(list(OPTIMIZATION_LEVELS)),
+            default="all",
+            show_default=True,
+            help="onnxruntime graph optimisation level.",
+        ),
+        click.option(
+            "--save-optimized",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write the model as onnxruntime optimised it to this path.",
+        ),
+        click.option(
+            "--provider-option",
+            "provider_option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="An option for the chosen provider, e.g. device_id=1 (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def session_kwargs(
+    provider: str,
+    fallback: str | None,
+    threads: int,
+    optimization: str,
+    save_optimized: str | None,
+    provider_option: tuple[str, ...],
+) -> dict[str, Any]:
+    """The keyword arguments of ``edgernn.runtime.Model`` from the options above."""
+    opts: dict[str, str] = {}
+    for item in provider_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--provider-option {item!r} must be KEY=VALUE, e.g. device_id=1")
+        opts[key.strip()] = value.strip()
+    if opts and provider == "auto":
+        raise ConfigError("--provider-option needs a named --provider (auto does not say which provider they are for)")
+    return {
+        "provider": provider,
+        "fallback": fallback,
+        "threads": threads or None,
+        "optimization": optimization,
+        "optimized_model_path": save_optimized,
+        "provider_options": {provider: opts} if opts else None,
+    }
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))

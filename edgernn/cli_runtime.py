@@ -1,0 +1,179 @@
+"""The runtime's commands, ``edgernn run`` and ``edgernn bench`` (added to the ``edgernn`` group by ``cli.py``).
+
+Thin: each calls one library function. Importing this module imports neither torch nor onnxruntime, and
+``run`` works on a device where torch is not installed (``bench --ckpt`` needs torch for the comparison).
+Also runnable alone: ``python -m edgernn.cli_runtime run MODEL.onnx ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from .cli_common import echo_json, handle_errors, provider_options, session_kwargs
+from .errors import ConfigError
+
+STATE_HELP = (
+    "A state input->output pair and the initial state's shape, for models without an edgernn manifest: "
+    "IN:OUT:SHAPE, e.g. h_in:h_out:2x1x64; write the batch axis as b (2xbx64) when the graph does not name it. "
+    "Repeat for each state (h and c of an LSTM)."
+)
+LAYOUT_HELP = "Axes of the data input for models without an edgernn manifest, one letter each: btf, tbf, bf."
+
+
+@click.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False),
+    help=".npy (the data input; a 2-D array is one sequence), .npz (arrays by input name) or .csv "
+    "(one sequence: rows are time steps, columns features).",
+)
+@click.option("--lengths", "lengths_path", type=click.Path(dir_okay=False), help=".npy of sequence lengths (batch,).")
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False),
+    help=".npy (the first output), .npz (every output by name, final states included) or .csv.",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Read frames from stdin (one per line: comma- or space-separated floats) and write each output "
+    "as it comes (one line per time step), for pipelines on a device. Needs a stateful model.",
+)
+@click.option("--binary", is_flag=True, help="With --stream: raw little-endian float32 frames in and out.")
+@click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
+@click.option("--layout", default=None, help=LAYOUT_HELP)
+@provider_options
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (stderr with --stream).")
+@handle_errors
+def run(
+    model: str,
+    input_path: str | None,
+    lengths_path: str | None,
+    output_path: str | None,
+    stream: bool,
+    binary: bool,
+    states: tuple[str, ...],
+    layout: str | None,
+    as_json: bool,
+    **session: Any,
+) -> None:
+    """Run an ONNX model (edgernn's, or any other) with onnxruntime on a file or on a live stream.
+
+    \b
+    edgernn run model.onnx --input x.npy --output y.npy
+    edgernn run model.onnx --input x.csv --output y.csv --provider cuda --fallback cpu
+    sensor | edgernn run step.onnx --stream
+    edgernn run their.onnx --stream --state initial_h:Y_h:1x1x64 --layout tbf
+    """
+    from .runtime import io
+    from .runtime.model import Model
+
+    if stream and (input_path or output_path or lengths_path):
+        raise ConfigError("--stream reads stdin and writes stdout; drop --input/--output/--lengths")
+    if binary and not stream:
+        raise ConfigError("--binary goes with --stream")
+    if not stream and (not input_path or not output_path):
+        raise ConfigError("give --input and --output (or --stream to read frames from stdin)")
+    # the frame check (x . 0 is NaN for NaN/inf) makes numpy warn about an inf just before the InputError says so
+    warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+    m = Model(model, **session_kwargs(**session))
+    if stream:
+        sm = io.streaming_model(m, list(states), layout)
+        if sm is None:
+            raise ConfigError(
+                "--stream needs a stateful model: export with --strategy step, or name its states with --state"
+            )
+        click.echo(
+            f"edgernn: streaming on {m.choice.describe()}; {sm.chunk or 1} step(s) per call, "
+            f"{sm.features or '?'} features per frame",
+            err=True,
+        )
+        out = click.get_binary_stream("stdout") if binary else click.get_text_stream("stdout")
+        src = click.get_binary_stream("stdin") if binary else click.get_text_stream("stdin")
+        frames = io.run_stream(sm, src, out, binary=binary)
+        if as_json:
+            click.echo(json.dumps({"provider": m.choice.to_dict(), "frames": frames, "streaming": True}), err=True)
+        return
+    if not input_path or not output_path:  # checked above; tells the type checker
+        raise ConfigError("give --input and --output")
+    result = io.run_file(m, input_path, lengths_path, states=list(states), layout=layout)
+    io.write_outputs(output_path, result.outputs, result.primary)
+    if as_json:
+        echo_json({**result.to_dict(), "output_path": output_path})
+    else:
+        y = result.outputs[result.primary]
+        click.echo(
+            f"wrote {result.primary} {tuple(y.shape)} to {output_path} "
+            f"({result.seconds * 1e3:.2f} ms on {m.choice.describe()})"
+        )
+
+
+@click.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--ckpt", type=click.Path(), default=None, help="The checkpoint: also time torch eager on the same inputs."
+)
+@provider_options
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Timed single-step calls.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True, help="Steps per sequence.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per call.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed sequences.")
+@click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
+@click.option("--layout", default=None, help=LAYOUT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def bench(
+    model: str,
+    ckpt: str | None,
+    steps: int,
+    seq_len: int,
+    batch: int,
+    repeats: int,
+    states: tuple[str, ...],
+    layout: str | None,
+    as_json: bool,
+    **session: Any,
+) -> None:
+    """Latency per step and per sequence (p50, p95), throughput and peak memory of MODEL on onnxruntime; with
+    --ckpt, torch eager on the same inputs in the same run, as ratios."""
+    from .bench import bench as run_bench
+
+    report = run_bench(
+        model,
+        ckpt=ckpt,
+        **session_kwargs(**session),
+        steps=steps,
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        states=list(states),
+        layout=layout,
+    )
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
+
+
+# what `edgernn.cli` adds to the `edgernn` group
+COMMANDS: list[click.Command] = [run, bench]
+
+
+@click.group()
+def main() -> None:
+    """edgernn's runtime commands on their own (the full CLI is ``edgernn``)."""
+
+
+for _cmd in COMMANDS:
+    main.add_command(_cmd)
+
+if __name__ == "__main__":
+    sys.exit(main())

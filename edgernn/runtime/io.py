@@ -1,0 +1,291 @@
+"""Files and frame streams in and out of the runtime: what ``edgernn run`` reads and writes. numpy only.
+
+Inputs: ``.npy`` (the data input), ``.npz`` (arrays by input name) and ``.csv`` (one sequence: rows are time
+steps, columns features). Live frames: one per line of comma- or space-separated floats, or raw float32
+(little-endian) frames of the model's feature size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, ModelFormatError
+from ..manifest import TensorSpec
+from .layout import Axes, infer_axes, parse_layout
+from .model import Model
+from .states import StatePair
+from .stream import StreamingModel
+
+INPUT_FORMATS = (".npy", ".npz", ".csv")
+OUTPUT_FORMATS = (".npy", ".npz", ".csv")
+
+
+def read_csv(path: str | os.PathLike[str]) -> np.ndarray:
+    """A CSV of floats as (rows, columns) float32; a first line that is not numbers is taken as a header."""
+    rows: list[list[float]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                rows.append([float(v) for v in text.replace(";", ",").split(",")])
+            except ValueError:
+                if not rows and lineno == 1:
+                    continue  # header
+                raise InputError(f"{os.fspath(path)}:{lineno}: not a row of numbers: {text[:80]!r}") from None
+            if len(rows[-1]) != len(rows[0]):
+                raise InputError(
+                    f"{os.fspath(path)}:{lineno}: {len(rows[-1])} columns, but the first row has {len(rows[0])}"
+                )
+    if not rows:
+        raise InputError(f"{os.fspath(path)} holds no rows of numbers")
+    return np.asarray(rows, dtype=np.float32)
+
+
+def read_inputs(path: str | os.PathLike[str], data_name: str) -> dict[str, np.ndarray]:
+    """Arrays by input name from a .npy/.csv (the data input ``data_name``) or a .npz (by name; a single array
+    saved without a name, ``arr_0``, is the data input)."""
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in INPUT_FORMATS:
+        raise ConfigError(
+            f"input {p!r}: unknown format {ext or '(no extension)'}; use one of {', '.join(INPUT_FORMATS)}"
+        )
+    if not os.path.isfile(p):
+        raise InputError(f"no input file at {p!r}")
+    if ext == ".csv":
+        return {data_name: read_csv(p)}
+    try:
+        loaded = np.load(p, allow_pickle=False)  # never unpickle: an input file must not run code
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{p!r} is not a readable {ext} file: {str(e).splitlines()[0][:200]}") from None
+    if ext == ".npy":
+        return {data_name: loaded}
+    with loaded:
+        arrays = {k: loaded[k] for k in loaded.files}
+    if list(arrays) == ["arr_0"]:
+        return {data_name: arrays["arr_0"]}
+    return arrays
+
+
+def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray], primary: str) -> None:
+    """.npy: the primary output; .npz: every output by name; .csv: the primary output as rows (one sequence)."""
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"output {p!r}: unknown format {ext or '(no extension)'}; use one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    tmp = f"{p}.tmp{os.getpid()}{ext}"
+    try:
+        if ext == ".npy":
+            np.save(tmp, outputs[primary])
+        elif ext == ".npz":
+            np.savez(tmp, **dict(outputs))  # type: ignore[arg-type]  # numpy's stub takes kwargs for allow_pickle
+        else:
+            y = np.asarray(outputs[primary])
+            while y.ndim > 2 and 1 in y.shape:
+                y = np.squeeze(y, axis=y.shape.index(1))
+            if y.ndim > 2:
+                raise InputError(
+                    f"output {primary!r} has shape {y.shape}: more than rows x columns; write .npy or .npz"
+                )
+            np.savetxt(tmp, np.atleast_2d(y) if y.ndim == 1 else y, delimiter=",", fmt="%.9g")
+        os.replace(tmp, p)  # a reader never sees half a file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def data_axes(spec: TensorSpec, layout: str | None) -> Axes | None:
+    return parse_layout(layout, len(spec.shape), spec.name) if layout else infer_axes(spec.shape)
+
+
+def complete_batch(arr: np.ndarray, spec: TensorSpec, axes: Axes | None) -> np.ndarray:
+    """One sequence given without its batch axis (a CSV, a 2-D .npy) gets a batch axis of 1."""
+    if arr.ndim == len(spec.shape) - 1 and axes is not None and axes.batch is not None:
+        return np.expand_dims(arr, axes.batch)
+    return arr
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    primary: str  # the output written to .npy / .csv
+    provider: dict[str, Any]
+    seconds: float
+    streaming: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "seconds": round(self.seconds, 6),
+            "streaming": self.streaming,
+            "primary": self.primary,
+            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.outputs.items()},
+            **self.info,
+        }
+
+
+def streaming_model(
+    model: Model, states: Sequence[StatePair | str] | None, layout: str | None
+) -> StreamingModel | None:
+    """The model as a StreamingModel when it has state (named, or in its manifest); else None."""
+    if states or (model.manifest is not None and model.manifest.states):
+        return StreamingModel(model, states=states, layout=layout)
+    return None
+
+
+def run_file(
+    model: Model,
+    input_path: str | os.PathLike[str],
+    lengths_path: str | os.PathLike[str] | None = None,
+    *,
+    states: Sequence[StatePair | str] | None = None,
+    layout: str | None = None,
+) -> RunResult:
+    """Run a model on an input file. A stateful model runs the whole sequence from its initial state, chunk by
+    chunk (``StreamingModel.run_sequence``)."""
+    sm = streaming_model(model, states, layout)
+    data = sm.data if sm is not None else _single_data(model)
+    feed = read_inputs(input_path, data.name)
+    if lengths_path is not None:
+        spec = next((s for s in model.inputs if s.role == "lengths"), None)
+        if spec is None:
+            raise ModelFormatError("this model has no lengths input; pass sequences of one length without --lengths")
+        lengths = read_inputs(lengths_path, spec.name)
+        feed[spec.name] = np.asarray(next(iter(lengths.values()))).reshape(-1)
+    t0 = time.perf_counter()
+    if sm is not None:
+        extra = set(feed) - {data.name}
+        if extra:
+            raise InputError(
+                f"a stateful model is run from its initial state on {data.name!r} alone; got {', '.join(sorted(extra))}"
+            )
+        x = np.asarray(feed[data.name])
+        if x.ndim == sm.axes.rank - 1 and sm.axes.batch is not None:
+            x = np.expand_dims(x, sm.axes.batch)
+        outputs = sm.run_sequence(x)
+        primary = sm.primary
+    else:
+        if data.name in feed:
+            feed[data.name] = complete_batch(np.asarray(feed[data.name]), data, data_axes(data, layout))
+        outputs = model.run_feed(feed)
+        primary = model.output_names[0]
+    seconds = time.perf_counter() - t0
+    return RunResult(outputs, primary, model.choice.to_dict(), seconds, streaming=sm is not None)
+
+
+def _single_data(model: Model) -> TensorSpec:
+    data = model.data_inputs()
+    if len(data) != 1:
+        raise ModelFormatError(
+            f"this model takes {len(data)} data inputs ({', '.join(s.name for s in data)}); give them by name in a .npz"
+        )
+    return data[0]
+
+
+# -- live frames ---------------------------------------------------------------------------------------------------
+
+
+def text_frames(lines: IO[str], features: int | None) -> Iterator[np.ndarray]:
+    """One frame per line of comma- or space-separated floats; blank lines and # comments are skipped."""
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            frame = np.array(text.replace(",", " ").split(), dtype=np.float32)
+        except ValueError:
+            raise InputError(f"stdin line {lineno}: not a frame of numbers: {text[:80]!r}") from None
+        if features is not None and frame.size != features:
+            raise InputError(f"stdin line {lineno}: {frame.size} values, but the model takes {features} features")
+        yield frame
+
+
+def binary_frames(data: IO[bytes], features: int) -> Iterator[np.ndarray]:
+    """Raw little-endian float32 frames of ``features`` values each."""
+    size = 4 * features
+    n = 0
+    while True:
+        buf = _read_exact(data, size)
+        if not buf:
+            return
+        if len(buf) < size:
+            raise InputError(
+                f"binary stdin ended inside frame {n + 1}: {len(buf)} of {size} bytes ({features} float32 values)"
+            )
+        n += 1
+        yield np.frombuffer(buf, dtype="<f4").astype(np.float32)
+
+
+def _read_exact(data: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes: pipes hand over data in pieces, so read until the frame is whole or input ends."""
+    parts = []
+    got = 0
+    while got < size:
+        chunk = data.read(size - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def format_row(values: np.ndarray) -> str:
+    return ",".join(f"{v:.9g}" for v in np.asarray(values, dtype=np.float64).reshape(-1))
+
+
+def run_stream(
+    sm: StreamingModel,
+    stdin: IO[Any],
+    stdout: IO[Any],
+    *,
+    binary: bool = False,
+) -> int:
+    """Serve one live stream: read frames, run each chunk as soon as it is complete, write its outputs (one line,
+    or one raw float32 record, per time step of the output) and flush. Returns the number of frames read."""
+    k = sm.chunk or 1
+    if binary and sm.features is None:
+        raise ModelFormatError(f"the feature size of {sm.data.name!r} is not fixed in the graph; --binary needs it")
+    frames = binary_frames(stdin, sm.features or 0) if binary else text_frames(stdin, sm.features)
+    stream = sm.stream()
+    primary = sm.outputs[0]
+    time_axis = _time_axis_without_batch(primary.axes)
+    pending: list[np.ndarray] = []
+    count = 0
+    for frame in frames:
+        count += 1
+        pending.append(frame)
+        if len(pending) < k:
+            continue
+        y = stream.step(pending[0] if k == 1 else np.stack(pending))
+        pending.clear()
+        rows = [y] if time_axis is None else list(np.moveaxis(y, time_axis, 0))
+        for row in rows:
+            if binary:
+                stdout.write(np.ascontiguousarray(row, dtype="<f4").tobytes())
+            else:
+                stdout.write(format_row(row) + "\n")
+        stdout.flush()
+    if pending:
+        raise InputError(
+            f"the stream ended with {len(pending)} frame(s), not a whole chunk of {k} (the model's chunk); "
+            f"they were not run"
+        )
+    return count
+
+
+def _time_axis_without_batch(axes: Axes | None) -> int | None:
+    if axes is None or axes.time is None:
+        return None
+    shift = 1 if axes.batch is not None and axes.batch < axes.time else 0
+    return axes.time - shift
