@@ -29,6 +29,7 @@ class ModelConfig:
     output_size: int = 1  # regression targets, or number of classes
     readout: str = "last"  # "last": one output per sequence; "all": one per time step
     proj_size: int = 0  # LSTM only: project h to this width (0 = off)
+    peephole: bool = False  # LSTM only: gates also see the cell state (no fused torch kernel: slower training)
 
     def __post_init__(self) -> None:
         get_cell(self.cell)
@@ -43,6 +44,8 @@ class ModelConfig:
             raise ConfigError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.proj_size and (self.cell != "lstm" or not 0 < self.proj_size < self.hidden_size):
             raise ConfigError("proj_size needs cell 'lstm' and 0 < proj_size < hidden_size")
+        if self.peephole and self.cell != "lstm":
+            raise ConfigError(f"peephole needs cell 'lstm'; got cell {self.cell!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +87,7 @@ class RecurrentModel(nn.Module):
             dropout=c.dropout if c.num_layers > 1 else 0.0,
             batch_first=True,
             proj_size=c.proj_size,
+            peephole=c.peephole,
         )
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.state_size * c.num_directions, c.output_size)

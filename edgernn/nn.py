@@ -14,9 +14,10 @@ cuDNN) in eager mode. Two things are added:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -69,12 +70,16 @@ class _Recurrent:
             out["b_hh"] = w_ih.new_zeros(g * h)
         if getattr(self, "proj_size", 0):
             out["w_hr"] = getattr(self, "weight_hr" + sfx)
+        if getattr(self, "peephole", False):
+            out["p_i"], out["p_f"], out["p_o"] = getattr(self, "weight_ph" + sfx).chunk(3)
         return out
 
     def forward(self, input: Any, hx: Any = None, lengths: Tensor | None = None) -> Any:  # noqa: A002
         hook = _EXPORT_HOOK.get()
         if hook is not None:
             return hook(self, input, hx, lengths)
+        if getattr(self, "peephole", False):
+            return _forward_unfused(self, input, hx, lengths)
         if lengths is None or isinstance(input, PackedSequence):
             return super().forward(input, hx)  # type: ignore[misc]
         batch_first = self.batch_first  # type: ignore[attr-defined]
@@ -97,6 +102,53 @@ def _check_lengths(lengths: Tensor, batch: int, total: int) -> Tensor:
     return lengths
 
 
+def _forward_unfused(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
+    """forward for variants torch has no fused kernel for (LSTM peepholes): the recurrence in plain torch ops,
+    differentiable, with torch's conventions for batch_first, unbatched and packed inputs, hx and dropout."""
+    from .export.cell_ops import run_stack  # lazy: importing edgernn.export imports this module
+    from .export.layout import onnx_weights
+
+    bf = layer.batch_first
+    packed = input if isinstance(input, PackedSequence) else None
+    if packed is not None:
+        input, lengths = pad_packed_sequence(packed, batch_first=bf)  # noqa: A001  (original batch order)
+    unbatched = input.dim() == 2
+    if unbatched:
+        input = input.unsqueeze(0 if bf else 1)  # noqa: A001
+        if hx is not None:
+            hx = tuple(s.unsqueeze(1) for s in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+    x = input.transpose(0, 1) if bf else input
+    steps, batch = x.shape[0], x.shape[1]
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch, steps).to(x.device)
+    d = layer.num_directions
+    rows = layer.num_layers * d
+    if hx is None:
+        h0 = x.new_zeros(rows, batch, layer.state_size)
+        c0 = x.new_zeros(rows, batch, layer.hidden_size)
+    else:
+        h0, c0 = hx
+    hs: list[Tensor] = []
+    cs: list[Tensor] = []
+    for k, w in enumerate(onnx_weights(layer, detach=False)):
+        x, h, c = run_stack(layer.cell_kind, [w], x, h0[k * d : (k + 1) * d], c0[k * d : (k + 1) * d], lengths)
+        if layer.training and layer.dropout and k < layer.num_layers - 1:
+            x = nn.functional.dropout(x, layer.dropout, training=True)
+        hs.append(h)
+        cs.append(cast(Tensor, c))  # run_stack returns c for an LSTM
+    y = x.transpose(0, 1) if bf else x
+    h_n, c_n = torch.cat(hs), torch.cat(cs)
+    if unbatched:
+        return y.squeeze(0 if bf else 1), (h_n.squeeze(1), c_n.squeeze(1))
+    if packed is not None:
+        if packed.sorted_indices is not None:  # pack in the input's order, so the output's indices are the input's
+            y = y.index_select(0 if bf else 1, packed.sorted_indices)
+            lengths = lengths.index_select(0, packed.sorted_indices.to(lengths.device))  # type: ignore[union-attr]
+        out = pack_padded_sequence(y, lengths.cpu(), batch_first=bf, enforce_sorted=True)  # type: ignore[union-attr]
+        return PackedSequence(out.data, out.batch_sizes, packed.sorted_indices, packed.unsorted_indices), (h_n, c_n)
+    return y, (h_n, c_n)
+
+
 class RNN(_Recurrent, nn.RNN):
     """Elman RNN, ``nonlinearity='tanh'`` or ``'relu'``; same arguments as ``torch.nn.RNN``."""
 
@@ -106,11 +158,29 @@ class RNN(_Recurrent, nn.RNN):
 
 
 class LSTM(_Recurrent, nn.LSTM):
-    """LSTM; same arguments as ``torch.nn.LSTM`` (``proj_size`` included)."""
+    """LSTM; same arguments as ``torch.nn.LSTM`` (``proj_size`` included), plus ``peephole``.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``peephole=True`` adds peephole connections (Gers & Schmidhuber; ONNX LSTM's ``P`` input): the input and forget
+    gates see c_{t-1}, the output gate sees c_t. Each layer and direction gets a parameter ``weight_ph_l{k}``
+    (``..._reverse``) of shape (3*hidden_size,), holding p_i, p_f, p_o in that order. torch has no fused kernel
+    for peepholes, so such a layer runs the recurrence in plain torch ops (slower, still differentiable).
+    """
+
+    def __init__(self, *args: Any, peephole: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cell_kind = get_cell("lstm")
+        self.peephole = bool(peephole)
+        if self.peephole:
+            ref = next(self.parameters())
+            bound = 1.0 / math.sqrt(self.hidden_size)  # torch's init range for every LSTM weight
+            for k in range(self.num_layers):
+                for d in range(self.num_directions):
+                    p = nn.Parameter(torch.empty(3 * self.hidden_size, device=ref.device, dtype=ref.dtype))
+                    nn.init.uniform_(p, -bound, bound)
+                    self.register_parameter(f"weight_ph_l{k}" + ("_reverse" if d else ""), p)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", peephole=True" if self.peephole else "")
 
 
 class GRU(_Recurrent, nn.GRU):
@@ -129,8 +199,10 @@ Layer = RNN | LSTM | GRU
 def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs: Any) -> Layer:
     """Build the edgernn layer for a registered cell kind name."""
     kind = get_cell(cell)
-    if kind.torch_class != "LSTM" and kwargs.pop("proj_size", 0):
-        raise ConfigError(f"proj_size is an LSTM option; cell {cell!r} does not take it")
+    if kind.torch_class != "LSTM":
+        for option in ("proj_size", "peephole"):
+            if kwargs.pop(option, None):
+                raise ConfigError(f"{option} is an LSTM option; cell {cell!r} does not take it")
     if kind.torch_class == "RNN":
         return RNN(input_size, hidden_size, nonlinearity=kind.nonlinearity, **kwargs)
     if kind.torch_class == "LSTM":

@@ -62,7 +62,9 @@ def cases_for(*, has_lengths: bool, fixed_length: int | None = None) -> list[Cas
     return [c for c in base if has_lengths or not c.padded]
 
 
-def make_inputs(specs: Sequence[TensorSpec], case: Case, rng: np.random.Generator, int_high: int = 2) -> dict[str, np.ndarray]:
+def make_inputs(
+    specs: Sequence[TensorSpec], case: Case, rng: np.random.Generator, int_high: int = 2
+) -> dict[str, np.ndarray]:
     """Random inputs at a case's shape: normal floats, ints in [0, int_high), lengths that include 1 and T."""
     sizes = {"batch": case.batch, "time": case.length}
     out: dict[str, np.ndarray] = {}
@@ -133,11 +135,13 @@ class ParityReport:
     def table(self) -> str:
         rows = [("case", "vs torch", "output", "max abs", "max rel", "")]
         for c in self.comparisons:
-            rows.append((c.case, c.candidate, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", "ok" if c.passed else "FAIL"))
+            mark = "ok" if c.passed else "FAIL"
+            rows.append((c.case, c.candidate, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", mark))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"parity {verdict} ({self.dtype}: atol {self.atol:g}, rtol {self.rtol:g}; worst {self.max_abs:.2e})")
+        tol = f"{self.dtype}: atol {self.atol:g}, rtol {self.rtol:g}"
+        lines.append(f"parity {verdict} ({tol}; worst {self.max_abs:.2e})")
         return "\n".join(lines)
 
 
@@ -206,3 +210,91 @@ def session_runner(session: Any) -> Runner:
         return list(session.run(None, {k: v for k, v in feed.items() if k in names}))
 
     return run
+
+
+def _slice_time(
+    feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], start: int, stop: int
+) -> dict[str, np.ndarray]:
+    """Steps start..stop of every input that has a "time" axis; other inputs whole."""
+    out = {}
+    for s in specs:
+        a = feed[s.name]
+        if "time" in s.shape:
+            axis = s.shape.index("time")
+            a = np.take(a, np.arange(start, stop), axis=axis)
+        out[s.name] = a
+    return out
+
+
+def _align(want: np.ndarray, got: np.ndarray, done: int, chunk: int) -> np.ndarray:
+    """The part of a prefix call's output that one chunk call must equal.
+
+    An output that does not depend on the length (a readout of the last state) is compared whole; an output
+    with a time axis (one row per step) holds ``done`` steps in the prefix call and ``chunk`` in the step call,
+    and its last ``chunk`` steps are compared.
+    """
+    if want.shape == got.shape or want.ndim != got.ndim:
+        return want
+    differ = [a for a, (w, g) in enumerate(zip(want.shape, got.shape, strict=True)) if w != g]
+    if len(differ) == 1 and want.shape[differ[0]] == done and got.shape[differ[0]] == chunk:
+        return np.take(want, np.arange(done - chunk, done), axis=differ[0])
+    return want  # shapes disagree: compare() reports the mismatch as a failure
+
+
+def check_chained(
+    reference: Runner,
+    step: Runner,
+    specs: Sequence[TensorSpec],
+    states: Sequence[Any],
+    output_names: Sequence[str],
+    chunk: int,
+    cases: Sequence[Case],
+    *,
+    oracle: Runner | None = None,
+    candidate: str = "onnxruntime:cpu",
+    dtype: str = "fp32",
+    seed: int = 0,
+    int_high: int = 2,
+) -> ParityReport:
+    """Streaming parity: chained ``step`` calls against one call of ``reference`` on the whole sequence.
+
+    ``specs`` are the data inputs with their "time" axis named; ``states`` the model's ``StateSpec`` list.
+    ``reference(feed)`` runs the eager model on a whole (prefix of a) sequence and returns its outputs followed
+    by its final states; ``step(feed)`` runs one chunk of ``chunk`` steps with the states fed in and returns
+    the outputs followed by the next states. Each case streams ``ceil(length / chunk)`` chunks from zero states;
+    after chunk j, every output and state must equal the reference on the first (j+1)*chunk steps (the last
+    chunk's reference call is the one full-sequence call). Each output's worst chunk is reported.
+    """
+    tol = tolerance(dtype)
+    report = ParityReport(dtype, tol.atol, tol.rtol)
+    rng = np.random.default_rng(seed)
+    names = [*output_names, *(s.output for s in states)]
+    for case in cases:
+        n_chunks = -(-case.length // chunk)
+        total = n_chunks * chunk
+        label = f"B={case.batch} T={total} chained K={chunk}"
+        feed = make_inputs(specs, Case(case.batch, total), rng, int_high)
+        state = {
+            s.input: np.zeros([case.batch if d == "batch" else d for d in s.shape], dtype=np.float32) for s in states
+        }
+        worst: dict[str, tuple[float, float, bool]] = {}
+        for j in range(n_chunks):
+            done = (j + 1) * chunk
+            got = list(step({**_slice_time(feed, specs, j * chunk, done), **state}))
+            want = list(reference(_slice_time(feed, specs, 0, done)))
+            if len(got) != len(names) or len(want) != len(names):
+                raise ValueError(f"expected {len(names)} outputs ({', '.join(names)}); got {len(got)} and {len(want)}")
+            for name, w, g in zip(names, want, got, strict=True):
+                a, rel, ok = compare(_align(w, g, done, chunk), g, tol)
+                prev = worst.get(name)
+                worst[name] = (max(a, prev[0]), max(rel, prev[1]), ok and prev[2]) if prev else (a, rel, ok)
+            state = {s.input: np.asarray(v) for s, v in zip(states, got[len(output_names) :], strict=True)}
+        for name in names:
+            a, rel, ok = worst[name]
+            report.comparisons.append(Comparison(label, candidate, name, a, rel, ok))
+        if oracle is not None:  # the third implementation, on the whole sequence
+            want = list(reference(feed))[: len(output_names)]
+            for name, w, g in zip(output_names, want, oracle(feed), strict=True):
+                a, rel, ok = compare(w, g, tol)
+                report.comparisons.append(Comparison(f"B={case.batch} T={total}", "numpy", name, a, rel, ok))
+    return report

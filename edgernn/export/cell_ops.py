@@ -14,40 +14,80 @@ from ..cells import CellKind
 from .layout import LayerWeights
 
 
-def cell_step(
-    kind: CellKind, x: Tensor, h: Tensor, c: Tensor | None, w: LayerWeights, d: int
+def input_projection(x: Tensor, w: LayerWeights, d: int) -> Tensor:
+    """x @ W^T + Wb for direction ``d``: it does not depend on the state, so callers compute it for every step at
+    once (one large MatMul instead of one per step) and pass slices of it to ``recurrent_step``."""
+    gh = w.W.shape[1]
+    return x @ w.W[d].T + w.B[d, :gh]
+
+
+def recurrent_weights(w: LayerWeights, d: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """What ``recurrent_step`` needs of direction ``d``, taken out once per sequence rather than per step (an
+    unrolled trace pays for every op): R transposed, the R bias, peepholes, projection transposed."""
+    return (
+        w.R[d].T,
+        w.B[d, w.R.shape[1] :],
+        w.P[d] if w.P is not None else None,
+        w.Wr[d].T if w.Wr is not None else None,
+    )
+
+
+def _gates(t: Tensor, n: int, hs: int) -> list[Tensor]:
+    # slices, not torch.split: ONNX's Split changed at opset 18 and onnx's version converter cannot take it back
+    # to the lower opsets the strategies support
+    return [t[:, g * hs : (g + 1) * hs] for g in range(n)]
+
+
+def recurrent_step(
+    kind: CellKind,
+    xw: Tensor,
+    h: Tensor,
+    c: Tensor | None,
+    RT: Tensor,
+    rb: Tensor,
+    P: Tensor | None = None,
+    WrT: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """One step of direction ``d``: x (B, I), h (B, P), c (B, H) -> h, c."""
-    W, R, B = w.W[d], w.R[d], w.B[d]
-    gh = W.shape[0]
-    wb, rb = B[:gh], B[gh:]
+    """One step from the input projection ``xw`` (B, G*H): h (B, P), c (B, H) -> h, c.
+
+    RT (P, G*H) is R transposed and rb (G*H,) its bias, P (3*H,) the peepholes in ONNX order p_i, p_o, p_f, WrT
+    (H, P) the projection transposed (see ``recurrent_weights``).
+    """
+    gh = RT.shape[1]
+    hr = torch.addmm(rb, h, RT)  # h R^T + Rb as one op (ONNX Gemm)
     if kind.torch_class == "RNN":
-        pre = x @ W.T + h @ R.T + wb + rb
+        pre = xw + hr
         return (torch.tanh(pre) if kind.nonlinearity == "tanh" else torch.relu(pre)), None
     if kind.torch_class == "GRU":
         hs = gh // 3
-        xw = x @ W.T + wb
-        hr = h @ R.T + rb
-        z = torch.sigmoid(xw[:, :hs] + hr[:, :hs])
-        r = torch.sigmoid(xw[:, hs : 2 * hs] + hr[:, hs : 2 * hs])
-        n = torch.tanh(xw[:, 2 * hs :] + r * hr[:, 2 * hs :])
+        x_z, x_r, x_h = _gates(xw, 3, hs)
+        h_z, h_r, h_h = _gates(hr, 3, hs)
+        z = torch.sigmoid(x_z + h_z)
+        r = torch.sigmoid(x_r + h_r)
+        n = torch.tanh(x_h + r * h_h)  # linear_before_reset: r scales (R_h h + Rb_h)
         return (1 - z) * n + z * h, None
     if c is None:
         raise ValueError("an LSTM step needs the cell state c")
     hs = gh // 4
-    g = x @ W.T + h @ R.T + wb + rb
-    a_i, a_o, a_f, a_c = g[:, :hs], g[:, hs : 2 * hs], g[:, 2 * hs : 3 * hs], g[:, 3 * hs :]
-    if w.P is not None:
-        p = w.P[d]
-        a_i = a_i + p[:hs] * c
-        a_f = a_f + p[2 * hs :] * c
+    a_i, a_o, a_f, a_c = _gates(xw + hr, 4, hs)
+    if P is not None:
+        p_i, p_o, p_f = P[:hs], P[hs : 2 * hs], P[2 * hs :]
+        a_i = a_i + p_i * c
+        a_f = a_f + p_f * c
     c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_c)
-    if w.P is not None:
-        a_o = a_o + w.P[d][hs : 2 * hs] * c_new
+    if P is not None:
+        a_o = a_o + p_o * c_new  # the output gate's peephole sees the new cell state
     h_new = torch.sigmoid(a_o) * torch.tanh(c_new)
-    if w.Wr is not None:
-        h_new = h_new @ w.Wr[d].T
+    if WrT is not None:
+        h_new = h_new @ WrT
     return h_new, c_new
+
+
+def cell_step(
+    kind: CellKind, x: Tensor, h: Tensor, c: Tensor | None, w: LayerWeights, d: int
+) -> tuple[Tensor, Tensor | None]:
+    """One step of direction ``d``: x (B, I), h (B, P), c (B, H) -> h, c."""
+    return recurrent_step(kind, input_projection(x, w, d), h, c, *recurrent_weights(w, d))
 
 
 def run_stack(
@@ -66,6 +106,11 @@ def run_stack(
     dirs = weights[0].W.shape[0]
     hs: list[Tensor] = []
     cs: list[Tensor] = []
+    valid: list[Tensor] | None = None
+    if lengths is not None:
+        t_idx = torch.arange(steps, device=x.device, dtype=lengths.dtype)
+        mask = (t_idx.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        valid = [mask[t] for t in range(steps)]  # once for all layers: an unrolled trace pays for every op
     inp = x
     for layer, w in enumerate(weights):
         outs = []
@@ -74,18 +119,20 @@ def run_stack(
             h = h0[k]
             c = c0[k] if c0 is not None else None
             ys: list[Tensor] = [h] * steps
+            xw = input_projection(inp, w, d)
+            rw = recurrent_weights(w, d)
             order = range(steps - 1, -1, -1) if d else range(steps)
             for t in order:
-                h_new, c_new = cell_step(kind, inp[t], h, c, w, d)
-                if lengths is None:
+                h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
+                if valid is None:
                     h, c = h_new, c_new
                     ys[t] = h_new
                 else:
-                    valid = (lengths > t).unsqueeze(-1)
-                    h = torch.where(valid, h_new, h)
+                    v = valid[t]
+                    h = torch.where(v, h_new, h)
                     if c is not None and c_new is not None:
-                        c = torch.where(valid, c_new, c)
-                    ys[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
+                        c = torch.where(v, c_new, c)
+                    ys[t] = torch.where(v, h_new, 0.0)
             outs.append(torch.stack(ys) if steps else inp.new_zeros(0, inp.shape[1], h.shape[-1]))
             hs.append(h)
             if c is not None:

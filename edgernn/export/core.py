@@ -26,6 +26,7 @@ from ..manifest import MANIFEST_KEY, Manifest, StateSpec, TensorSpec
 from ..parity import Case, ParityReport, Runner, cases_for, check, session_runner, torch_runner
 from .layout import LayerWeights, onnx_weights
 from .registry import Strategy, get_strategy_class
+from .streaming import StateIO, StepModule, example_states, state_specs, verify_stream
 
 
 @dataclass
@@ -46,15 +47,23 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def make_hook(strategy: Strategy, weights: dict[int, list[LayerWeights]]) -> Callable[..., Any]:
-    """The forward that every edgernn recurrent layer runs while the exporter traces."""
+def make_hook(
+    strategy: Strategy, weights: dict[int, list[LayerWeights]], states: StateIO | None = None
+) -> Callable[..., Any]:
+    """The forward that every edgernn recurrent layer runs while the exporter traces.
+
+    With ``states`` (a streaming export) each layer starts from the state fed in as a graph input and hands its
+    final state back, instead of starting from ``hx`` or zeros.
+    """
 
     def hook(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
         if not isinstance(input, Tensor):
             raise ExportError("PackedSequence inputs cannot be exported; pass the padded tensor and `lengths`")
         x = input.transpose(0, 1) if layer.batch_first else input
         rows = layer.num_layers * layer.num_directions
-        if hx is None:
+        if states is not None:
+            h0, c0 = states.take(layer, hx, lengths)
+        elif hx is None:
             h0 = x.new_zeros(rows, x.shape[1], layer.state_size)
             c0 = x.new_zeros(rows, x.shape[1], layer.hidden_size) if layer.cell_kind.has_cell_state else None
         elif isinstance(hx, tuple):
@@ -62,6 +71,8 @@ def make_hook(strategy: Strategy, weights: dict[int, list[LayerWeights]]) -> Cal
         else:
             h0, c0 = hx, None
         y, h, c = strategy.run_stack(layer, weights[id(layer)], x, h0, c0, lengths)
+        if states is not None:
+            states.give(layer, h, c)
         if layer.batch_first:
             y = y.transpose(0, 1)
         return (y, (h, c)) if layer.cell_kind.has_cell_state else (y, h)
@@ -84,6 +95,31 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, lv in zip(loggers, levels, strict=True):
             lg.setLevel(lv)
+
+
+def _fold(model: Any) -> None:
+    """What torch's ``optimize=True`` does (onnxscript's optimizer) without its pattern rewriter, whose matching
+    grows quadratically with graph size: an unrolled graph of a few thousand nodes took minutes in it. Constant
+    folding (the weight transposes and gate slices), dead-node removal, constants lifted to initializers,
+    duplicate initializers and common subexpressions merged."""
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants_ir
+
+    passes.InlinePass()(model)
+    for _ in range(2):
+        fold_constants_ir(model, onnx_shape_inference=True)
+        passes.RemoveUnusedNodesPass()(model)
+    for p in (
+        passes.RemoveUnusedFunctionsPass(),
+        passes.RemoveUnusedOpsetsPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.LiftSubgraphInitializersToMainGraphPass(),
+        passes.DeduplicateInitializersPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.OutputFixPass(),
+        passes.NameFixPass(),
+    ):
+        p(model)
 
 
 def _normalise(proto: Any) -> None:
@@ -171,8 +207,11 @@ def export_module(
     """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy.
 
     ``inputs`` name the graph's inputs in ``forward``'s order, with dynamic axes named "batch" and "time" and
-    roles ("data", "lengths"). Parity is checked against ``module`` itself, unconverted, before anything is
-    written; a failure raises ``ParityError`` and leaves ``path`` untouched.
+    roles ("data", "lengths"). Fixed-length strategies (unroll, step) fix "time" to their length and cut or
+    repeat the example inputs to it. A streaming strategy (step) adds every recurrent layer's state as graph
+    inputs after ``inputs`` and outputs after ``output_names`` (see ``edgernn.export.streaming``). Parity is
+    checked against ``module`` itself, unconverted, before anything is written (for step: chained calls against
+    one whole-sequence call); a failure raises ``ParityError`` and leaves ``path`` untouched.
     """
     strat = get_strategy_class(strategy)(**options)
     caps = strat.caps
@@ -192,29 +231,54 @@ def export_module(
     weights = {id(layer): onnx_weights(layer) for _, layer in layers}
 
     specs = list(inputs)
-    if not caps.dynamic_length:
-        specs = [replace(s, shape=[strat.options["seq_len"] if d == "time" else d for d in s.shape]) for s in specs]
-    hook = make_hook(strat, weights)
+    example = tuple(example_inputs)
+    fixed = strat.fixed_length()
+    if fixed is not None:
+        example = tuple(_fit_time(t, s, fixed) for t, s in zip(example, specs, strict=True))
+        specs = [replace(s, shape=[fixed if d == "time" else d for d in s.shape]) for s in specs]
+    names_out = list(output_names)
+    traced: nn.Module = work
+    io = None
+    state_in: list[TensorSpec] = []
+    state_out: list[TensorSpec] = []
+    states: list[StateSpec] = []
+    if caps.streaming:
+        io = StateIO()
+        dtype = next(layers[0][1].parameters()).dtype
+        state_in, state_out, states = state_specs(layers, str(torch.empty(0, dtype=dtype).numpy().dtype))
+        traced = StepModule(work, layers, len(example), io)
+        example += tuple(example_states(layers, _batch_of(example, specs), dtype))
+        names_out += [s.name for s in state_out]
+    graph_inputs = specs + state_in
+    dims: tuple[Any, ...] = _dims(graph_inputs)
+    if caps.streaming:
+        dims = (dims,)  # StepModule.forward takes *args: torch matches dynamic_shapes to that one parameter
+    hook = make_hook(strat, weights, io)
     try:
         with _quiet(), torch.no_grad(), enn.export_hook(hook):
             program = torch.onnx.export(
-                work,
-                tuple(example_inputs),
+                traced,
+                example,
                 dynamo=True,
-                input_names=[s.name for s in specs],
-                output_names=list(output_names),
-                dynamic_shapes=_dims(specs),
+                input_names=[s.name for s in graph_inputs],
+                output_names=names_out,
+                dynamic_shapes=dims,
                 custom_translation_table=strat.translation_table() or None,
                 opset_version=opset,
-                optimize=True,
+                optimize=strat.rewrite_graph,
                 verbose=False,
             )
+            if program is not None and not strat.rewrite_graph:
+                _fold(program.model)
     except ExportError:
         raise
     except Exception as e:
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
+    if program is None:  # torch returns None only when asked to write a file itself, which we never do
+        raise ExportError("torch's exporter returned no program")
     proto = _set_opset(program.model_proto, opset)
     _normalise(proto)
+    _check_dynamic_axes(proto, graph_inputs)
 
     first = layers[0][1]
     kinds = {layer.cell_kind.name for _, layer in layers}
@@ -225,22 +289,39 @@ def export_module(
         hidden_size=first.hidden_size,
         bidirectional=bool(first.bidirectional),
         opset=_default_opset(proto),
-        inputs=specs,
-        outputs=[_output_spec(proto, n) for n in output_names],
+        inputs=graph_inputs,
+        outputs=[_output_spec(proto, n) for n in output_names] + state_out,
+        states=states,
         weights_sha256=weights_sha256(original),
         proj_size=int(getattr(first, "proj_size", 0)),
         peephole=bool(getattr(first, "peephole", False)),
-        seq_len=None if caps.dynamic_length else int(strat.options["seq_len"]),
+        seq_len=fixed if not caps.streaming else None,
+        chunk=fixed if caps.streaming else None,
         edgernn_version=__version__,
         **(manifest_extra or {}),
     )
     report = None
-    if verify:
+    if verify and caps.streaming:
+        report = verify_stream(
+            original,
+            proto,
+            list(inputs),
+            states,
+            list(output_names),
+            int(fixed or 1),
+            cases=cases,
+            oracle=oracle,
+            int_high=int_high,
+        )
+    elif verify:
         report = verify_parity(original, proto, manifest, cases=cases, oracle=oracle, int_high=int_high)
+    if report is not None:
         manifest = replace(manifest, parity=report.summary())
         if not report.passed:
             worst = report.failures()[:5]
-            lines = "; ".join(f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst)
+            lines = "; ".join(
+                f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst
+            )
             raise ParityError(
                 f"parity FAILED for strategy {strategy!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}. "
                 "Nothing was written.",
@@ -255,6 +336,49 @@ def export_module(
         out = Path(path)
         write_atomic(out, data)
     return ExportResult(out, manifest, report, data)
+
+
+def _check_dynamic_axes(proto: Any, specs: Sequence[TensorSpec]) -> None:
+    """Every axis we named dynamic must still be dynamic in the graph. torch's exporter can specialise an axis
+    to the example's size without an error (pytorch#191855; state left by an earlier export in the process can
+    do it too); the parity check at other shapes would catch it, this says which axis and why."""
+    graph = {i.name: i for i in proto.graph.input}
+    for s in specs:
+        vi = graph.get(s.name)
+        if vi is None:
+            raise ExportError(
+                f"the exported graph lost its input {s.name!r} (torch's exporter dropped an unused input?)"
+            )
+        dims = vi.type.tensor_type.shape.dim
+        for axis, (want, got) in enumerate(zip(s.shape, dims, strict=False)):
+            if isinstance(want, str) and not got.dim_param:
+                raise ExportError(
+                    f"torch's exporter fixed the {want!r} axis ({axis}) of input {s.name!r} to {got.dim_value}; the "
+                    "exported model would reject other sizes. If other exports ran earlier in this process, export "
+                    "in a fresh process; otherwise this is an edgernn bug to report"
+                )
+
+
+def _fit_time(t: Tensor, spec: TensorSpec, steps: int) -> Tensor:
+    """An example input cut or repeated to ``steps`` along its "time" axis (fixed-length strategies trace at
+    their length, whatever length the caller's example has); lengths are capped at ``steps``."""
+    if spec.role == "lengths":
+        return t.clamp(max=steps)
+    if "time" not in spec.shape:
+        return t
+    axis = spec.shape.index("time")
+    if t.shape[axis] == steps:
+        return t
+    if t.shape[axis] == 0:
+        raise ExportError(f"example input {spec.name!r} has no time steps")
+    return t.index_select(axis, torch.arange(steps) % t.shape[axis])
+
+
+def _batch_of(example: Sequence[Tensor], specs: Sequence[TensorSpec]) -> int:
+    for t, s in zip(example, specs, strict=True):
+        if "batch" in s.shape:
+            return int(t.shape[s.shape.index("batch")])
+    raise ExportError("a streaming export needs an input with a batch axis (named 'batch') to size the state by")
 
 
 def _root_cause(e: BaseException) -> str:

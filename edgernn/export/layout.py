@@ -29,15 +29,19 @@ class LayerWeights:
     Wr: Tensor | None  # projection, LSTM only
 
 
-def onnx_weights(layer: torch.nn.Module) -> list[LayerWeights]:
-    """The weights of an edgernn recurrent layer in ONNX layout, one entry per stacked layer (detached copies)."""
+def onnx_weights(layer: torch.nn.Module, *, detach: bool = True) -> list[LayerWeights]:
+    """The weights of an edgernn recurrent layer in ONNX layout, one entry per stacked layer.
+
+    Detached copies for export; ``detach=False`` keeps them in the autograd graph, for the eager forward of
+    variants torch has no fused kernel for (peepholes), which must train.
+    """
     kind = layer.cell_kind  # type: ignore[attr-defined]
     perm = torch.as_tensor(kind.gate_permutation(layer.hidden_size))  # type: ignore[attr-defined]
     out = []
     for k in range(layer.num_layers):  # type: ignore[attr-defined]
         ws, rs, bs, ps, wrs = [], [], [], [], []
         for d in range(layer.num_directions):  # type: ignore[attr-defined]
-            w = {n: t.detach() for n, t in layer.layer_weights(k, d).items()}  # type: ignore[attr-defined]
+            w = {n: t.detach() if detach else t for n, t in layer.layer_weights(k, d).items()}  # type: ignore[attr-defined]
             ws.append(w["w_ih"][perm])
             rs.append(w["w_hh"][perm])
             bs.append(torch.cat([w["b_ih"][perm], w["b_hh"][perm]]))

@@ -92,8 +92,8 @@ class Native(Strategy):
         bidirectional=True,
         variants=frozenset({"peephole"}),
         streaming=False,
-        opset_min=14,
-        opset_max=23,
+        opset_min=15,
+        opset_max=25,
         default_opset=18,
     )
 

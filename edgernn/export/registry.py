@@ -6,6 +6,8 @@ read it from here.
 
 from __future__ import annotations
 
+import importlib
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,9 +47,24 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     caps: ClassVar[Capabilities]
+    option_names: ClassVar[frozenset[str]] = frozenset()  # the strategy-specific options it accepts
+    # run onnxscript's pattern rewriter over the exported graph (torch's optimize=True); strategies that emit
+    # thousands of nodes turn it off, as its matching grows quadratically: constants are still folded
+    rewrite_graph: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
+        # None means "not given" (what a CLI passes for an unset flag); anything else must be an option we know,
+        # so that e.g. seq_len given to a dynamic-length strategy is an error rather than silently ignored
+        options = {k: v for k, v in options.items() if v is not None}
+        unknown = set(options) - self.option_names
+        if unknown:
+            takes = ", ".join(sorted(self.option_names)) or "no options"
+            raise ConfigError(f"strategy {self.name!r} does not take {', '.join(sorted(unknown))}; it takes {takes}")
         self.options = options
+
+    def fixed_length(self) -> int | None:
+        """The time steps every graph input is fixed to (unroll: seq_len; step: the chunk); None when dynamic."""
+        return None
 
     def check_layer(self, layer: Any) -> None:
         """Raise ExportError when this strategy cannot export ``layer``; the message names what can."""
@@ -81,6 +98,21 @@ class Strategy(ABC):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Time-major x (T, B, I) through the layer's stack, as the graph should compute it: y, h_n, c_n."""
 
+    def positive_int_option(self, name: str, default: int | None = None) -> int:
+        """An integer option that must be at least 1; ExportError when missing (without a default) or invalid."""
+        value = self.options.get(name, default)
+        if value is None:
+            raise ExportError(
+                f"strategy {self.name!r} needs the {name} option (e.g. {name}=100, --{name.replace('_', '-')} 100)"
+            )
+        try:
+            number = operator.index(value)  # ints and numpy ints; not floats, strings or bools
+        except TypeError:
+            number = 0
+        if isinstance(value, bool) or number < 1:
+            raise ExportError(f"strategy {self.name!r}: {name} must be an integer >= 1; got {value!r}")
+        return number
+
     def translation_table(self) -> dict[Callable[..., Any], Callable[..., Any]]:
         """Custom ops this strategy emits, mapped to their onnxscript translations."""
         return {}
@@ -105,8 +137,12 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+BUILTIN = ("native", "loop", "unroll", "step")  # registration order is the order the CLI and --help list them in
+
+
 def _load_builtin() -> None:
-    from . import native  # noqa: F401  (each strategy module registers itself on import)
+    for name in BUILTIN:  # each strategy module registers itself on import
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def strategy_names() -> list[str]:
