@@ -7,29 +7,21 @@ Heavy imports (torch, onnxruntime) happen inside the commands, so `edgernn --hel
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .cells import cell_names
-from .errors import EdgeRNNError
+from .cli_common import echo_json, handle_errors
+from .cli_runtime import COMMANDS as RUNTIME_COMMANDS
+from .errors import ParityError
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
 6 model file; 7 input data; 8 provider."""
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeRNNError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
-
-
-@click.group(cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgernn")
 def main() -> None:
     """edgernn: train recurrent networks in torch, export them to ONNX, run them with onnxruntime, and prove
@@ -37,11 +29,9 @@ def main() -> None:
 
 
 def _strategy_choices() -> list[str]:
-    return ["native", "loop", "unroll", "step"]
+    from .export.registry import BUILTIN  # torch-free: --help stays instant
 
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return list(BUILTIN)
 
 
 @main.command()
@@ -66,40 +56,71 @@ def _echo_json(obj: Any) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for model.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
 def train(**o: Any) -> None:
     """Train a model on a built-in task and write OUT/model.ckpt and OUT/history.json."""
     from .workflows import train_to_dir
 
     result = train_to_dir(**o, progress=not o["as_json"])
     if o["as_json"]:
-        _echo_json(result)
+        echo_json(result)
     else:
-        click.echo(f"trained {result['cell']} on {result['task']}: best {result['metric']} {result['best_metric']:.4g} "
-                   f"at epoch {result['best_epoch'] + 1}; checkpoint {result['checkpoint']}")
+        click.echo(
+            f"trained {result['cell']} on {result['task']}: best {result['metric']} {result['best_metric']:.4g} "
+            f"at epoch {result['best_epoch'] + 1}; checkpoint {result['checkpoint']}"
+        )
 
 
 @main.command()
 @click.argument("ckpt", type=click.Path(), required=False)
-@click.option("--module", "module_spec", default=None, metavar="PKG.MOD:FACTORY",
-              help="Export your own torch module instead of a checkpoint: FACTORY() returns the module, or "
-              "(module, example_inputs).")
+@click.option(
+    "--module",
+    "module_spec",
+    default=None,
+    metavar="PKG.MOD:FACTORY",
+    help="Export your own torch module instead of a checkpoint: FACTORY() returns the module, or "
+    "(module, example_inputs).",
+)
 @click.option("--weights", type=click.Path(), default=None, help="With --module: a state_dict file (loaded safely).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
-              help="With --module: an example input, e.g. x:2x5x3 or tokens:2x5:int64 (repeat per input).")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME:SHAPE[:DTYPE]",
+    help="With --module: an example input, e.g. x:2x5x3 or tokens:2x5:int64 (repeat per input).",
+)
 @click.option("--time-major", is_flag=True, help="With --module: inputs are (time, batch, ...) not (batch, time, ...).")
 @click.option("--lengths-input", default=None, help="With --module: the input that holds sequence lengths.")
-@click.option("--strategy", type=click.Choice(_strategy_choices()), default="native", show_default=True,
-              help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.")
+@click.option(
+    "--strategy",
+    type=click.Choice(_strategy_choices()),
+    default="native",
+    show_default=True,
+    help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write MODEL.onnx.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the strategy's default).")
 @click.option("--seq-len", type=int, default=None, help="unroll: the fixed sequence length.")
 @click.option("--chunk", type=int, default=None, help="step: time steps per call (default 1).")
-@click.option("--lengths/--no-lengths", default=None, help="Add a `lengths` input for padded batches "
-              "(default: when the strategy supports it).")
+@click.option(
+    "--lengths/--no-lengths",
+    default=None,
+    help="Add a `lengths` input for padded batches (default: when the strategy supports it).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
-def export(ckpt: str | None, out_path: str, as_json: bool, module_spec: str | None, weights: str | None,
-           inputs: tuple[str, ...], time_major: bool, lengths_input: str | None, **o: Any) -> None:
+@handle_errors
+def export(
+    ckpt: str | None,
+    out_path: str,
+    as_json: bool,
+    module_spec: str | None,
+    weights: str | None,
+    inputs: tuple[str, ...],
+    time_major: bool,
+    lengths_input: str | None,
+    **o: Any,
+) -> None:
     """Export checkpoint CKPT (a file or a training directory), or your own module (--module), to ONNX after
     checking parity against the torch model.
 
@@ -111,13 +132,25 @@ def export(ckpt: str | None, out_path: str, as_json: bool, module_spec: str | No
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
     if module_spec is not None:
         o.pop("lengths")
-        result = export_user_module(module_spec, out_path, weights=weights, inputs=inputs, time_major=time_major,
-                                    lengths_input=lengths_input, **o)
+        result = export_user_module(
+            module_spec,
+            out_path,
+            weights=weights,
+            inputs=inputs,
+            time_major=time_major,
+            lengths_input=lengths_input,
+            **o,
+        )
     else:
         result = export_checkpoint(ckpt, out_path, **o)
     if as_json:
-        _echo_json({"path": str(result.path), "manifest": result.manifest.to_dict(),
-                    "parity": result.report.to_dict() if result.report else None})
+        echo_json(
+            {
+                "path": str(result.path),
+                "manifest": result.manifest.to_dict(),
+                "parity": result.report.to_dict() if result.report else None,
+            }
+        )
         return
     if result.report is not None:
         click.echo(result.report.table())
@@ -130,6 +163,7 @@ def export(ckpt: str | None, out_path: str, as_json: bool, module_spec: str | No
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda, tensorrt, ... or auto.")
 @click.option("--fallback", default=None, help="Provider to use if --provider is not available.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
 def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: bool) -> None:
     """Check that MODEL.onnx computes what checkpoint CKPT computes (torch vs onnxruntime vs numpy).
 
@@ -139,16 +173,17 @@ def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: 
 
     report = parity_check(ckpt, model, provider=provider, fallback=fallback)
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         click.echo(report.table())
     if not report.passed:
-        sys.exit(5)
+        raise click.exceptions.Exit(ParityError.exit_code)
 
 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@handle_errors
 def inspect(model: str, as_json: bool) -> None:
     """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
     states, file size and the parity result recorded at export."""
@@ -159,10 +194,28 @@ def inspect(model: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@handle_errors
+def strategies(as_json: bool) -> None:
+    """List the export strategies and what each supports (read from the strategy registry)."""
+    from dataclasses import asdict
+
+    from .export import get_strategy_class, strategy_names
+
+    rows = {name: get_strategy_class(name) for name in strategy_names()}
+    if as_json:
+        echo_json({n: {"summary": c.summary, **asdict(c.caps)} for n, c in rows.items()})
+        return
+    for name, cls in rows.items():
+        click.echo(f"{name:<7} {cls.summary}\n        {cls.caps.describe()}")
+
+
+@main.command()
 @click.option("--out", "out_dir", default="edgernn-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
 @click.option("--epochs", default=6, show_default=True)
 @click.option("--strategy", type=click.Choice(_strategy_choices()), default="native", show_default=True)
+@handle_errors
 def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     """The whole pipeline on the built-in default: train briefly on the sine task, export, run, check parity."""
     from .workflows import demo as run_demo
@@ -170,13 +223,5 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-def _add_runtime_commands() -> None:
-    try:
-        from .cli_runtime import COMMANDS
-    except ImportError:
-        return
-    for cmd in COMMANDS:
-        main.add_command(cmd)
-
-
-_add_runtime_commands()
+for _command in RUNTIME_COMMANDS:
+    main.add_command(_command)

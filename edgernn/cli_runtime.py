@@ -8,7 +8,6 @@ Also runnable alone: ``python -m edgernn.cli_runtime run MODEL.onnx ...``.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from typing import Any
 
@@ -165,15 +164,3 @@ def bench(
 
 # what `edgernn.cli` adds to the `edgernn` group
 COMMANDS: list[click.Command] = [run, bench]
-
-
-@click.group()
-def main() -> None:
-    """edgernn's runtime commands on their own (the full CLI is ``edgernn``)."""
-
-
-for _cmd in COMMANDS:
-    main.add_command(_cmd)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -94,7 +94,9 @@ TASKS: dict[str, Task] = {
         Task("sine", "forecast the next value of a noisy multi-sine", 1, 1, "regression", "mse", "last", _sine),
         Task("denoise", "recover a clean multi-sine at every step", 1, 1, "regression", "mse", "all", _denoise),
         Task("adding", "sum the two marked values of a long sequence", 2, 1, "regression", "mse", "last", _adding),
-        Task("sign", "does a random walk end above zero (2 classes)", 1, 2, "classification", "accuracy", "last", _sign),
+        Task(
+            "sign", "does a random walk end above zero (2 classes)", 1, 2, "classification", "accuracy", "last", _sign
+        ),
     )
 }
 

@@ -29,9 +29,16 @@ def _value_info(vi: Any) -> dict[str, Any]:
     import onnx
 
     tt = vi.type.tensor_type
-    dims = [d.dim_param if d.dim_param else (int(d.dim_value) if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+    dims = [
+        d.dim_param if d.dim_param else (int(d.dim_value) if d.HasField("dim_value") else "?") for d in tt.shape.dim
+    ]
     dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else "?"
-    return {"name": vi.name, "dtype": dtype, "shape": dims, "dynamic_axes": [i for i, d in enumerate(dims) if isinstance(d, str)]}
+    return {
+        "name": vi.name,
+        "dtype": dtype,
+        "shape": dims,
+        "dynamic_axes": [i for i, d in enumerate(dims) if isinstance(d, str)],
+    }
 
 
 def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -79,8 +86,10 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines.append("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()))
     man = info["manifest"]
     if man:
-        desc = f"{man['strategy']} export of {man['cell'] or 'mixed cells'}: {man['num_layers']} layer(s), hidden " \
-               f"{man['hidden_size']}, {'bidirectional' if man['bidirectional'] else 'unidirectional'}"
+        desc = (
+            f"{man['strategy']} export of {man['cell'] or 'mixed cells'}: {man['num_layers']} layer(s), hidden "
+            f"{man['hidden_size']}, {'bidirectional' if man['bidirectional'] else 'unidirectional'}"
+        )
         if man.get("proj_size"):
             desc += f", projection {man['proj_size']}"
         if man.get("peephole"):
@@ -100,7 +109,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     if info["states"]:
         lines.append("states:")
         for s in info["states"]:
-            lines.append(f"  {s['input']} -> {s['output']}  ({', '.join(str(d) for d in s['shape'])}), starts at {s['init']}")
+            lines.append(
+                f"  {s['input']} -> {s['output']}  ({', '.join(str(d) for d in s['shape'])}), starts at {s['init']}"
+            )
     lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     par = info["parity"]
     if par is None:
@@ -108,6 +119,8 @@ def format_inspection(info: dict[str, Any]) -> str:
     elif par.get("passed") is None:
         lines.append(f"parity: not checked ({par.get('skipped', '')})")
     else:
-        lines.append(f"parity: {'PASS' if par['passed'] else 'FAIL'} ({par['dtype']}, worst {par['max_abs']:.2e} vs atol "
-                     f"{par['atol']:g}; cases {', '.join(par['cases'])}; against {', '.join(par['candidates'])})")
+        lines.append(
+            f"parity: {'PASS' if par['passed'] else 'FAIL'} ({par['dtype']}, worst {par['max_abs']:.2e} vs atol "
+            f"{par['atol']:g}; cases {', '.join(par['cases'])}; against {', '.join(par['candidates'])})"
+        )
     return "\n".join(lines)

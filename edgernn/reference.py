@@ -80,7 +80,7 @@ def run_direction(
         if c is not None and c_new is not None:
             c = np.where(valid, c_new, c)
         ys[t] = np.where(valid, h_new, 0.0)
-    y = np.stack(ys) if ys else np.zeros((0,) + h.shape, dtype=h.dtype)  # type: ignore[arg-type]
+    y = np.stack(ys) if ys else np.zeros((0, *h.shape), dtype=h.dtype)  # type: ignore[arg-type]
     return y, h, c
 
 

@@ -148,7 +148,12 @@ def fit(
     model = build_model(model_config)
     initialise(model, config.init)
     train_set, val_set = make_splits(
-        task, n_train=config.n_train, n_val=config.n_val, min_len=config.min_len, max_len=config.max_len, seed=config.seed
+        task,
+        n_train=config.n_train,
+        n_val=config.n_val,
+        min_len=config.min_len,
+        max_len=config.max_len,
+        seed=config.seed,
     )
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 1)
@@ -181,7 +186,9 @@ def fit(
             metric = evaluate(model, task, val_set)
             hist.train_loss.append(float(np.mean(losses)))
             hist.val_metric.append(metric)
-            improved = hist.best_epoch < 0 or (metric > hist.best_metric if higher_better else metric < hist.best_metric)
+            improved = hist.best_epoch < 0 or (
+                metric > hist.best_metric if higher_better else metric < hist.best_metric
+            )
             if improved:
                 hist.best_epoch, hist.best_metric = epoch, metric
                 best_state = copy.deepcopy(model.state_dict())

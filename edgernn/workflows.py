@@ -32,7 +32,12 @@ def train_to_dir(
     train_options.pop("as_json", None)
     t = get_task(task)
     mcfg = model_config_for(
-        t, cell=cell, hidden_size=hidden, num_layers=layers, bidirectional=bidirectional, dropout=dropout,
+        t,
+        cell=cell,
+        hidden_size=hidden,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        dropout=dropout,
         proj_size=proj_size,
     )
     tcfg = TrainConfig(**train_options)
@@ -76,10 +81,14 @@ def export_checkpoint(
     if chunk is not None:
         options["chunk"] = chunk
     model = checkpoint.load(ckpt).model()
-    return export_model(model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options)
+    return export_model(
+        model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options
+    )
 
 
-def parity_check(ckpt: str | Path, model_path: str | Path, *, provider: str = "cpu", fallback: str | None = None) -> Any:
+def parity_check(
+    ckpt: str | Path, model_path: str | Path, *, provider: str = "cpu", fallback: str | None = None
+) -> Any:
     """Re-check an exported model against its checkpoint on one provider (torch vs onnxruntime vs numpy)."""
     import onnx
 
@@ -109,8 +118,9 @@ def parity_check(ckpt: str | Path, model_path: str | Path, *, provider: str = "c
     return verify_parity(model, proto, manifest, oracle=oracle, providers=[short or "cpu"])
 
 
-def demo(out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = "native",
-         echo: Callable[[str], None] = print) -> dict[str, Any]:
+def demo(
+    out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = "native", echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train briefly on `sine`, export, run the ONNX model on held-out data and report parity."""
     import numpy as np
 
@@ -120,8 +130,15 @@ def demo(out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = 
     t0 = time.time()
     echo(f"[1/4] training a 2-layer {cell} (hidden 32) on the built-in 'sine' task for up to {epochs} epochs")
     summary = train_to_dir(
-        task="sine", cell=cell, hidden=32, layers=2, bidirectional=False, out_dir=str(out_dir), epochs=epochs,
-        n_train=512, progress=True,
+        task="sine",
+        cell=cell,
+        hidden=32,
+        layers=2,
+        bidirectional=False,
+        out_dir=str(out_dir),
+        epochs=epochs,
+        n_train=512,
+        progress=True,
     )
     echo(f"      validation mse {summary['best_metric']:.4g}; checkpoint {summary['checkpoint']}")
     onnx_path = out_dir / "model.onnx"
@@ -136,12 +153,18 @@ def demo(out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = 
 
     batch = collate(held_out)
     m = Model(onnx_path, provider="cpu")
-    pred = m.run(batch.x, batch.lengths) if m.manifest.input("lengths") else np.stack([m.run(e.x[None])[0] for e in held_out])
+    pred = (
+        m.run(batch.x, batch.lengths)
+        if m.manifest.input("lengths")
+        else np.stack([m.run(e.x[None])[0] for e in held_out])
+    )
     mse = float(((pred - batch.y) ** 2).mean())
     echo(f"      onnxruntime ({m.provider}) held-out mse {mse:.4g} on {len(held_out)} sequences")
     verdict = "PASS" if result.report.passed else "FAIL"
-    echo(f"[4/4] parity {verdict}: worst |torch - onnxruntime| = {result.report.max_abs:.2e} "
-         f"(tolerance atol {result.report.atol:g}) in {time.time() - t0:.0f}s")
+    echo(
+        f"[4/4] parity {verdict}: worst |torch - onnxruntime| = {result.report.max_abs:.2e} "
+        f"(tolerance atol {result.report.atol:g}) in {time.time() - t0:.0f}s"
+    )
     return {"checkpoint": summary["checkpoint"], "model": str(onnx_path), "parity": result.report.summary(), "mse": mse}
 
 
@@ -165,7 +188,7 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"cannot load {spec!r}: {e} (is the package on PYTHONPATH?)") from None
     made = factory()
-    module, example = (made if isinstance(made, tuple) else (made, None))
+    module, example = made if isinstance(made, tuple) else (made, None)
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec!r} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -177,7 +200,9 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
         try:
             module.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"the weights in {str(weights)!r} do not fit {spec}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"the weights in {str(weights)!r} do not fit {spec}: {str(e).splitlines()[0]}"
+            ) from None
     return module.eval(), (tuple(example) if example is not None else None)
 
 
@@ -221,20 +246,36 @@ def export_user_module(
         parsed = [parse_input_spec(t) for t in inputs]
         names = [p[0] for p in parsed]
         example = tuple(
-            torch.zeros(shape, dtype=getattr(torch, dtype)) if dtype.startswith("float") else
-            torch.ones(shape, dtype=getattr(torch, dtype)) for _, shape, dtype in parsed
+            torch.zeros(shape, dtype=getattr(torch, dtype))
+            if dtype.startswith("float")
+            else torch.ones(shape, dtype=getattr(torch, dtype))
+            for _, shape, dtype in parsed
         )
     if example is None:
-        raise ConfigError("give the module's inputs: --input NAME:SHAPE (e.g. --input x:2x5x3), or have the factory "
-                          "return (module, example_inputs)")
+        raise ConfigError(
+            "give the module's inputs: --input NAME:SHAPE (e.g. --input x:2x5x3), or have the factory "
+            "return (module, example_inputs)"
+        )
     axes = {0: "time", 1: "batch"} if time_major else {0: "batch", 1: "time"}
     names = names or [f"input_{i}" for i in range(len(example))] if len(example) > 1 else (names or ["x"])
-    dyn = {n: ({0: "batch"} if n == lengths_input else {a: v for a, v in axes.items() if a < t.dim()})
-           for n, t in zip(names, example, strict=True)}
+    dyn = {
+        n: ({0: "batch"} if n == lengths_input else {a: v for a, v in axes.items() if a < t.dim()})
+        for n, t in zip(names, example, strict=True)
+    }
     options: dict[str, Any] = {}
     if seq_len is not None:
         options["seq_len"] = seq_len
     if chunk is not None:
         options["chunk"] = chunk
-    return export(module, example, out_path, strategy=strategy, input_names=names, dynamic_axes=dyn,
-                  lengths_input=lengths_input, opset=opset, verify=not no_verify, **options)
+    return export(
+        module,
+        example,
+        out_path,
+        strategy=strategy,
+        input_names=names,
+        dynamic_axes=dyn,
+        lengths_input=lengths_input,
+        opset=opset,
+        verify=not no_verify,
+        **options,
+    )

@@ -12,8 +12,27 @@ from edgernn.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    r = CliRunner().invoke(main, ["train", "--task", "sine", "--cell", "gru", "--hidden", "8", "--layers", "2",
-                                  "--bidirectional", "--epochs", "1", "--n-train", "64", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--task",
+            "sine",
+            "--cell",
+            "gru",
+            "--hidden",
+            "8",
+            "--layers",
+            "2",
+            "--bidirectional",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -49,8 +68,29 @@ def test_parity_detects_a_different_model(trained: Path, tmp_path: Path) -> None
     """A model exported from other weights must fail parity against this checkpoint, with exit code 5."""
     other = tmp_path / "other"
     runner = CliRunner()
-    r = runner.invoke(main, ["train", "--task", "sine", "--cell", "gru", "--hidden", "8", "--layers", "2",
-                             "--bidirectional", "--epochs", "1", "--n-train", "64", "--seed", "9", "--out", str(other)])
+    r = runner.invoke(
+        main,
+        [
+            "train",
+            "--task",
+            "sine",
+            "--cell",
+            "gru",
+            "--hidden",
+            "8",
+            "--layers",
+            "2",
+            "--bidirectional",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--seed",
+            "9",
+            "--out",
+            str(other),
+        ],
+    )
     assert r.exit_code == 0, r.output
     runner.invoke(main, ["export", str(other), "--out", str(tmp_path / "other.onnx")])
     r = runner.invoke(main, ["parity", str(trained), str(tmp_path / "other.onnx")])
@@ -82,3 +122,25 @@ def test_demo(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"])
     assert r.exit_code == 0, r.output
     assert "parity PASS" in r.output and (tmp_path / "demo" / "model.onnx").is_file()
+
+
+def test_strategy_choices_come_from_the_registry() -> None:
+    from edgernn.export import BUILTIN, strategy_names
+
+    assert list(BUILTIN) == strategy_names()
+    export_cmd = main.commands["export"]
+    choice = next(p for p in export_cmd.params if p.name == "strategy").type
+    assert list(choice.choices) == strategy_names()
+    r = CliRunner().invoke(main, ["strategies", "--json"])
+    assert r.exit_code == 0
+    table = json.loads(r.output)
+    assert list(table) == sorted(strategy_names()) and table["step"]["streaming"] is True
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from edgernn.cli import main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

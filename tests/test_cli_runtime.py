@@ -274,7 +274,7 @@ def test_runtime_and_run_work_where_torch_cannot_be_imported(models: dict[str, P
     env = _no_torch_env(tmp_path)
     code = (
         "import sys\n"
-        "import edgernn, edgernn.runtime, edgernn.runtime.stream, edgernn.runtime.io, edgernn.cli_runtime\n"
+        "import edgernn, edgernn.runtime, edgernn.runtime.stream, edgernn.runtime.io, edgernn.cli\n"
         "import edgernn.bench, edgernn.cli_common\n"
         "assert 'torch' not in sys.modules\n"
         "try:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
@@ -284,7 +284,7 @@ def test_runtime_and_run_work_where_torch_cannot_be_imported(models: dict[str, P
 
     x = np.random.default_rng(6).standard_normal((1, 4, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    cmd = [sys.executable, "-m", "edgernn.cli_runtime", "run", str(models["step"])]
+    cmd = [sys.executable, "-m", "edgernn", "run", str(models["step"])]
     p = subprocess.run(
         [*cmd, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")],
         env=env,
@@ -300,7 +300,7 @@ def test_runtime_and_run_work_where_torch_cannot_be_imported(models: dict[str, P
         [
             sys.executable,
             "-m",
-            "edgernn.cli_runtime",
+            "edgernn",
             "bench",
             str(models["step"]),
             "--steps",

@@ -36,9 +36,12 @@ def test_inspect_human_and_json(tmp_path: Path) -> None:
 
 
 def test_inspect_foreign_and_broken_files(tmp_path: Path) -> None:
-    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
-                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])],
-                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])])
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])],
+    )
     onnx.save(onnx.helper.make_model(g), tmp_path / "plain.onnx")
     info = inspect_model(tmp_path / "plain.onnx")
     assert info["manifest"] is None and info["ops"] == {"Relu": 1}

@@ -22,8 +22,11 @@ from edgernn.runtime import Model
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_native_parity(cell: str, layers: int, bidirectional: bool, tmp_path: Path) -> None:
     torch.manual_seed(layers)
-    model = build_model(ModelConfig(cell=cell, input_size=3, hidden_size=8, num_layers=layers,
-                                    bidirectional=bidirectional, output_size=2))
+    model = build_model(
+        ModelConfig(
+            cell=cell, input_size=3, hidden_size=8, num_layers=layers, bidirectional=bidirectional, output_size=2
+        )
+    )
     result = export_model(model, tmp_path / "m.onnx")
     report = result.report
     assert report is not None and report.passed, report.table()
@@ -54,7 +57,13 @@ def test_manifest_contents(tmp_path: Path) -> None:
     export_model(model, tmp_path / "m.onnx")
     proto = onnx.load(str(tmp_path / "m.onnx"))
     man = read_manifest({p.key: p.value for p in proto.metadata_props})
-    assert (man.strategy, man.cell, man.num_layers, man.hidden_size, man.bidirectional) == ("native", "lstm", 2, 5, False)
+    assert (man.strategy, man.cell, man.num_layers, man.hidden_size, man.bidirectional) == (
+        "native",
+        "lstm",
+        2,
+        5,
+        False,
+    )
     assert [i.name for i in man.inputs] == ["x", "lengths"]
     assert man.inputs[0].shape == ["batch", "time", 2]
     assert man.parity["passed"] is True and man.parity["max_abs"] < 1e-5

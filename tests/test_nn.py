@@ -9,8 +9,12 @@ from edgernn import nn as enn
 from edgernn.errors import ConfigError, InputError
 from edgernn.models import ModelConfig, build_model
 
-TORCH = {"rnn-tanh": (nn.RNN, {}), "rnn-relu": (nn.RNN, {"nonlinearity": "relu"}), "lstm": (nn.LSTM, {}),
-         "gru": (nn.GRU, {})}
+TORCH = {
+    "rnn-tanh": (nn.RNN, {}),
+    "rnn-relu": (nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (nn.LSTM, {}),
+    "gru": (nn.GRU, {}),
+}
 
 
 @pytest.mark.parametrize("cell", list(TORCH))
@@ -54,7 +58,7 @@ def test_lengths_equal_each_sequence_alone(cell: str) -> None:
 def test_bad_lengths_are_typed_errors() -> None:
     layer = enn.make_layer("gru", 3, 5, batch_first=True)
     x = torch.randn(2, 4, 3)
-    with pytest.raises(InputError, match="1..4"):
+    with pytest.raises(InputError, match=r"1\.\.4"):
         layer(x, None, torch.tensor([5, 1]))
     with pytest.raises(InputError, match="shape"):
         layer(x, None, torch.tensor([1, 2, 3]))

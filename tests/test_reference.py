@@ -43,8 +43,16 @@ def test_layer_matches_oracle(cell: str, layers: int, bidirectional: bool, rng: 
 
 
 def test_projection_lstm_matches_oracle(rng: np.random.Generator) -> None:
-    cfg = ModelConfig(cell="lstm", input_size=3, hidden_size=8, num_layers=2, bidirectional=True, proj_size=5,
-                      readout="all", output_size=2)
+    cfg = ModelConfig(
+        cell="lstm",
+        input_size=3,
+        hidden_size=8,
+        num_layers=2,
+        bidirectional=True,
+        proj_size=5,
+        readout="all",
+        output_size=2,
+    )
     model = build_model(cfg).eval()
     x = rng.standard_normal((2, 11, 3)).astype(np.float32)
     lengths = np.array([11, 4])

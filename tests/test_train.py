@@ -84,8 +84,9 @@ def test_early_stopping() -> None:
 def test_clipping_and_penalties_run() -> None:
     task = get_task("sign")
     cfg = TrainConfig(epochs=1, n_train=64, n_val=32, max_len=12, clip=0.1, l1=1e-4, weight_decay=1e-4, init="he")
-    model, hist = fit(model_config_for(task, cell="rnn-relu", hidden_size=8, dropout=0.2, num_layers=2), task, cfg,
-                      progress=False)
+    model, hist = fit(
+        model_config_for(task, cell="rnn-relu", hidden_size=8, dropout=0.2, num_layers=2), task, cfg, progress=False
+    )
     assert 0.0 <= hist.best_metric <= 1.0  # accuracy
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

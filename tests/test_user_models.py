@@ -54,8 +54,14 @@ def test_embedding_bigru_head(strategy: str, tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
     opts = {} if get_strategy_class(strategy).caps.dynamic_length else {"seq_len": 9}
     t = opts.get("seq_len", 5)
-    result = export(net, (torch.zeros(2, t, dtype=torch.long),), tmp_path / "m.onnx", strategy=strategy,
-                    input_names=["tokens"], **opts)
+    result = export(
+        net,
+        (torch.zeros(2, t, dtype=torch.long),),
+        tmp_path / "m.onnx",
+        strategy=strategy,
+        input_names=["tokens"],
+        **opts,
+    )
     assert result.report is not None and result.report.passed, result.report.table()
     # the user's module is untouched: same classes, same weights
     assert type(net.gru) is nn.GRU
@@ -77,8 +83,9 @@ def test_projection_refused_by_native_with_alternatives() -> None:
             assert other in msg
 
 
-@pytest.mark.parametrize("strategy", [s for s in _dynamic_non_streaming()
-                                      if "projection" in get_strategy_class(s).caps.variants])
+@pytest.mark.parametrize(
+    "strategy", [s for s in _dynamic_non_streaming() if "projection" in get_strategy_class(s).caps.variants]
+)
 def test_projection_lstm(strategy: str, tmp_path: Path) -> None:
     torch.manual_seed(1)
     opts = {} if get_strategy_class(strategy).caps.dynamic_length else {"seq_len": 17}
@@ -88,7 +95,7 @@ def test_projection_lstm(strategy: str, tmp_path: Path) -> None:
 
 
 def test_module_without_recurrent_layers() -> None:
-    with pytest.raises(ExportError, match="no torch.nn.RNN/LSTM/GRU"):
+    with pytest.raises(ExportError, match=r"no torch\.nn\.RNN/LSTM/GRU"):
         export(nn.Linear(3, 2), (torch.zeros(2, 3),), None)
 
 
@@ -97,7 +104,8 @@ def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     pkg = tmp_path / "userpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "nets.py").write_text(textwrap.dedent("""
+    (pkg / "nets.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -117,7 +125,8 @@ def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
         def make_with_example():
             return Net(), (torch.zeros(2, 5, dtype=torch.long),)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for name in [m for m in sys.modules if m.startswith("userpkg")]:
@@ -131,8 +140,20 @@ def test_cli_module_export_with_safe_weights(user_package: Path, tmp_path: Path)
     trained = Net()
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     out = tmp_path / "m.onnx"
-    r = CliRunner().invoke(main, ["export", "--module", "userpkg.nets:make", "--weights", str(tmp_path / "w.pt"),
-                                  "--input", "tokens:2x5:int64", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--module",
+            "userpkg.nets:make",
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "--input",
+            "tokens:2x5:int64",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     tokens = np.random.default_rng(1).integers(0, 30, size=(2, 11))
     with torch.no_grad():
@@ -149,8 +170,20 @@ def test_cli_module_errors(user_package: Path, tmp_path: Path) -> None:
     r = runner.invoke(main, ["export", "--module", "userpkg.nope:make", "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == ConfigError.exit_code and "PYTHONPATH" in r.output
     (tmp_path / "bad.pt").write_bytes(b"junk")
-    r = runner.invoke(main, ["export", "--module", "userpkg.nets:make", "--weights", str(tmp_path / "bad.pt"),
-                             "--input", "tokens:2x5:int64", "--out", str(tmp_path / "m.onnx")])
+    r = runner.invoke(
+        main,
+        [
+            "export",
+            "--module",
+            "userpkg.nets:make",
+            "--weights",
+            str(tmp_path / "bad.pt"),
+            "--input",
+            "tokens:2x5:int64",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert r.exit_code == CheckpointError.exit_code
     r = runner.invoke(main, ["export", "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and "either CKPT or --module" in r.output

@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from ..manifest import TensorSpec
-from ..models import RecurrentModel
-from ..parity import Case
-from .core import ExportResult, export_module, write_atomic
-from .registry import Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
+from .registry import BUILTIN, Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ..models import RecurrentModel
+    from ..parity import Case
+    from .core import ExportResult
+
+# importing edgernn.export (e.g. for the registry's names) must not import torch; these load it on first use
+_LAZY = {"ExportResult": "core", "export_module": "core", "write_atomic": "core"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "BUILTIN",
     "Capabilities",
     "ExportResult",
     "Strategy",
@@ -49,7 +61,11 @@ def export_model(
     ``lengths`` defaults to whether the strategy accepts it. Parity is checked against torch and the numpy
     oracle.
     """
+    import numpy as np
+    import torch
+
     from .. import reference
+    from .core import export_module
 
     caps = get_strategy_class(strategy).caps
     if lengths is None:
@@ -64,7 +80,7 @@ def export_model(
         example += (torch.full((2,), t, dtype=torch.int64),)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
-    def oracle(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def oracle(feed: dict[str, Any]) -> list[np.ndarray]:
         return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
 
     return export_module(
@@ -107,6 +123,11 @@ def export(
     Integer inputs (token ids) are drawn in ``[0, int_high)`` for parity; by default up to the smallest
     embedding table in the module.
     """
+    import torch
+    from torch import nn
+
+    from .core import export_module
+
     example = tuple(example_inputs)
     names = list(input_names or ([f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]))
     specs = []

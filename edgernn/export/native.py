@@ -67,13 +67,19 @@ def _translate(x: Any, h0: Any, c0: Any, lengths: Any, weights: list[Any], cell:
         if kind.onnx_op == "LSTM":
             c_init = op.Slice(c0, lo, hi, [0])
             peep = p if p.shape[-1] else None
-            y, y_h, y_c = op.LSTM(inp, w, r, b, seq_lens, h_init, c_init, peep, direction=direction, hidden_size=hidden_size)
+            y, y_h, y_c = op.LSTM(
+                inp, w, r, b, seq_lens, h_init, c_init, peep, direction=direction, hidden_size=hidden_size
+            )
             cs.append(y_c)
         elif kind.onnx_op == "GRU":
-            y, y_h = op.GRU(inp, w, r, b, seq_lens, h_init, direction=direction, hidden_size=hidden_size, linear_before_reset=1)
+            y, y_h = op.GRU(
+                inp, w, r, b, seq_lens, h_init, direction=direction, hidden_size=hidden_size, linear_before_reset=1
+            )
         else:
             act = "Tanh" if kind.nonlinearity == "tanh" else "Relu"
-            y, y_h = op.RNN(inp, w, r, b, seq_lens, h_init, direction=direction, hidden_size=hidden_size, activations=[act] * dirs)
+            y, y_h = op.RNN(
+                inp, w, r, b, seq_lens, h_init, direction=direction, hidden_size=hidden_size, activations=[act] * dirs
+            )
         hs.append(y_h)
         # Y is (T, D, B, H); torch's layout, and the next layer's input, is (T, B, D*H)
         inp = op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))

@@ -11,12 +11,14 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError, ExportError
-from .layout import LayerWeights
+
+if TYPE_CHECKING:  # the registry itself stays importable without torch (the CLI reads BUILTIN for --help)
+    from torch import Tensor
+
+    from .layout import LayerWeights
 
 
 @dataclass(frozen=True)
