@@ -6,8 +6,8 @@
     calls (target >= 10x throughput).
 
 The model is an edgernn zoo model (LSTM stack + linear head, one output per step), exported with the ``step``
-strategy; the same weights are also written as ONNX ``LSTM`` ops (``--form lstm-op``) to show what the graph form
-costs. Timings interleave the candidates round by round and report medians, because the machine is shared.
+strategy twice: plain MatMul + activations (``--form step``, what mobile providers can partition) and with
+``fused=True`` (``--form step-fused``, ONNX ``LSTM`` ops carrying the state) to show what the graph form costs. Timings interleave the candidates round by round and report medians, because the machine is shared.
 
     python benchmarks/streaming.py                 # table and ratios
     python benchmarks/streaming.py --markdown      # the section for docs/benchmarks.md
@@ -76,7 +76,7 @@ def machine() -> dict[str, str]:
 
 
 def build(form: str, features: int, hidden: int, layers: int, out_dir: Path) -> tuple[Any, Path, str]:
-    """The torch zoo model and its stateful ONNX file, as ``form``: the step strategy's export or LSTM ops."""
+    """The torch zoo model and its stateful ONNX file: the step strategy's export, plain or fused."""
     import torch
 
     from edgernn.models import ModelConfig, build_model
@@ -85,18 +85,11 @@ def build(form: str, features: int, hidden: int, layers: int, out_dir: Path) -> 
     cfg = ModelConfig(cell="lstm", input_size=features, hidden_size=hidden, num_layers=layers, readout="all")
     model = build_model(cfg).eval()
     path = out_dir / f"{form}.onnx"
-    if form == "step":
-        from edgernn.export import export_model, strategy_names
+    from edgernn.export import export_model
 
-        if "step" not in strategy_names():
-            raise SystemExit("the step strategy is not registered in this edgernn")
-        export_model(model, path, strategy="step", chunk=1)
-        return model, path, "edgernn export --strategy step --chunk 1"
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_stream_models import from_zoo_model
-
-    path.write_bytes(from_zoo_model(model, time=1))
-    return model, path, "ONNX LSTM ops (one per layer) + MatMul head, built from the same weights"
+    fused = form == "step-fused"
+    export_model(model, path, strategy="step", chunk=1, fused=fused)
+    return model, path, "edgernn export --strategy step --chunk 1" + (" --fused" if fused else "")
 
 
 def run(form: str, features: int, hidden: int, layers: int, streams: int, rounds: int) -> dict[str, Any]:
@@ -255,11 +248,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--form", choices=["step", "lstm-op", "both"], default="both")
+    ap.add_argument("--form", choices=["step", "step-fused", "both"], default="both")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    forms = ["step", "lstm-op"] if args.form == "both" else [args.form]
+    forms = ["step", "step-fused"] if args.form == "both" else [args.form]
     info = machine()
     results = [run(f, args.features, args.hidden, args.layers, args.streams, args.rounds) for f in forms]
     if args.json:

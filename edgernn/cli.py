@@ -103,6 +103,12 @@ def train(**o: Any) -> None:
 @click.option("--seq-len", type=int, default=None, help="unroll: the fixed sequence length.")
 @click.option("--chunk", type=int, default=None, help="step: time steps per call (default 1).")
 @click.option(
+    "--fused",
+    is_flag=True,
+    default=None,
+    help="step: emit ONNX RNN/LSTM/GRU ops (faster on onnxruntime CPU/CUDA; not for NNAPI/CoreML).",
+)
+@click.option(
     "--lengths/--no-lengths",
     default=None,
     help="Add a `lengths` input for padded batches (default: when the strategy supports it).",

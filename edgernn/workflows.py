@@ -66,20 +66,17 @@ def export_checkpoint(
     *,
     strategy: str = "native",
     opset: int | None = None,
-    seq_len: int | None = None,
-    chunk: int | None = None,
     lengths: bool | None = None,
     no_verify: bool = False,
+    **options: Any,
 ) -> Any:
-    """Load a checkpoint safely and export it (see ``edgernn.export.export_model``)."""
+    """Load a checkpoint safely and export it (see ``edgernn.export.export_model``).
+
+    ``options`` are the strategy's own (seq_len, chunk, fused); None means not given.
+    """
     from . import checkpoint
     from .export import export_model
 
-    options: dict[str, Any] = {}
-    if seq_len is not None:
-        options["seq_len"] = seq_len
-    if chunk is not None:
-        options["chunk"] = chunk
     model = checkpoint.load(ckpt).model()
     return export_model(
         model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options
@@ -94,8 +91,9 @@ def parity_check(
 
     from . import checkpoint, reference
     from .export.core import verify_parity
-    from .manifest import read_manifest
-    from .runtime.providers import resolve
+    from .export.streaming import verify_stream
+    from .manifest import TensorSpec, read_manifest
+    from .runtime.providers import resolve, short_name
 
     ck = checkpoint.load(ckpt)
     model = ck.model()
@@ -108,14 +106,20 @@ def parity_check(
         raise ModelFormatError(f"{str(model_path)!r} is not a readable ONNX model: {e}") from None
     manifest = read_manifest({p.key: p.value for p in proto.metadata_props})
     choice = resolve(provider, fallback)
-    short = "cpu" if choice.fell_back and fallback == "cpu" else (fallback if choice.fell_back else provider)
+    used = choice.used or short_name(choice.providers[0])
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     cfg = ck.config
 
     def oracle(feed: dict[str, Any]) -> list[Any]:
         return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
 
-    return verify_parity(model, proto, manifest, oracle=oracle, providers=[short or "cpu"])
+    if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
+        x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])
+        outputs = [o.name for o in manifest.outputs if o.role != "state"]
+        return verify_stream(
+            model, proto, [x], manifest.states, outputs, manifest.chunk or 1, oracle=oracle, providers=[used]
+        )
+    return verify_parity(model, proto, manifest, oracle=oracle, providers=[used])
 
 
 def demo(
@@ -206,6 +210,9 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
     return module.eval(), (tuple(example) if example is not None else None)
 
 
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32")
+
+
 def parse_input_spec(text: str) -> tuple[str, tuple[int, ...], str]:
     """``NAME:2x5x3[:dtype]`` -> (name, shape, dtype)."""
     from .errors import ConfigError
@@ -217,7 +224,10 @@ def parse_input_spec(text: str) -> tuple[str, tuple[int, ...], str]:
         shape = tuple(int(d) for d in parts[1].lower().split("x"))
     except ValueError:
         raise ConfigError(f"--input must look like NAME:2x5x3[:float32|int64]; got {text!r}") from None
-    return parts[0], shape, parts[2] if len(parts) == 3 else "float32"
+    dtype = parts[2] if len(parts) == 3 else "float32"
+    if dtype not in INPUT_DTYPES:
+        raise ConfigError(f"--input {text!r}: dtype must be one of {', '.join(INPUT_DTYPES)}")
+    return parts[0], shape, dtype
 
 
 def export_user_module(
@@ -230,11 +240,11 @@ def export_user_module(
     lengths_input: str | None = None,
     strategy: str = "native",
     opset: int | None = None,
-    seq_len: int | None = None,
-    chunk: int | None = None,
     no_verify: bool = False,
+    **options: Any,
 ) -> Any:
-    """Export a user's module (``pkg.mod:factory``), verified against that module itself."""
+    """Export a user's module (``pkg.mod:factory``), verified against that module itself; ``options`` as in
+    ``export_checkpoint``."""
     import torch
 
     from .errors import ConfigError
@@ -257,16 +267,12 @@ def export_user_module(
             "return (module, example_inputs)"
         )
     axes = {0: "time", 1: "batch"} if time_major else {0: "batch", 1: "time"}
-    names = names or [f"input_{i}" for i in range(len(example))] if len(example) > 1 else (names or ["x"])
+    if names is None:
+        names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]
     dyn = {
         n: ({0: "batch"} if n == lengths_input else {a: v for a, v in axes.items() if a < t.dim()})
         for n, t in zip(names, example, strict=True)
     }
-    options: dict[str, Any] = {}
-    if seq_len is not None:
-        options["seq_len"] = seq_len
-    if chunk is not None:
-        options["chunk"] = chunk
     return export(
         module,
         example,

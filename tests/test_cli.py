@@ -9,31 +9,17 @@ from click.testing import CliRunner
 from edgernn.cli import main
 
 
+def _train(out: Path, *extra: str) -> None:
+    """A tiny `edgernn train` run (one epoch on 64 sequences) into ``out``."""
+    args = ["train", "--task", "sine", "--hidden", "8", "--epochs", "1", "--n-train", "64", "--out", str(out), *extra]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    r = CliRunner().invoke(
-        main,
-        [
-            "train",
-            "--task",
-            "sine",
-            "--cell",
-            "gru",
-            "--hidden",
-            "8",
-            "--layers",
-            "2",
-            "--bidirectional",
-            "--epochs",
-            "1",
-            "--n-train",
-            "64",
-            "--out",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    _train(out, "--cell", "gru", "--layers", "2", "--bidirectional")
     return out
 
 
@@ -68,30 +54,7 @@ def test_parity_detects_a_different_model(trained: Path, tmp_path: Path) -> None
     """A model exported from other weights must fail parity against this checkpoint, with exit code 5."""
     other = tmp_path / "other"
     runner = CliRunner()
-    r = runner.invoke(
-        main,
-        [
-            "train",
-            "--task",
-            "sine",
-            "--cell",
-            "gru",
-            "--hidden",
-            "8",
-            "--layers",
-            "2",
-            "--bidirectional",
-            "--epochs",
-            "1",
-            "--n-train",
-            "64",
-            "--seed",
-            "9",
-            "--out",
-            str(other),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    _train(other, "--cell", "gru", "--layers", "2", "--bidirectional", "--seed", "9")
     runner.invoke(main, ["export", str(other), "--out", str(tmp_path / "other.onnx")])
     r = runner.invoke(main, ["parity", str(trained), str(tmp_path / "other.onnx")])
     assert r.exit_code == 5 and "parity FAIL" in r.output
@@ -144,3 +107,25 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; from edgernn.cli import main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [("step", ["--chunk", "4"]), ("step", ["--fused"]), ("unroll", ["--seq-len", "20"]), ("loop", [])],
+)
+def test_parity_command_on_every_strategy(strategy: str, extra: list[str], tmp_path: Path) -> None:
+    _train(tmp_path, "--cell", "lstm", "--task", "denoise")
+    out = tmp_path / f"{strategy}.onnx"
+    runner = CliRunner()
+    r = runner.invoke(main, ["export", str(tmp_path), "--strategy", strategy, *extra, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["parity", str(tmp_path), str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["passed"] is True
+
+
+def test_strategy_options_are_checked(trained: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "loop", "--seq-len", "9", "--out", "m.onnx"])
+    assert r.exit_code == 2 and "does not take seq_len" in r.output
+    r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "step", "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 4 and "bidirectional" in r.output and not (tmp_path / "m.onnx").exists()

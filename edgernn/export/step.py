@@ -11,6 +11,11 @@ A module holding several recurrent layer modules gets the same names suffixed wi
 and ``chunk`` records K. The data inputs' time axis is fixed to K; the chunk is computed like `unroll` (no
 control flow). Unidirectional only: the reverse direction of a bidirectional layer needs the samples that have
 not arrived yet. No ``lengths`` input: in a stream every sequence advances by the same K steps.
+
+By default the chunk is plain MatMul + activations, which every runtime can partition (NNAPI, CoreML, NPUs).
+``fused=True`` (``--fused``) emits ONNX's RNN/LSTM/GRU operators for the chunk instead, with the state as their
+initial_h/initial_c inputs and Y_h/Y_c outputs: faster on onnxruntime's CPU and CUDA providers (see
+docs/benchmarks.md), not partitionable by the mobile providers, and without LSTM projections.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import ExportError
 from .cell_ops import run_stack
 from .layout import LayerWeights
-from .registry import Capabilities, Strategy, register_strategy
+from .native import Native
+from .registry import Capabilities, Strategy, layer_variants, register_strategy
 
 
 @register_strategy
@@ -39,11 +46,21 @@ class Step(Strategy):
         default_opset=18,
     )
     rewrite_graph = False  # the graph grows with the steps; see Strategy.rewrite_graph
-    option_names = frozenset({"chunk"})
+    option_names = frozenset({"chunk", "fused"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.chunk = self.positive_int_option("chunk", default=1)
+        self.fused = bool(self.options.get("fused", False))
+
+    def check_layer(self, layer: Any) -> None:
+        super().check_layer(layer)
+        unfusable = layer_variants(layer) - Native.caps.variants
+        if self.fused and unfusable:
+            raise ExportError(
+                f"step with fused=True emits ONNX's recurrent operators, which have no LSTM "
+                f"{', '.join(sorted(unfusable))}; export this model with the default (unfused) step"
+            )
 
     def fixed_length(self) -> int:
         return self.chunk
@@ -63,4 +80,9 @@ class Step(Strategy):
         c0: Tensor | None,
         lengths: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.fused:
+            return Native().run_stack(layer, weights, x, h0, c0, lengths)
         return run_stack(layer.cell_kind, weights, x, h0, c0, lengths)
+
+    def translation_table(self) -> dict[Any, Any]:
+        return Native().translation_table() if self.fused else {}

@@ -1,0 +1,42 @@
+"""`step` with fused=True: ONNX RNN/LSTM/GRU operators carry the streamed state; chained calls equal one call."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgernn.cells import cell_names
+from edgernn.errors import ExportError
+from edgernn.export import export_model
+from edgernn.models import ModelConfig, build_model
+from edgernn.runtime.stream import StreamingModel
+
+OPS = {"rnn-tanh": "RNN", "rnn-relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+@pytest.mark.parametrize("cell", cell_names())
+def test_fused_step_streams_like_one_call(cell: str, chunk: int) -> None:
+    torch.manual_seed(5)
+    model = build_model(
+        ModelConfig(cell=cell, input_size=3, hidden_size=6, num_layers=2, readout="all", output_size=2,
+                    peephole=cell == "lstm")
+    ).eval()
+    res = export_model(model, None, strategy="step", chunk=chunk, fused=True)
+    assert res.report is not None and res.report.passed, res.report.table()  # the export's own chained check
+    ops = {n.op_type for n in onnx.load_from_string(res.model_bytes).graph.node}
+    assert OPS[cell] in ops and not ops & {"Loop", "Scan", "If"}
+    # and independently: a Stream fed 48 steps, K at a time, against one eager torch call
+    x = np.random.default_rng(chunk).standard_normal((1, 48, 3)).astype(np.float32)
+    stream = StreamingModel(res.model_bytes).stream()
+    got = np.concatenate([stream.step(x[0, t : t + chunk]) for t in range(0, 48, chunk)], axis=0)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_step_refuses_projection() -> None:
+    model = build_model(ModelConfig(cell="lstm", input_size=3, hidden_size=6, proj_size=3))
+    with pytest.raises(ExportError, match="projection"):
+        export_model(model, None, strategy="step", fused=True)
+    assert export_model(model, None, strategy="step").report.passed  # the unfused step exports it
