@@ -34,6 +34,8 @@ _LAZY = {
     "export": "edgernn.export",
     "export_model": "edgernn.export",
     "Model": "edgernn.runtime",
+    "StreamingModel": "edgernn.runtime",
+    "Stream": "edgernn.runtime",
 }
 
 __all__ = [
