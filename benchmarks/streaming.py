@@ -7,7 +7,8 @@
 
 The model is an edgernn zoo model (LSTM stack + linear head, one output per step), exported with the ``step``
 strategy twice: plain MatMul + activations (``--form step``, what mobile providers can partition) and with
-``fused=True`` (``--form step-fused``, ONNX ``LSTM`` ops carrying the state) to show what the graph form costs. Timings interleave the candidates round by round and report medians, because the machine is shared.
+``fused=True`` (``--form step-fused``, ONNX ``LSTM`` ops carrying the state) to show what the graph form costs.
+Timings interleave the candidates round by round and report medians, because the machine is shared.
 
     python benchmarks/streaming.py                 # table and ratios
     python benchmarks/streaming.py --markdown      # the section for docs/benchmarks.md

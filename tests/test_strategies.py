@@ -38,7 +38,6 @@ STRATEGIES = ("native", "loop", "unroll", "step")
 CELLS = ("rnn-tanh", "rnn-relu", "lstm", "gru")
 BATCHES = (1, 3)
 LENGTHS = (1, 17, 64)
-SLOW = os.environ.get("EDGERNN_SLOW_TESTS") == "1"
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,7 @@ class Variant:
         )
 
 
-# Layers are kept low where a variant does not need two: `unroll` traces one cell step per layer, direction and
-# time step, and tracing is what its export time is made of.
+# Layers are kept low where a variant does not need two: every export traces each layer and direction.
 VARIANTS: dict[str, Variant] = {
     "uni": Variant(layers=2),
     "bi": Variant(layers=1, bidirectional=True, readout="all"),
@@ -68,7 +66,6 @@ VARIANTS: dict[str, Variant] = {
 }
 LSTM_ONLY = {"peephole", "projection", "bi-peephole-projection"}
 UNROLL_LEN = 17  # the unroll exports of the matrix (and the padding test, which pads to 17)
-UNROLL_LONG = ("lstm", "peephole")  # the one variant `unroll` exports at every length without EDGERNN_SLOW_TESTS
 
 
 def _config(cell: str, variant: str) -> ModelConfig:
@@ -198,11 +195,6 @@ def test_parity(strategy: str, cell: str, variant: str, batch: int, length: int)
     why = unsupported(strategy, cell, variant)
     if why:
         pytest.skip(why)
-    if strategy == "unroll" and length not in (1, UNROLL_LEN) and not (SLOW or (cell, variant) == UNROLL_LONG):
-        pytest.skip(
-            f"unroll is traced at each fixed length; length {length} is exported for {'/'.join(UNROLL_LONG)} only "
-            "(export time grows with length x layers x directions): set EDGERNN_SLOW_TESTS=1 for every variant"
-        )
     model = _model(cell, variant)
     rng = np.random.default_rng(batch * 1000 + length)
     x = rng.standard_normal((batch, length, 3)).astype(np.float32)
@@ -262,6 +254,28 @@ def test_loop_graph_is_a_scan_without_recurrent_ops(cell: str) -> None:
     assert not ops & {"RNN", "LSTM", "GRU"}
     x = _export("loop", cell, "uni").manifest.inputs[0]
     assert x.shape == ["batch", "time", 3]
+
+
+def test_unroll_refuses_a_graph_left_with_control_flow() -> None:
+    """The no-control-flow contract is checked on every export: an If that no Scan unrolling removes is an error."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1])
+        return helper.make_graph([helper.make_node("Identity", ["x"], [f"{name}_y"])], name, [], [out])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))],
+        "g",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ExportError, match="still holds If"):
+        get_strategy_class("unroll")(seq_len=3).postprocess(model)
 
 
 def test_unroll_rejects_other_lengths() -> None:

@@ -276,7 +276,7 @@ def export_module(
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
-    proto = _set_opset(program.model_proto, opset)
+    proto = _set_opset(strat.postprocess(program.model_proto), opset)
     _normalise(proto)
     _check_dynamic_axes(proto, graph_inputs)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ConfigError, ExportError
 
 if TYPE_CHECKING:  # the registry itself stays importable without torch (the CLI reads BUILTIN for --help)
+    import onnx
     from torch import Tensor
 
     from .layout import LayerWeights
@@ -118,6 +119,11 @@ class Strategy(ABC):
     def translation_table(self) -> dict[Callable[..., Any], Callable[..., Any]]:
         """Custom ops this strategy emits, mapped to their onnxscript translations."""
         return {}
+
+    def postprocess(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The graph torch's exporter traced, rewritten before the opset conversion, the manifest and the parity
+        check (unroll writes every Scan out step by step); by default unchanged."""
+        return model
 
 
 def layer_variants(layer: Any) -> frozenset[str]:
