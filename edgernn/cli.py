@@ -41,6 +41,7 @@ def _strategy_choices() -> list[str]:
 @click.option("--layers", default=1, show_default=True, help="Stacked recurrent layers.")
 @click.option("--bidirectional/--unidirectional", default=False, show_default=True)
 @click.option("--proj-size", default=0, show_default=True, help="LSTM projection size (0 = off).")
+@click.option("--peephole", is_flag=True, help="LSTM peephole connections.")
 @click.option("--dropout", default=0.0, show_default=True, help="Dropout between layers and before the head.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)

@@ -20,6 +20,7 @@ def train_to_dir(
     bidirectional: bool,
     out_dir: str,
     proj_size: int = 0,
+    peephole: bool = False,
     dropout: float = 0.0,
     progress: bool = True,
     **train_options: Any,
@@ -39,6 +40,7 @@ def train_to_dir(
         bidirectional=bidirectional,
         dropout=dropout,
         proj_size=proj_size,
+        peephole=peephole,
     )
     tcfg = TrainConfig(**train_options)
     model, hist = fit(mcfg, t, tcfg, progress=progress)

@@ -129,3 +129,16 @@ def test_strategy_options_are_checked(trained: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "does not take seq_len" in r.output
     r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "step", "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 4 and "bidirectional" in r.output and not (tmp_path / "m.onnx").exists()
+
+
+def test_lstm_variants_from_the_cli(tmp_path: Path) -> None:
+    _train(tmp_path, "--cell", "lstm", "--peephole", "--proj-size", "4")
+    ckpt = json.loads((tmp_path / "history.json").read_text())
+    assert ckpt["metric"] == "mse"
+    runner = CliRunner()
+    r = runner.invoke(main, ["export", str(tmp_path), "--strategy", "native", "--out", str(tmp_path / "n.onnx")])
+    assert r.exit_code == 4 and "use one of: loop, unroll, step" in r.output
+    r = runner.invoke(main, ["export", str(tmp_path), "--strategy", "loop", "--out", str(tmp_path / "l.onnx")])
+    assert r.exit_code == 0 and "parity PASS" in r.output
+    r = runner.invoke(main, ["inspect", str(tmp_path / "l.onnx")])
+    assert "projection 4" in r.output and "peepholes" in r.output
