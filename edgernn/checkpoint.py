@@ -42,7 +42,7 @@ class Checkpoint:
 
 def save(path: str | os.PathLike[str], model: RecurrentModel, meta: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically; returns the path written."""
-    from .export.core import write_atomic
+    from .files import write_atomic
 
     payload = {
         "format": FORMAT,

@@ -47,7 +47,7 @@ def train_to_dir(
     out = Path(out_dir)
     meta = {"task": task, "train_config": tcfg.__dict__, "history": hist.to_dict()}
     ckpt = checkpoint.save(out / checkpoint.DEFAULT_NAME, model, meta)
-    from .export.core import write_atomic
+    from .files import write_atomic
 
     write_atomic(out / "history.json", json.dumps(hist.to_dict(), indent=2).encode())
     return {

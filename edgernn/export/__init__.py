@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..files import write_atomic
 from ..manifest import TensorSpec
 from .registry import BUILTIN, Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .core import ExportResult
 
 # importing edgernn.export (e.g. for the registry's names) must not import torch; these load it on first use
-_LAZY = {"ExportResult": "core", "export_module": "core", "write_atomic": "core"}
+_LAZY = {"ExportResult": "core", "export_module": "core"}
 
 
 def __getattr__(name: str) -> Any:
@@ -30,6 +31,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BUILTIN",
@@ -144,6 +146,15 @@ def export(
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
     outs = list(output_names or (["y"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     return export_module(
-        module, example, specs, outs, strategy=strategy, path=path, opset=opset, verify=verify, cases=cases,
-        int_high=int_high, **options,
+        module,
+        example,
+        specs,
+        outs,
+        strategy=strategy,
+        path=path,
+        opset=opset,
+        verify=verify,
+        cases=cases,
+        int_high=int_high,
+        **options,
     )

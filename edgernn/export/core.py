@@ -9,7 +9,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -22,8 +21,10 @@ from torch import Tensor, nn
 from .. import nn as enn
 from .._version import __version__
 from ..errors import ExportError, ParityError
-from ..manifest import MANIFEST_KEY, Manifest, StateSpec, TensorSpec
+from ..files import write_atomic
+from ..manifest import Manifest, StateSpec, TensorSpec
 from ..parity import Case, ParityReport, Runner, cases_for, check, session_runner, torch_runner
+from .graph import check_dynamic_axes, default_opset, fold, normalise, output_spec, set_manifest, set_opset
 from .layout import LayerWeights, onnx_weights
 from .registry import Strategy, get_strategy_class
 from .streaming import StateIO, StepModule, example_states, state_specs, verify_stream
@@ -97,70 +98,6 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lv)
 
 
-def _fold(model: Any) -> None:
-    """What torch's ``optimize=True`` does (onnxscript's optimizer) without its pattern rewriter, whose matching
-    grows quadratically with graph size: an unrolled graph of a few thousand nodes took minutes in it. Constant
-    folding (the weight transposes and gate slices), dead-node removal, constants lifted to initializers,
-    duplicate initializers and common subexpressions merged."""
-    import onnx_ir.passes.common as passes
-    from onnxscript.optimizer import fold_constants_ir
-
-    passes.InlinePass()(model)
-    for _ in range(2):
-        fold_constants_ir(model, onnx_shape_inference=True)
-        passes.RemoveUnusedNodesPass()(model)
-    for p in (
-        passes.RemoveUnusedFunctionsPass(),
-        passes.RemoveUnusedOpsetsPass(),
-        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        passes.LiftSubgraphInitializersToMainGraphPass(),
-        passes.DeduplicateInitializersPass(),
-        passes.CommonSubexpressionEliminationPass(),
-        passes.OutputFixPass(),
-        passes.NameFixPass(),
-    ):
-        p(model)
-
-
-def _normalise(proto: Any) -> None:
-    """Drop what makes files differ between runs or leak local paths: doc strings, node stack traces."""
-    import onnx
-
-    def clean(graph: onnx.GraphProto) -> None:
-        graph.doc_string = ""
-        for node in graph.node:
-            node.doc_string = ""
-            del node.metadata_props[:]
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    clean(attr.g)
-                for g in attr.graphs:
-                    clean(g)
-
-    clean(proto.graph)
-    for f in proto.functions:
-        for node in f.node:
-            node.doc_string = ""
-            del node.metadata_props[:]
-    proto.doc_string = ""
-    del proto.metadata_props[:]
-
-
-def _default_opset(proto: Any) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _set_opset(proto: Any, opset: int) -> Any:
-    from onnx import version_converter
-
-    if _default_opset(proto) == opset:
-        return proto
-    try:
-        return version_converter.convert_version(proto, opset)
-    except Exception as e:  # the converter raises bare RuntimeErrors
-        raise ExportError(f"cannot convert the exported graph to opset {opset}: {e}") from None
-
-
 def _dims(specs: Sequence[TensorSpec]) -> tuple[dict[int, Any] | None, ...]:
     named: dict[str, Any] = {}
     out: list[dict[int, Any] | None] = []
@@ -172,20 +109,6 @@ def _dims(specs: Sequence[TensorSpec]) -> tuple[dict[int, Any] | None, ...]:
                 axes[i] = named[d]
         out.append(axes or None)
     return tuple(out)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def export_module(
@@ -269,16 +192,16 @@ def export_module(
                 verbose=False,
             )
             if program is not None and not strat.rewrite_graph:
-                _fold(program.model)
+                fold(program.model)
     except ExportError:
         raise
     except Exception as e:
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
-    proto = _set_opset(strat.postprocess(program.model_proto), opset)
-    _normalise(proto)
-    _check_dynamic_axes(proto, graph_inputs)
+    proto = set_opset(strat.postprocess(program.model_proto), opset)
+    normalise(proto)
+    check_dynamic_axes(proto, graph_inputs)
 
     first = layers[0][1]
     kinds = {layer.cell_kind.name for _, layer in layers}
@@ -288,9 +211,9 @@ def export_module(
         num_layers=first.num_layers,
         hidden_size=first.hidden_size,
         bidirectional=bool(first.bidirectional),
-        opset=_default_opset(proto),
+        opset=default_opset(proto),
         inputs=graph_inputs,
-        outputs=[_output_spec(proto, n) for n in output_names] + state_out,
+        outputs=[output_spec(proto, n) for n in output_names] + state_out,
         states=states,
         weights_sha256=weights_sha256(original),
         proj_size=int(getattr(first, "proj_size", 0)),
@@ -329,34 +252,13 @@ def export_module(
             )
     else:
         manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
-    _set_manifest(proto, manifest)
+    set_manifest(proto, manifest)
     data = proto.SerializeToString(deterministic=True)
     out = None
     if path is not None:
         out = Path(path)
         write_atomic(out, data)
     return ExportResult(out, manifest, report, data)
-
-
-def _check_dynamic_axes(proto: Any, specs: Sequence[TensorSpec]) -> None:
-    """Every axis we named dynamic must still be dynamic in the graph. torch's exporter can specialise an axis
-    to the example's size without an error (pytorch#191855; state left by an earlier export in the process can
-    do it too); the parity check at other shapes would catch it, this says which axis and why."""
-    graph = {i.name: i for i in proto.graph.input}
-    for s in specs:
-        vi = graph.get(s.name)
-        if vi is None:
-            raise ExportError(
-                f"the exported graph lost its input {s.name!r} (torch's exporter dropped an unused input?)"
-            )
-        dims = vi.type.tensor_type.shape.dim
-        for axis, (want, got) in enumerate(zip(s.shape, dims, strict=False)):
-            if isinstance(want, str) and not got.dim_param:
-                raise ExportError(
-                    f"torch's exporter fixed the {want!r} axis ({axis}) of input {s.name!r} to {got.dim_value}; the "
-                    "exported model would reject other sizes. If other exports ran earlier in this process, export "
-                    "in a fresh process; otherwise this is an edgernn bug to report"
-                )
 
 
 def _fit_time(t: Tensor, spec: TensorSpec, steps: int) -> Tensor:
@@ -388,24 +290,6 @@ def _root_cause(e: BaseException) -> str:
             return line[:400]
     lines = str(e).splitlines()
     return f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
-
-
-def _output_spec(proto: Any, name: str) -> TensorSpec:
-    import onnx
-
-    vi = next((o for o in proto.graph.output if o.name == name), None)
-    if vi is None:
-        raise ExportError(f"the exported graph has no output named {name!r}")
-    tt = vi.type.tensor_type
-    dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
-    return TensorSpec(name, str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims)
-
-
-def _set_manifest(proto: Any, manifest: Manifest) -> None:
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key = MANIFEST_KEY
-    entry.value = manifest.to_json()
 
 
 def verify_parity(

@@ -1,0 +1,116 @@
+"""The ONNX side of an export: what is done to the graph torch's exporter returns, before parity is checked.
+
+Folding without the pattern rewriter, stripping what makes files differ between runs, opset conversion, checks
+that dynamic axes stayed dynamic, and the manifest's entry in ``metadata_props``. Imports onnx, not torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ExportError
+from ..manifest import MANIFEST_KEY, Manifest, TensorSpec
+
+
+def fold(model: Any) -> None:
+    """What torch's ``optimize=True`` does (onnxscript's optimizer) without its pattern rewriter, whose matching
+    grows quadratically with graph size: an unrolled graph of a few thousand nodes took minutes in it. Constant
+    folding (the weight transposes and gate slices), dead-node removal, constants lifted to initializers,
+    duplicate initializers and common subexpressions merged."""
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants_ir
+
+    passes.InlinePass()(model)
+    for _ in range(2):
+        fold_constants_ir(model, onnx_shape_inference=True)
+        passes.RemoveUnusedNodesPass()(model)
+    for p in (
+        passes.RemoveUnusedFunctionsPass(),
+        passes.RemoveUnusedOpsetsPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.LiftSubgraphInitializersToMainGraphPass(),
+        passes.DeduplicateInitializersPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.OutputFixPass(),
+        passes.NameFixPass(),
+    ):
+        p(model)
+
+
+def normalise(proto: Any) -> None:
+    """Drop what makes files differ between runs or leak local paths: doc strings, node stack traces."""
+    import onnx
+
+    def clean(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+
+    clean(proto.graph)
+    for f in proto.functions:
+        for node in f.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    proto.doc_string = ""
+    del proto.metadata_props[:]
+
+
+def default_opset(proto: Any) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def set_opset(proto: Any, opset: int) -> Any:
+    from onnx import version_converter
+
+    if default_opset(proto) == opset:
+        return proto
+    try:
+        return version_converter.convert_version(proto, opset)
+    except Exception as e:  # the converter raises bare RuntimeErrors
+        raise ExportError(f"cannot convert the exported graph to opset {opset}: {e}") from None
+
+
+def check_dynamic_axes(proto: Any, specs: Sequence[TensorSpec]) -> None:
+    """Every axis we named dynamic must still be dynamic in the graph. torch's exporter can specialise an axis
+    to the example's size without an error (pytorch#191855; state left by an earlier export in the process can
+    do it too); the parity check at other shapes would catch it, this says which axis and why."""
+    graph = {i.name: i for i in proto.graph.input}
+    for s in specs:
+        vi = graph.get(s.name)
+        if vi is None:
+            raise ExportError(
+                f"the exported graph lost its input {s.name!r} (torch's exporter dropped an unused input?)"
+            )
+        dims = vi.type.tensor_type.shape.dim
+        for axis, (want, got) in enumerate(zip(s.shape, dims, strict=False)):
+            if isinstance(want, str) and not got.dim_param:
+                raise ExportError(
+                    f"torch's exporter fixed the {want!r} axis ({axis}) of input {s.name!r} to {got.dim_value}; the "
+                    "exported model would reject other sizes. If other exports ran earlier in this process, export "
+                    "in a fresh process; otherwise this is an edgernn bug to report"
+                )
+
+
+def output_spec(proto: Any, name: str) -> TensorSpec:
+    import onnx
+
+    vi = next((o for o in proto.graph.output if o.name == name), None)
+    if vi is None:
+        raise ExportError(f"the exported graph has no output named {name!r}")
+    tt = vi.type.tensor_type
+    dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
+    return TensorSpec(name, str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims)
+
+
+def set_manifest(proto: Any, manifest: Manifest) -> None:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = MANIFEST_KEY
+    entry.value = manifest.to_json()
