@@ -62,8 +62,9 @@ def train(**o: Any) -> None:
     """Train a model on a built-in task and write OUT/model.ckpt and OUT/history.json."""
     from .workflows import train_to_dir
 
-    result = train_to_dir(**o, progress=not o["as_json"])
-    if o["as_json"]:
+    as_json = o.pop("as_json")
+    result = train_to_dir(**o, progress=not as_json)
+    if as_json:
         echo_json(result)
     else:
         click.echo(

@@ -7,7 +7,7 @@ shows up as a disagreement here. It imports numpy only and favours plainness ove
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -153,3 +153,13 @@ def model_forward(config: Any, state: Mapping[str, Array], x: Array, lengths: Ar
     d = 2 if config.bidirectional else 1
     last = np.concatenate([h[-d + i] for i in range(d)], axis=-1)
     return last @ w.T + b
+
+
+def model_oracle(config: Any, state: Mapping[str, Array]) -> Callable[[Mapping[str, Array]], list[Array]]:
+    """A parity runner for a zoo model: a feed with ``x`` (and optional ``lengths``) -> [output]."""
+    weights = {k: np.asarray(v) for k, v in state.items()}
+
+    def run(feed: Mapping[str, Array]) -> list[Array]:
+        return [model_forward(config, weights, feed["x"], feed.get("lengths"))]
+
+    return run

@@ -30,7 +30,6 @@ def train_to_dir(
     from .data import get_task
     from .train import TrainConfig, fit, model_config_for
 
-    train_options.pop("as_json", None)
     t = get_task(task)
     mcfg = model_config_for(
         t,
@@ -109,11 +108,8 @@ def parity_check(
     manifest = read_manifest({p.key: p.value for p in proto.metadata_props})
     choice = resolve(provider, fallback)
     used = choice.used or short_name(choice.providers[0])
-    state = {k: v.numpy() for k, v in model.state_dict().items()}
     cfg = ck.config
-
-    def oracle(feed: dict[str, Any]) -> list[Any]:
-        return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
+    oracle = reference.model_oracle(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
 
     if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
         x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])

@@ -63,7 +63,6 @@ def export_model(
     ``lengths`` defaults to whether the strategy accepts it. Parity is checked against torch and the numpy
     oracle.
     """
-    import numpy as np
     import torch
 
     from .. import reference
@@ -80,11 +79,6 @@ def export_model(
     example: tuple[Tensor, ...] = (torch.zeros(2, t, cfg.input_size),)
     if lengths:
         example += (torch.full((2,), t, dtype=torch.int64),)
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-    def oracle(feed: dict[str, Any]) -> list[np.ndarray]:
-        return [reference.model_forward(cfg, state, feed["x"], feed.get("lengths"))]
-
     return export_module(
         model,
         example,
@@ -95,7 +89,7 @@ def export_model(
         opset=opset,
         verify=verify,
         cases=cases,
-        oracle=oracle,
+        oracle=reference.model_oracle(cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}),
         manifest_extra={"model_config": cfg.to_dict()},
         **options,
     )

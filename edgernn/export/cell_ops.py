@@ -7,6 +7,8 @@ Sigmoid, Tanh, Relu, Mul, Where ...), and the eager body of the `native` custom 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -90,6 +92,37 @@ def cell_step(
     return recurrent_step(kind, input_projection(x, w, d), h, c, *recurrent_weights(w, d))
 
 
+Direction = Callable[[LayerWeights, int, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor | None]]
+
+
+def step_mask(lengths: Tensor, steps: int, device: torch.device) -> Tensor:
+    """(T, B, 1) booleans: step t of sequence b is real (t < lengths[b]), not padding."""
+    t_idx = torch.arange(steps, device=device, dtype=lengths.dtype)
+    return (t_idx.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
+
+
+def over_stack(
+    weights: list[LayerWeights], x: Tensor, h0: Tensor, c0: Tensor | None, direction: Direction
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every layer and direction in torch's order: ``direction(w, d, input, h0, c0) -> (y, h_T, c_T)`` runs one
+    of them over time-major input; the directions' outputs are concatenated as the next layer's input."""
+    dirs = weights[0].W.shape[0]
+    hs: list[Tensor] = []
+    cs: list[Tensor] = []
+    inp = x
+    for layer, w in enumerate(weights):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            y, h, c = direction(w, d, inp, h0[k], c0[k] if c0 is not None else None)
+            outs.append(y)
+            hs.append(h)
+            if c is not None:
+                cs.append(c)
+        inp = torch.cat(outs, dim=-1) if dirs > 1 else outs[0]
+    return inp, torch.stack(hs), torch.stack(cs) if cs else None
+
+
 def run_stack(
     kind: CellKind,
     weights: list[LayerWeights],
@@ -103,39 +136,28 @@ def run_stack(
     Steps at t >= lengths[b] keep the state and output zero, as ONNX's ops do with sequence_lens.
     """
     steps = x.shape[0]
-    dirs = weights[0].W.shape[0]
-    hs: list[Tensor] = []
-    cs: list[Tensor] = []
     valid: list[Tensor] | None = None
     if lengths is not None:
-        t_idx = torch.arange(steps, device=x.device, dtype=lengths.dtype)
-        mask = (t_idx.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        mask = step_mask(lengths, steps, x.device)
         valid = [mask[t] for t in range(steps)]  # once for all layers: an unrolled trace pays for every op
-    inp = x
-    for layer, w in enumerate(weights):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            h = h0[k]
-            c = c0[k] if c0 is not None else None
-            ys: list[Tensor] = [h] * steps
-            xw = input_projection(inp, w, d)
-            rw = recurrent_weights(w, d)
-            order = range(steps - 1, -1, -1) if d else range(steps)
-            for t in order:
-                h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
-                if valid is None:
-                    h, c = h_new, c_new
-                    ys[t] = h_new
-                else:
-                    v = valid[t]
-                    h = torch.where(v, h_new, h)
-                    if c is not None and c_new is not None:
-                        c = torch.where(v, c_new, c)
-                    ys[t] = torch.where(v, h_new, 0.0)
-            outs.append(torch.stack(ys) if steps else inp.new_zeros(0, inp.shape[1], h.shape[-1]))
-            hs.append(h)
-            if c is not None:
-                cs.append(c)
-        inp = torch.cat(outs, dim=-1) if dirs > 1 else outs[0]
-    return inp, torch.stack(hs), torch.stack(cs) if cs else None
+
+    def direction(
+        w: LayerWeights, d: int, inp: Tensor, h: Tensor, c: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        ys: list[Tensor] = [h] * steps
+        xw = input_projection(inp, w, d)
+        rw = recurrent_weights(w, d)
+        for t in range(steps - 1, -1, -1) if d else range(steps):
+            h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
+            if valid is None:
+                h, c = h_new, c_new
+                ys[t] = h_new
+            else:
+                v = valid[t]
+                h = torch.where(v, h_new, h)
+                if c is not None and c_new is not None:
+                    c = torch.where(v, c_new, c)
+                ys[t] = torch.where(v, h_new, 0.0)
+        return (torch.stack(ys) if steps else inp.new_zeros(0, inp.shape[1], h.shape[-1])), h, c
+
+    return over_stack(weights, x, h0, c0, direction)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..cells import CellKind
-from .cell_ops import input_projection, recurrent_step, recurrent_weights
+from .cell_ops import input_projection, over_stack, recurrent_step, recurrent_weights, step_mask
 from .layout import LayerWeights
 from .registry import Capabilities, Strategy, register_strategy
 
@@ -86,25 +86,14 @@ def scan_stack(
     lengths: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Time-major x (T, B, I) through every layer and direction, one Scan each; T stays symbolic."""
-    dirs = weights[0].W.shape[0]
-    mask = None
-    if lengths is not None:
-        steps = torch.arange(x.shape[0], device=x.device, dtype=lengths.dtype)
-        mask = (steps.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
-    hs: list[Tensor] = []
-    cs: list[Tensor] = []
-    inp = x
-    for layer, w in enumerate(weights):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            y, h, c = _scan_direction(kind, w, d, inp, h0[k], c0[k] if c0 is not None else None, mask)
-            outs.append(y)
-            hs.append(h)
-            if c is not None:
-                cs.append(c)
-        inp = torch.cat(outs, dim=-1) if dirs > 1 else outs[0]
-    return inp, torch.stack(hs), torch.stack(cs) if cs else None
+    mask = None if lengths is None else step_mask(lengths, x.shape[0], x.device)
+
+    def direction(
+        w: LayerWeights, d: int, inp: Tensor, h: Tensor, c: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return _scan_direction(kind, w, d, inp, h, c, mask)
+
+    return over_stack(weights, x, h0, c0, direction)
 
 
 @register_strategy
