@@ -80,7 +80,7 @@ def build(form: str, features: int, hidden: int, layers: int, out_dir: Path) -> 
     """The torch zoo model and its stateful ONNX file: the step strategy's export, plain or fused."""
     import torch
 
-    from edgernn.models import ModelConfig, build_model
+    from edgernn.model.zoo import ModelConfig, build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(cell="lstm", input_size=features, hidden_size=hidden, num_layers=layers, readout="all")

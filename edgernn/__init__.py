@@ -23,14 +23,14 @@ from .errors import (
 
 # public name -> module that defines it, imported on first use
 _LAZY = {
-    "ModelConfig": "edgernn.models",
-    "RecurrentModel": "edgernn.models",
-    "build_model": "edgernn.models",
-    "RNN": "edgernn.nn",
-    "LSTM": "edgernn.nn",
-    "GRU": "edgernn.nn",
-    "TrainConfig": "edgernn.train",
-    "fit": "edgernn.train",
+    "ModelConfig": "edgernn.model.zoo",
+    "RecurrentModel": "edgernn.model.zoo",
+    "build_model": "edgernn.model.zoo",
+    "RNN": "edgernn.model.nn",
+    "LSTM": "edgernn.model.nn",
+    "GRU": "edgernn.model.nn",
+    "TrainConfig": "edgernn.train.loop",
+    "fit": "edgernn.train.loop",
     "export": "edgernn.export",
     "export_model": "edgernn.export",
     "Model": "edgernn.runtime",

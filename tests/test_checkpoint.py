@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgernn import checkpoint
 from edgernn.errors import CheckpointError
-from edgernn.models import ModelConfig, build_model
+from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.train import checkpoint
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgernn.cli import main
+from edgernn.cli.main import main
 
 
 def _train(out: Path, *extra: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from test_stream_models import lengths_model, stateless_model, step_model, third_party_model
 
-from edgernn.cli_runtime import bench, run
+from edgernn.cli.runtime import bench, run
 from edgernn.runtime import Model, available
 from edgernn.runtime.io import read_csv
 from edgernn.runtime.stream import StreamingModel
@@ -226,8 +226,8 @@ def test_bench_with_checkpoint_compares_torch_eager(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch", reason="the torch comparison needs torch")
     from test_stream_models import from_zoo_model
 
-    from edgernn import checkpoint
-    from edgernn.models import ModelConfig, build_model
+    from edgernn.model.zoo import ModelConfig, build_model
+    from edgernn.train import checkpoint
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(cell="lstm", input_size=3, hidden_size=8, num_layers=2, readout="all")).eval()
@@ -275,7 +275,7 @@ def test_runtime_and_run_work_where_torch_cannot_be_imported(models: dict[str, P
     code = (
         "import sys\n"
         "import edgernn, edgernn.runtime, edgernn.runtime.stream, edgernn.runtime.io, edgernn.cli\n"
-        "import edgernn.bench, edgernn.cli_common\n"
+        "import edgernn.verify.bench, edgernn.cli.common\n"
         "assert 'torch' not in sys.modules\n"
         "try:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
     )
@@ -320,7 +320,7 @@ def test_runtime_and_run_work_where_torch_cannot_be_imported(models: dict[str, P
 
 def test_full_cli_run_works_without_torch(models: dict[str, Path], tmp_path: Path) -> None:
     try:
-        from edgernn.cli import main
+        from edgernn.cli.main import main
     except ImportError as e:
         pytest.skip(f"edgernn.cli is not importable here: {e}")
     if "run" not in main.commands:

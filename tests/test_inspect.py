@@ -8,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgernn.cli import main
+from edgernn.cli.main import main
 from edgernn.errors import ExportError, ModelFormatError
 from edgernn.export import export_model, get_strategy_class, strategy_names
-from edgernn.inspect import inspect_model
-from edgernn.models import ModelConfig, build_model
+from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.verify.inspect import inspect_model
 
 
 def _model(seed: int = 0) -> torch.nn.Module:

@@ -7,14 +7,14 @@ import onnx
 import pytest
 import torch
 
-from edgernn.cells import cell_names
 from edgernn.errors import ParityError
 from edgernn.export import export_model
-from edgernn.export import layout as layout_mod
 from edgernn.manifest import read_manifest
-from edgernn.models import ModelConfig, build_model
-from edgernn.parity import TOLERANCES, Case
+from edgernn.model import layout as layout_mod
+from edgernn.model.cells import cell_names
+from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.runtime import Model
+from edgernn.verify.parity import TOLERANCES, Case
 
 
 @pytest.mark.parametrize("cell", cell_names())

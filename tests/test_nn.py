@@ -1,13 +1,13 @@
-"""edgernn.nn layers are drop-in for torch's: same arguments, same state_dict, same outputs."""
+"""edgernn.model.nn layers are drop-in for torch's: same arguments, same state_dict, same outputs."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from edgernn import nn as enn
 from edgernn.errors import ConfigError, InputError
-from edgernn.models import ModelConfig, build_model
+from edgernn.model import nn as enn
+from edgernn.model.zoo import ModelConfig, build_model
 
 TORCH = {
     "rnn-tanh": (nn.RNN, {}),

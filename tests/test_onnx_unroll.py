@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgernn.errors import ExportError
 from edgernn.export.onnx_unroll import unroll_scans
-from edgernn.parity import TOLERANCES, compare
+from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]
 H = 4
@@ -265,15 +265,21 @@ def test_nested_scan_is_unrolled_too() -> None:
     """The outer Scan runs 3 steps over x (3, 2, B, H); its body runs an inner Scan of 2 steps over each slice,
     starting from the outer state."""
     inner_body = helper.make_graph(
-        [helper.make_node("Add", ["u", "v"], ["uv"]), helper.make_node("Tanh", ["uv"], ["u_new"]),
-         helper.make_node("Mul", ["u_new", "w"], ["z"])],
+        [
+            helper.make_node("Add", ["u", "v"], ["uv"]),
+            helper.make_node("Tanh", ["uv"], ["u_new"]),
+            helper.make_node("Mul", ["u_new", "w"], ["z"]),
+        ],
         "inner_body",
         [_vi("u", ["B", H]), _vi("v", ["B", H])],
         [_vi("u_new", ["B", H]), _vi("z", ["B", H])],
     )
     outer_body = helper.make_graph(
-        [helper.make_node("Scan", ["s", "xs"], ["s_new", "zs"], body=inner_body, num_scan_inputs=1,
-                          scan_input_directions=[1])],
+        [
+            helper.make_node(
+                "Scan", ["s", "xs"], ["s_new", "zs"], body=inner_body, num_scan_inputs=1, scan_input_directions=[1]
+            )
+        ],
         "outer_body",
         [_vi("s", ["B", H]), _vi("xs", [2, "B", H])],
         [_vi("s_new", ["B", H]), _vi("zs", [2, "B", H])],
@@ -329,8 +335,9 @@ def _flipped_model(steps: int, axis: int = 0, expose: bool = False) -> onnx.Mode
     scan axis; another axis is a flip that the scan does not see)."""
     f_in, c_in = _flip("x1", "x1_flipped", axis=axis)
     f_out, c_out = _flip("Y1", "Y1_back", axis=axis - 3)
-    scan = helper.make_node("Scan", ["s0", "x1_flipped", "x2"], ["s_T", "Y1", "Y2"], body=_cell_body(),
-                            num_scan_inputs=2)
+    scan = helper.make_node(
+        "Scan", ["s0", "x1_flipped", "x2"], ["s_T", "Y1", "Y2"], body=_cell_body(), num_scan_inputs=2
+    )
     outputs = ["s_T", "Y1_back", "Y2", *(["Y1"] if expose else [])]
     graph = helper.make_graph(
         [f_in, scan, f_out],
@@ -395,8 +402,6 @@ def test_opset_8_scan_is_refused() -> None:
 
 
 def test_a_model_without_scan_comes_back_equal() -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Tanh", ["x"], ["y"])], "g", [_vi("x", ["B", H])], [_vi("y", ["B", H])]
-    )
+    graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["y"])], "g", [_vi("x", ["B", H])], [_vi("y", ["B", H])])
     model = _model(graph)
     assert unroll_scans(model, 3) == model

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgernn import reference
-from edgernn.cells import cell_names, get_cell
-from edgernn.models import ModelConfig, build_model
-from edgernn.nn import make_layer
+from edgernn.model.cells import cell_names, get_cell
+from edgernn.model.nn import make_layer
+from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.verify import reference
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -5,10 +5,10 @@ import onnx
 import pytest
 import torch
 
-from edgernn.cells import cell_names
 from edgernn.errors import ExportError
 from edgernn.export import export_model
-from edgernn.models import ModelConfig, build_model
+from edgernn.model.cells import cell_names
+from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.runtime.stream import StreamingModel
 
 OPS = {"rnn-tanh": "RNN", "rnn-relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -19,8 +19,9 @@ OPS = {"rnn-tanh": "RNN", "rnn-relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 def test_fused_step_streams_like_one_call(cell: str, chunk: int) -> None:
     torch.manual_seed(5)
     model = build_model(
-        ModelConfig(cell=cell, input_size=3, hidden_size=6, num_layers=2, readout="all", output_size=2,
-                    peephole=cell == "lstm")
+        ModelConfig(
+            cell=cell, input_size=3, hidden_size=6, num_layers=2, readout="all", output_size=2, peephole=cell == "lstm"
+        )
     ).eval()
     res = export_model(model, None, strategy="step", chunk=chunk, fused=True)
     assert res.report is not None and res.report.passed, res.report.table()  # the export's own chained check

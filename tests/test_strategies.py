@@ -3,7 +3,7 @@
 Each exported model is built once per module (``_export`` caches it) and reused across shapes. Dynamic-length
 strategies are traced at (batch 2, length 5) by ``export_model`` and checked at other shapes; ``unroll`` is
 traced and checked at its fixed length; ``step`` is checked by chaining calls through onnxruntime against one
-eager call on the whole sequence. Tolerances come from ``edgernn.parity.TOLERANCES``.
+eager call on the whole sequence. Tolerances come from ``edgernn.verify.parity.TOLERANCES``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgernn import reference
-from edgernn.cells import cell_names
 from edgernn.errors import ConfigError, ExportError
 from edgernn.export import ExportResult, export_model, get_strategy_class, strategy_names
-from edgernn.models import ModelConfig, RecurrentModel, build_model
-from edgernn.nn import LSTM
-from edgernn.parity import TOLERANCES, compare
+from edgernn.model.cells import cell_names
+from edgernn.model.nn import LSTM
+from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.verify import reference
+from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,15 @@ UNROLL_LEN = 17  # the unroll exports of the matrix (and the padding test, which
 def _config(cell: str, variant: str) -> ModelConfig:
     v = VARIANTS[variant]
     return ModelConfig(
-        cell=cell, input_size=3, hidden_size=5, num_layers=v.layers, bidirectional=v.bidirectional,
-        peephole=v.peephole, proj_size=v.proj_size, readout=v.readout, output_size=2,
+        cell=cell,
+        input_size=3,
+        hidden_size=5,
+        num_layers=v.layers,
+        bidirectional=v.bidirectional,
+        peephole=v.peephole,
+        proj_size=v.proj_size,
+        readout=v.readout,
+        output_size=2,
     )
 
 
@@ -327,8 +334,16 @@ def _stream_model(cell: str) -> RecurrentModel:
     torch.manual_seed(3)
     lstm = cell == "lstm"
     return build_model(
-        ModelConfig(cell=cell, input_size=3, hidden_size=5, num_layers=2, readout="all", output_size=2,
-                    peephole=lstm, proj_size=3 if lstm else 0)
+        ModelConfig(
+            cell=cell,
+            input_size=3,
+            hidden_size=5,
+            num_layers=2,
+            readout="all",
+            output_size=2,
+            peephole=lstm,
+            proj_size=3 if lstm else 0,
+        )
     ).eval()
 
 
@@ -391,9 +406,9 @@ def test_step_readout_last_gives_the_head_of_the_newest_state() -> None:
 
 def test_step_chained_check_can_fail() -> None:
     """The export's chained check must catch a graph that drops its state between calls."""
-    from edgernn.export.streaming import stream_reference
+    from edgernn.verify.against_torch import stream_reference
     from edgernn.manifest import StateSpec, TensorSpec
-    from edgernn.parity import Case, check_chained, session_runner
+    from edgernn.verify.parity import Case, check_chained, session_runner
 
     res, sess = _stream_export("gru", 1)
     specs = [TensorSpec("x", "float32", ["batch", "time", 3])]
@@ -505,7 +520,7 @@ def test_an_earlier_static_export_does_not_freeze_a_later_dynamic_one() -> None:
         import warnings, numpy as np, torch, onnxruntime as ort
         warnings.simplefilter("ignore")
         torch.onnx.export(torch.nn.GRU(3, 8, batch_first=True), (torch.randn(2, 5, 3),), dynamo=True)
-        from edgernn.models import ModelConfig, build_model
+        from edgernn.model.zoo import ModelConfig, build_model
         from edgernn.export import export_model
         res = export_model(build_model(ModelConfig(cell="gru", input_size=3, hidden_size=5)), None, strategy="loop")
         assert res.manifest.inputs[0].shape == ["batch", "time", 3], res.manifest.inputs

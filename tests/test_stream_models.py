@@ -230,7 +230,7 @@ def lengths_model(input_size: int = 3) -> bytes:
 def from_zoo_model(model: object, *, time: int | str = 1) -> bytes:
     """``step_model`` with the weights of an edgernn zoo model (unidirectional LSTM/GRU, ``readout='all'``): the
     same function as the torch model, so a benchmark or test can hold the two side by side."""
-    from edgernn.export.layout import onnx_weights
+    from edgernn.model.layout import onnx_weights
 
     cfg = model.config  # type: ignore[attr-defined]
     layers = [{"W": w.W.numpy(), "R": w.R.numpy(), "B": w.B.numpy()} for w in onnx_weights(model.rnn)]  # type: ignore[attr-defined]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgernn.data import TASKS, batches, collate, get_task, make_splits
 from edgernn.errors import ConfigError
-from edgernn.models import ModelConfig, build_model
-from edgernn.train import TrainConfig, _loss, fit, initialise, model_config_for
+from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.train.data import TASKS, batches, collate, get_task, make_splits
+from edgernn.train.loop import TrainConfig, _loss, fit, initialise, model_config_for
 
 
 def test_collate_pads_and_masks() -> None:
@@ -68,7 +68,7 @@ def test_training_learns_and_keeps_the_best_epoch() -> None:
     assert len(hist.val_metric) == 4
     assert hist.val_metric[-1] < hist.val_metric[0]
     assert hist.best_metric == min(hist.val_metric)
-    from edgernn.train import evaluate
+    from edgernn.train.loop import evaluate
 
     _, val = make_splits(task, n_train=256, n_val=64, min_len=8, max_len=24, seed=3)
     assert evaluate(model, task, val) == pytest.approx(hist.best_metric, rel=1e-5)

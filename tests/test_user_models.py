@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from edgernn.cli import main
+from edgernn.cli.main import main
 from edgernn.errors import CheckpointError, ConfigError, ExportError
 from edgernn.export import export, get_strategy_class, strategy_names
 from edgernn.runtime import Model

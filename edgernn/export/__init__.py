@@ -17,8 +17,8 @@ from .registry import BUILTIN, Capabilities, Strategy, get_strategy_class, regis
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from ..models import RecurrentModel
-    from ..parity import Case
+    from ..model.zoo import RecurrentModel
+    from ..verify.parity import Case
     from .core import ExportResult
 
 # importing edgernn.export (e.g. for the registry's names) must not import torch; these load it on first use
@@ -65,7 +65,7 @@ def export_model(
     """
     import torch
 
-    from .. import reference
+    from ..verify import reference
     from .core import export_module
 
     caps = get_strategy_class(strategy).caps

@@ -18,16 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import nn as enn
 from .._version import __version__
 from ..errors import ExportError, ParityError
 from ..files import write_atomic
 from ..manifest import Manifest, StateSpec, TensorSpec
-from ..parity import Case, ParityReport, Runner, cases_for, check, session_runner, torch_runner
+from ..model import nn as enn
+from ..model.layout import LayerWeights, onnx_weights
+from ..verify.against_torch import verify_parity, verify_stream
+from ..verify.parity import Case, ParityReport, Runner
 from .graph import check_dynamic_axes, default_opset, fold, normalise, output_spec, set_manifest, set_opset
-from .layout import LayerWeights, onnx_weights
 from .registry import Strategy, get_strategy_class
-from .streaming import StateIO, StepModule, example_states, state_specs, verify_stream
+from .streaming import StateIO, StepModule, example_states, state_specs
 
 
 @dataclass
@@ -290,40 +291,3 @@ def _root_cause(e: BaseException) -> str:
             return line[:400]
     lines = str(e).splitlines()
     return f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
-
-
-def verify_parity(
-    module: nn.Module,
-    proto: Any,
-    manifest: Manifest,
-    *,
-    cases: Sequence[Case] | None = None,
-    oracle: Runner | None = None,
-    providers: Sequence[str] = ("cpu",),
-    int_high: int = 2,
-) -> ParityReport:
-    """Eager torch ``module`` against onnxruntime on ``proto`` (each provider) and the optional numpy oracle."""
-    from ..runtime.providers import make_session
-
-    data = proto.SerializeToString() if not isinstance(proto, bytes) else proto
-    candidates: dict[str, Runner] = {}
-    for p in providers:
-        sess, _ = make_session(data, p, threads=None)
-        candidates[f"onnxruntime:{p}"] = session_runner(sess)
-    if oracle is not None:
-        candidates["numpy"] = oracle
-    if cases is None:
-        cases = cases_for(has_lengths=manifest.input("lengths") is not None, fixed_length=manifest.seq_len)
-    was_training = module.training
-    module.eval()
-    try:
-        return check(
-            torch_runner(module, manifest.inputs),
-            candidates,
-            manifest.inputs,
-            [o.name for o in manifest.outputs],
-            cases,
-            int_high=int_high,
-        )
-    finally:
-        module.train(was_training)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cells import CellKind
-from .cell_ops import input_projection, over_stack, recurrent_step, recurrent_weights, step_mask
-from .layout import LayerWeights
+from ..model.cell_ops import input_projection, over_stack, recurrent_step, recurrent_weights, step_mask
+from ..model.cells import CellKind
+from ..model.layout import LayerWeights
 from .registry import Capabilities, Strategy, register_strategy
 
 

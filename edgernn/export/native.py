@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cells import get_cell
-from .cell_ops import run_stack
-from .layout import LayerWeights
+from ..model.cell_ops import run_stack
+from ..model.cells import get_cell
+from ..model.layout import LayerWeights
 from .registry import Capabilities, Strategy, register_strategy
 
 _PER_LAYER = 4  # W, R, B, P (P is an empty tensor when the layer has no peepholes)

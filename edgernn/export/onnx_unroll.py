@@ -508,8 +508,10 @@ class _GraphContext:
     def remove_dead_reversals(self) -> None:
         """Drop the input reversals that nothing reads any more, and value_info of values no longer produced."""
         if self.reversal_inputs:
-            used = {i for node in self.graph.node for i in node.input} | self.outputs | _referenced_in_subgraphs(
-                self.graph
+            used = (
+                {i for node in self.graph.node for i in node.input}
+                | self.outputs
+                | _referenced_in_subgraphs(self.graph)
             )
             dead = {node.output[0] for node in self.reversal_inputs if node.output[0] not in used}
             if dead:

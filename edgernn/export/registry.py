@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the registry itself stays importable without torch (the CLI
     import onnx
     from torch import Tensor
 
-    from .layout import LayerWeights
+    from ..model.layout import LayerWeights
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class Strategy(ABC):
         if missing:
             able = [s for s in strategy_names() if variants <= get_strategy_class(s).caps.variants]
             raise ExportError(
-                f"strategy {self.name!r} cannot export LSTM {', '.join(sorted(missing))}; "
-                f"use one of: {', '.join(able)}"
+                f"strategy {self.name!r} cannot export LSTM {', '.join(sorted(missing))}; use one of: {', '.join(able)}"
             )
         if layer.bidirectional and not self.caps.bidirectional:
             able = [s for s in strategy_names() if get_strategy_class(s).caps.bidirectional]

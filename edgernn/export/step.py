@@ -25,8 +25,8 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import ExportError
-from .cell_ops import run_stack
-from .layout import LayerWeights
+from ..model.cell_ops import run_stack
+from ..model.layout import LayerWeights
 from .native import Native
 from .registry import Capabilities, Strategy, layer_variants, register_strategy
 

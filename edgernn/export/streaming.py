@@ -9,20 +9,15 @@ Each recurrent layer module of the model carries its whole stack's state, shaped
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError
 from ..manifest import StateSpec, TensorSpec
-from ..parity import Case, ParityReport, Runner, check_chained, session_runner
-
-# stream lengths the chained check runs by default: one sequence alone and a batch, 50 steps each
-STREAM_CASES: tuple[Case, ...] = (Case(1, 50), Case(3, 50))
 
 
 @dataclass
@@ -105,80 +100,3 @@ def example_states(layers: Sequence[tuple[str, Any]], batch: int, dtype: torch.d
         if layer.cell_kind.has_cell_state:
             out.append(torch.zeros(rows, batch, layer.hidden_size, dtype=dtype))
     return out
-
-
-def stream_reference(module: nn.Module, specs: Sequence[TensorSpec]) -> Runner:
-    """Run the eager (unconverted) module on a whole sequence; its outputs, then each recurrent layer's final
-    state (read with forward hooks on the module's own torch layers)."""
-    layers = [m for m in module.modules() if isinstance(m, nn.RNNBase)]
-    final: dict[int, Any] = {}
-
-    def grab(layer: nn.Module, _args: Any, out: Any) -> None:
-        final[id(layer)] = out[1]
-
-    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        final.clear()
-        handles = [m.register_forward_hook(grab) for m in layers]
-        try:
-            with torch.no_grad():
-                out = module(*[torch.from_numpy(np.array(feed[s.name])) for s in specs])
-        finally:
-            for hnd in handles:
-                hnd.remove()
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        for m in layers:
-            st = final[id(m)]
-            outs.extend(st if isinstance(st, tuple) else (st,))
-        return [o.detach().cpu().numpy() for o in outs]
-
-    return run
-
-
-def verify_stream(
-    module: nn.Module,
-    proto: Any,
-    specs: Sequence[TensorSpec],
-    states: Sequence[StateSpec],
-    output_names: Sequence[str],
-    chunk: int,
-    *,
-    cases: Sequence[Case] | None = None,
-    oracle: Runner | None = None,
-    providers: Sequence[str] = ("cpu",),
-    int_high: int = 2,
-) -> ParityReport:
-    """Chained step calls through onnxruntime (each provider) against the eager module on the whole sequence.
-
-    ``specs`` are the data inputs with their "time" axis still named (the graph fixes it to ``chunk``).
-    """
-    from ..runtime.providers import make_session
-
-    data = proto if isinstance(proto, bytes) else proto.SerializeToString()
-    reference = stream_reference(module, specs)
-    was_training = module.training
-    module.eval()
-    report: ParityReport | None = None
-    try:
-        for i, p in enumerate(providers):
-            sess, _ = make_session(data, p, threads=None)
-            r = check_chained(
-                reference,
-                session_runner(sess),
-                specs,
-                states,
-                output_names,
-                chunk,
-                list(cases or STREAM_CASES),
-                oracle=oracle if i == 0 else None,
-                candidate=f"onnxruntime:{p}",
-                int_high=int_high,
-            )
-            if report is None:
-                report = r
-            else:
-                report.comparisons.extend(r.comparisons)
-    finally:
-        module.train(was_training)
-    if report is None:
-        raise ExportError("no onnxruntime provider to verify the stream on")
-    return report

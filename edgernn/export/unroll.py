@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ..errors import ExportError
-from .layout import LayerWeights
+from ..model.layout import LayerWeights
 from .loop import scan_stack
 from .registry import Capabilities, Strategy, register_strategy
 

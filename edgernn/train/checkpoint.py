@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ._version import __version__
-from .errors import CheckpointError
-from .models import ModelConfig, RecurrentModel, build_model
+from .._version import __version__
+from ..errors import CheckpointError
+from ..model.zoo import ModelConfig, RecurrentModel, build_model
 
 FORMAT = "edgernn-checkpoint"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class Checkpoint:
 
 def save(path: str | os.PathLike[str], model: RecurrentModel, meta: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically; returns the path written."""
-    from .files import write_atomic
+    from ..files import write_atomic
 
     payload = {
         "format": FORMAT,

@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from .cells import cell_names
-from .cli_common import echo_json, handle_errors
-from .cli_runtime import COMMANDS as RUNTIME_COMMANDS
-from .errors import ParityError
+from ..errors import ParityError
+from ..model.cells import cell_names
+from .common import echo_json, handle_errors
+from .runtime import COMMANDS as RUNTIME_COMMANDS
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
 6 model file; 7 input data; 8 provider."""
@@ -29,7 +29,7 @@ def main() -> None:
 
 
 def _strategy_choices() -> list[str]:
-    from .export.registry import BUILTIN  # torch-free: --help stays instant
+    from ..export.registry import BUILTIN  # torch-free: --help stays instant
 
     return list(BUILTIN)
 
@@ -60,7 +60,7 @@ def _strategy_choices() -> list[str]:
 @handle_errors
 def train(**o: Any) -> None:
     """Train a model on a built-in task and write OUT/model.ckpt and OUT/history.json."""
-    from .workflows import train_to_dir
+    from ..train.workflow import train_to_dir
 
     as_json = o.pop("as_json")
     result = train_to_dir(**o, progress=not as_json)
@@ -134,7 +134,7 @@ def export(
 
     A model that fails parity is not written and the command exits with code 5.
     """
-    from .workflows import export_checkpoint, export_user_module
+    from ..export.sources import export_checkpoint, export_user_module
 
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
@@ -177,7 +177,7 @@ def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: 
 
     Exits 0 when every case is within tolerance and 5 when any is not.
     """
-    from .workflows import parity_check
+    from ..verify.recheck import parity_check
 
     report = parity_check(ckpt, model, provider=provider, fallback=fallback)
     if as_json:
@@ -195,7 +195,7 @@ def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: 
 def inspect(model: str, as_json: bool) -> None:
     """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
     states, file size and the parity result recorded at export."""
-    from .inspect import format_inspection, inspect_model
+    from ..verify.inspect import format_inspection, inspect_model
 
     info = inspect_model(model)
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
@@ -208,7 +208,7 @@ def strategies(as_json: bool) -> None:
     """List the export strategies and what each supports (read from the strategy registry)."""
     from dataclasses import asdict
 
-    from .export import get_strategy_class, strategy_names
+    from ..export import get_strategy_class, strategy_names
 
     rows = {name: get_strategy_class(name) for name in strategy_names()}
     if as_json:
@@ -226,7 +226,7 @@ def strategies(as_json: bool) -> None:
 @handle_errors
 def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     """The whole pipeline on the built-in default: train briefly on the sine task, export, run, check parity."""
-    from .workflows import demo as run_demo
+    from .demo import demo as run_demo
 
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+from ..model.nn import recurrent_layers
+from ..model.zoo import ModelConfig, RecurrentModel, build_model
 from .data import Batch, Task, batches, get_task, make_splits
-from .errors import ConfigError
-from .models import ModelConfig, RecurrentModel, build_model
-from .nn import recurrent_layers
 
 INITS = ("default", "xavier", "he", "orthogonal", "identity")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .cells import get_cell
+from ..model.cells import get_cell
 
 Array = np.ndarray
 
@@ -136,7 +136,7 @@ def recurrent_forward(
 
 
 def model_forward(config: Any, state: Mapping[str, Array], x: Array, lengths: Array | None = None) -> Array:
-    """The whole ``edgernn.models.RecurrentModel`` (eval mode): x (B, T, F) -> (B, out) or (B, T, out)."""
+    """The whole ``edgernn.model.zoo.RecurrentModel`` (eval mode): x (B, T, F) -> (B, out) or (B, T, out)."""
     state = {k: np.asarray(v) for k, v in state.items()}
     y, h, _ = recurrent_forward(
         config.cell,

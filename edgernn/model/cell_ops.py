@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..cells import CellKind
+from .cells import CellKind
 from .layout import LayerWeights
 
 

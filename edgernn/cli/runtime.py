@@ -2,7 +2,6 @@
 
 Thin: each calls one library function. Importing this module imports neither torch nor onnxruntime, and
 ``run`` works on a device where torch is not installed (``bench --ckpt`` needs torch for the comparison).
-Also runnable alone: ``python -m edgernn.cli_runtime run MODEL.onnx ...``.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from typing import Any
 
 import click
 
-from .cli_common import echo_json, handle_errors, provider_options, session_kwargs
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import echo_json, handle_errors, provider_options, session_kwargs
 
 STATE_HELP = (
     "A state input->output pair and the initial state's shape, for models without an edgernn manifest: "
@@ -72,8 +71,8 @@ def run(
     sensor | edgernn run step.onnx --stream
     edgernn run their.onnx --stream --state initial_h:Y_h:1x1x64 --layout tbf
     """
-    from .runtime import io
-    from .runtime.model import Model
+    from ..runtime import io
+    from ..runtime.model import Model
 
     if stream and (input_path or output_path or lengths_path):
         raise ConfigError("--stream reads stdin and writes stdout; drop --input/--output/--lengths")
@@ -143,7 +142,7 @@ def bench(
 ) -> None:
     """Latency per step and per sequence (p50, p95), throughput and peak memory of MODEL on onnxruntime; with
     --ckpt, torch eager on the same inputs in the same run, as ratios."""
-    from .bench import bench as run_bench
+    from ..verify.bench import bench as run_bench
 
     report = run_bench(
         model,

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ModelFormatError
-from .runtime.io import data_axes, streaming_model
-from .runtime.model import Model
-from .runtime.states import StatePair
+from ..errors import ConfigError, ModelFormatError
+from ..runtime.io import data_axes, streaming_model
+from ..runtime.model import Model
+from ..runtime.states import StatePair
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ def _bench_torch(
 ) -> None:
     import torch
 
-    from . import checkpoint
+    from ..train import checkpoint
 
     cp = checkpoint.load(ckpt)
     model = cp.model()

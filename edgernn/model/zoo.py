@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .cells import get_cell
-from .errors import ConfigError
 from .nn import make_layer
 
 HEADS = ("regression", "classification")

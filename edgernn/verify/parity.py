@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .manifest import TensorSpec
+from ..errors import ConfigError
+from ..manifest import TensorSpec
 
 
 @dataclass(frozen=True)

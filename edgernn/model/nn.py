@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..errors import ConfigError, InputError
 from .cells import CellKind, get_cell
-from .errors import ConfigError, InputError
 
 # While an export runs, the strategy's hook: (layer, input, hx, lengths) -> what forward returns.
 _EXPORT_HOOK: ContextVar[Callable[..., Any] | None] = ContextVar("edgernn_export_hook", default=None)
@@ -105,8 +105,8 @@ def _check_lengths(lengths: Tensor, batch: int, total: int) -> Tensor:
 def _forward_unfused(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
     """forward for variants torch has no fused kernel for (LSTM peepholes): the recurrence in plain torch ops,
     differentiable, with torch's conventions for batch_first, unbatched and packed inputs, hx and dropout."""
-    from .export.cell_ops import run_stack  # lazy: importing edgernn.export imports this module
-    from .export.layout import onnx_weights
+    from .cell_ops import run_stack  # lazy: importing edgernn.export imports this module
+    from .layout import onnx_weights
 
     bf = layer.batch_first
     packed = input if isinstance(input, PackedSequence) else None

@@ -9,7 +9,7 @@ ONNX's recurrent ops (and every edgernn strategy, which all compute in this layo
     Wr (D, P, H)    LSTM projection (not an ONNX op input; used by the loop/unroll/step strategies)
 
 with D directions (forward, then reverse) and G gates. Gate orders: torch LSTM i,f,g,o -> ONNX i,o,f,c;
-torch GRU r,z,n -> ONNX z,r,h (with linear_before_reset=1); RNN has one gate (see ``edgernn.cells``).
+torch GRU r,z,n -> ONNX z,r,h (with linear_before_reset=1); RNN has one gate (see ``edgernn.model.cells``).
 """
 
 from __future__ import annotations

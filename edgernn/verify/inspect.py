@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFormatError
-from .manifest import MANIFEST_KEY, Manifest
+from ..errors import ModelFormatError
+from ..manifest import MANIFEST_KEY, Manifest
 
 
 def _ops(graph: Any, hist: Counter[str]) -> None:

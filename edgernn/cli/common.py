@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import ConfigError, EdgeRNNError
-from .runtime.providers import OPTIMIZATION_LEVELS, PROVIDERS
+from ..errors import ConfigError, EdgeRNNError
+from ..runtime.providers import OPTIMIZATION_LEVELS, PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

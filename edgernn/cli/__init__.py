@@ -1,0 +1,6 @@
+"""The ``edgernn`` command line: one click module per group of commands, each command calling one library
+function."""
+
+from .main import main
+
+__all__ = ["main"]

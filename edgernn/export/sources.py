@@ -1,0 +1,145 @@
+"""Export from what a user has on disk: an edgernn checkpoint, or their own module named as ``pkg.mod:factory``
+with a weights file. What ``edgernn export`` calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def export_checkpoint(
+    ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    strategy: str = "native",
+    opset: int | None = None,
+    lengths: bool | None = None,
+    no_verify: bool = False,
+    **options: Any,
+) -> Any:
+    """Load a checkpoint safely and export it (see ``edgernn.export.export_model``).
+
+    ``options`` are the strategy's own (seq_len, chunk, fused); None means not given.
+    """
+    from ..train import checkpoint
+    from . import export_model
+
+    model = checkpoint.load(ckpt).model()
+    return export_model(
+        model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options
+    )
+
+
+def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any, tuple[Any, ...] | None]:
+    """Import ``pkg.mod:factory`` and call it; it returns a module, or (module, example_inputs).
+
+    ``weights`` (a state_dict saved with torch.save, optionally under a "state_dict" key) is loaded with
+    ``torch.load(weights_only=True)``: it can hold only tensors and plain data, never code.
+    """
+    import importlib
+
+    import torch
+
+    from ..errors import CheckpointError, ConfigError
+
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(f"--module must look like 'package.module:factory'; got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot load {spec!r}: {e} (is the package on PYTHONPATH?)") from None
+    made = factory()
+    module, example = made if isinstance(made, tuple) else (made, None)
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"{spec!r} returned {type(module).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        from ..train.checkpoint import safe_torch_load
+
+        state = safe_torch_load(weights)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        try:
+            module.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"the weights in {str(weights)!r} do not fit {spec}: {str(e).splitlines()[0]}"
+            ) from None
+    return module.eval(), (tuple(example) if example is not None else None)
+
+
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32")
+
+
+def parse_input_spec(text: str) -> tuple[str, tuple[int, ...], str]:
+    """``NAME:2x5x3[:dtype]`` -> (name, shape, dtype)."""
+    from ..errors import ConfigError
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ValueError
+        shape = tuple(int(d) for d in parts[1].lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input must look like NAME:2x5x3[:float32|int64]; got {text!r}") from None
+    dtype = parts[2] if len(parts) == 3 else "float32"
+    if dtype not in INPUT_DTYPES:
+        raise ConfigError(f"--input {text!r}: dtype must be one of {', '.join(INPUT_DTYPES)}")
+    return parts[0], shape, dtype
+
+
+def export_user_module(
+    spec: str,
+    out_path: str | Path,
+    *,
+    weights: str | Path | None = None,
+    inputs: tuple[str, ...] = (),
+    time_major: bool = False,
+    lengths_input: str | None = None,
+    strategy: str = "native",
+    opset: int | None = None,
+    no_verify: bool = False,
+    **options: Any,
+) -> Any:
+    """Export a user's module (``pkg.mod:factory``), verified against that module itself; ``options`` as in
+    ``export_checkpoint``."""
+    import torch
+
+    from ..errors import ConfigError
+    from . import export
+
+    module, example = load_user_module(spec, weights)
+    names = None
+    if inputs:
+        parsed = [parse_input_spec(t) for t in inputs]
+        names = [p[0] for p in parsed]
+        example = tuple(
+            torch.zeros(shape, dtype=getattr(torch, dtype))
+            if dtype.startswith("float")
+            else torch.ones(shape, dtype=getattr(torch, dtype))
+            for _, shape, dtype in parsed
+        )
+    if example is None:
+        raise ConfigError(
+            "give the module's inputs: --input NAME:SHAPE (e.g. --input x:2x5x3), or have the factory "
+            "return (module, example_inputs)"
+        )
+    axes = {0: "time", 1: "batch"} if time_major else {0: "batch", 1: "time"}
+    if names is None:
+        names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]
+    dyn = {
+        n: ({0: "batch"} if n == lengths_input else {a: v for a, v in axes.items() if a < t.dim()})
+        for n, t in zip(names, example, strict=True)
+    }
+    return export(
+        module,
+        example,
+        out_path,
+        strategy=strategy,
+        input_names=names,
+        dynamic_axes=dyn,
+        lengths_input=lengths_input,
+        opset=opset,
+        verify=not no_verify,
+        **options,
+    )
