@@ -19,6 +19,7 @@ from .errors import (
     ModelFormatError,
     ParityError,
     ProviderError,
+    TargetError,
 )
 
 # public name -> module that defines it, imported on first use
@@ -47,6 +48,7 @@ __all__ = [
     "ModelFormatError",
     "ParityError",
     "ProviderError",
+    "TargetError",
     "__version__",
     *_LAZY,
 ]

@@ -57,3 +57,10 @@ class ProviderError(EdgeRNNError):
     """The requested onnxruntime execution provider is not available."""
 
     exit_code = 8
+
+
+class TargetError(EdgeRNNError):
+    """The model does not pass the check of the target it is made for (a device runtime's own tool refuses it,
+    or the target's runtime computes something else)."""
+
+    exit_code = 9

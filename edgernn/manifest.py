@@ -22,7 +22,7 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: float32, int64
     shape: list[int | str]  # ints are fixed sizes, strings name dynamic axes ("batch", "time")
-    role: str = "data"  # data | lengths | state
+    role: str = "data"  # data | lengths | mask (float padding mask, made from lengths on the host) | state
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,12 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     seq_len: int | None = None  # unroll: the fixed length
     chunk: int | None = None  # step: steps per call
+    batch: int | None = None  # the batch size every input is fixed to (static-batch targets); None: dynamic
     proj_size: int = 0
     peephole: bool = False
     model_config: dict[str, Any] | None = None  # edgernn zoo models: the ModelConfig
+    target: str = "ort"  # the runtime the graph was made for (edgernn.export.targets)
+    target_check: dict[str, Any] = field(default_factory=dict)  # what the target's own tool said at export
     edgernn_version: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -15,10 +15,11 @@ import click
 from ..errors import ParityError
 from ..model.cells import cell_names
 from .common import echo_json, handle_errors
+from .edge import COMMANDS as EDGE_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
-6 model file; 7 input data; 8 provider."""
+6 model file; 7 input data; 8 provider; 9 target check failed."""
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,12 @@ def main() -> None:
 
 def _strategy_choices() -> list[str]:
     from ..export.registry import BUILTIN  # torch-free: --help stays instant
+
+    return list(BUILTIN)
+
+
+def _target_choices() -> list[str]:
+    from ..export.targets import BUILTIN  # torch-free
 
     return list(BUILTIN)
 
@@ -100,7 +107,25 @@ def train(**o: Any) -> None:
     show_default=True,
     help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.",
 )
+@click.option(
+    "--target",
+    type=click.Choice(_target_choices()),
+    default="ort",
+    show_default=True,
+    help="The runtime the model is for; its own tool checks the export (edgernn targets lists them).",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    help="Fix the batch axis to this size (nnapi and coreml fix it, default 1; other targets keep it dynamic).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write MODEL.onnx.")
+@click.option(
+    "--ort-format",
+    is_flag=True,
+    help="Also write MODEL.ort and MODEL.required_operators.config for onnxruntime Mobile (checked against the .onnx).",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the strategy's default).")
 @click.option("--seq-len", type=int, default=None, help="unroll: the fixed sequence length.")
 @click.option("--chunk", type=int, default=None, help="step: time steps per call (default 1).")
@@ -127,17 +152,20 @@ def export(
     inputs: tuple[str, ...],
     time_major: bool,
     lengths_input: str | None,
+    ort_format: bool,
     **o: Any,
 ) -> None:
     """Export checkpoint CKPT (a file or a training directory), or your own module (--module), to ONNX after
-    checking parity against the torch model.
+    checking parity against the torch model, and with --target, the target runtime's own check.
 
-    A model that fails parity is not written and the command exits with code 5.
+    A model that fails parity is not written and the command exits with code 5; one the target's tool refuses
+    exits with code 9.
     """
     from ..export.sources import export_checkpoint, export_user_module
 
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
+    o["ort_format"] = ort_format
     if module_spec is not None:
         o.pop("lengths")
         result = export_user_module(
@@ -157,12 +185,18 @@ def export(
                 "path": str(result.path),
                 "manifest": result.manifest.to_dict(),
                 "parity": result.report.to_dict() if result.report else None,
+                "package": result.package.to_dict() if result.package else None,
             }
         )
         return
     if result.report is not None:
         click.echo(result.report.table())
-    click.echo(f"wrote {result.path} ({result.manifest.strategy}, opset {result.manifest.opset})")
+    m = result.manifest
+    if m.target_check:
+        click.echo(f"target {m.target}: {m.target_check['summary']}")
+    click.echo(f"wrote {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
+    if result.package is not None:
+        click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")
 
 
 @main.command()
@@ -231,5 +265,5 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-for _command in RUNTIME_COMMANDS:
+for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS):
     main.add_command(_command)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..files import write_atomic
 from ..manifest import TensorSpec
 from .registry import BUILTIN, Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
+from .targets import Target, get_target, register_target, target_names
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -42,7 +43,11 @@ __all__ = [
     "export_model",
     "get_strategy_class",
     "register_strategy",
+    "get_target",
+    "register_target",
     "strategy_names",
+    "Target",
+    "target_names",
     "write_atomic",
 ]
 
@@ -60,8 +65,9 @@ def export_model(
 ) -> ExportResult:
     """Export a zoo model; inputs ``x`` (batch, time, features) and, when ``lengths``, ``lengths`` (batch,).
 
-    ``lengths`` defaults to whether the strategy accepts it. Parity is checked against torch and the numpy
-    oracle.
+    ``lengths`` defaults to whether the strategy accepts it (for ``native``, and a target that ignores ONNX's
+    sequence_lens, it does not). ``target`` (default ``ort``) and ``batch`` choose the runtime the graph is made
+    for (see ``edgernn.export.targets``). Parity is checked against torch and the numpy oracle.
     """
     import torch
 
@@ -69,8 +75,9 @@ def export_model(
     from .core import export_module
 
     caps = get_strategy_class(strategy).caps
-    if lengths is None:
-        lengths = caps.lengths
+    if lengths is None:  # what the strategy takes, where the target can honour it
+        target = get_target(options.get("target") or "ort")
+        lengths = caps.lengths and not (strategy == "native" and target.padding != "sequence_lens")
     cfg = model.config
     specs = [TensorSpec("x", "float32", ["batch", "time", cfg.input_size])]
     if lengths:

@@ -19,16 +19,28 @@ import torch
 from torch import Tensor, nn
 
 from .._version import __version__
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, ParityError, TargetError
 from ..files import write_atomic
 from ..manifest import Manifest, StateSpec, TensorSpec
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
-from ..verify.against_torch import verify_parity, verify_stream
+from ..verify.against_torch import stream_cases, verify_parity, verify_stream
+from ..verify.check import structure_report, target_runners
 from ..verify.parity import Case, ParityReport, Runner
-from .graph import check_dynamic_axes, default_opset, fold, normalise, output_spec, set_manifest, set_opset
+from . import hygiene
+from .graph import (
+    check_dynamic_axes,
+    default_opset,
+    fold,
+    normalise,
+    output_spec,
+    set_manifest,
+    set_opset,
+    validate_graph,
+)
 from .registry import Strategy, get_strategy_class
 from .streaming import StateIO, StepModule, example_states, state_specs
+from .targets import get_target
 
 
 @dataclass
@@ -37,6 +49,7 @@ class ExportResult:
     manifest: Manifest
     report: ParityReport | None  # None with verify=False
     model_bytes: bytes
+    package: Any = None  # the ORT Mobile package (edgernn.optimize.ort_format.Package) when one was asked for
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -119,7 +132,10 @@ def export_module(
     output_names: Sequence[str],
     *,
     strategy: str = "native",
+    target: str = "ort",
+    batch: int | None = None,
     path: str | os.PathLike[str] | None = None,
+    ort_format: bool = False,
     opset: int | None = None,
     verify: bool = True,
     cases: Sequence[Case] | None = None,
@@ -128,22 +144,33 @@ def export_module(
     manifest_extra: dict[str, Any] | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy.
+    """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy, for one target.
 
     ``inputs`` name the graph's inputs in ``forward``'s order, with dynamic axes named "batch" and "time" and
     roles ("data", "lengths"). Fixed-length strategies (unroll, step) fix "time" to their length and cut or
-    repeat the example inputs to it. A streaming strategy (step) adds every recurrent layer's state as graph
-    inputs after ``inputs`` and outputs after ``output_names`` (see ``edgernn.export.streaming``). Parity is
-    checked against ``module`` itself, unconverted, before anything is written (for step: chained calls against
-    one whole-sequence call); a failure raises ``ParityError`` and leaves ``path`` untouched.
+    repeat the example inputs to it; a static-batch target (nnapi, coreml) or ``batch`` fixes "batch" the same
+    way. A float-mask target takes its padding as a float input ``mask`` (batch, time) in place of lengths. A
+    streaming strategy (step) adds every recurrent layer's state as graph inputs after ``inputs`` and outputs
+    after ``output_names`` (see ``edgernn.export.streaming``).
+
+    Before anything is written: the target's own tool checks the graph (``TargetError`` when it refuses it), and
+    parity is checked against ``module`` itself, unconverted, on onnxruntime and the target's runtime where it
+    is not onnxruntime (for step: chained calls against one whole-sequence call); a failure raises
+    ``ParityError``. Either leaves ``path`` untouched. ``verify=False`` skips the numbers, not the target's check.
+    ``ort_format`` also writes ``NAME.ort`` and ``NAME.required_operators.config`` beside ``path`` for onnxruntime
+    Mobile, checked against the ONNX file.
     """
+    tgt = get_target(target)
     strat = get_strategy_class(strategy)(**options)
     caps = strat.caps
     opset = caps.default_opset if opset is None else int(opset)
     if not caps.opset_min <= opset <= caps.opset_max:
         raise ExportError(f"strategy {strategy!r} supports opset {caps.opset_min}-{caps.opset_max}; got {opset}")
-    if any(s.role == "lengths" for s in inputs) and not caps.lengths:
+    lengths_spec = next((s for s in inputs if s.role == "lengths"), None)
+    if lengths_spec is not None and not caps.lengths:
         raise ExportError(f"strategy {strategy!r} takes no lengths input; export without lengths")
+    tgt.validate(strategy, lengths=lengths_spec is not None, fused=bool(getattr(strat, "fused", False)))
+    static_batch = tgt.batch(batch)
 
     original = module
     work = enn.convert(copy.deepcopy(module)).eval()
@@ -154,12 +181,8 @@ def export_module(
         strat.check_layer(layer)
     weights = {id(layer): onnx_weights(layer) for _, layer in layers}
 
-    specs = list(inputs)
-    example = tuple(example_inputs)
     fixed = strat.fixed_length()
-    if fixed is not None:
-        example = tuple(_fit_time(t, s, fixed) for t, s in zip(example, specs, strict=True))
-        specs = [replace(s, shape=[fixed if d == "time" else d for d in s.shape]) for s in specs]
+    specs, example = _graph_form(list(inputs), tuple(example_inputs), fixed, static_batch, tgt.padding)
     names_out = list(output_names)
     traced: nn.Module = work
     io = None
@@ -169,9 +192,9 @@ def export_module(
     if caps.streaming:
         io = StateIO()
         dtype = next(layers[0][1].parameters()).dtype
-        state_in, state_out, states = state_specs(layers, str(torch.empty(0, dtype=dtype).numpy().dtype))
+        state_in, state_out, states = state_specs(layers, str(torch.empty(0, dtype=dtype).numpy().dtype), static_batch)
         traced = StepModule(work, layers, len(example), io)
-        example += tuple(example_states(layers, _batch_of(example, specs), dtype))
+        example += tuple(example_states(layers, static_batch or _batch_of(example, specs), dtype))
         names_out += [s.name for s in state_out]
     graph_inputs = specs + state_in
     dims: tuple[Any, ...] = _dims(graph_inputs)
@@ -192,8 +215,8 @@ def export_module(
                 optimize=strat.rewrite_graph,
                 verbose=False,
             )
-            if program is not None and not strat.rewrite_graph:
-                fold(program.model)
+            if program is not None:
+                fold(program.model)  # every weight in the layout its op reads, whatever its size
     except ExportError:
         raise
     except Exception as e:
@@ -202,6 +225,9 @@ def export_module(
         raise ExportError("torch's exporter returned no program")
     proto = set_opset(strat.postprocess(program.model_proto), opset)
     normalise(proto)
+    hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
+    hygiene.require_clean(proto)
+    validate_graph(proto)
     check_dynamic_axes(proto, graph_inputs)
 
     first = layers[0][1]
@@ -221,25 +247,44 @@ def export_module(
         peephole=bool(getattr(first, "peephole", False)),
         seq_len=fixed if not caps.streaming else None,
         chunk=fixed if caps.streaming else None,
+        batch=static_batch,
+        target=tgt.name,
         edgernn_version=__version__,
         **(manifest_extra or {}),
     )
+    structure = structure_report(tgt.check, proto)
+    if not structure.passed:
+        raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
     report = None
-    if verify and caps.streaming:
-        report = verify_stream(
-            original,
-            proto,
-            list(inputs),
-            states,
-            list(output_names),
-            int(fixed or 1),
-            cases=cases,
-            oracle=oracle,
-            int_high=int_high,
-        )
-    elif verify:
-        report = verify_parity(original, proto, manifest, cases=cases, oracle=oracle, int_high=int_high)
-    if report is not None:
+    if verify:
+        extra = target_runners(tgt.check, proto)
+        lengths_name = lengths_spec.name if lengths_spec is not None else None
+        if caps.streaming:
+            report = verify_stream(
+                original,
+                proto,
+                list(inputs),
+                states,
+                list(output_names),
+                int(fixed or 1),
+                graph_specs=graph_inputs,
+                cases=cases or stream_cases(static_batch),
+                oracle=oracle,
+                extra=extra,
+                int_high=int_high,
+            )
+        else:
+            report = verify_parity(
+                original,
+                proto,
+                manifest,
+                torch_specs=list(inputs),
+                lengths_name=lengths_name,
+                cases=cases,
+                oracle=oracle,
+                extra=extra,
+                int_high=int_high,
+            )
         manifest = replace(manifest, parity=report.summary())
         if not report.passed:
             worst = report.failures()[:5]
@@ -251,30 +296,76 @@ def export_module(
                 "Nothing was written.",
                 report,
             )
+        if extra:
+            structure.parity = report.summary(candidates=list(extra))
     else:
         manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
+    manifest = replace(manifest, target_check=structure.to_dict())
     set_manifest(proto, manifest)
     data = proto.SerializeToString(deterministic=True)
     out = None
+    pkg = None
+    if ort_format and path is None:
+        raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
     if path is not None:
         out = Path(path)
+        if ort_format:  # checked before anything is written, the .onnx last
+            from ..optimize.ort_format import package_bytes
+
+            pkg = package_bytes(data, out.stem, out.parent)
         write_atomic(out, data)
-    return ExportResult(out, manifest, report, data)
+    return ExportResult(out, manifest, report, data, pkg)
 
 
-def _fit_time(t: Tensor, spec: TensorSpec, steps: int) -> Tensor:
-    """An example input cut or repeated to ``steps`` along its "time" axis (fixed-length strategies trace at
-    their length, whatever length the caller's example has); lengths are capped at ``steps``."""
-    if spec.role == "lengths":
-        return t.clamp(max=steps)
-    if "time" not in spec.shape:
+def _target_failure(target: str, strategy: str, summary: str, unsupported: Sequence[dict[str, Any]]) -> str:
+    nodes = "; ".join(f"{u['op']} {u['node']!r}: {', '.join(u['reasons'])}" for u in unsupported[:4])
+    more = f" (and {len(unsupported) - 4} more)" if len(unsupported) > 4 else ""
+    return (
+        f"target {target!r} refuses this {strategy} export: {summary}"
+        + (f". Nodes left out: {nodes}{more}" if nodes else "")
+        + ". Nothing was written."
+    )
+
+
+def _graph_form(
+    specs: list[TensorSpec],
+    example: tuple[Tensor, ...],
+    fixed: int | None,
+    static_batch: int | None,
+    padding: str,
+) -> tuple[list[TensorSpec], tuple[Tensor, ...]]:
+    """The graph's inputs and the trace's example: "time" fixed for fixed-length strategies, "batch" for a
+    static-batch target, and lengths replaced by a float mask (batch, time) for a float-mask target."""
+    if padding == "float-mask" and any(s.role == "lengths" for s in specs):
+        steps = [int(t.shape[s.shape.index("time")]) for s, t in zip(specs, example, strict=True) if "time" in s.shape]
+        if not steps:
+            raise ExportError("a lengths input needs a data input with a time axis (named 'time')")
+        specs, example = list(specs), list(example)
+        k = next(i for i, s in enumerate(specs) if s.role == "lengths")
+        specs[k] = TensorSpec("mask", "float32", [specs[k].shape[0], "time"], role="mask")
+        example[k] = torch.ones(int(example[k].shape[0]), steps[0])
+        example = tuple(example)
+    for axis, size in (("time", fixed), ("batch", static_batch)):
+        if size is None:
+            continue
+        example = tuple(_fit_axis(t, s, axis, size) for t, s in zip(example, specs, strict=True))
+        specs = [replace(s, shape=[size if d == axis else d for d in s.shape]) for s in specs]
+    return specs, example
+
+
+def _fit_axis(t: Tensor, spec: TensorSpec, axis_name: str, size: int) -> Tensor:
+    """An example input cut or repeated to ``size`` along its ``axis_name`` axis ("time" or "batch": fixed-shape
+    exports trace at their sizes, whatever the caller's example has); lengths are capped at a fixed time."""
+    if spec.role == "lengths" and axis_name == "time":
+        return t.clamp(max=size)
+    if axis_name not in spec.shape:
         return t
-    axis = spec.shape.index("time")
-    if t.shape[axis] == steps:
+    axis = spec.shape.index(axis_name)
+    if t.shape[axis] == size:
         return t
     if t.shape[axis] == 0:
-        raise ExportError(f"example input {spec.name!r} has no time steps")
-    return t.index_select(axis, torch.arange(steps) % t.shape[axis])
+        raise ExportError(f"example input {spec.name!r} has no {'time steps' if axis_name == 'time' else 'rows'}")
+    return t.index_select(axis, torch.arange(size) % t.shape[axis])
 
 
 def _batch_of(example: Sequence[Tensor], specs: Sequence[TensorSpec]) -> int:

@@ -12,18 +12,23 @@ from typing import Any
 from ..errors import ExportError
 from ..manifest import MANIFEST_KEY, Manifest, TensorSpec
 
+_NO_LIMIT = 1 << 62
+
 
 def fold(model: Any) -> None:
     """What torch's ``optimize=True`` does (onnxscript's optimizer) without its pattern rewriter, whose matching
     grows quadratically with graph size: an unrolled graph of a few thousand nodes took minutes in it. Constant
     folding (the weight transposes and gate slices), dead-node removal, constants lifted to initializers,
-    duplicate initializers and common subexpressions merged."""
+    duplicate initializers and common subexpressions merged. Run on every export, after torch's own optimizer
+    where the strategy uses it."""
     import onnx_ir.passes.common as passes
     from onnxscript.optimizer import fold_constants_ir
 
     passes.InlinePass()(model)
     for _ in range(2):
-        fold_constants_ir(model, onnx_shape_inference=True)
+        # no size limits: onnxscript's defaults (8192 input elements) leave the transposes of larger weights to
+        # run on every call, where quantisers, fp16 converters and OpenVINO's Scan import cannot follow them
+        fold_constants_ir(model, onnx_shape_inference=True, input_size_limit=_NO_LIMIT, output_size_limit=_NO_LIMIT)
         passes.RemoveUnusedNodesPass()(model)
     for p in (
         passes.RemoveUnusedFunctionsPass(),
@@ -75,6 +80,19 @@ def set_opset(proto: Any, opset: int) -> Any:
         return version_converter.convert_version(proto, opset)
     except Exception as e:  # the converter raises bare RuntimeErrors
         raise ExportError(f"cannot convert the exported graph to opset {opset}: {e}") from None
+
+
+def validate_graph(proto: Any) -> None:
+    """onnx's full checker and strict shape inference: what standard tools assume of a file before they read it."""
+    import onnx
+
+    if proto.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF:  # beyond 2 GiB the checker wants a path
+        return
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"the exported graph is not valid ONNX (an edgernn bug to report): {e}") from e
 
 
 def check_dynamic_axes(proto: Any, specs: Sequence[TensorSpec]) -> None:

@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..model.cell_ops import input_projection, over_stack, recurrent_step, recurrent_weights, step_mask
+from ..model.cell_ops import (
+    input_projection,
+    keep,
+    over_stack,
+    recurrent_step,
+    recurrent_weights,
+    step_mask,
+    zero_padding,
+)
 from ..model.cells import CellKind
 from ..model.layout import LayerWeights
 from .registry import Capabilities, Strategy, register_strategy
@@ -58,9 +65,9 @@ def _scan_direction(
         h_new, c_new = recurrent_step(kind, xs[0], h, c, RT_, rb_, P_, WrT_)
         if mask is not None:
             valid = xs[1]
-            h_out = torch.where(valid, h_new, h)
-            c_out = torch.where(valid, c_new, c) if c is not None and c_new is not None else None
-            y = torch.where(valid, h_new, 0.0)
+            h_out = keep(valid, h_new, h)
+            c_out = keep(valid, c_new, c) if c is not None and c_new is not None else None
+            y = zero_padding(valid, h_new)
         else:
             h_out, c_out = h_new, c_new
             y = h_new.clone()  # scan forbids an output aliasing the carry

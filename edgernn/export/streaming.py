@@ -45,9 +45,10 @@ class StateIO:
 
 
 def state_specs(
-    layers: Sequence[tuple[str, Any]], dtype: str = "float32"
+    layers: Sequence[tuple[str, Any]], dtype: str = "float32", batch: int | None = None
 ) -> tuple[list[TensorSpec], list[TensorSpec], list[StateSpec]]:
-    """Graph inputs, graph outputs and manifest entries of every layer's state, in layer order (h before c)."""
+    """Graph inputs, graph outputs and manifest entries of every layer's state, in layer order (h before c);
+    ``batch`` fixes the batch axis (static-batch targets), else it is named "batch"."""
     ins: list[TensorSpec] = []
     outs: list[TensorSpec] = []
     states: list[StateSpec] = []
@@ -56,7 +57,7 @@ def state_specs(
         rows = layer.num_layers * layer.num_directions
         parts = [("h", layer.state_size)] + ([("c", layer.hidden_size)] if layer.cell_kind.has_cell_state else [])
         for name, width in parts:
-            shape: list[int | str] = [rows, "batch", int(width)]
+            shape: list[int | str] = [rows, batch or "batch", int(width)]
             ins.append(TensorSpec(f"{name}_in{sfx}", dtype, shape, role="state"))
             outs.append(TensorSpec(f"{name}_out{sfx}", dtype, shape, role="state"))
             states.append(StateSpec(f"{name}_in{sfx}", f"{name}_out{sfx}", list(shape), init="zeros"))

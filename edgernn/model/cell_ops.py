@@ -96,9 +96,33 @@ Direction = Callable[[LayerWeights, int, Tensor, Tensor, Tensor | None], tuple[T
 
 
 def step_mask(lengths: Tensor, steps: int, device: torch.device) -> Tensor:
-    """(T, B, 1) booleans: step t of sequence b is real (t < lengths[b]), not padding."""
+    """(T, B, 1): step t of sequence b is real, not padding.
+
+    ``lengths`` is either one integer per sequence (B,), giving booleans t < lengths[b] (ONNX ``Less``), or a
+    float mask (B, T) of ones and zeros made on the host, for targets whose runtimes have no comparison or
+    select ops (NNAPI, CoreML): it is only transposed, and applied with arithmetic (see ``keep``).
+    """
+    if lengths.is_floating_point():
+        if lengths.dim() != 2:
+            raise ValueError(f"a step mask must be (batch, time); got shape {tuple(lengths.shape)}")
+        return lengths.transpose(0, 1).unsqueeze(-1)
     t_idx = torch.arange(steps, device=device, dtype=lengths.dtype)
     return (t_idx.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
+
+
+def keep(valid: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where the step is real, ``old`` where it is padding. A float mask of ones and zeros selects
+    exactly (1*new + 0*old is new, bit for bit) with Mul/Sub/Add, which every runtime can run."""
+    if valid.dtype == torch.bool:
+        return torch.where(valid, new, old)
+    return valid * new + (1.0 - valid) * old
+
+
+def zero_padding(valid: Tensor, new: Tensor) -> Tensor:
+    """``new`` where the step is real, zero where it is padding."""
+    if valid.dtype == torch.bool:
+        return torch.where(valid, new, 0.0)
+    return valid * new
 
 
 def over_stack(
@@ -154,10 +178,10 @@ def run_stack(
                 ys[t] = h_new
             else:
                 v = valid[t]
-                h = torch.where(v, h_new, h)
+                h = keep(v, h_new, h)
                 if c is not None and c_new is not None:
-                    c = torch.where(v, c_new, c)
-                ys[t] = torch.where(v, h_new, 0.0)
+                    c = keep(v, c_new, c)
+                ys[t] = zero_padding(v, h_new)
         return (torch.stack(ys) if steps else inp.new_zeros(0, inp.shape[1], h.shape[-1])), h, c
 
     return over_stack(weights, x, h0, c0, direction)

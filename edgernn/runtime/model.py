@@ -64,8 +64,8 @@ class Model:
         meta = self.session.get_modelmeta().custom_metadata_map
         # None for models edgernn did not export: they run too, described by their graph
         self.manifest: Manifest | None = read_manifest(meta) if MANIFEST_KEY in meta else None
-        graph_in = [_graph_spec(a) for a in self.session.get_inputs()]
-        graph_out = [_graph_spec(a) for a in self.session.get_outputs()]
+        graph_in = [graph_spec(a) for a in self.session.get_inputs()]
+        graph_out = [graph_spec(a) for a in self.session.get_outputs()]
         self.inputs: list[TensorSpec] = self.manifest.inputs if self.manifest else graph_in
         self.outputs: list[TensorSpec] = self.manifest.outputs if self.manifest else graph_out
         self.graph_inputs = {s.name: s for s in graph_in}
@@ -103,14 +103,15 @@ class Model:
             )
         feed: dict[str, Any] = {data[0].name: x}
         if lengths is not None:
-            spec = next((s for s in self.inputs if s.role == "lengths"), None)
+            spec = next((s for s in self.inputs if s.role in ("lengths", "mask")), None)
             if spec is None:
                 raise ModelFormatError("this model was exported without a lengths input; pass sequences of one length")
-            feed[spec.name] = lengths
+            # a float-mask model (NNAPI/CoreML exports) gets its mask made from the lengths by check_feed
+            feed["lengths" if spec.role == "mask" else spec.name] = lengths
         return self.run_feed(feed)[self.output_names[0]]
 
 
-def _graph_spec(arg: Any) -> TensorSpec:
+def graph_spec(arg: Any) -> TensorSpec:
     """A TensorSpec from onnxruntime's NodeArg: fixed dims as ints, symbolic dims by their name."""
     dtype = _ORT_TYPES.get(arg.type)
     if dtype is None:

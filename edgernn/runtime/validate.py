@@ -16,9 +16,16 @@ def check_feed(
 ) -> dict[str, np.ndarray]:
     """Validate and convert ``feed`` against the model's input specs; returns arrays of the graph's dtypes.
 
-    A missing ``lengths`` input (role ``lengths``) is filled with the full length of each sequence.
+    A missing ``lengths`` input (role ``lengths``) is filled with the full length of each sequence. A model that
+    takes its padding as a float mask (role ``mask``: exports for NNAPI and CoreML) may be fed ``lengths`` like
+    any other: the mask (batch, time) is made from them here, on the host; without either, every step is real.
     """
     names = [s.name for s in specs]
+    mask_spec = next((s for s in specs if s.role == "mask"), None)
+    host_lengths = None
+    if mask_spec is not None and mask_spec.name not in feed and "lengths" in feed and "lengths" not in names:
+        feed = dict(feed)
+        host_lengths = feed.pop("lengths")
     unknown = set(feed) - set(names)
     if unknown:
         raise InputError(f"unknown input(s) {', '.join(sorted(unknown))}; this model takes: {', '.join(names)}")
@@ -27,7 +34,7 @@ def check_feed(
     pending_lengths = None
     for spec in specs:
         if spec.name not in feed:
-            if spec.role == "lengths" and fill_lengths:
+            if spec.role in ("lengths", "mask") and fill_lengths:
                 pending_lengths = spec
                 continue
             raise InputError(f"missing input {spec.name!r} (shape {_fmt(spec.shape)}, {spec.dtype})")
@@ -51,7 +58,11 @@ def check_feed(
     for spec in specs:
         if spec.role == "lengths" and spec.name in out:
             _check_lengths(out[spec.name], dims)
-    if pending_lengths is not None:
+        if spec.role == "mask" and spec.name in out:
+            _check_mask(spec.name, out[spec.name])
+    if pending_lengths is not None and pending_lengths.role == "mask":
+        out[pending_lengths.name] = _mask_for(pending_lengths, host_lengths, dims)
+    elif pending_lengths is not None:
         batch = dims.get("batch", (1, ""))[0]
         if "time" not in dims:
             raise InputError(f"cannot infer {pending_lengths.name!r}; pass it explicitly")
@@ -79,6 +90,44 @@ def _check_lengths(lengths: np.ndarray, dims: dict[str, tuple[int, str]]) -> Non
     total = dims.get("time", (None, ""))[0]
     if lengths.size and (lengths.min() < 1 or (total is not None and lengths.max() > total)):
         raise InputError(f"every length must be in 1..{total} (the padded length); got {lengths.tolist()}")
+
+
+def _size(d: int | str, dims: dict[str, tuple[int, str]]) -> int | None:
+    return d if isinstance(d, int) else dims.get(d, (None, ""))[0]
+
+
+def lengths_to_mask(lengths: Any, steps: int, dtype: Any = np.float32) -> np.ndarray:
+    """(batch, steps) ones where t < lengths[b], zeros after: the float mask of NNAPI/CoreML exports."""
+    lengths = np.asarray(lengths)
+    return (np.arange(steps)[None, :] < lengths.reshape(-1, 1)).astype(dtype)
+
+
+def _mask_for(spec: TensorSpec, lengths: Any, dims: dict[str, tuple[int, str]]) -> np.ndarray:
+    batch, steps = (_size(d, dims) for d in spec.shape)
+    if batch is None or steps is None:
+        raise InputError(f"cannot make {spec.name!r} {_fmt(spec.shape)} without the data input; pass it explicitly")
+    if lengths is None:
+        return np.ones((batch, steps), dtype=np.dtype(spec.dtype))
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"lengths must be integers; got {arr.dtype}")
+    if arr.shape != (batch,):
+        raise InputError(f"lengths must have shape ({batch},), one per sequence; got {arr.shape}")
+    if arr.size and (arr.min() < 1 or arr.max() > steps):
+        raise InputError(f"every length must be in 1..{steps} (the padded length); got {arr.tolist()}")
+    return lengths_to_mask(arr, steps, np.dtype(spec.dtype))
+
+
+def _check_mask(name: str, mask: np.ndarray) -> None:
+    """A mask is ones then zeros along time, at least one step per sequence: what lengths in 1..T give."""
+    ok = np.isin(mask, (0.0, 1.0)).all() and (mask.shape[1] == 0 or (mask[:, 0] == 1).all())
+    if ok and mask.shape[1] > 1:
+        ok = bool((np.diff(mask, axis=1) <= 0).all())
+    if not ok:
+        raise InputError(
+            f"input {name!r} must be a padding mask: per sequence, ones for its real steps then zeros (at least "
+            "one step); pass lengths instead and edgernn makes it"
+        )
 
 
 def _fmt(shape: Sequence[int | str]) -> str:

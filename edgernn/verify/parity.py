@@ -43,6 +43,7 @@ class Case:
     batch: int
     length: int
     padded: bool = False  # lengths drawn below `length` (the padded length), one sequence kept at full length
+    dims: tuple[tuple[str, int], ...] = ()  # sizes of other named axes (models edgernn did not export)
 
     @property
     def label(self) -> str:
@@ -53,34 +54,51 @@ class Case:
 DEFAULT_CASES: tuple[Case, ...] = (Case(1, 1), Case(1, 31), Case(3, 17), Case(2, 257), Case(3, 17, padded=True))
 
 
-def cases_for(*, has_lengths: bool, fixed_length: int | None = None) -> list[Case]:
-    """The default cases for a model; a fixed-length export is checked at its length with several batch sizes."""
+def cases_for(*, has_lengths: bool, fixed_length: int | None = None, batch: int | None = None) -> list[Case]:
+    """The default cases for a model; a fixed-length export is checked at its length with several batch sizes,
+    a static-batch export (``batch``) at its batch size only."""
     if fixed_length is not None:
         base = [Case(1, fixed_length), Case(3, fixed_length), Case(3, fixed_length, padded=True)]
     else:
         base = list(DEFAULT_CASES)
+    if batch is not None:
+        seen: dict[tuple[int, bool], Case] = {}
+        for c in base:  # one case per length and padding at the fixed batch
+            seen.setdefault((c.length, c.padded), Case(batch, c.length, c.padded))
+        base = list(seen.values())
     return [c for c in base if has_lengths or not c.padded]
 
 
 def make_inputs(
-    specs: Sequence[TensorSpec], case: Case, rng: np.random.Generator, int_high: int = 2
+    specs: Sequence[TensorSpec],
+    case: Case,
+    rng: np.random.Generator,
+    int_high: int = 2,
+    *,
+    states: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Random inputs at a case's shape: normal floats, ints in [0, int_high), lengths that include 1 and T."""
-    sizes = {"batch": case.batch, "time": case.length}
+    """Random inputs at a case's shape: normal floats, ints in [0, int_high), lengths that include 1 and T (as
+    a float mask for a model that takes one); states (``states=True``) random too, else left out."""
+    sizes = {"batch": case.batch, "time": case.length, **dict(case.dims)}
     out: dict[str, np.ndarray] = {}
     for s in specs:
-        if s.role == "state":
+        if s.role == "state" and not states:
             continue
-        shape = tuple(sizes[d] if isinstance(d, str) else d for d in s.shape)
-        if s.role == "lengths":
-            lengths = np.full(case.batch, case.length)
+        shape = tuple(sizes.get(d, 1) if isinstance(d, str) else d for d in s.shape)
+        if s.role in ("lengths", "mask"):
+            batch, steps = (shape[0], shape[1]) if s.role == "mask" else (shape[0], case.length)
+            lengths = np.full(batch, steps)
             if case.padded:
-                lengths = rng.integers(1, case.length + 1, size=case.batch)
-                lengths[0] = case.length
-                lengths[-1] = 1
-            out[s.name] = lengths.astype(s.dtype)
+                lengths = rng.integers(1, steps + 1, size=batch)
+                lengths[0] = steps
+                lengths[-1] = 1 if batch > 1 or steps == 1 else rng.integers(1, steps)
+            if s.role == "mask":
+                out[s.name] = (np.arange(steps)[None, :] < lengths[:, None]).astype(s.dtype)
+            else:
+                out[s.name] = lengths.astype(s.dtype)
         elif np.dtype(s.dtype).kind == "f":
-            out[s.name] = rng.standard_normal(shape).astype(s.dtype)
+            scale = 0.5 if s.role == "state" else 1.0
+            out[s.name] = (scale * rng.standard_normal(shape)).astype(s.dtype)
         else:
             out[s.name] = rng.integers(0, int_high, size=shape).astype(s.dtype)
     return out
@@ -120,16 +138,18 @@ class ParityReport:
         d["max_abs"] = self.max_abs
         return d
 
-    def summary(self) -> dict[str, Any]:
-        """What the manifest records: verdict, tolerance, worst diff, and the cases that were checked."""
+    def summary(self, candidates: Sequence[str] | None = None) -> dict[str, Any]:
+        """What the manifest records: verdict, tolerance, worst diff, and the cases that were checked; of the
+        named ``candidates`` only, when given."""
+        rows = [c for c in self.comparisons if candidates is None or c.candidate in candidates]
         return {
-            "passed": self.passed,
+            "passed": bool(rows) and all(c.passed for c in rows),
             "dtype": self.dtype,
             "atol": self.atol,
             "rtol": self.rtol,
-            "max_abs": self.max_abs,
-            "cases": sorted({c.case for c in self.comparisons}),
-            "candidates": sorted({c.candidate for c in self.comparisons}),
+            "max_abs": max((c.max_abs for c in rows), default=0.0),
+            "cases": sorted({c.case for c in rows}),
+            "candidates": sorted({c.candidate for c in rows}),
         }
 
     def table(self) -> str:
@@ -174,13 +194,17 @@ def check(
     dtype: str = "fp32",
     seed: int = 0,
     int_high: int = 2,
+    states: bool = False,
 ) -> ParityReport:
-    """Run ``reference`` and every candidate on each case's random inputs and compare every output."""
+    """Run ``reference`` and every candidate on each case's random inputs and compare every output; at least
+    one candidate must be compared (torch against the oracle alone proves nothing about a file)."""
+    if not candidates:
+        raise ConfigError("a parity check needs at least one runtime to compare; none was given")
     tol = tolerance(dtype)
     report = ParityReport(dtype, tol.atol, tol.rtol)
     rng = np.random.default_rng(seed)
     for case in cases:
-        feed = make_inputs(specs, case, rng, int_high)
+        feed = make_inputs(specs, case, rng, int_high, states=states)
         want = reference(feed)
         for cname, run in candidates.items():
             got = run(feed)

@@ -1,0 +1,110 @@
+"""The target registry: the runtime an export is made for, and what that runtime needs of the graph.
+
+A *strategy* is the graph form of the recurrence; a *target* is the runtime that will execute it. Each target is
+one module here that registers a ``Target``: the strategies it takes, whether the batch axis must be fixed, how
+padded batches are expressed in ops it supports, the op forms it needs, the precision its runtime must be asked
+for, and the check its own tool runs on every export (``edgernn.verify.check``). The registry imports neither
+torch nor onnx, so ``edgernn targets`` and the CLI's choices are instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ...errors import ConfigError, ExportError
+
+# How a target's runtime is told which steps of a padded batch are padding:
+#   "sequence_lens"  whatever the strategy emits: ONNX's sequence_lens (native) or Less/Where masking (the others)
+#   "masking"        Less/Where masking in plain ops; ONNX's sequence_lens is not relied on (runtimes ignore it)
+#   "float-mask"     a float input `mask` (batch, time) of ones and zeros, made on the host from the lengths by
+#                    edgernn.runtime, applied with Mul/Sub/Add: for runtimes with no comparison or select ops
+PADDING_FORMS = ("sequence_lens", "masking", "float-mask")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # registry key: --target NAME
+    summary: str  # one line for `edgernn targets`
+    strategies: tuple[str, ...]  # strategies it takes, in the order it prefers them
+    padding: str  # one of PADDING_FORMS
+    static_batch: bool = False  # the batch axis is fixed at export (--batch N)
+    default_batch: int | None = None  # the batch a static-batch target exports at when --batch is not given
+    fused_step: bool = True  # takes `step --fused` (ONNX RNN/LSTM/GRU ops)
+    gather_as_slice: bool = False  # Gather with a constant scalar index rewritten as Slice + Squeeze
+    precision_hint: str | None = None  # what the target's runtime must be told to compute fp32 in
+    check: str = "ort"  # the check edgernn.verify.check runs on every export for this target
+    needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
+
+    def __post_init__(self) -> None:
+        if self.padding not in PADDING_FORMS:
+            raise ValueError(f"target {self.name!r}: padding must be one of {PADDING_FORMS}; got {self.padding!r}")
+
+    def batch(self, requested: int | None) -> int | None:
+        """The static batch size of the export (None: dynamic)."""
+        if requested is not None:
+            if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+                raise ConfigError(f"batch must be an integer >= 1; got {requested!r}")
+            return requested
+        return self.default_batch if self.static_batch else None
+
+    def validate(self, strategy: str, *, lengths: bool, fused: bool = False) -> None:
+        """ExportError when this target cannot run ``strategy`` in the asked form; the message names the reason
+        and what works."""
+        if strategy not in self.strategies:
+            able = [t for t in target_names() if strategy in get_target(t).strategies]
+            raise ExportError(
+                f"target {self.name!r} cannot run strategy {strategy!r}: {self.why_not(strategy)}. "
+                f"Use one of the strategies {', '.join(self.strategies)} for {self.name}, or target "
+                f"{', '.join(able) or 'none'} for {strategy}"
+            )
+        if fused and not self.fused_step:
+            raise ExportError(
+                f"target {self.name!r} cannot run `step --fused`: it emits ONNX's RNN/LSTM/GRU operators, which "
+                f"{self.name} does not take; export the plain step (without --fused)"
+            )
+        if lengths and strategy == "native" and self.padding != "sequence_lens":
+            raise ExportError(
+                f"target {self.name!r} does not honour ONNX's sequence_lens, so a padded batch through strategy "
+                "'native' would silently compute the padding as data. Export native without lengths "
+                "(--no-lengths: one sequence length per call), or use strategy loop or unroll, which mask padding "
+                "in plain ops"
+            )
+
+    def why_not(self, strategy: str) -> str:
+        return WHY_NOT.get((self.name, strategy), "it is not supported")
+
+
+# reasons a target refuses a strategy, filled in by the target modules
+WHY_NOT: dict[tuple[str, str], str] = {}
+
+_TARGETS: dict[str, Target] = {}
+
+BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable")  # the order `edgernn targets` lists them in
+
+
+def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:
+    if target.name in _TARGETS:
+        raise ValueError(f"target {target.name!r} is already registered")
+    _TARGETS[target.name] = target
+    for strategy, reason in (why_not or {}).items():
+        WHY_NOT[(target.name, strategy)] = reason
+    return target
+
+
+def _load_builtin() -> None:
+    # every built-in module, whatever was imported before: registration never depends on import order
+    for name in BUILTIN:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def target_names() -> list[str]:
+    _load_builtin()
+    return [n for n in BUILTIN if n in _TARGETS] + [n for n in _TARGETS if n not in BUILTIN]
+
+
+def get_target(name: str) -> Target:
+    names = target_names()
+    if name not in _TARGETS:
+        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(names)}")
+    return _TARGETS[name]
