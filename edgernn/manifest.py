@@ -23,6 +23,13 @@ class TensorSpec:
     dtype: str  # numpy dtype name: float32, int64
     shape: list[int | str]  # ints are fixed sizes, strings name dynamic axes ("batch", "time")
     role: str = "data"  # data | lengths | mask (float padding mask, made from lengths on the host) | state
+    axes: list[str | None] | None = None  # each axis's name ("batch", "time") also where the export fixed its size
+
+    def named_shape(self) -> list[int | str]:
+        """The shape with every named axis given by its name, fixed or not (how the runtime finds batch/time)."""
+        if self.axes is None or len(self.axes) != len(self.shape):
+            return list(self.shape)
+        return [a if a else d for a, d in zip(self.axes, self.shape, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -451,3 +451,34 @@ def test_targets_command_lists_the_registry() -> None:
     assert sorted(info) == sorted(target_names())
     assert info["nnapi"]["static_batch"] is True and info["nnapi"]["padding"] == "float-mask"
     assert info["openvino"]["precision_hint"] == "f32"
+
+
+# ------------------------------------------------------------------------------ the runtime on target files
+
+
+def test_streams_over_a_static_batch_step_export_match_torch() -> None:
+    from edgernn.runtime import StreamingModel
+
+    res = _export("lstm", "step", "nnapi")
+    sm = StreamingModel(res.model_bytes)
+    a, b = sm.stream(), sm.stream()
+    x = np.random.default_rng(4).standard_normal((2, 9, 3)).astype(np.float32)
+    for t in range(9):  # batch fixed to 1: two streams are served one call each, the results as batched
+        ya, yb = sm.step_many([a, b], [x[0, t], x[1, t]])
+    with torch.no_grad():
+        want = _model("lstm")(torch.from_numpy(x)).numpy()
+    _assert_close(want[0], ya, "stream a")
+    _assert_close(want[1], yb, "stream b")
+
+
+def test_run_command_makes_the_mask_from_lengths(tmp_path: Path) -> None:
+    res = _export("gru", "unroll", "coreml")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(res.model_bytes)
+    x = np.random.default_rng(8).standard_normal((1, T, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", np.array([4]))
+    args = ["run", str(model), "--input", str(tmp_path / "x.npy"), "--lengths", str(tmp_path / "l.npy")]
+    r = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "y.npy")])
+    assert r.exit_code == 0, r.output
+    _assert_close(_alone(_model("gru"), x, np.array([4])), np.load(tmp_path / "y.npy"), "edgernn run --lengths")

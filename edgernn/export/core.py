@@ -240,7 +240,7 @@ def export_module(
         bidirectional=bool(first.bidirectional),
         opset=default_opset(proto),
         inputs=graph_inputs,
-        outputs=[output_spec(proto, n) for n in output_names] + state_out,
+        outputs=[_named_axes(output_spec(proto, n), specs) for n in output_names] + state_out,
         states=states,
         weights_sha256=weights_sha256(original),
         proj_size=int(getattr(first, "proj_size", 0)),
@@ -335,14 +335,16 @@ def _graph_form(
     padding: str,
 ) -> tuple[list[TensorSpec], tuple[Tensor, ...]]:
     """The graph's inputs and the trace's example: "time" fixed for fixed-length strategies, "batch" for a
-    static-batch target, and lengths replaced by a float mask (batch, time) for a float-mask target."""
+    static-batch target, and lengths replaced by a float mask (batch, time) for a float-mask target. Each spec
+    keeps its axis names in ``axes``, so the runtime still knows which fixed axis is the batch or the time."""
+    specs = [replace(s, axes=[d if isinstance(d, str) else None for d in s.shape]) for s in specs]
     if padding == "float-mask" and any(s.role == "lengths" for s in specs):
         steps = [int(t.shape[s.shape.index("time")]) for s, t in zip(specs, example, strict=True) if "time" in s.shape]
         if not steps:
             raise ExportError("a lengths input needs a data input with a time axis (named 'time')")
         specs, example = list(specs), list(example)
         k = next(i for i, s in enumerate(specs) if s.role == "lengths")
-        specs[k] = TensorSpec("mask", "float32", [specs[k].shape[0], "time"], role="mask")
+        specs[k] = TensorSpec("mask", "float32", [specs[k].shape[0], "time"], role="mask", axes=["batch", "time"])
         example[k] = torch.ones(int(example[k].shape[0]), steps[0])
         example = tuple(example)
     for axis, size in (("time", fixed), ("batch", static_batch)):
@@ -351,6 +353,19 @@ def _graph_form(
         example = tuple(_fit_axis(t, s, axis, size) for t, s in zip(example, specs, strict=True))
         specs = [replace(s, shape=[size if d == axis else d for d in s.shape]) for s in specs]
     return specs, example
+
+
+def _named_axes(out: TensorSpec, inputs: Sequence[TensorSpec]) -> TensorSpec:
+    """An output's axis names: its dynamic axes name themselves; an axis the export fixed is named after the
+    data input's axis at the same position when the sizes agree (outputs follow the input's layout: (batch,
+    time, features) in, (batch, time, outputs) or (batch, outputs) out)."""
+    data = next((s for s in inputs if s.role == "data" and s.axes), None)
+    names: list[str | None] = [d if isinstance(d, str) else None for d in out.shape]
+    if data is not None and data.axes is not None:
+        for i, (d, name) in enumerate(zip(out.shape, data.axes, strict=False)):
+            if names[i] is None and name in ("batch", "time") and d == data.shape[i]:
+                names[i] = name if name == "batch" or len(out.shape) >= 3 else None
+    return replace(out, axes=names)
 
 
 def _fit_axis(t: Tensor, spec: TensorSpec, axis_name: str, size: int) -> Tensor:

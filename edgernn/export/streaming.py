@@ -58,9 +58,11 @@ def state_specs(
         parts = [("h", layer.state_size)] + ([("c", layer.hidden_size)] if layer.cell_kind.has_cell_state else [])
         for name, width in parts:
             shape: list[int | str] = [rows, batch or "batch", int(width)]
-            ins.append(TensorSpec(f"{name}_in{sfx}", dtype, shape, role="state"))
-            outs.append(TensorSpec(f"{name}_out{sfx}", dtype, shape, role="state"))
-            states.append(StateSpec(f"{name}_in{sfx}", f"{name}_out{sfx}", list(shape), init="zeros"))
+            axes: list[str | None] = [None, "batch", None]
+            ins.append(TensorSpec(f"{name}_in{sfx}", dtype, shape, role="state", axes=axes))
+            outs.append(TensorSpec(f"{name}_out{sfx}", dtype, shape, role="state", axes=axes))
+            # one stream's state, with its batch axis named (the graph may fix it: manifest.batch)
+            states.append(StateSpec(f"{name}_in{sfx}", f"{name}_out{sfx}", [rows, "batch", int(width)], init="zeros"))
     return ins, outs, states
 
 

@@ -105,7 +105,7 @@ def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray
 
 
 def data_axes(spec: TensorSpec, layout: str | None) -> Axes | None:
-    return parse_layout(layout, len(spec.shape), spec.name) if layout else infer_axes(spec.shape)
+    return parse_layout(layout, len(spec.shape), spec.name) if layout else infer_axes(spec.named_shape())
 
 
 def complete_batch(arr: np.ndarray, spec: TensorSpec, axes: Axes | None) -> np.ndarray:
@@ -158,11 +158,12 @@ def run_file(
     data = sm.data if sm is not None else _single_data(model)
     feed = read_inputs(input_path, data.name)
     if lengths_path is not None:
-        spec = next((s for s in model.inputs if s.role == "lengths"), None)
+        spec = next((s for s in model.inputs if s.role in ("lengths", "mask")), None)
         if spec is None:
             raise ModelFormatError("this model has no lengths input; pass sequences of one length without --lengths")
-        lengths = read_inputs(lengths_path, spec.name)
-        feed[spec.name] = np.asarray(next(iter(lengths.values()))).reshape(-1)
+        name = "lengths" if spec.role == "mask" else spec.name  # a float-mask model's mask is made from them
+        lengths = read_inputs(lengths_path, name)
+        feed[name] = np.asarray(next(iter(lengths.values()))).reshape(-1)
     t0 = time.perf_counter()
     if sm is not None:
         extra = set(feed) - {data.name}

@@ -93,7 +93,7 @@ class StreamingModel:
         if layout is not None:
             axes = parse_layout(layout, len(self.data.shape), self.data.name)
         else:
-            found = infer_axes(self.data.shape, batch_names=batch_dims) or infer_axes(
+            found = infer_axes(self.data.named_shape(), batch_names=batch_dims) or infer_axes(
                 graph_data, batch_names=batch_dims
             )
             if found is None:
@@ -108,8 +108,9 @@ class StreamingModel:
         self.chunk: int | None = t if isinstance(t, int) else None
         feat = self.shape[-1] if axes.rank and (axes.rank - 1) not in (axes.batch, axes.time) else None
         self.features: int | None = feat if isinstance(feat, int) else None
-        bname = self.data.shape[axes.batch] if axes.batch is not None else None
-        tname = self.data.shape[axes.time] if axes.time is not None else None
+        named = self.data.named_shape()
+        bname = named[axes.batch] if axes.batch is not None else None
+        tname = named[axes.time] if axes.time is not None else None
         state_outputs = {s.output for s in self.states}
         self.outputs: list[_Output] = []
         for i, name in enumerate(self._output_names):
@@ -118,7 +119,7 @@ class StreamingModel:
             spec = next((o for o in self.model.outputs if o.name == name), self.model.graph_outputs[name])
             # outputs share the data input's dim names (B, T) in most graphs; edgernn's say batch/time
             found_axes = infer_axes(
-                spec.shape,
+                spec.named_shape(),
                 batch_names=[bname] if isinstance(bname, str) else [],
                 time_names=[tname] if isinstance(tname, str) else [],
             )
@@ -169,6 +170,8 @@ class StreamingModel:
         output, as ``Stream.step`` would. Frames must all have one shape."""
         if not streams and not frames:
             return []
+        if self._one_at_a_time(streams, frames):
+            return [s.step(f) for s, f in zip(streams, frames, strict=True)]
         results = self._run_many(streams, frames)
         o = self.outputs[0]
         return list(np.moveaxis(results[o.index], _split_axis(o), 0))
@@ -177,6 +180,8 @@ class StreamingModel:
         """``step_many`` returning every (non-state) output of each stream by name."""
         if not streams and not frames:
             return []
+        if self._one_at_a_time(streams, frames):
+            return [s.step_all(f) for s, f in zip(streams, frames, strict=True)]
         results = self._run_many(streams, frames)
         per: list[dict[str, np.ndarray]] = [{} for _ in streams]
         for o in self.outputs:
@@ -184,6 +189,18 @@ class StreamingModel:
             for d, row in zip(per, rows, strict=True):
                 d[o.name] = row
         return per
+
+    def _one_at_a_time(self, streams: Sequence[Stream], frames: Sequence[Any]) -> bool:
+        """A model exported with its batch fixed (NNAPI, CoreML) cannot stack streams: at batch 1 each stream
+        gets its own call; at batch N exactly N streams go in one call."""
+        fixed = self.model.manifest.batch if self.model.manifest is not None else None
+        if fixed is None or len(streams) == fixed:
+            return False
+        if fixed == 1:
+            if len(streams) != len(frames):
+                raise InputError(f"{len(streams)} streams but {len(frames)} frames; give one frame per stream")
+            return True
+        raise InputError(f"this model was exported with a fixed batch of {fixed}: step exactly {fixed} streams at once")
 
     def _run_many(self, streams: Sequence[Stream], frames: Sequence[Any]) -> list[np.ndarray]:
         """Stack the streams' frames and states along the batch axis, run once, write each state back."""

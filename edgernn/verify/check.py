@@ -95,6 +95,8 @@ def mobile_report(model: Any, target: str) -> TargetReport:
     if unsupported:
         ops_out = sorted({u["op"] for u in unsupported})
         summary += f"; not on {ep}: {', '.join(ops_out)}"
+        if any("no fixed shape" in r for u in unsupported for r in u["reasons"]):
+            summary += f" (symbolic dims: export with --target {target}, which fixes the batch and time)"
     return TargetReport(
         target,
         passed,

@@ -70,6 +70,8 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "manifest": manifest,
         "states": (manifest or {}).get("states", []),
         "parity": (manifest or {}).get("parity"),
+        "target": (manifest or {}).get("target"),
+        "target_check": (manifest or {}).get("target_check"),
     }
 
 
@@ -113,6 +115,15 @@ def format_inspection(info: dict[str, Any]) -> str:
                 f"  {s['input']} -> {s['output']}  ({', '.join(str(d) for d in s['shape'])}), starts at {s['init']}"
             )
     lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
+    if man and man.get("target"):
+        check = man.get("target_check") or {}
+        batch = f", batch fixed to {man['batch']}" if man.get("batch") else ""
+        verdict = (
+            {True: "passed", False: "FAILED", None: "not checked"}[check.get("passed")] if check else "not checked"
+        )
+        lines.append(
+            f"target: {man['target']}{batch}; its check {verdict}" + (f": {check['summary']}" if check else "")
+        )
     par = info["parity"]
     if par is None:
         lines.append("parity: not recorded")

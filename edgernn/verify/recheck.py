@@ -18,7 +18,8 @@ def parity_check(
     from ..runtime.providers import resolve, short_name
     from ..train import checkpoint
     from . import reference
-    from .against_torch import verify_parity, verify_stream
+    from .against_torch import stream_cases, verify_parity, verify_stream
+    from .check import target_runners
 
     ck = checkpoint.load(ckpt)
     model = ck.model()
@@ -35,10 +36,29 @@ def parity_check(
     cfg = ck.config
     oracle = reference.model_oracle(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
 
+    # the zoo model's own inputs: x and, for a padded export, lengths (the graph may take them as a float mask)
+    x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])
+    lengths = [TensorSpec("lengths", "int64", ["batch"], role="lengths")] if _takes_lengths(manifest) else []
+    extra = target_runners(manifest.target, proto) if manifest.target != "ort" else {}
     if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
-        x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])
         outputs = [o.name for o in manifest.outputs if o.role != "state"]
         return verify_stream(
-            model, proto, [x], manifest.states, outputs, manifest.chunk or 1, oracle=oracle, providers=[used]
+            model,
+            proto,
+            [x],
+            manifest.states,
+            outputs,
+            manifest.chunk or 1,
+            graph_specs=manifest.inputs,
+            cases=stream_cases(manifest.batch),
+            oracle=oracle,
+            providers=[used],
+            extra=extra,
         )
-    return verify_parity(model, proto, manifest, oracle=oracle, providers=[used])
+    return verify_parity(
+        model, proto, manifest, torch_specs=[x, *lengths], oracle=oracle, providers=[used], extra=extra
+    )
+
+
+def _takes_lengths(manifest: Any) -> bool:
+    return any(s.role in ("lengths", "mask") for s in manifest.inputs)
