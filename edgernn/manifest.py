@@ -52,6 +52,7 @@ class Manifest:
     outputs: list[TensorSpec]
     states: list[StateSpec] = field(default_factory=list)
     weights_sha256: str = ""
+    parameters: int | None = None  # the torch model's parameter count (initializers also hold shapes, indices)
     parity: dict[str, Any] = field(default_factory=dict)
     seq_len: int | None = None  # unroll: the fixed length
     chunk: int | None = None  # step: steps per call
@@ -61,6 +62,7 @@ class Manifest:
     model_config: dict[str, Any] | None = None  # edgernn zoo models: the ModelConfig
     target: str = "ort"  # the runtime the graph was made for (edgernn.export.targets)
     target_check: dict[str, Any] = field(default_factory=dict)  # what the target's own tool said at export
+    precision: dict[str, Any] = field(default_factory=dict)  # int8/fp16 files: how made, sizes, drift, metric
     edgernn_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -101,3 +103,11 @@ def read_manifest(metadata: dict[str, str]) -> Manifest:
             "name its inputs and states explicitly instead"
         )
     return Manifest.from_json(text)
+
+
+def write_manifest(proto: Any, manifest: Manifest) -> None:
+    """Store ``manifest`` as the model's only metadata entry (an onnx.ModelProto, changed in place)."""
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = MANIFEST_KEY
+    entry.value = manifest.to_json()

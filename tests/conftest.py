@@ -5,3 +5,24 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """Whether onnxruntime can run on CUDA here, and why not: the build must have the CUDA provider *and* a
+    session must start on it (onnxruntime-gpu without a GPU or its libraries has the first, not the second)."""
+    import onnx
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDAExecutionProvider (CPU-only build)"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
+    except Exception as e:
+        return False, f"the CUDA provider is in this build but cannot start (no GPU or CUDA libraries): {e}"
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        return False, "the CUDA provider is in this build but onnxruntime fell back to CPU (no GPU or CUDA libraries)"
+    return True, ""

@@ -1,8 +1,12 @@
-"""The CLI through click's CliRunner: the issue's commands as written, JSON output, errors and exit codes."""
+"""The CLI through click's CliRunner: the issue's commands as written, JSON output, errors and exit codes, and each
+command's numbers checked against values computed here (numpy oracle, eager torch, onnxruntime on the file)."""
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -82,9 +86,33 @@ def test_help_on_every_command() -> None:
 
 
 def test_demo(tmp_path: Path) -> None:
-    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"])
+    """The demo's model file computes what its checkpoint's torch model computes, and the numbers it prints are
+    the ones computed here from the files it wrote."""
+    import re
+
+    from edgernn.train.data import collate, get_task, make_splits
+
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "1"])
     assert r.exit_code == 0, r.output
-    assert "parity PASS" in r.output and (tmp_path / "demo" / "model.onnx").is_file()
+    assert "parity PASS" in r.output and (out / "model.onnx").is_file() and (out / "model.ckpt").is_file()
+    model = _torch_model(out)
+    assert (model.config.cell, model.config.num_layers, model.config.hidden_size) == ("lstm", 2, 32)
+    x, lengths = _inputs(3, 29, seed=5)
+    got = _ort_out(out / "model.onnx", x, lengths)
+    np.testing.assert_allclose(got, _torch_out(out, x, lengths), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got, _oracle_out(out, x, lengths), atol=1e-5, rtol=1e-5)
+
+    task = get_task("sine")
+    printed = {k: float(v) for k, v in re.findall(r"(validation|held-out) mse ([-+0-9.e]+)", r.output)}
+    _, val = make_splits(task, n_train=512, n_val=256, min_len=8, max_len=48, seed=0)  # what training validated on
+    b = collate(val)
+    assert printed["validation"] == pytest.approx(
+        float(((_torch_out(out, b.x, b.lengths) - b.y) ** 2).mean()), rel=1e-3
+    )
+    _, held_out = make_splits(task, n_train=0, n_val=64, min_len=8, max_len=48, seed=1234)
+    b = collate(held_out)
+    assert printed["held-out"] == pytest.approx(float(((_torch_out(out, b.x, b.lengths) - b.y) ** 2).mean()), rel=1e-3)
 
 
 def test_strategy_choices_come_from_the_registry() -> None:
@@ -98,6 +126,37 @@ def test_strategy_choices_come_from_the_registry() -> None:
     assert r.exit_code == 0
     table = json.loads(r.output)
     assert list(table) == sorted(strategy_names()) and table["step"]["streaming"] is True
+
+
+def test_strategies_report_the_registrys_data() -> None:
+    """Every row of `strategies --json` and of the table is the registered class's summary and capabilities."""
+    from dataclasses import asdict
+
+    from edgernn.export import get_strategy_class, strategy_names
+
+    runner = CliRunner()
+    table = json.loads(runner.invoke(main, ["strategies", "--json"]).stdout)
+    text = runner.invoke(main, ["strategies"]).stdout
+    for name in strategy_names():
+        cls = get_strategy_class(name)
+        caps = asdict(cls.caps)
+        row = dict(table[name])
+        assert row.pop("summary") == cls.summary
+        assert set(row) == set(caps)
+        for key, value in caps.items():
+            if isinstance(value, (set, frozenset)):  # a JSON list, sorted
+                assert row[key] == sorted(value), (name, key)
+            else:
+                assert row[key] == value, (name, key)
+        assert f"{name:<7} {cls.summary}\n        {cls.caps.describe()}" in text
+    assert table["native"]["streaming"] is False and table["unroll"]["dynamic_length"] is False
+
+
+def test_strategies_json_variants_is_a_list() -> None:
+    from edgernn.export import get_strategy_class
+
+    table = json.loads(CliRunner().invoke(main, ["strategies", "--json"]).stdout)
+    assert sorted(table["loop"]["variants"]) == sorted(get_strategy_class("loop").caps.variants)
 
 
 def test_help_does_not_import_torch() -> None:
@@ -142,3 +201,245 @@ def test_lstm_variants_from_the_cli(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "parity PASS" in r.output
     r = runner.invoke(main, ["inspect", str(tmp_path / "l.onnx")])
     assert "projection 4" in r.output and "peepholes" in r.output
+
+
+# -- each command's result against values computed here, independently of the functions the command calls ------
+
+
+def _torch_model(ckpt: Path) -> Any:
+    from edgernn.train import checkpoint
+
+    return checkpoint.load(ckpt).model()
+
+
+def _torch_out(ckpt: Path, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return _torch_model(ckpt)(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+
+
+def _oracle_out(ckpt: Path, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The numpy oracle (float64) on the checkpoint's own config and weights."""
+    from edgernn.train import checkpoint
+    from edgernn.verify.reference import model_forward
+
+    ck = checkpoint.load(ckpt)
+    return model_forward(ck.config, {k: v.numpy() for k, v in ck.state_dict.items()}, x, lengths)
+
+
+def _ort_out(model: Path, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """onnxruntime straight on the file, without edgernn's runtime."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x", "lengths"]
+    return sess.run(None, {"x": x, "lengths": lengths.astype(np.int64)})[0]
+
+
+def _inputs(batch: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A padded batch: random frames, zero after each sequence's end, lengths from `steps` down to 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, steps, 1)).astype(np.float32)
+    lengths = np.linspace(steps, 1, batch).round().astype(np.int64)
+    x[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0
+    return x, lengths
+
+
+@pytest.fixture(scope="module")
+def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """`edgernn export --json` of the trained checkpoint (native strategy): the file and the printed report."""
+    out = tmp_path_factory.mktemp("export") / "m.onnx"
+    r = CliRunner().invoke(main, ["export", str(trained / "model.ckpt"), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    return out, json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("task", ["sine", "sign"])
+def test_train_json_metric_is_the_checkpoints_validation_metric(task: str, tmp_path: Path) -> None:
+    """The reported best metric is the saved model's metric on the validation split, computed here from the
+    checkpoint: MSE with the numpy oracle for `sine`, accuracy of torch's argmax for `sign`."""
+    from edgernn.train import checkpoint
+    from edgernn.train.data import collate, get_task, make_splits
+
+    args = ["train", "--task", task, "--cell", "lstm", "--hidden", "6", "--epochs", "2", "--n-train", "64"]
+    args += ["--max-len", "16", "--seed", "3", "--patience", "0", "--out", str(tmp_path), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["task"] == task and result["cell"] == "lstm" and result["epochs_run"] == 2
+    ck = checkpoint.load(result["checkpoint"])
+    assert (ck.config.cell, ck.config.hidden_size, ck.config.num_layers) == ("lstm", 6, 1)
+    assert ck.meta["train_config"]["n_train"] == 64 and ck.meta["train_config"]["seed"] == 3
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["best_metric"] == result["best_metric"] and len(hist["val_metric"]) == 2
+
+    t = get_task(task)
+    _, val = make_splits(t, n_train=64, n_val=256, min_len=8, max_len=16, seed=3)  # train's default n_val, min_len
+    b = collate(val)
+    if t.metric == "mse":
+        pred = _oracle_out(tmp_path, b.x, b.lengths)
+        assert pred.shape == b.y.shape
+        assert result["metric"] == "mse"
+        assert result["best_metric"] == pytest.approx(float(((pred - b.y) ** 2).mean()), rel=1e-5)
+    else:
+        logits = _torch_out(tmp_path, b.x, b.lengths)
+        assert result["metric"] == "accuracy"
+        assert result["best_metric"] == pytest.approx(float((logits.argmax(-1) == b.y).mean()), abs=1e-12)
+    assert result["best_metric"] == (max if t.metric == "accuracy" else min)(hist["val_metric"])
+
+
+def test_export_json_agrees_with_onnxruntime_run_here(trained: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    """The written file, run with onnxruntime directly, matches torch within the tolerance the report states; the
+    report's numbers are consistent with each other and with the manifest written into the file."""
+    import onnx
+
+    from edgernn.manifest import MANIFEST_KEY
+
+    path, d = exported
+    assert d["path"] == str(path) and path.is_file()
+    report = d["parity"]
+    atol, rtol = report["atol"], report["rtol"]
+    assert report["passed"] is True and report["dtype"] == "fp32" and atol <= 1e-5
+    rows = report["comparisons"]
+    assert {r["candidate"] for r in rows} == {"onnxruntime:cpu", "numpy"}
+    assert all(r["passed"] and r["max_abs"] <= atol for r in rows)
+    assert report["max_abs"] == max(r["max_abs"] for r in rows)
+    for batch, steps in [(1, 1), (3, 17), (2, 40)]:
+        x, lengths = _inputs(batch, steps, seed=steps)
+        ref = _torch_out(trained, x, lengths)
+        got = _ort_out(path, x, lengths)
+        assert got.shape == ref.shape == (batch, 1)
+        assert np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)), (batch, steps, np.abs(got - ref).max())
+    proto = onnx.load(str(path))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[MANIFEST_KEY])
+    assert meta["parity"]["passed"] is True and meta["parity"]["max_abs"] == report["max_abs"]
+    assert meta["strategy"] == d["manifest"]["strategy"] == "native"
+    assert [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}] == [
+        s["name"] for s in d["manifest"]["inputs"]
+    ]
+
+
+def test_parity_json_measures_a_known_difference(
+    trained: Path, exported: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Shift the exported head bias by delta: every onnxruntime output moves by exactly delta, so parity must
+    report max_abs == delta for onnxruntime (and fail, exit 5), while the numpy oracle still agrees with torch."""
+    import onnx
+    from onnx import numpy_helper
+
+    path, _ = exported
+    runner = CliRunner()
+    r = runner.invoke(main, ["parity", str(trained), str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    ok = json.loads(r.stdout)
+    x, lengths = _inputs(3, 17)
+    mine = float(np.abs(_ort_out(path, x, lengths) - _torch_out(trained, x, lengths)).max())
+    assert ok["passed"] is True and mine <= ok["atol"] and ok["max_abs"] <= ok["atol"]
+
+    delta = 0.01
+    proto = onnx.load(str(path))
+    bias = next(t for t in proto.graph.initializer if t.name == "head.bias")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(delta), bias.name))
+    shifted = tmp_path / "shifted.onnx"
+    onnx.save(proto, str(shifted))
+    np.testing.assert_allclose(_ort_out(shifted, x, lengths) - _ort_out(path, x, lengths), delta, atol=1e-6)
+
+    r = runner.invoke(main, ["parity", str(trained), str(shifted), "--json"])
+    assert r.exit_code == 5, r.output
+    bad = json.loads(r.stdout)
+    assert bad["passed"] is False and bad["max_abs"] == pytest.approx(delta, abs=1e-5)
+    ort_rows = [c for c in bad["comparisons"] if c["candidate"].startswith("onnxruntime")]
+    numpy_rows = [c for c in bad["comparisons"] if c["candidate"] == "numpy"]
+    assert ort_rows and all(not c["passed"] and c["max_abs"] == pytest.approx(delta, abs=1e-5) for c in ort_rows)
+    assert numpy_rows and all(c["passed"] and c["max_abs"] <= bad["atol"] for c in numpy_rows)
+
+
+def test_run_output_equals_the_oracle_and_torch(
+    trained: Path, exported: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, _ = exported
+    x, lengths = _inputs(4, 13, seed=7)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "len.npy", lengths)
+    args = ["run", str(path), "--input", str(tmp_path / "x.npy"), "--lengths", str(tmp_path / "len.npy")]
+    r = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "y.npy"), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    y = np.load(tmp_path / "y.npy")
+    assert report["outputs"][report["primary"]]["shape"] == list(y.shape) == [4, 1]
+    np.testing.assert_allclose(y, _oracle_out(trained, x, lengths), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(y, _torch_out(trained, x, lengths), atol=1e-5, rtol=1e-5)
+    # the padding is honoured: each sequence alone, unpadded, gives its row
+    for i in (0, 3):
+        alone = _oracle_out(trained, x[i : i + 1, : lengths[i]], lengths[i : i + 1])
+        np.testing.assert_allclose(y[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def _count_ops(graph: Any) -> Counter[str]:
+    ops: Counter[str] = Counter()
+    for node in graph.node:
+        ops[node.op_type] += 1
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                ops.update({f"{node.op_type}/{k}": v for k, v in _count_ops(g).items()})
+    return ops
+
+
+def test_inspect_json_matches_the_file_read_here(trained: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    path, _ = exported
+    r = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    proto = onnx.load(str(path))
+    inits = list(proto.graph.initializer)
+    # the model's weights are all in the file: the float initializers hold exactly torch's parameters
+    n_torch = sum(p.numel() for p in _torch_model(trained).parameters())
+    assert info["parameters"] == n_torch
+    assert sum(int(np.prod(t.dims)) for t in inits if t.data_type == onnx.TensorProto.FLOAT) == n_torch
+    assert info["file_size"] == path.stat().st_size
+    assert info["opsets"] == {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
+    assert info["ops"] == dict(_count_ops(proto.graph))
+    assert info["ops"].get("GRU") == 2  # two stacked layers, each bidirectional inside one GRU op
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i["name"], i["shape"]) for i in info["inputs"]] == [(i.name, i.shape) for i in sess.get_inputs()]
+    assert [(o["name"], o["shape"]) for o in info["outputs"]] == [(o.name, o.shape) for o in sess.get_outputs()]
+    man = info["manifest"]
+    assert (man["cell"], man["num_layers"], man["hidden_size"], man["bidirectional"]) == ("gru", 2, 8, True)
+
+
+def test_inspect_parameters_is_the_models_parameter_count(trained: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    r = CliRunner().invoke(main, ["inspect", str(exported[0]), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["parameters"] == sum(p.numel() for p in _torch_model(trained).parameters())
+
+
+def test_bench_json_reports_the_calls_asked_for(trained: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    import time
+
+    import torch
+
+    path, _ = exported
+    args = ["bench", str(path), "--ckpt", str(trained), "--steps", "7", "--repeats", "3", "--seq-len", "6"]
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    try:
+        r = CliRunner().invoke(main, [*args, "--batch", "2", "--json"])
+    finally:
+        torch.set_num_threads(threads)  # bench --ckpt sets torch's thread count for the process
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert (rep["seq_len"], rep["batch"], rep["features"], rep["streaming"]) == (6, 2, 1, False)
+    for lat, n in [(rep["step"], 7), (rep["sequence"], 3), (rep["torch"]["step"], 7), (rep["torch"]["sequence"], 3)]:
+        assert lat["n"] == n
+        assert 0 < lat["p50_ms"] <= lat["p95_ms"] and lat["mean_ms"] > 0
+        assert lat["mean_ms"] * n < wall_ms  # the timed calls fit inside the command's own run time
+    assert rep["frames_per_s"] == pytest.approx(2 * 6 / (rep["sequence"]["p50_ms"] / 1e3))
+    assert rep["sequences_per_s"] == pytest.approx(2 / (rep["sequence"]["p50_ms"] / 1e3))
+    assert rep["ratios"]["step"] == pytest.approx(rep["torch"]["step"]["p50_ms"] / rep["step"]["p50_ms"])
+    assert rep["max_abs_diff"] is not None and rep["max_abs_diff"] < 1e-5  # torch and onnxruntime, same input
+    assert rep["provider"]["used"] == "cpu" and rep["threads"] == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import cuda_status
 from test_stream_models import lengths_model, stateless_model, step_model, third_party_model
 
 from edgernn.errors import ConfigError, InputError, ModelFormatError, ProviderError
@@ -16,7 +17,7 @@ from edgernn.runtime.stream import StreamingModel
 
 HAVE = available()
 MISSING = next((p for p in ("cuda", "tensorrt", "openvino", "coreml", "nnapi") if p not in HAVE), None)
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_CUDA, NO_CUDA_WHY = cuda_status()
 
 
 def test_cpu_is_always_available_and_last() -> None:
@@ -145,7 +146,7 @@ def test_run_with_lengths_on_a_model_without_them_says_so() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime has no CUDAExecutionProvider here (CPU-only build or no GPU)")
+@pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_WHY or "CUDA runs")
 def test_streams_on_cuda_equal_cpu() -> None:
     x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
     ys = {}

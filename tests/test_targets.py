@@ -23,8 +23,7 @@ from click.testing import CliRunner
 
 from edgernn.cli import main
 from edgernn.errors import ConfigError, ExportError, ParityError, TargetError
-from edgernn.export import ExportResult, export_model, get_target, target_names
-from edgernn.export import hygiene
+from edgernn.export import ExportResult, export_model, get_target, hygiene, target_names
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.runtime import Model
 from edgernn.verify.check import check_model
@@ -227,7 +226,9 @@ def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, s
     x = np.random.default_rng(3).standard_normal((3, T, 3)).astype(np.float32)
     model = _model(cell)
     if strategy == "step":  # chained calls from zero states, the stream's last output against the whole sequence
-        state = {s.input: np.zeros([3 if d == "batch" else d for d in s.shape], np.float32) for s in res.manifest.states}
+        state = {
+            s.input: np.zeros([3 if d == "batch" else d for d in s.shape], np.float32) for s in res.manifest.states
+        }
         for t in range(T):
             outs = dict(zip([o.name for o in res.manifest.outputs], run({"x": x[:, t : t + 1], **state}), strict=True))
             state = {s.input: outs[s.output] for s in res.manifest.states}
@@ -364,7 +365,9 @@ def test_hygiene_check_flags_a_scan_reading_a_computed_outer_tensor() -> None:
         onnx.helper.make_node("ReduceSum", ["outer0"], ["outer"], keepdims=0, name="sum"),
         onnx.helper.make_node("Scan", ["x"], ["final"], body=body, num_scan_inputs=0, name="scan"),
     ]
-    assert any("reads tensors computed outside its body: outer" in p for p in hygiene.check(_tiny(nodes, [], ["final"])))
+    assert any(
+        "reads tensors computed outside its body: outer" in p for p in hygiene.check(_tiny(nodes, [], ["final"]))
+    )
 
 
 # ------------------------------------------------------------------------------------ check and package
@@ -423,7 +426,7 @@ def test_export_ort_format_writes_a_checked_package(tmp_path: Path) -> None:
     assert (tmp_path / "m.ort").is_file() and (tmp_path / "m.required_operators.config").is_file()
     assert any("Gemm" in line or "MatMul" in line for line in res.package.operators)
     x = np.random.default_rng(0).standard_normal((1, 1, 3)).astype(np.float32)
-    state = {s.input: np.zeros(s.shape, np.float32) for s in res.manifest.states}
+    state = {s.input: np.zeros([1 if d == "batch" else d for d in s.shape], np.float32) for s in res.manifest.states}
     a = ort.InferenceSession(str(out)).run(None, {"x": x, **state})
     b = ort.InferenceSession(str(tmp_path / "m.ort")).run(None, {"x": x, **state})
     for u, v in zip(a, b, strict=True):

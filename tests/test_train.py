@@ -1,4 +1,8 @@
-"""Training techniques: initialisation, masked loss, clipping, early stopping, and that training learns."""
+"""Training techniques, each by its effect: initialisation (variances by scheme), masked loss, gradient clipping
+(the norm the optimizer sees), L1 and L2 penalties (smaller weights), early stopping, the accuracy metric, and that
+training learns."""
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +57,51 @@ def test_initialisation(scheme: str) -> None:
     assert torch.all(b[6:12] == 1.0) and torch.all(b[:6] == 0)  # forget gate bias 1, others 0
 
 
+def _xavier_var(fan_in: int, fan_out: int) -> float:
+    return 2.0 / (fan_in + fan_out)  # xavier (glorot) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+
+
+def _he_var(fan_in: int, fan_out: int) -> float:
+    return 2.0 / fan_in  # he (kaiming) normal for relu, fan_in mode
+
+
+def _within_sampling_error(w: torch.Tensor, var: float) -> tuple[float, float]:
+    """The sample variance of ``w`` (about its known mean, 0) and a tolerance of 5 standard errors of a variance
+    estimate from a normal sample of that size (a uniform sample's estimate is tighter still)."""
+    x = w.detach().double().flatten()
+    return float((x**2).mean()), var * 5 * (2 / x.numel()) ** 0.5
+
+
+@pytest.mark.parametrize(
+    ("scheme", "formula", "wrong"),
+    [("xavier", _xavier_var, _he_var), ("he", _he_var, _xavier_var)],
+    ids=["xavier", "he"],
+)
+def test_initialisation_variance_matches_the_scheme(scheme: str, formula: Any, wrong: Any) -> None:
+    """weight_ih as one (gates*h, in) matrix and each (h, h) gate block of weight_hh get the scheme's variance;
+    the other scheme's formula is further off than the tolerance, so a swapped or missing scheme fails."""
+    torch.manual_seed(0)
+    n_in, h, gates = 64, 64, 4
+    model = build_model(ModelConfig(cell="lstm", input_size=n_in, hidden_size=h))
+    initialise(model, scheme)
+    w_ih = model.rnn.weight_ih_l0.detach()  # (4h, in): fan_in = in, fan_out = 4h
+    assert tuple(w_ih.shape) == (gates * h, n_in)
+    # initialise gives each (h, h) gate block of weight_hh the scheme on its own: fan_in = fan_out = h
+    blocks = model.rnn.weight_hh_l0.detach().view(gates, h, h)
+    for w, fan_in, fan_out in [(w_ih, n_in, gates * h), *[(blocks[g], h, h) for g in range(gates)]]:
+        var, tol = _within_sampling_error(w, formula(fan_in, fan_out))
+        assert abs(float(w.detach().mean())) < 5 * (formula(fan_in, fan_out) / w.numel()) ** 0.5
+        assert var == pytest.approx(formula(fan_in, fan_out), abs=tol), (scheme, tuple(w.shape))
+        assert abs(var - wrong(fan_in, fan_out)) > tol, "the check could not tell the two schemes apart"
+    if scheme == "xavier":  # uniform on [-a, a]: nothing beyond a, and most of the range used
+        a = (6 / (n_in + gates * h)) ** 0.5
+        assert float(w_ih.abs().max()) <= a and float(w_ih.abs().max()) > 0.99 * a
+    # the torch default (uniform +-1/sqrt(h), variance 1/(3h)) is not what either scheme gives
+    default = build_model(ModelConfig(cell="lstm", input_size=n_in, hidden_size=h))
+    var, tol = _within_sampling_error(default.rnn.weight_ih_l0, formula(n_in, gates * h))
+    assert abs(var - formula(n_in, gates * h)) > tol
+
+
 def test_identity_init_is_for_rnns() -> None:
     model = build_model(ModelConfig(cell="rnn-relu", hidden_size=5))
     initialise(model, "identity")
@@ -79,16 +128,92 @@ def test_early_stopping() -> None:
     cfg = TrainConfig(epochs=30, n_train=64, n_val=32, max_len=12, lr=1e-9, patience=2)  # nothing can improve
     _, hist = fit(model_config_for(task, hidden_size=4), task, cfg, progress=False)
     assert hist.stopped_early and len(hist.val_metric) < 30
+    assert len(hist.val_metric) == hist.best_epoch + cfg.patience + 1  # stops `patience` epochs after the best
 
 
-def test_clipping_and_penalties_run() -> None:
+@pytest.fixture
+def grad_norms(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The global L2 norm of the gradients each Adam step is given (recorded before the step runs)."""
+    norms: list[float] = []
+    original = torch.optim.Adam.step
+
+    def step(self: torch.optim.Adam, *args: Any, **kwargs: Any) -> Any:
+        grads = [p.grad.detach().flatten() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.cat(grads).double())))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return norms
+
+
+def test_clipping_bounds_the_gradient_norm_at_every_step(grad_norms: list[float]) -> None:
     task = get_task("sign")
-    cfg = TrainConfig(epochs=1, n_train=64, n_val=32, max_len=12, clip=0.1, l1=1e-4, weight_decay=1e-4, init="he")
-    model, hist = fit(
-        model_config_for(task, cell="rnn-relu", hidden_size=8, dropout=0.2, num_layers=2), task, cfg, progress=False
+    mcfg = model_config_for(task, cell="rnn-relu", hidden_size=8, num_layers=2, dropout=0.2)
+    c = 0.05
+    steps = 4  # 64 sequences in batches of 16, one epoch
+
+    def run(clip: float) -> list[float]:
+        grad_norms.clear()
+        cfg = TrainConfig(epochs=1, n_train=64, n_val=16, max_len=12, batch_size=16, lr=1e-2, clip=clip, init="he")
+        fit(mcfg, task, cfg, progress=False)
+        assert len(grad_norms) == steps
+        return list(grad_norms)
+
+    unclipped = run(0.0)
+    assert max(unclipped) > 2 * c  # the raw gradients are well above c, so clipping has something to do
+    clipped = run(c)
+    assert all(n <= c + 1e-4 for n in clipped), clipped
+    assert max(clipped) > 0.9 * c  # clipped to c, not zeroed
+
+
+def _recurrent_weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for n, p in model.rnn.named_parameters() if n.startswith("weight")])
+
+
+def _fit_sine(**penalty: float) -> torch.Tensor:
+    """One epoch of 32 steps on `sine` with a fixed seed (one epoch: the returned model is the last step's)."""
+    task = get_task("sine")
+    cfg = TrainConfig(epochs=1, n_train=256, n_val=16, max_len=12, batch_size=8, lr=1e-2, seed=0, **penalty)
+    model, _ = fit(model_config_for(task, cell="gru", hidden_size=16), task, cfg, progress=False)
+    return _recurrent_weights(model)
+
+
+def _fraction_near_zero(w: torch.Tensor) -> float:
+    return float((w.abs() < 1e-3).float().mean())
+
+
+def test_l1_penalty_shrinks_weights_towards_zero() -> None:
+    plain = _fit_sine()
+    sparse = _fit_sine(l1=1e-2)
+    assert plain.shape == sparse.shape and not torch.equal(plain, sparse)
+    # same seed, data and steps: the penalty alone makes the total |w| far smaller ...
+    assert float(sparse.abs().sum()) < 0.5 * float(plain.abs().sum())
+    # ... and puts clearly more weights at (about) zero
+    assert _fraction_near_zero(sparse) > _fraction_near_zero(plain) + 0.03
+
+
+def test_weight_decay_shrinks_the_weight_norm() -> None:
+    plain = _fit_sine()
+    decayed = _fit_sine(weight_decay=1.0)
+    assert float(torch.linalg.vector_norm(decayed)) < 0.5 * float(torch.linalg.vector_norm(plain))
+
+
+def test_classification_metric_is_the_accuracy_of_the_returned_model() -> None:
+    task = get_task("sign")
+    cfg = TrainConfig(epochs=2, n_train=128, n_val=50, max_len=12, patience=0, seed=4)
+    model, hist = fit(model_config_for(task, cell="gru", hidden_size=8), task, cfg, progress=False)
+    assert hist.metric == "accuracy" and hist.best_metric == max(hist.val_metric)
+    # the validation split as fit makes it: same seed, sizes and lengths
+    _, val = make_splits(
+        task, n_train=cfg.n_train, n_val=cfg.n_val, min_len=cfg.min_len, max_len=cfg.max_len, seed=cfg.seed
     )
-    assert 0.0 <= hist.best_metric <= 1.0  # accuracy
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    b = collate(val)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(b.x), torch.from_numpy(b.lengths)).numpy()
+    assert logits.shape == (cfg.n_val, 2)
+    accuracy = float((logits.argmax(-1) == b.y).mean())
+    assert hist.best_metric == pytest.approx(accuracy, abs=1e-12)
+    assert round(hist.best_metric * cfg.n_val) == pytest.approx(hist.best_metric * cfg.n_val)  # k of 50 correct
 
 
 def test_bad_train_config() -> None:

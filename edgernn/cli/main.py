@@ -246,7 +246,8 @@ def strategies(as_json: bool) -> None:
 
     rows = {name: get_strategy_class(name) for name in strategy_names()}
     if as_json:
-        echo_json({n: {"summary": c.summary, **asdict(c.caps)} for n, c in rows.items()})
+        caps = {n: {**asdict(c.caps), "variants": sorted(c.caps.variants)} for n, c in rows.items()}
+        echo_json({n: {"summary": c.summary, **caps[n]} for n, c in rows.items()})
         return
     for name, cls in rows.items():
         click.echo(f"{name:<7} {cls.summary}\n        {cls.caps.describe()}")

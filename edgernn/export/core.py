@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from .._version import __version__
 from ..errors import ExportError, ParityError, TargetError
 from ..files import write_atomic
-from ..manifest import Manifest, StateSpec, TensorSpec
+from ..manifest import Manifest, StateSpec, TensorSpec, write_manifest
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
-from ..verify.against_torch import stream_cases, verify_parity, verify_stream
+from ..verify.against_torch import layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.check import structure_report, target_runners
-from ..verify.parity import Case, ParityReport, Runner
+from ..verify.parity import Case, ParityReport, Runner, cases_for
 from . import hygiene
 from .graph import (
     check_dynamic_axes,
@@ -34,7 +34,6 @@ from .graph import (
     fold,
     normalise,
     output_spec,
-    set_manifest,
     set_opset,
     validate_graph,
 )
@@ -243,6 +242,7 @@ def export_module(
         outputs=[_named_axes(output_spec(proto, n), specs) for n in output_names] + state_out,
         states=states,
         weights_sha256=weights_sha256(original),
+        parameters=sum(p.numel() for p in original.parameters()),
         proj_size=int(getattr(first, "proj_size", 0)),
         peephole=bool(getattr(first, "peephole", False)),
         seq_len=fixed if not caps.streaming else None,
@@ -285,6 +285,13 @@ def export_module(
                 extra=extra,
                 int_high=int_high,
             )
+        if oracle is None:  # a user's module: each recurrent layer against the numpy oracle as well
+            layer_cases = cases or (
+                stream_cases(static_batch)
+                if caps.streaming
+                else cases_for(has_lengths=lengths_spec is not None, fixed_length=fixed, batch=static_batch)
+            )
+            report.comparisons.extend(layer_oracle_check(original, list(inputs), layer_cases, int_high=int_high))
         manifest = replace(manifest, parity=report.summary())
         if not report.passed:
             worst = report.failures()[:5]
@@ -301,7 +308,7 @@ def export_module(
     else:
         manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
     manifest = replace(manifest, target_check=structure.to_dict())
-    set_manifest(proto, manifest)
+    write_manifest(proto, manifest)
     data = proto.SerializeToString(deterministic=True)
     out = None
     pkg = None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ExportError
-from ..manifest import MANIFEST_KEY, Manifest, TensorSpec
+from ..manifest import TensorSpec
 
 _NO_LIMIT = 1 << 62
 
@@ -125,10 +125,3 @@ def output_spec(proto: Any, name: str) -> TensorSpec:
     tt = vi.type.tensor_type
     dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
     return TensorSpec(name, str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims)
-
-
-def set_manifest(proto: Any, manifest: Manifest) -> None:
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key = MANIFEST_KEY
-    entry.value = manifest.to_json()

@@ -153,9 +153,8 @@ def _load_builtin() -> None:
 
 
 def strategy_names() -> list[str]:
-    if not _STRATEGIES:
-        _load_builtin()
-    return list(_STRATEGIES)
+    _load_builtin()  # every built-in, whatever was imported first (imports are cached: cheap after the first)
+    return [n for n in BUILTIN if n in _STRATEGIES] + [n for n in _STRATEGIES if n not in BUILTIN]
 
 
 def get_strategy_class(name: str) -> type[Strategy]:

@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -104,10 +104,12 @@ def _check_lengths(lengths: Tensor, batch: int, total: int) -> Tensor:
 
 def _forward_unfused(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
     """forward for variants torch has no fused kernel for (LSTM peepholes): the recurrence in plain torch ops,
-    differentiable, with torch's conventions for batch_first, unbatched and packed inputs, hx and dropout."""
-    from .cell_ops import run_stack  # lazy: importing edgernn.export imports this module
-    from .layout import onnx_weights
+    differentiable, with torch's conventions for batch_first, unbatched and packed inputs, hx and dropout.
 
+    Written in torch's own weight layout and gate order, apart from ``cell_ops`` (the ONNX-layout code the
+    loop/unroll/step strategies trace): this is the reference their exports are checked against, so it must not
+    share their code, or a mistake in one would hide in both.
+    """
     bf = layer.batch_first
     packed = input if isinstance(input, PackedSequence) else None
     if packed is not None:
@@ -128,16 +130,24 @@ def _forward_unfused(layer: Any, input: Any, hx: Any, lengths: Tensor | None) ->
         c0 = x.new_zeros(rows, batch, layer.hidden_size)
     else:
         h0, c0 = hx
+    valid = None
+    if lengths is not None:
+        valid = (torch.arange(steps, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
     hs: list[Tensor] = []
     cs: list[Tensor] = []
-    for k, w in enumerate(onnx_weights(layer, detach=False)):
-        x, h, c = run_stack(layer.cell_kind, [w], x, h0[k * d : (k + 1) * d], c0[k * d : (k + 1) * d], lengths)
+    for k in range(layer.num_layers):
+        outs = []
+        for direction in range(d):
+            w = layer.layer_weights(k, direction)
+            y_dir, h, c = _peephole_lstm(x, h0[k * d + direction], c0[k * d + direction], w, valid, direction == 1)
+            outs.append(y_dir)
+            hs.append(h)
+            cs.append(c)
+        x = torch.cat(outs, dim=-1) if d > 1 else outs[0]
         if layer.training and layer.dropout and k < layer.num_layers - 1:
             x = nn.functional.dropout(x, layer.dropout, training=True)
-        hs.append(h)
-        cs.append(cast(Tensor, c))  # run_stack returns c for an LSTM
     y = x.transpose(0, 1) if bf else x
-    h_n, c_n = torch.cat(hs), torch.cat(cs)
+    h_n, c_n = torch.stack(hs), torch.stack(cs)
     if unbatched:
         return y.squeeze(0 if bf else 1), (h_n.squeeze(1), c_n.squeeze(1))
     if packed is not None:
@@ -147,6 +157,40 @@ def _forward_unfused(layer: Any, input: Any, hx: Any, lengths: Tensor | None) ->
         out = pack_padded_sequence(y, lengths.cpu(), batch_first=bf, enforce_sorted=True)  # type: ignore[union-attr]
         return PackedSequence(out.data, out.batch_sizes, packed.sorted_indices, packed.unsorted_indices), (h_n, c_n)
     return y, (h_n, c_n)
+
+
+def _peephole_lstm(
+    x: Tensor, h: Tensor, c: Tensor, w: dict[str, Tensor], valid: Tensor | None, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one peephole LSTM layer over time-major x (T, B, I), torch's gate order i, f, g, o:
+
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi + p_i * c_{t-1})
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf + p_f * c_{t-1})
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        c_t = f * c_{t-1} + i * g
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho + p_o * c_t)
+        h_t = o * tanh(c_t)                       (then h_t W_hr^T with a projection)
+
+    Padded steps (``valid`` False) keep the state and output zeros, as a packed sequence does.
+    """
+    ys: list[Tensor] = [h.new_zeros(0)] * x.shape[0]
+    xw = x @ w["w_ih"].T + w["b_ih"]
+    for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
+        a_i, a_f, a_g, a_o = (xw[t] + h @ w["w_hh"].T + w["b_hh"]).chunk(4, dim=-1)
+        i = torch.sigmoid(a_i + w["p_i"] * c)
+        f = torch.sigmoid(a_f + w["p_f"] * c)
+        c_new = f * c + i * torch.tanh(a_g)
+        h_new = torch.sigmoid(a_o + w["p_o"] * c_new) * torch.tanh(c_new)
+        if "w_hr" in w:
+            h_new = h_new @ w["w_hr"].T
+        if valid is None:
+            h, c, ys[t] = h_new, c_new, h_new
+        else:
+            h = torch.where(valid[t], h_new, h)
+            c = torch.where(valid[t], c_new, c)
+            ys[t] = torch.where(valid[t], h_new, 0.0)
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h.shape[-1])
+    return y, h, c
 
 
 class RNN(_Recurrent, nn.RNN):

@@ -16,7 +16,20 @@ from torch import nn
 
 from ..errors import ExportError
 from ..manifest import Manifest, StateSpec, TensorSpec
-from .parity import Case, ParityReport, Runner, cases_for, check, check_chained, session_runner, torch_runner
+from .parity import (
+    Case,
+    Comparison,
+    ParityReport,
+    Runner,
+    cases_for,
+    check,
+    check_chained,
+    compare,
+    make_inputs,
+    session_runner,
+    tolerance,
+    torch_runner,
+)
 
 # stream lengths the chained check runs by default: one sequence alone and a batch, 50 steps each
 STREAM_CASES: tuple[Case, ...] = (Case(1, 50), Case(3, 50))
@@ -185,3 +198,104 @@ def verify_stream(
     if report is None:
         raise ExportError("no runtime to verify the stream on")
     return report
+
+
+def _cell_name(layer: nn.Module) -> str:
+    if isinstance(layer, nn.LSTM):
+        return "lstm"
+    if isinstance(layer, nn.GRU):
+        return "gru"
+    return "rnn-" + str(getattr(layer, "nonlinearity", "tanh"))
+
+
+def layer_oracle_check(
+    module: nn.Module,
+    specs: Sequence[TensorSpec],
+    cases: Sequence[Case],
+    *,
+    dtype: str = "fp32",
+    seed: int = 0,
+    int_high: int = 2,
+) -> list[Comparison]:
+    """Each recurrent layer of ``module``, as the module calls it, against the numpy oracle on the same inputs.
+
+    A user's module cannot be written out in numpy as a whole, but its recurrent layers can: forward hooks
+    capture what each layer receives (input, initial state, lengths) and returns during an eager run, and the
+    oracle, which shares no code with torch or any strategy, recomputes the layer from its state_dict. With the
+    export already matching eager torch, this ties every strategy to an implementation it shares nothing with.
+    """
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+    from . import reference
+
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.RNNBase)]
+    tol = tolerance(dtype)
+    rng = np.random.default_rng(seed)
+    calls: list[tuple[str, nn.Module, tuple[Any, ...], dict[str, Any], Any]] = []
+
+    def grab(name: str) -> Any:
+        def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            calls.append((name, layer, args, kwargs, out))
+
+        return hook
+
+    out: list[Comparison] = []
+    was_training = module.training
+    module.eval()
+    try:
+        for case in cases:
+            feed = make_inputs(specs, case, rng, int_high)
+            calls.clear()
+            handles = [m.register_forward_hook(grab(n), with_kwargs=True) for n, m in layers]
+            try:
+                with torch.no_grad():
+                    module(*[torch.from_numpy(np.array(feed[s.name])) for s in specs if s.name in feed])
+            finally:
+                for hnd in handles:
+                    hnd.remove()
+            for name, layer, args, kwargs, result in calls:
+                x = args[0] if args else kwargs["input"]
+                hx = args[1] if len(args) > 1 else kwargs.get("hx")
+                lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+                y, state = result
+                if isinstance(x, PackedSequence):
+                    x, lengths = pad_packed_sequence(x, batch_first=layer.batch_first)
+                    y, _ = pad_packed_sequence(y, batch_first=layer.batch_first)
+                if x.dim() == 2:  # unbatched (T, I): one sequence, given a batch axis of 1
+                    x, y = x.unsqueeze(1), y.unsqueeze(1)
+                    state = tuple(s.unsqueeze(1) for s in state) if isinstance(state, tuple) else state.unsqueeze(1)
+                    hx = (
+                        None
+                        if hx is None
+                        else (tuple(s.unsqueeze(1) for s in hx) if isinstance(hx, tuple) else hx.unsqueeze(1))
+                    )
+                    x, y = (x.transpose(0, 1), y.transpose(0, 1)) if layer.batch_first else (x, y)
+                xt = x.transpose(0, 1) if layer.batch_first else x
+                h0 = c0 = None
+                if hx is not None:
+                    h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
+                want_y, want_h, want_c = reference.recurrent_forward(
+                    _cell_name(layer),
+                    {k: v.detach().cpu().numpy() for k, v in layer.state_dict().items()},
+                    xt.detach().cpu().numpy(),
+                    num_layers=layer.num_layers,
+                    bidirectional=layer.bidirectional,
+                    lengths=None
+                    if lengths is None
+                    else np.asarray(lengths.cpu() if hasattr(lengths, "cpu") else lengths),
+                    h0=None if h0 is None else h0.detach().cpu().numpy().astype(np.float64),
+                    c0=None if c0 is None else c0.detach().cpu().numpy().astype(np.float64),
+                )
+                got_y = (y.transpose(0, 1) if layer.batch_first else y).detach().cpu().numpy()
+                got_h, got_c = state if isinstance(state, tuple) else (state, None)
+                pairs = [("y", want_y, got_y), ("h_n", want_h, got_h.detach().cpu().numpy())]
+                if want_c is not None and got_c is not None:
+                    pairs.append(("c_n", want_c, got_c.detach().cpu().numpy()))
+                for what, want, got in pairs:
+                    a, rel, ok = compare(want, got, tol)
+                    out.append(
+                        Comparison(case.label, f"numpy (layer {name or type(layer).__name__})", what, a, rel, ok)
+                    )
+    finally:
+        module.train(was_training)
+    return out

@@ -66,13 +66,23 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "ops": dict(sorted(hist.items())),
         "inputs": [_value_info(i) for i in proto.graph.input if i.name not in initializers],
         "outputs": [_value_info(o) for o in proto.graph.output],
-        "parameters": sum(_numel(t) for t in proto.graph.initializer),
+        # the model's own count when the manifest has it; else the floating-point weights the file stores
+        # (initializers also hold shapes, axes and indices, and scalar constants)
+        "parameters": (manifest or {}).get("parameters")
+        or sum(_numel(t) for t in proto.graph.initializer if _is_weight(t)),
         "manifest": manifest,
         "states": (manifest or {}).get("states", []),
         "parity": (manifest or {}).get("parity"),
         "target": (manifest or {}).get("target"),
         "target_check": (manifest or {}).get("target_check"),
     }
+
+
+def _is_weight(t: Any) -> bool:
+    import onnx
+
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return t.data_type in floating and len(t.dims) > 0
 
 
 def _numel(t: Any) -> int:

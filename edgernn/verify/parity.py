@@ -120,6 +120,7 @@ class ParityReport:
     atol: float
     rtol: float
     comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the numbers do not say (e.g. a provider fell back)
 
     @property
     def passed(self) -> bool:
@@ -150,6 +151,7 @@ class ParityReport:
             "max_abs": max((c.max_abs for c in rows), default=0.0),
             "cases": sorted({c.case for c in rows}),
             "candidates": sorted({c.candidate for c in rows}),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
     def table(self) -> str:
@@ -162,6 +164,7 @@ class ParityReport:
         verdict = "PASS" if self.passed else "FAIL"
         tol = f"{self.dtype}: atol {self.atol:g}, rtol {self.rtol:g}"
         lines.append(f"parity {verdict} ({tol}; worst {self.max_abs:.2e})")
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 

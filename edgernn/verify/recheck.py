@@ -42,7 +42,7 @@ def parity_check(
     extra = target_runners(manifest.target, proto) if manifest.target != "ort" else {}
     if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
         outputs = [o.name for o in manifest.outputs if o.role != "state"]
-        return verify_stream(
+        report = verify_stream(
             model,
             proto,
             [x],
@@ -55,9 +55,13 @@ def parity_check(
             providers=[used],
             extra=extra,
         )
-    return verify_parity(
-        model, proto, manifest, torch_specs=[x, *lengths], oracle=oracle, providers=[used], extra=extra
-    )
+    else:
+        report = verify_parity(
+            model, proto, manifest, torch_specs=[x, *lengths], oracle=oracle, providers=[used], extra=extra
+        )
+    if choice.fell_back:  # never only a candidate's label: the report says it, in the table and in --json
+        report.notes.append(f"asked for provider {provider!r}, ran on {used!r} (--fallback): {choice.reason}")
+    return report
 
 
 def _takes_lengths(manifest: Any) -> bool:
