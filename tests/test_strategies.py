@@ -406,8 +406,8 @@ def test_step_readout_last_gives_the_head_of_the_newest_state() -> None:
 
 def test_step_chained_check_can_fail() -> None:
     """The export's chained check must catch a graph that drops its state between calls."""
-    from edgernn.verify.against_torch import stream_reference
     from edgernn.manifest import StateSpec, TensorSpec
+    from edgernn.verify.against_torch import stream_reference
     from edgernn.verify.parity import Case, check_chained, session_runner
 
     res, sess = _stream_export("gru", 1)

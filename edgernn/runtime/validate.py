@@ -43,12 +43,15 @@ def check_feed(
             raise InputError(
                 f"input {spec.name!r} must have {len(spec.shape)} dimensions {_fmt(spec.shape)}; got shape {arr.shape}"
             )
+        named = spec.named_shape()  # a fixed axis keeps its name (time fixed to an unroll length, a static batch)
         for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
             if isinstance(want, int):
                 if want != got:
                     raise InputError(
                         f"input {spec.name!r} axis {axis} must be {want} {_fmt(spec.shape)}; got shape {arr.shape}"
                     )
+                if isinstance(named[axis], str):
+                    dims.setdefault(str(named[axis]), (got, repr(spec.name)))
             elif want in dims and dims[want][0] != got:
                 size, where = dims[want]
                 raise InputError(f"{want} size differs: {size} in {where} but {got} in {spec.name!r}")

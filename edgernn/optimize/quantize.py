@@ -1,0 +1,427 @@
+"""int8 and fp16 versions of an exported model, made by onnxruntime's and onnxconverter-common's own tools, judged
+by the task and by drift over a long sequence, and refused (nothing written) when over budget.
+
+- ``int8`` (dynamic): ``onnxruntime.quantization.quantize_dynamic`` with subgraphs enabled, so the recurrent
+  product inside a ``Scan`` body is quantised too. LSTM ops become ``DynamicQuantizeLSTM``; onnxruntime has no
+  integer GRU or RNN op, so those ops are first written as a Scan around the cell (``scan_form``), whose
+  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call.
+- ``int8-static`` (QDQ): ``quantize_static`` with ranges calibrated on real inputs (``--data`` or the
+  checkpoint's task), the recurrent state's included: a streaming file is stepped through the calibration
+  sequences and the states it passes along are calibration inputs too. What NPU delegates (NNAPI, QNN) consume.
+- ``fp16``: ``onnxconverter_common.float16`` with fp32 inputs and outputs. ``Transpose`` stays fp32: an fp16
+  Transpose feeding an fp16 MatMul crashes onnxruntime 1.32's CPU session at ORT_ENABLE_ALL (SIGSEGV in its
+  NchwcTransformer; reproduction in docs/precision.md), and the Transpose only ever moves activations.
+
+Every result is loaded at each onnxruntime optimisation level (in a child process: a crash there must not take
+this one down), compared with the fp32 file on the parity cases, measured over a long sequence, and with a task
+judged by its validation metric against ``max_metric_drop``. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelFormatError, ParityError, TargetError
+from ..files import write_atomic
+from ..manifest import MANIFEST_KEY, Manifest, read_manifest, write_manifest
+
+PRECISIONS = ("int8", "int8-static", "fp16")
+DEFAULT_MAX_METRIC_DROP = 0.01  # 1% relative
+
+
+@dataclass
+class QuantizeResult:
+    path: Path | None
+    model_bytes: bytes
+    manifest: Manifest | None
+    report: dict[str, Any] = field(default_factory=dict)  # what the manifest's "precision" entry holds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path) if self.path else None, **self.report}
+
+
+def quantize(
+    model: str | os.PathLike[str] | bytes,
+    to: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    task: Any = None,
+    examples: Sequence[Any] | None = None,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    data: Mapping[str, np.ndarray] | None = None,
+    max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
+    per_channel: bool = False,
+    long_steps: int | None = None,
+    verify: bool = True,
+) -> QuantizeResult:
+    """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
+
+    ``task``/``examples``: an edgernn task and its validation examples (``edgernn quantize --ckpt`` supplies
+    them); the task metric of the fp32 and the reduced file must not differ by more than ``max_metric_drop``
+    (relative), or ``ParityError`` and nothing is written. ``data`` (inputs by name) adds the drift on the user's
+    own inputs; ``calibration`` (inputs by name) feeds int8-static. ``verify=False`` skips every judgement.
+    """
+    if to not in PRECISIONS:
+        raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
+    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
+        raise ConfigError(f"max_metric_drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
+    source = _read(model)
+    proto = _load(source)
+    manifest = _manifest(proto)
+    if manifest is not None and manifest.precision:
+        raise ConfigError("this file is already reduced; quantise the fp32 export")
+    if to == "int8":
+        reduced, how = _int8_dynamic(proto, per_channel)
+    elif to == "fp16":
+        reduced, how = _fp16(proto)
+    else:
+        reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
+    _loads_at_every_level(reduced)
+    report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
+    if verify:
+        report.update(_judge(source, reduced, manifest, to, task, examples, data, max_metric_drop, long_steps))
+    out_bytes = reduced
+    new_manifest = None
+    if manifest is not None:
+        new_manifest = replace(manifest, precision=report)
+        import onnx
+
+        q = onnx.load_from_string(reduced)
+        write_manifest(q, new_manifest)
+        out_bytes = q.SerializeToString(deterministic=True)
+    path = None
+    if out is not None:
+        path = Path(out)
+        write_atomic(path, out_bytes)
+    return QuantizeResult(path, out_bytes, new_manifest, report)
+
+
+# ------------------------------------------------------------------------------------------------ conversions
+
+
+def _named(proto: Any) -> Any:
+    """Every node named, uniquely: the fp16 converter and the quantisers key their inserted nodes by name."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    seen: set[str] = set()
+    stack = [out.graph]
+    n = 0
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            if not node.name or node.name in seen:
+                while f"n{n}" in seen:
+                    n += 1
+                node.name = f"n{n}"
+            seen.add(node.name)
+            stack.extend(a.g for a in node.attribute if a.g.ByteSize())
+    return out
+
+
+def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .scan_form import rewrite
+
+    work = _named(proto)
+    rewritten = rewrite(work, ("GRU", "RNN"))
+    with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(work.SerializeToString())
+        _quietly(
+            quantize_dynamic,
+            src,
+            dst,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"EnableSubgraph": True},
+        )
+        data = dst.read_bytes()
+    how = {"method": "onnxruntime quantize_dynamic", "per_channel": per_channel, "weights": "int8"}
+    if rewritten:
+        how["rewritten_as_scan"] = rewritten  # GRU/RNN ops written as a Scan so their MatMuls quantise
+    return data, how
+
+
+def _fp16(proto: Any) -> tuple[bytes, dict[str, Any]]:
+    from onnxconverter_common import float16
+
+    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Transpose"]
+    converted = _quietly(
+        float16.convert_float_to_float16,
+        _named(proto),
+        keep_io_types=True,
+        op_block_list=blocked,
+        min_positive_val=5.96e-08,  # fp16's smallest subnormal; onnxconverter's defaults clamp far tighter
+        max_finite_val=65504.0,
+    )
+    how = {"method": "onnxconverter_common float16", "io": "float32", "kept_fp32": ["Transpose"]}
+    return converted.SerializeToString(), how
+
+
+def _int8_static(
+    proto: Any,
+    manifest: Manifest | None,
+    calibration: Mapping[str, np.ndarray] | None,
+    examples: Sequence[Any] | None,
+    per_channel: bool,
+) -> tuple[bytes, dict[str, Any]]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds = calibration_feeds(proto.SerializeToString(), manifest, calibration, examples)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(_named(proto).SerializeToString())
+        _quietly(
+            quantize_static,
+            src,
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        data = dst.read_bytes()
+    how = {
+        "method": "onnxruntime quantize_static (QDQ)",
+        "per_channel": per_channel,
+        "weights": "int8",
+        "activations": "uint8",
+        "calibration_feeds": len(feeds),
+    }
+    return data, how
+
+
+def calibration_feeds(
+    model: bytes,
+    manifest: Manifest | None,
+    calibration: Mapping[str, np.ndarray] | None,
+    examples: Sequence[Any] | None,
+) -> list[dict[str, np.ndarray]]:
+    """Feeds for the static quantiser: the user's arrays (first axis = batch items) or the task's examples, cut
+    to the file's shapes; for a streaming file, every chunk of every sequence with the state it really carries
+    there (so the state's ranges are calibrated, not zeros)."""
+    from ..runtime.model import Model
+    from ..runtime.stream import StreamingModel
+
+    m = Model(model, threads=1)
+    data_spec = next((s for s in m.inputs if s.role == "data"), None)
+    if data_spec is None:
+        raise ConfigError("static quantisation needs a model with a data input")
+    if calibration is not None:
+        if data_spec.name not in calibration:
+            raise ConfigError(f"the calibration data has no array {data_spec.name!r} (the model's data input)")
+        sequences = [np.asarray(s, np.float32) for s in np.asarray(calibration[data_spec.name])]
+    elif examples is not None:
+        sequences = [np.asarray(e.x, np.float32) for e in examples]
+    else:
+        raise ConfigError("int8-static needs calibration data: --data X.npz, or --ckpt for the task's own data")
+    feeds: list[dict[str, np.ndarray]] = []
+    batch = manifest.batch if manifest is not None and manifest.batch else 1
+    if m.manifest is not None and m.manifest.states:
+        sm = StreamingModel(m)
+        k = sm.chunk or 1
+        for seq in sequences[:64]:
+            state = sm.initial_state(batch)
+            x = np.repeat(seq[None], batch, axis=0)
+            for t in range(0, len(seq) - len(seq) % k, k):
+                feed = {data_spec.name: np.ascontiguousarray(x[:, t : t + k]), **state}
+                feeds.append(feed)
+                results = sm.session.run(sm._output_names, feed)
+                state = {st.input: results[st.out_index] for st in sm.states}
+        return feeds
+    fixed = manifest.seq_len if manifest is not None else None
+    for seq in sequences[:64]:
+        if fixed is not None:
+            padded = np.zeros((fixed, seq.shape[-1]), np.float32)
+            padded[: min(fixed, len(seq))] = seq[:fixed]
+            seq = padded
+        from ..runtime.validate import check_feed
+
+        feeds.append(check_feed(m.inputs, {data_spec.name: np.repeat(seq[None], batch, axis=0)}))
+    return feeds
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _loads_at_every_level(model: bytes) -> None:
+    """onnxruntime creates a session and runs the model at every optimisation level, in a child process."""
+    with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
+        path = Path(tmp) / "m.onnx"
+        path.write_bytes(model)
+        code = (
+            "import sys, numpy as np, onnxruntime as ort\n"
+            "L = ort.GraphOptimizationLevel\n"
+            "for level in (L.ORT_DISABLE_ALL, L.ORT_ENABLE_BASIC, L.ORT_ENABLE_EXTENDED, L.ORT_ENABLE_ALL):\n"
+            "    so = ort.SessionOptions(); so.graph_optimization_level = level; so.log_severity_level = 3\n"
+            "    s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])\n"
+            "    feed = {}\n"
+            "    for i in s.get_inputs():\n"
+            "        shape = [d if isinstance(d, int) else 2 for d in i.shape]\n"
+            "        feed[i.name] = np.ones(shape, np.int64) if 'int' in i.type else np.ones(shape, np.float32)\n"
+            "    s.run(None, feed)\n"
+            "print('ok')\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0 or p.stdout.strip() != "ok":
+        why = f"signal {-p.returncode}" if p.returncode < 0 else (p.stderr.strip().splitlines() or ["?"])[-1][:300]
+        raise TargetError(f"onnxruntime cannot load or run the reduced model at every optimisation level: {why}")
+
+
+def _storage(fp32: Any, reduced: bytes, to: str) -> dict[str, Any]:
+    """Sizes, and the share of the float weight elements stored in the reduced precision."""
+    import onnx
+
+    q = onnx.load_from_string(reduced)
+    want = {onnx.TensorProto.FLOAT16} if to == "fp16" else {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+
+    def elements(model: Any, types: set[int]) -> int:
+        total, stack = 0, [model.graph]
+        while stack:
+            g = stack.pop()
+            total += sum(int(np.prod(t.dims)) for t in g.initializer if t.data_type in types and len(t.dims) > 0)
+            stack.extend(a.g for n in g.node for a in n.attribute if a.g.ByteSize())
+        return total
+
+    floats = elements(fp32, {onnx.TensorProto.FLOAT})
+    stored = elements(q, want)
+    size = len(fp32.SerializeToString())
+    return {
+        "fp32_bytes": size,
+        "bytes": len(reduced),
+        "size_ratio": size / len(reduced),
+        "weights_reduced": min(1.0, stored / floats) if floats else 0.0,
+    }
+
+
+def _judge(
+    source: bytes,
+    reduced: bytes,
+    manifest: Manifest | None,
+    to: str,
+    task: Any,
+    examples: Sequence[Any] | None,
+    data: Mapping[str, np.ndarray] | None,
+    max_metric_drop: float,
+    long_steps: int | None,
+) -> dict[str, Any]:
+    from ..runtime.providers import make_session
+    from ..verify.check import check_model_inputs
+    from ..verify.drift import LONG_STEPS, long_drift, metric_drop, task_metric
+    from ..verify.parity import check, session_runner
+
+    out: dict[str, Any] = {}
+    a, _ = make_session(source, "cpu", threads=1)
+    b, _ = make_session(reduced, "cpu", threads=1)
+    specs, cases, through = check_model_inputs(a)
+    dtype = "fp16" if to == "fp16" else "fp32"  # int8 is judged by the task, its elementwise drift only reported
+    par = check(
+        through(session_runner(a)),
+        {to: through(session_runner(b))},
+        specs,
+        [o.name for o in a.get_outputs()],
+        cases,
+        dtype=dtype,
+        states=True,
+    )
+    out["drift"] = {"max_abs": par.max_abs, "cases": sorted({c.case for c in par.comparisons})}
+    if to == "fp16" and not par.passed:
+        raise ParityError(
+            f"the fp16 model differs from the fp32 one by {par.max_abs:.3g} (tolerance atol {par.atol:g}, rtol "
+            f"{par.rtol:g}) on the parity cases; nothing was written",
+            par,
+        )
+    if data is not None:
+        feed = {k: np.asarray(v) for k, v in data.items()}
+        ya, yb = through(session_runner(a))(feed), through(session_runner(b))(feed)
+        out["data_drift"] = {
+            "max_abs": max(float(np.abs(u.astype(np.float64) - v).max()) for u, v in zip(ya, yb, strict=True))
+        }
+    if manifest is not None:
+        out["long_drift"] = long_drift(source, reduced, manifest, steps=long_steps or LONG_STEPS)
+    if task is not None and examples is not None and manifest is not None:
+        fp32 = task_metric(source, task, examples, manifest)
+        low = task_metric(reduced, task, examples, manifest)
+        drop = metric_drop(task, fp32, low)
+        out["metric"] = {
+            "name": task.metric,
+            "fp32": fp32,
+            "reduced": low,
+            "drop": drop,
+            "budget": max_metric_drop,
+            "examples": len(examples),
+        }
+        if drop > max_metric_drop:
+            raise ParityError(
+                f"the {to} model loses {drop:.2%} of the task's {task.metric} ({fp32:.4g} -> {low:.4g} on "
+                f"{len(examples)} validation sequences), over the budget of {max_metric_drop:.2%}; nothing was "
+                "written (raise --max-metric-drop, or try --per-channel or another strategy)"
+            )
+    elif to != "fp16":
+        out["metric"] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ files
+
+
+def _read(model: str | os.PathLike[str] | bytes) -> bytes:
+    if isinstance(model, bytes):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFormatError(f"no model file at {str(path)!r}")
+    return path.read_bytes()
+
+
+def _load(data: bytes) -> Any:
+    import onnx
+
+    try:
+        return onnx.load_from_string(data)
+    except Exception as e:
+        raise ModelFormatError(f"not a readable ONNX model: {str(e).splitlines()[0][:200]}") from None
+
+
+def _manifest(proto: Any) -> Manifest | None:
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return read_manifest(meta) if MANIFEST_KEY in meta else None
+
+
+def _quietly(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """The quantisers and converter log and print advice meant for their own debugging; keep the terminal clean."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+    finally:
+        root.setLevel(level)
