@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from ..errors import ParityError
+from ..errors import ConfigError, ParityError
 from ..model.cells import cell_names
 from .common import echo_json, handle_errors
 from .edge import COMMANDS as EDGE_COMMANDS
+from .optimize import COMMANDS as OPTIMIZE_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
@@ -140,6 +141,18 @@ def train(**o: Any) -> None:
     default=None,
     help="Add a `lengths` input for padded batches (default: when the strategy supports it).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "int8-static", "fp16"]),
+    default=None,
+    help="Write this precision instead of fp32, judged by the checkpoint's task (see edgernn quantize).",
+)
+@click.option(
+    "--max-metric-drop",
+    type=float,
+    default=None,
+    help="With --precision: the largest relative loss of the task metric allowed (default 0.01).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
 @handle_errors
@@ -167,6 +180,8 @@ def export(
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
     o["ort_format"] = ort_format
     if module_spec is not None:
+        if o.pop("precision") or o.pop("max_metric_drop") is not None:
+            raise ConfigError("--precision needs a checkpoint's task to judge by; for --module, run edgernn quantize")
         o.pop("lengths")
         result = export_user_module(
             module_spec,
@@ -186,6 +201,7 @@ def export(
                 "manifest": result.manifest.to_dict(),
                 "parity": result.report.to_dict() if result.report else None,
                 "package": result.package.to_dict() if result.package else None,
+                "precision": result.precision.report if result.precision else None,
             }
         )
         return
@@ -197,6 +213,10 @@ def export(
     click.echo(f"wrote {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")
+    if result.precision is not None:
+        from .optimize import format_precision
+
+        click.echo(format_precision(result.precision.report))
 
 
 @main.command()
@@ -266,5 +286,5 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS):
+for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS):
     main.add_command(_command)

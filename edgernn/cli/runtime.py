@@ -126,11 +126,18 @@ def run(
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed sequences.")
 @click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
 @click.option("--layout", default=None, help=LAYOUT_HELP)
+@click.option(
+    "--against",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Another file of the same model (e.g. its int8 version): both timed in turns, sizes and speeds as ratios.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
 def bench(
     model: str,
     ckpt: str | None,
+    against: str | None,
     steps: int,
     seq_len: int,
     batch: int,
@@ -143,7 +150,24 @@ def bench(
     """Latency per step and per sequence (p50, p95), throughput and peak memory of MODEL on onnxruntime; with
     --ckpt, torch eager on the same inputs in the same run, as ratios."""
     from ..verify.bench import bench as run_bench
+    from ..verify.bench import bench_against, format_against
 
+    if against is not None:
+        if ckpt is not None:
+            raise ConfigError("--against compares two files; drop --ckpt (or bench each file with it)")
+        result = bench_against(
+            model,
+            against,
+            **session_kwargs(**session),
+            steps=steps,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            states=list(states),
+            layout=layout,
+        )
+        click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_against(result))
+        return
     report = run_bench(
         model,
         ckpt=ckpt,

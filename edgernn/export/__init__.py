@@ -61,6 +61,7 @@ def export_model(
     opset: int | None = None,
     verify: bool = True,
     cases: Sequence[Case] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export a zoo model; inputs ``x`` (batch, time, features) and, when ``lengths``, ``lengths`` (batch,).
@@ -97,7 +98,7 @@ def export_model(
         verify=verify,
         cases=cases,
         oracle=reference.model_oracle(cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}),
-        manifest_extra={"model_config": cfg.to_dict()},
+        manifest_extra={"model_config": cfg.to_dict(), **(manifest_extra or {})},
         **options,
     )
 

@@ -49,6 +49,7 @@ class ExportResult:
     report: ParityReport | None  # None with verify=False
     model_bytes: bytes
     package: Any = None  # the ORT Mobile package (edgernn.optimize.ort_format.Package) when one was asked for
+    precision: Any = None  # the int8/fp16 version written instead (edgernn.optimize.quantize.QuantizeResult)
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 
 def export_checkpoint(
     ckpt: str | Path,
@@ -15,19 +17,39 @@ def export_checkpoint(
     opset: int | None = None,
     lengths: bool | None = None,
     no_verify: bool = False,
+    precision: str | None = None,
+    max_metric_drop: float | None = None,
     **options: Any,
 ) -> Any:
     """Load a checkpoint safely and export it (see ``edgernn.export.export_model``).
 
-    ``options`` are the strategy's own (seq_len, chunk, fused); None means not given.
+    ``options`` are the strategy's own (seq_len, chunk, fused) and the target's (target, batch, ort_format);
+    None means not given. ``precision`` (int8, int8-static, fp16) writes that version instead of the fp32 one,
+    judged by the checkpoint's task (``edgernn.optimize.quantize``); the fp32 export is verified first.
     """
     from ..train import checkpoint
     from . import export_model
 
-    model = checkpoint.load(ckpt).model()
-    return export_model(
-        model, out_path, strategy=strategy, lengths=lengths, opset=opset, verify=not no_verify, **options
+    ck = checkpoint.load(ckpt)
+    task = checkpoint.task_record(ck.meta)
+    extra = {"manifest_extra": {"task": task}} if task else {}
+    common = {"strategy": strategy, "lengths": lengths, "opset": opset, "verify": not no_verify}
+    if precision is None:
+        return export_model(ck.model(), out_path, **common, **extra, **options)
+    if options.get("ort_format"):
+        raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
+    from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
+    from ..optimize.workflow import quantize_bytes
+
+    result = export_model(ck.model(), None, **common, **extra, **options)
+    budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop
+    result.precision = quantize_bytes(
+        result.model_bytes, precision, out_path, max_metric_drop=budget, verify=not no_verify
     )
+    result.path = result.precision.path
+    result.manifest = result.precision.manifest
+    result.model_bytes = result.precision.model_bytes
+    return result
 
 
 def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any, tuple[Any, ...] | None]:

@@ -101,3 +101,16 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{str(p)!r} has no valid state_dict")
     config = ModelConfig.from_dict(dict(payload.get("config", {})))
     return Checkpoint(config, state, dict(payload.get("meta", {})))
+
+
+def task_record(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What an export keeps of the built-in task a checkpoint was trained on: enough to rebuild its validation
+    sequences later, without torch (``edgernn quantize`` judges int8 by them)."""
+    name = meta.get("task")
+    cfg = meta.get("train_config") or {}
+    if not isinstance(name, str) or not isinstance(cfg, dict):
+        return None
+    keys = ("n_train", "n_val", "min_len", "max_len", "seed")
+    if not all(isinstance(cfg.get(k), int) for k in keys):
+        return None
+    return {"name": name, **{k: cfg[k] for k in keys}}

@@ -309,3 +309,60 @@ def _bench_torch(
         ref = out.detach().numpy()
         if ref.shape == ort_out.shape:
             report.max_abs_diff = float(np.abs(ref - ort_out).max())
+
+
+def bench_against(
+    model: str | os.PathLike[str], other: str | os.PathLike[str], *, rounds: int = 3, **options: Any
+) -> dict[str, Any]:
+    """Two files of one model (fp32 and int8, two strategies, ...) timed in turns in one process, ``rounds``
+    times each, with the same inputs and settings; the medians, and ``other``'s size and speed as ratios to
+    ``model``'s (speed > 1: ``other`` is faster), and how far their outputs differ on one sequence."""
+    from .drift import long_drift
+
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1; got {rounds}")
+    options.pop("ckpt", None)
+    runs: dict[str, list[BenchReport]] = {"model": [], "other": []}
+    for _ in range(rounds):  # in turns: a shared machine's load falls on both alike
+        runs["model"].append(bench(model, **options))
+        runs["other"].append(bench(other, **options))
+
+    def median(key: str, which: str) -> float:
+        return float(np.median([getattr(r, key).p50_ms for r in runs[which]]))
+
+    out: dict[str, Any] = {"rounds": rounds, "machine": machine_info()}
+    for which, path in (("model", model), ("other", other)):
+        out[which] = {
+            "path": os.fspath(path),
+            "bytes": os.path.getsize(path),
+            "step_p50_ms": median("step", which),
+            "sequence_p50_ms": median("sequence", which),
+        }
+    a, b = out["model"], out["other"]
+    out["ratios"] = {
+        "size": a["bytes"] / b["bytes"],
+        "step_speed": a["step_p50_ms"] / b["step_p50_ms"],
+        "sequence_speed": a["sequence_p50_ms"] / b["sequence_p50_ms"],
+    }
+    first = Model(model, threads=1)
+    if first.manifest is not None:
+        with open(model, "rb") as fa, open(other, "rb") as fb:
+            out["drift"] = long_drift(fa.read(), fb.read(), first.manifest, steps=options.get("seq_len", 100))
+    return out
+
+
+def format_against(result: dict[str, Any]) -> str:
+    a, b, r = result["model"], result["other"], result["ratios"]
+    lines = [
+        f"{'':<9} {'file':<40} {'size':>10} {'step p50':>12} {'sequence p50':>14}",
+        *(
+            f"{label:<9} {d['path'][-40:]:<40} {d['bytes'] / 1024:>8.1f}Ki {d['step_p50_ms']:>10.4f}ms "
+            f"{d['sequence_p50_ms']:>12.3f}ms"
+            for label, d in (("model", a), ("against", b))
+        ),
+        f"against is {r['size']:.2f}x smaller, {r['step_speed']:.2f}x the speed per step, "
+        f"{r['sequence_speed']:.2f}x per sequence (medians of {result['rounds']} rounds in turns)",
+    ]
+    if "drift" in result:
+        lines.append(f"outputs differ by up to {result['drift']['max_abs']:.3g} over {result['drift']['steps']} steps")
+    return "\n".join(lines)

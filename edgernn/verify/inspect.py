@@ -134,6 +134,20 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"target: {man['target']}{batch}; its check {verdict}" + (f": {check['summary']}" if check else "")
         )
+    prec = (man or {}).get("precision") or {}
+    if prec:
+        metric = prec.get("metric")
+        judged = (
+            f"task {metric['name']} {metric['fp32']:.4g} -> {metric['reduced']:.4g}"
+            if metric
+            else "not judged by a task"
+        )
+        long = prec.get("long_drift") or {}
+        lines.append(
+            f"precision: {prec['precision']} ({prec['size_ratio']:.2f}x smaller than fp32, "
+            f"{prec['weights_reduced']:.0%} of weights reduced); {judged}"
+            + (f"; long-run drift {long['max_abs']:.3g} over {long['steps']} steps" if long else "")
+        )
     par = info["parity"]
     if par is None:
         lines.append("parity: not recorded")

@@ -1,0 +1,130 @@
+"""``edgernn quantize`` as a library function: the task to judge by (from the checkpoint or the manifest), the
+user's data, then ``quantize``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, InputError
+from ..manifest import MANIFEST_KEY, Manifest, read_manifest
+from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, quantize
+
+
+def quantize_file(
+    model: str | os.PathLike[str],
+    to: str,
+    out: str | os.PathLike[str] | None,
+    *,
+    ckpt: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
+    per_channel: bool = False,
+    long_steps: int | None = None,
+    no_verify: bool = False,
+) -> QuantizeResult:
+    path = Path(model)
+    if not path.is_file():
+        from ..errors import ModelFormatError
+
+        raise ModelFormatError(f"no model file at {str(path)!r}")
+    if out is not None and Path(out).resolve() == path.resolve():
+        raise ConfigError(f"--out {str(out)!r} is the model being quantised; write the reduced file elsewhere")
+    return quantize_bytes(
+        path.read_bytes(),
+        to,
+        out,
+        ckpt=ckpt,
+        data=data,
+        max_metric_drop=max_metric_drop,
+        per_channel=per_channel,
+        long_steps=long_steps,
+        verify=not no_verify,
+    )
+
+
+def quantize_bytes(
+    model: bytes,
+    to: str,
+    out: str | os.PathLike[str] | None,
+    *,
+    ckpt: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
+    per_channel: bool = False,
+    long_steps: int | None = None,
+    verify: bool = True,
+) -> QuantizeResult:
+    """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
+    manifest = _manifest(model)
+    task, examples = judge_task(manifest, ckpt)
+    arrays = _npz(data) if data is not None else None
+    if to == "int8" and verify and examples is None and arrays is None:
+        raise ConfigError(
+            "int8 is judged by the task, not elementwise: give --ckpt (the checkpoint it was exported from), or "
+            "--data X.npz with inputs by name to measure its drift on them (or --no-verify to skip judging)"
+        )
+    return quantize(
+        model,
+        to,
+        out,
+        task=task,
+        examples=examples,
+        calibration=arrays,
+        data=arrays,
+        max_metric_drop=max_metric_drop,
+        per_channel=per_channel,
+        long_steps=long_steps,
+        verify=verify,
+    )
+
+
+def judge_task(manifest: Manifest | None, ckpt: str | os.PathLike[str] | None) -> tuple[Any, list[Any] | None]:
+    """The built-in task and its validation examples: from the checkpoint's record (needs torch), else from the
+    manifest's (exports of edgernn checkpoints carry it); (None, None) when neither knows one. Examples are cut
+    to what the file takes: a fixed-length file's longest sequence is its length."""
+    from ..train.data import get_task, make_splits
+
+    record = None
+    if ckpt is not None:
+        from ..train import checkpoint
+
+        record = checkpoint.task_record(checkpoint.load(ckpt).meta)
+        if record is None:
+            raise CheckpointError(f"{str(ckpt)!r} records no built-in task to judge the model by; use --data")
+    elif manifest is not None and manifest.task:
+        record = manifest.task
+    if record is None:
+        return None, None
+    task = get_task(record["name"])
+    max_len = record["max_len"]
+    fixed = manifest.seq_len if manifest is not None else None
+    if fixed is not None:
+        max_len = min(max_len, fixed)
+    min_len = min(record["min_len"], max_len)
+    _, val = make_splits(
+        task, n_train=record["n_train"], n_val=record["n_val"], min_len=min_len, max_len=max_len, seed=record["seed"]
+    )
+    return task, val
+
+
+def _manifest(model: bytes) -> Manifest | None:
+    from ..runtime.providers import make_session
+
+    session, _ = make_session(model, "cpu", threads=1)
+    meta = session.get_modelmeta().custom_metadata_map
+    return read_manifest(meta) if MANIFEST_KEY in meta else None
+
+
+def _npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no data file at {str(p)!r}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (ValueError, OSError) as e:
+        raise InputError(f"{str(p)!r} is not a readable .npz of arrays: {str(e).splitlines()[0][:200]}") from None
