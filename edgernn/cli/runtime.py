@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 import click
+import numpy as np
 
 from ..errors import ConfigError
 from .common import echo_json, handle_errors, provider_options, session_kwargs
@@ -32,12 +33,22 @@ LAYOUT_HELP = "Axes of the data input for models without an edgernn manifest, on
     help=".npy (the data input; a 2-D array is one sequence), .npz (arrays by input name) or .csv "
     "(one sequence: rows are time steps, columns features).",
 )
+@click.option(
+    "--random",
+    "random_steps",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=20,
+    default=None,
+    help="Instead of --input: a seeded random input at the model's shapes (batch 1; T steps, default 20).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="With --random.")
 @click.option("--lengths", "lengths_path", type=click.Path(dir_okay=False), help=".npy of sequence lengths (batch,).")
 @click.option(
     "--output",
     "output_path",
     type=click.Path(dir_okay=False),
-    help=".npy (the first output), .npz (every output by name, final states included) or .csv.",
+    help=".npy (the first output), .npz (every output by name, final states included), .csv, or - to print it.",
 )
 @click.option(
     "--stream",
@@ -54,6 +65,8 @@ LAYOUT_HELP = "Axes of the data input for models without an edgernn manifest, on
 def run(
     model: str,
     input_path: str | None,
+    random_steps: int | None,
+    seed: int,
     lengths_path: str | None,
     output_path: str | None,
     stream: bool,
@@ -74,12 +87,16 @@ def run(
     from ..runtime import io
     from ..runtime.model import Model
 
-    if stream and (input_path or output_path or lengths_path):
-        raise ConfigError("--stream reads stdin and writes stdout; drop --input/--output/--lengths")
+    if stream and (input_path or output_path or lengths_path or random_steps):
+        raise ConfigError("--stream reads stdin and writes stdout; drop --input/--random/--output/--lengths")
     if binary and not stream:
         raise ConfigError("--binary goes with --stream")
-    if not stream and (not input_path or not output_path):
-        raise ConfigError("give --input and --output (or --stream to read frames from stdin)")
+    if input_path and random_steps:
+        raise ConfigError("give --input or --random, not both")
+    if not stream and (not (input_path or random_steps) or not output_path):
+        raise ConfigError(
+            "give --input FILE (or --random) and --output FILE (or --output - to print), or --stream to read stdin"
+        )
     # the frame check (x . 0 is NaN for NaN/inf) makes numpy warn about an inf just before the InputError says so
     warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
     m = Model(model, **session_kwargs(**session))
@@ -96,13 +113,20 @@ def run(
         )
         out = click.get_binary_stream("stdout") if binary else click.get_text_stream("stdout")
         src = click.get_binary_stream("stdin") if binary else click.get_text_stream("stdin")
-        frames = io.run_stream(sm, src, out, binary=binary)
+        frames = io.run_stream(sm, src, out, binary=binary, notes=click.get_text_stream("stderr"))
         if as_json:
             click.echo(json.dumps({"provider": m.choice.to_dict(), "frames": frames, "streaming": True}), err=True)
         return
-    if not input_path or not output_path:  # checked above; tells the type checker
-        raise ConfigError("give --input and --output")
-    result = io.run_file(m, input_path, lengths_path, states=list(states), layout=layout)
+    if not output_path:  # checked above; tells the type checker
+        raise ConfigError("give --output")
+    result = io.run_file(
+        m, input_path, lengths_path, states=list(states), layout=layout, random_steps=random_steps, seed=seed
+    )
+    if output_path == "-":  # the primary output as CSV rows on stdout
+        y = np.asarray(result.outputs[result.primary])
+        for row in y.reshape(-1, y.shape[-1]) if y.ndim > 1 else y.reshape(1, -1):
+            click.echo(io.format_row(row))
+        return
     io.write_outputs(output_path, result.outputs, result.primary)
     if as_json:
         echo_json({**result.to_dict(), "output_path": output_path})

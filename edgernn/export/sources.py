@@ -3,6 +3,7 @@ with a weights file. What ``edgernn export`` calls."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,10 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise ConfigError(f"--module must look like 'package.module:factory'; got {spec!r}")
+    import sys
+
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` does: the user's package beside them
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as e:
