@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,9 +20,25 @@ from ..runtime.providers import OPTIMIZATION_LEVELS, PROVIDERS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# an optional package a command imports -> the extra that installs it
+EXTRAS = {"torch": "torch", "onnxscript": "torch", "onnx_ir": "torch", "openvino": "openvino", "matplotlib": "plot"}
+MISSING_PACKAGE = 10  # exit code: the command needs a package this install lacks
+INTERNAL_ERROR = 70  # exit code: an error edgernn did not foresee (EX_SOFTWARE); --debug shows the traceback
+
+
+def debugging() -> bool:
+    return os.environ.get("EDGERNN_DEBUG", "") not in ("", "0")
+
+
 def handle_errors(f: F) -> F:
-    """Turn an ``EdgeRNNError`` into ``error: <message>`` on stderr and the error's exit code, without a
-    traceback; a closed downstream pipe (``edgernn run --stream | head``) ends the command quietly."""
+    """Every way a command can fail, as one line and an exit code, without a traceback:
+
+    - an ``EdgeRNNError``: ``error: <message>`` and the error's own exit code;
+    - a package the command needs and this install lacks: which extra installs it (exit 10);
+    - a closed downstream pipe (``edgernn run --stream | head``): ends quietly;
+    - anything else: ``edgernn: internal error: <one line>; rerun with --debug`` (exit 70); ``--debug`` or
+      ``EDGERNN_DEBUG=1`` lets the traceback through instead.
+    """
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +50,27 @@ def handle_errors(f: F) -> F:
         except BrokenPipeError:
             sys.stderr.close()  # nothing left to tell; keep Python from complaining at exit
             raise click.exceptions.Exit(0) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in EXTRAS or debugging():
+                raise
+            click.echo(
+                f"error: this command needs {top}, which is not installed here: pip install 'edgernn[{EXTRAS[top]}]'",
+                err=True,
+            )
+            raise click.exceptions.Exit(MISSING_PACKAGE) from None
+        except Exception as e:
+            if debugging():
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            click.echo(
+                f"edgernn: internal error: {type(e).__name__}: {first}; rerun with --debug for the traceback "
+                "(and report it)",
+                err=True,
+            )
+            raise click.exceptions.Exit(INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 

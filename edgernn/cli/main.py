@@ -7,6 +7,7 @@ Heavy imports (torch, onnxruntime) happen inside the commands, so `edgernn --hel
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,18 @@ from .optimize import COMMANDS as OPTIMIZE_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
-6 model file; 7 input data; 8 provider; 9 target check failed."""
+6 model file; 7 input data; 8 provider; 9 target check failed; 10 a needed package is not installed;
+70 internal error (rerun with --debug)."""
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgernn")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (also EDGERNN_DEBUG=1).")
+def main(debug: bool) -> None:
     """edgernn: train recurrent networks in torch, export them to ONNX, run them with onnxruntime, and prove
     on every export that the deployed model computes what the trained one computes."""
+    if debug:
+        os.environ["EDGERNN_DEBUG"] = "1"
 
 
 def _strategy_choices() -> list[str]:

@@ -14,22 +14,15 @@ steps L-1..0 run exactly as they would for the sequence alone.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from ..model.cell_ops import (
-    input_projection,
-    keep,
-    over_stack,
-    recurrent_step,
-    recurrent_weights,
-    step_mask,
-    zero_padding,
-)
-from ..model.cells import CellKind
-from ..model.layout import LayerWeights
 from .registry import Capabilities, Strategy, register_strategy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..model.cells import CellKind
+    from ..model.layout import LayerWeights
 
 
 def _scan_direction(
@@ -43,6 +36,8 @@ def _scan_direction(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One direction of one layer as one Scan: x (T, B, I) -> y (T, B, P), h_T, c_T."""
     from torch._higher_order_ops.scan import scan_op
+
+    from ..model.cell_ops import input_projection, keep, recurrent_step, recurrent_weights, zero_padding
 
     # torch's public ``scan`` compiles the body with dynamo, whose caches outlive the export: later scans in the
     # process recompile, duck-size weight dimensions against the batch and specialise the batch to a constant.
@@ -93,6 +88,8 @@ def scan_stack(
     lengths: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Time-major x (T, B, I) through every layer and direction, one Scan each; T stays symbolic."""
+    from ..model.cell_ops import over_stack, step_mask
+
     mask = None if lengths is None else step_mask(lengths, x.shape[0], x.device)
 
     def direction(

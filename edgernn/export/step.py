@@ -20,15 +20,16 @@ docs/benchmarks.md), not partitionable by the mobile providers, and without LSTM
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
-from ..model.cell_ops import run_stack
-from ..model.layout import LayerWeights
 from .native import Native
 from .registry import Capabilities, Strategy, layer_variants, register_strategy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..model.layout import LayerWeights
 
 
 @register_strategy
@@ -82,6 +83,8 @@ class Step(Strategy):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         if self.fused:
             return Native().run_stack(layer, weights, x, h0, c0, lengths)
+        from ..model.cell_ops import run_stack
+
         return run_stack(layer.cell_kind, weights, x, h0, c0, lengths)
 
     def translation_table(self) -> dict[Any, Any]:

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
 from ..errors import ExportError
-from ..model.layout import LayerWeights
 from .loop import scan_stack
 from .registry import Capabilities, Strategy, register_strategy
 
 if TYPE_CHECKING:
     import onnx
+    from torch import Tensor
+
+    from ..model.layout import LayerWeights
 
 # what the unrolled graph must not hold: control flow, and the recurrent ops NPU runtimes cannot partition
 BANNED_OPS = frozenset({"Loop", "Scan", "If", "RNN", "LSTM", "GRU"})
