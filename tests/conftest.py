@@ -26,3 +26,18 @@ def cuda_status() -> tuple[bool, str]:
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         return False, "the CUDA provider is in this build but onnxruntime fell back to CPU (no GPU or CUDA libraries)"
     return True, ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The quick run, `pytest -m "not slow"`: every test once, at its first parameter set (a parametrised matrix
+    keeps its first case), plus what is marked slow by hand left out; the full run (the README's test command,
+    what CI runs) runs everything."""
+    seen: set[str] = set()
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is None:
+            continue
+        key = f"{item.path}::{item.originalname}"  # type: ignore[attr-defined]
+        if key in seen:
+            item.add_marker(pytest.mark.slow)
+        seen.add(key)

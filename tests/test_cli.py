@@ -185,7 +185,9 @@ def test_parity_command_on_every_strategy(strategy: str, extra: list[str], tmp_p
 
 def test_strategy_options_are_checked(trained: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "loop", "--seq-len", "9", "--out", "m.onnx"])
-    assert r.exit_code == 2 and "does not take seq_len" in r.output
+    assert r.exit_code == 2 and "does not take --seq-len" in r.output
+    r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "unroll", "--out", str(tmp_path / "u.onnx")])
+    assert r.exit_code == 2 and "needs --seq-len" in r.output
     r = CliRunner().invoke(main, ["export", str(trained), "--strategy", "step", "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 4 and "bidirectional" in r.output and not (tmp_path / "m.onnx").exists()
 

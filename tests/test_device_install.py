@@ -84,7 +84,10 @@ def _edgernn(device: dict[str, object], *args: str, stdin: str | None = None) ->
 
 def test_torch_is_really_blocked(device: dict[str, object]) -> None:
     p = subprocess.run(
-        [sys.executable, "-c", "import torch"], env=device["env"], capture_output=True, text=True  # type: ignore[arg-type]
+        [sys.executable, "-c", "import torch"],
+        env=device["env"],
+        capture_output=True,
+        text=True,  # type: ignore[arg-type]
     )
     assert p.returncode != 0 and "No module named 'torch'" in p.stderr
 

@@ -52,6 +52,7 @@ def test_inspect_foreign_and_broken_files(tmp_path: Path) -> None:
     assert r.exit_code == ModelFormatError.exit_code and r.output.startswith("error: no model file")
 
 
+@pytest.mark.slow
 def test_same_checkpoint_same_bytes_and_hash_tracks_weights(tmp_path: Path) -> None:
     a = export_model(_model(0), tmp_path / "a.onnx")
     b = export_model(_model(0), tmp_path / "b.onnx")
@@ -67,6 +68,7 @@ def test_same_checkpoint_same_bytes_and_hash_tracks_weights(tmp_path: Path) -> N
     assert d.manifest.weights_sha256 == a.manifest.weights_sha256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", strategy_names())
 def test_opset_range_ends(strategy: str) -> None:
     caps = get_strategy_class(strategy).caps

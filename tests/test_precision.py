@@ -50,12 +50,7 @@ def _load_all_levels(data: bytes) -> None:
         ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
-MATRIX = [
-    pytest.param(c, s, to, id=f"{to}-{c}-{s}", marks=[] if c == "gru" else [pytest.mark.slow])
-    for c in CELLS
-    for s, _ in STRATEGIES
-    for to in ("int8", "fp16")
-]
+MATRIX = [pytest.param(c, s, to, id=f"{to}-{c}-{s}") for c in CELLS for s, _ in STRATEGIES for to in ("int8", "fp16")]
 
 
 @pytest.mark.parametrize(("cell", "strategy", "to"), MATRIX)

@@ -19,7 +19,7 @@ README = (ROOT / "README.md").read_text()
 BLOCK = re.compile(r"```(bash|python)\n(.*?)```", re.S)
 
 # the user's own package that the README's `--module mypkg.nets:make` line refers to
-MYPKG = '''
+MYPKG = """
 import torch
 from torch import nn
 
@@ -38,7 +38,7 @@ class Net(nn.Module):
 def make():
     torch.manual_seed(0)
     return Net()
-'''
+"""
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -86,9 +86,7 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
             ran += 1
             continue
         for command, expected in _commands(text):
-            p = subprocess.run(
-                command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-            )
+            p = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
             assert p.returncode == expected, (
                 f"README line `{command}` exited {p.returncode}, expected {expected}:\n{p.stdout[-1500:]}\n"
                 f"{p.stderr[-1500:]}"

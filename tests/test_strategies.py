@@ -394,6 +394,7 @@ def test_step_manifest_names_every_state() -> None:
     assert m.input("lengths") is None
 
 
+@pytest.mark.slow
 def test_step_readout_last_gives_the_head_of_the_newest_state() -> None:
     res, sess = _export("step", "gru", "uni", 4), _session("step", "gru", "uni", 4)
     model = _model("gru", "uni")
@@ -447,22 +448,24 @@ def test_step_takes_no_lengths() -> None:
 
 
 def test_unroll_needs_seq_len() -> None:
-    with pytest.raises(ExportError, match="seq_len"):
+    # a missing or bad option is a configuration error (exit 2), named as the command line spells it
+    with pytest.raises(ConfigError, match=r"needs --seq-len \(e.g. --seq-len 100; in Python seq_len=100\)"):
         export_model(_model("gru", "uni"), None, strategy="unroll")
-    with pytest.raises(ExportError, match="seq_len"):
+    with pytest.raises(ConfigError, match="--seq-len must be an integer >= 1; got 0"):
         export_model(_model("gru", "uni"), None, strategy="unroll", seq_len=0)
 
 
 def test_options_a_strategy_does_not_take_are_errors() -> None:
-    with pytest.raises(ConfigError, match="seq_len"):
+    with pytest.raises(ConfigError, match="'loop' does not take --seq-len; it takes no options"):
         export_model(_model("gru", "uni"), None, strategy="loop", seq_len=5)
-    with pytest.raises(ConfigError, match="chunk"):
+    with pytest.raises(ConfigError, match="'unroll' does not take --chunk; it takes --seq-len"):
         export_model(_model("gru", "uni"), None, strategy="unroll", seq_len=5, chunk=2)
 
 
 # ---------------------------------------------------------------------------------------------- opsets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("end", ["opset_min", "opset_max"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_opset_range_ends(strategy: str, end: str) -> None:
@@ -511,6 +514,7 @@ def test_peephole_is_an_lstm_option() -> None:
 # ---------------------------------------------------------------------------------------------- exporter state
 
 
+@pytest.mark.slow
 def test_an_earlier_static_export_does_not_freeze_a_later_dynamic_one() -> None:
     """torch's exporter keeps state between exports: after a static export of torch's own GRU, a dynamic one
     freezes T (DESIGN.md). edgernn's exports never let torch trace its recurrent ops; in a fresh process, poison

@@ -275,7 +275,7 @@ def test_third_party_model_with_unnamed_axes_needs_a_layout() -> None:
     for d in proto.graph.input[1].type.tensor_type.shape.dim:
         d.dim_param = "" if d.dim_param else d.dim_param
     unnamed = proto.SerializeToString()
-    with pytest.raises(ModelFormatError, match="layout"):
+    with pytest.raises(ConfigError, match="layout"):  # an option the caller must give: exit 2
         StreamingModel(unnamed, states=["initial_h:Y_h:1xbx6"])
     sm = StreamingModel(unnamed, states=["initial_h:Y_h:1xbx6"], layout="tbf")
     assert sm.axes.batch == 1 and sm.states[0].batch_axis == 1

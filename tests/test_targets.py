@@ -133,7 +133,7 @@ def test_static_batch_needs_a_positive_integer() -> None:
 
 
 MOBILE_CASES = [
-    pytest.param(c, t, s, k, id=f"{t}-{c}-{s}{k or ''}", marks=[] if c == "gru" else [pytest.mark.slow])
+    pytest.param(c, t, s, k, id=f"{t}-{c}-{s}{k or ''}")
     for c in CELLS
     for t in MOBILE
     for s, k in (("step", 1), ("step", 4), ("unroll", None))
@@ -207,11 +207,7 @@ def test_the_runtime_makes_the_mask_and_checks_it(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- OpenVINO
 
 
-OPENVINO_CASES = [
-    pytest.param(c, s, id=f"{c}-{s}", marks=[] if c == "gru" else [pytest.mark.slow])
-    for c in CELLS
-    for s in ("native", "loop", "unroll", "step")
-]
+OPENVINO_CASES = [pytest.param(c, s, id=f"{c}-{s}") for c in CELLS for s in ("native", "loop", "unroll", "step")]
 
 
 @pytest.mark.parametrize(("cell", "strategy"), OPENVINO_CASES)
@@ -270,7 +266,7 @@ def test_portable_exports_match_onnx_reference() -> None:
 
 
 HYGIENE = [
-    pytest.param(c, s, t, id=f"{t}-{c}-{s}", marks=[] if c == "lstm" else [pytest.mark.slow])
+    pytest.param(c, s, t, id=f"{t}-{c}-{s}")
     for c in ("rnn-tanh", "rnn-relu", "lstm", "gru")
     for t in ("ort", "nnapi", "coreml", "openvino", "portable")
     for s in ("native", "loop", "unroll", "step")

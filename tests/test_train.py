@@ -128,7 +128,7 @@ def test_early_stopping() -> None:
     cfg = TrainConfig(epochs=30, n_train=64, n_val=32, max_len=12, lr=1e-9, patience=2)  # nothing can improve
     _, hist = fit(model_config_for(task, hidden_size=4), task, cfg, progress=False)
     assert hist.stopped_early and len(hist.val_metric) < 30
-    assert len(hist.val_metric) == hist.best_epoch + cfg.patience + 1  # stops `patience` epochs after the best
+    assert len(hist.val_metric) == hist.best_epoch + cfg.patience  # stops `patience` epochs after the best
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ def demo(
     import numpy as np
 
     from ..export.sources import export_checkpoint
-    from ..runtime import Model
+    from ..runtime import Model, StreamingModel
     from ..train.data import collate, get_task, make_splits
     from ..train.workflow import train_to_dir
 
@@ -35,7 +35,8 @@ def demo(
     echo(f"      validation mse {summary['best_metric']:.4g}; checkpoint {summary['checkpoint']}")
     onnx_path = out_dir / "model.onnx"
     echo(f"[2/4] exporting with strategy '{strategy}' and checking parity at shapes other than the traced one")
-    result = export_checkpoint(summary["checkpoint"], onnx_path, strategy=strategy)
+    options = {"unroll": {"seq_len": 48}}.get(strategy, {})  # unroll: the longest held-out sequence
+    result = export_checkpoint(summary["checkpoint"], onnx_path, strategy=strategy, **options)
     echo(result.report.table())
     echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1024:.1f} KiB)")
     echo("[3/4] running the ONNX model with onnxruntime on held-out sequences of mixed lengths")
@@ -43,11 +44,19 @@ def demo(
     _, held_out = make_splits(task, n_train=0, n_val=64, min_len=8, max_len=48, seed=1234)
     batch = collate(held_out)
     m = Model(onnx_path, provider="cpu")
-    pred = (
-        m.run(batch.x, batch.lengths)
-        if m.manifest.input("lengths")
-        else np.stack([m.run(e.x[None])[0] for e in held_out])
-    )
+    if m.manifest is not None and m.manifest.states:  # a stream: each sequence stepped through from zero state
+        sm = StreamingModel(m)
+        pred = np.stack([sm.run_sequence(e.x[None])[sm.primary][0] for e in held_out])
+    elif m.manifest is not None and m.manifest.seq_len:  # fixed length: padded to it, with the lengths
+        x = np.zeros((len(held_out), m.manifest.seq_len, batch.x.shape[2]), np.float32)
+        x[:, : batch.x.shape[1]] = batch.x
+        pred = m.run(x, batch.lengths)
+    else:
+        pred = (
+            m.run(batch.x, batch.lengths)
+            if m.manifest.input("lengths")
+            else np.stack([m.run(e.x[None])[0] for e in held_out])
+        )
     mse = float(((pred - batch.y) ** 2).mean())
     echo(f"      onnxruntime ({m.provider}) held-out mse {mse:.4g} on {len(held_out)} sequences")
     verdict = "PASS" if result.report.passed else "FAIL"

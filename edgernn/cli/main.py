@@ -68,11 +68,14 @@ def _target_choices() -> list[str]:
 @click.option("--n-train", default=1024, show_default=True, help="Generated training sequences.")
 @click.option("--patience", default=5, show_default=True, help="Early-stopping patience in epochs (0 = off).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Train on.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for model.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def train(**o: Any) -> None:
-    """Train a model on a built-in task and write OUT/model.ckpt and OUT/history.json."""
+    """Train a model on a built-in task and write OUT/model.ckpt, OUT/config.json and OUT/history.json/.csv.
+
+    A progress bar on a terminal; one line per epoch in a log. A run that diverges writes nothing."""
     from ..train.workflow import train_to_dir
 
     as_json = o.pop("as_json")
@@ -80,9 +83,11 @@ def train(**o: Any) -> None:
     if as_json:
         echo_json(result)
     else:
+        if result["replaced"]:
+            click.echo(f"replaced the checkpoint that was at {result['checkpoint']}")
         click.echo(
             f"trained {result['cell']} on {result['task']}: best {result['metric']} {result['best_metric']:.4g} "
-            f"at epoch {result['best_epoch'] + 1}; checkpoint {result['checkpoint']}"
+            f"at epoch {result['best_epoch']}; checkpoint {result['checkpoint']}"
         )
 
 
@@ -106,6 +111,12 @@ def train(**o: Any) -> None:
 )
 @click.option("--time-major", is_flag=True, help="With --module: inputs are (time, batch, ...) not (batch, time, ...).")
 @click.option("--lengths-input", default=None, help="With --module: the input that holds sequence lengths.")
+@click.option(
+    "--output-name",
+    "output_names",
+    multiple=True,
+    help="With --module: a name for the model's outputs, in order (repeat per output; default y, or output_0...).",
+)
 @click.option(
     "--strategy",
     type=click.Choice(_strategy_choices()),
@@ -170,6 +181,7 @@ def export(
     inputs: tuple[str, ...],
     time_major: bool,
     lengths_input: str | None,
+    output_names: tuple[str, ...],
     ort_format: bool,
     **o: Any,
 ) -> None:
@@ -184,6 +196,15 @@ def export(
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
     o["ort_format"] = ort_format
+    replacing = Path(out_path).is_file()
+    if output_names and module_spec is None:
+        raise ConfigError("--output-name goes with --module (a checkpoint's model has one output, y)")
+    if module_spec is not None and weights is None:
+        click.echo(
+            f"note: no --weights: exporting {module_spec} with the weights its factory gives it (untrained unless "
+            "the factory loads them)",
+            err=True,
+        )
     if module_spec is not None:
         if o.pop("precision") or o.pop("max_metric_drop") is not None:
             raise ConfigError("--precision needs a checkpoint's task to judge by; for --module, run edgernn quantize")
@@ -195,6 +216,7 @@ def export(
             inputs=inputs,
             time_major=time_major,
             lengths_input=lengths_input,
+            output_names=list(output_names) or None,
             **o,
         )
     else:
@@ -215,7 +237,7 @@ def export(
     m = result.manifest
     if m.target_check:
         click.echo(f"target {m.target}: {m.target_check['summary']}")
-    click.echo(f"wrote {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
+    click.echo(f"{'replaced' if replacing else 'wrote'} {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")
     if result.precision is not None:
@@ -245,6 +267,17 @@ def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: 
         click.echo(report.table())
     if not report.passed:
         raise click.exceptions.Exit(ParityError.exit_code)
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="PNG path (default RUN/history.png).")
+@handle_errors
+def plot(run: str, out: str | None) -> None:
+    """Plot training loss and validation metric against epoch from RUN (an edgernn train --out directory)."""
+    from ..train.workflow import plot_run
+
+    click.echo(f"wrote {plot_run(run, out)}")
 
 
 @main.command()

@@ -61,8 +61,9 @@ class Strategy(ABC):
         options = {k: v for k, v in options.items() if v is not None}
         unknown = set(options) - self.option_names
         if unknown:
-            takes = ", ".join(sorted(self.option_names)) or "no options"
-            raise ConfigError(f"strategy {self.name!r} does not take {', '.join(sorted(unknown))}; it takes {takes}")
+            takes = ", ".join(_flag(o) for o in sorted(self.option_names)) or "no options"
+            given = ", ".join(_flag(o) for o in sorted(unknown))
+            raise ConfigError(f"strategy {self.name!r} does not take {given}; it takes {takes}")
         self.options = options
 
     def fixed_length(self) -> int | None:
@@ -104,15 +105,15 @@ class Strategy(ABC):
         """An integer option that must be at least 1; ExportError when missing (without a default) or invalid."""
         value = self.options.get(name, default)
         if value is None:
-            raise ExportError(
-                f"strategy {self.name!r} needs the {name} option (e.g. {name}=100, --{name.replace('_', '-')} 100)"
+            raise ConfigError(
+                f"strategy {self.name!r} needs {_flag(name)} (e.g. {_flag(name)} 100; in Python {name}=100)"
             )
         try:
             number = operator.index(value)  # ints and numpy ints; not floats, strings or bools
         except TypeError:
             number = 0
         if isinstance(value, bool) or number < 1:
-            raise ExportError(f"strategy {self.name!r}: {name} must be an integer >= 1; got {value!r}")
+            raise ConfigError(f"strategy {self.name!r}: {_flag(name)} must be an integer >= 1; got {value!r}")
         return number
 
     def translation_table(self) -> dict[Callable[..., Any], Callable[..., Any]]:
@@ -123,6 +124,11 @@ class Strategy(ABC):
         """The graph torch's exporter traced, rewritten before the opset conversion, the manifest and the parity
         check (unroll writes every Scan out step by step); by default unchanged."""
         return model
+
+
+def _flag(option: str) -> str:
+    """A strategy option as the command line spells it (seq_len -> --seq-len)."""
+    return "--" + option.replace("_", "-")
 
 
 def layer_variants(layer: Any) -> frozenset[str]:

@@ -96,8 +96,8 @@ class StreamingModel:
             found = infer_axes(self.data.named_shape(), batch_names=batch_dims) or infer_axes(
                 graph_data, batch_names=batch_dims
             )
-            if found is None:
-                raise ModelFormatError(
+            if found is None:  # the model does not say; the caller can (an option): exit 2, as for options
+                raise ConfigError(
                     f"cannot tell the batch axis from the time axis of {self.data.name!r} "
                     f"(shape {_fmt(self.data.shape)}); name them, e.g. layout='btf' or 'tbf' (--layout)"
                 )

@@ -37,21 +37,30 @@ class TrainConfig:
     max_len: int = 48  # longest sequence (batches are padded to their longest)
     patience: int = 5  # epochs without validation improvement before stopping (0 = never stop early)
     seed: int = 0  # data, initialisation and shuffling
+    device: str = "cpu"  # "cpu" or "cuda" (where torch sees a GPU)
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be at least 1")
+        for name in ("lr", "clip", "weight_decay", "l1"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number; got {getattr(self, name)}")
+        if self.n_train < 1 or self.n_val < 1:
+            raise ConfigError("n_train and n_val must be at least 1")
         if self.lr <= 0 or self.clip < 0 or self.weight_decay < 0 or self.l1 < 0:
             raise ConfigError("lr must be positive; clip, weight_decay and l1 must not be negative")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda; got {self.device!r}")
 
 
 @dataclass
 class History:
     train_loss: list[float] = field(default_factory=list)
     val_metric: list[float] = field(default_factory=list)
-    best_epoch: int = -1
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int = 0  # counted from 1, as the log lines count; 0 before the first epoch
     best_metric: float = math.nan
     metric: str = ""
     stopped_early: bool = False
@@ -115,10 +124,11 @@ def _loss(task: Task, out: Tensor, batch: Batch) -> Tensor:
 def evaluate(model: RecurrentModel, task: Task, examples: list[Any], batch_size: int = 64) -> float:
     """The task's validation metric: masked MSE (regression) or accuracy (classification)."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for b in batches(examples, batch_size):
-            out = model(torch.from_numpy(b.x), torch.from_numpy(b.lengths))
+            out = model(torch.from_numpy(b.x).to(device), torch.from_numpy(b.lengths)).cpu()
             if task.head == "classification":
                 total += float((out.argmax(-1).numpy() == b.y).sum())
                 count += len(b.y)
@@ -138,15 +148,30 @@ def model_config_for(task: Task, **overrides: Any) -> ModelConfig:
 
 
 def fit(
-    model_config: ModelConfig, task: str | Task, config: TrainConfig = TrainConfig(), *, progress: bool = True
+    model_config: ModelConfig,
+    task: str | Task,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    log: Any = None,
 ) -> tuple[RecurrentModel, History]:
-    """Train a zoo model on a built-in task; returns the best model (by validation metric) and the history."""
+    """Train a zoo model on a built-in task; returns the best model (by validation metric) and the history.
+
+    With ``progress``, a progress bar on a terminal, else (a log file, CI) one line per epoch on stderr;
+    ``log`` (a callable taking a line) receives those lines instead.
+    """
+    import time
+
     import click
 
     task = get_task(task) if isinstance(task, str) else task
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no GPU here (a CPU build of torch, or no driver); use cpu")
+    device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     initialise(model, config.init)
+    model.to(device)
     train_set, val_set = make_splits(
         task,
         n_train=config.n_train,
@@ -155,25 +180,31 @@ def fit(
         max_len=config.max_len,
         seed=config.seed,
     )
+    if not train_set:
+        raise ConfigError("n_train must be at least 1: there is nothing to train on")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 1)
     higher_better = task.metric == "accuracy"
     hist = History(metric=task.metric)
     best_state = copy.deepcopy(model.state_dict())
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    tty = progress and log is None and sys.stderr.isatty()
+    if log is None and progress and not tty:
+        log = lambda line: click.echo(line, err=True)  # noqa: E731  one line per epoch, for logs
     bar = click.progressbar(
         length=config.epochs * steps_per_epoch,
         label="training",
-        file=sys.stderr if progress else _Null(),
+        file=sys.stderr if tty else _Null(),
         item_show_func=lambda s: s,
     )
     with bar:
-        for epoch in range(config.epochs):
+        for epoch in range(1, config.epochs + 1):
+            started = time.perf_counter()
             model.train()
             losses = []
             for b in batches(train_set, config.batch_size, rng):
-                out = model(torch.from_numpy(b.x), torch.from_numpy(b.lengths))
-                loss = _loss(task, out, b)
+                out = model(torch.from_numpy(b.x).to(device), torch.from_numpy(b.lengths))
+                loss = _loss(task, out.cpu() if device.type != "cpu" else out, b)
                 if config.l1:
                     loss = loss + config.l1 * sum(p.abs().sum() for n, p in model.named_parameters() if "weight" in n)
                 opt.zero_grad()
@@ -182,21 +213,27 @@ def fit(
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip)
                 opt.step()
                 losses.append(loss.item())
-                bar.update(1, f"epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f}")
+                bar.update(1, f"epoch {epoch}/{config.epochs} loss {np.mean(losses):.4f}")
             metric = evaluate(model, task, val_set)
             hist.train_loss.append(float(np.mean(losses)))
             hist.val_metric.append(metric)
-            improved = hist.best_epoch < 0 or (
+            hist.epoch_seconds.append(time.perf_counter() - started)
+            improved = hist.best_epoch == 0 or (
                 metric > hist.best_metric if higher_better else metric < hist.best_metric
             )
             if improved:
                 hist.best_epoch, hist.best_metric = epoch, metric
                 best_state = copy.deepcopy(model.state_dict())
-            elif config.patience and epoch - hist.best_epoch >= config.patience:
+            if log is not None:
+                log(
+                    f"epoch {epoch}/{config.epochs}: loss {hist.train_loss[-1]:.4g}, val {task.metric} {metric:.4g}"
+                    f"{' (best)' if improved else ''}, {hist.epoch_seconds[-1]:.1f}s"
+                )
+            if not improved and config.patience and epoch - hist.best_epoch >= config.patience:
                 hist.stopped_early = True
                 break
     model.load_state_dict(best_state)
-    return model.eval(), hist
+    return model.cpu().eval(), hist
 
 
 class _Null:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
 
 
 def train_to_dir(
@@ -21,7 +25,11 @@ def train_to_dir(
     progress: bool = True,
     **train_options: Any,
 ) -> dict[str, Any]:
-    """Train on a built-in task; write OUT/model.ckpt and OUT/history.json; return a summary."""
+    """Train on a built-in task; write OUT/model.ckpt, OUT/config.json, OUT/history.json and OUT/history.csv;
+    return a summary. A run that diverged (NaN or infinite loss or weights) writes nothing and keeps what was
+    there."""
+    import torch
+
     from ..files import write_atomic
     from . import checkpoint
     from .data import get_task
@@ -39,13 +47,29 @@ def train_to_dir(
         peephole=peephole,
     )
     tcfg = TrainConfig(**train_options)
-    model, hist = fit(mcfg, t, tcfg, progress=progress)
     out = Path(out_dir)
-    meta = {"task": task, "train_config": tcfg.__dict__, "history": hist.to_dict()}
-    ckpt = checkpoint.save(out / checkpoint.DEFAULT_NAME, model, meta)
+    ckpt_path = out / checkpoint.DEFAULT_NAME
+    if ckpt_path.exists() and not ckpt_path.is_file():
+        raise ConfigError(f"{str(ckpt_path)!r} exists and is not a file; choose another --out")
+    model, hist = fit(mcfg, t, tcfg, progress=progress)
+    if not all(math.isfinite(v) for v in hist.train_loss) or not all(
+        bool(torch.isfinite(p).all()) for p in model.parameters()
+    ):
+        raise ConfigError(
+            "training diverged (a loss or weight is NaN or infinite); nothing was written"
+            + (f" and {str(ckpt_path)!r} was kept" if ckpt_path.exists() else "")
+            + ": lower --lr, or keep --clip on"
+        )
+    replaced = ckpt_path.exists()
+    config = {"task": task, "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}
+    meta = {"task": task, "train_config": dataclasses.asdict(tcfg), "history": hist.to_dict()}
+    ckpt = checkpoint.save(ckpt_path, model, meta)
     write_atomic(out / "history.json", json.dumps(hist.to_dict(), indent=2).encode())
+    write_atomic(out / "history.csv", _history_csv(hist).encode())
+    write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
     return {
         "checkpoint": str(ckpt),
+        "replaced": replaced,
         "task": task,
         "cell": cell,
         "metric": hist.metric,
@@ -54,3 +78,50 @@ def train_to_dir(
         "epochs_run": len(hist.val_metric),
         "stopped_early": hist.stopped_early,
     }
+
+
+def _history_csv(hist: Any) -> str:
+    rows = [f"epoch,train_loss,val_{hist.metric},seconds"]
+    for i, (loss, metric, secs) in enumerate(zip(hist.train_loss, hist.val_metric, hist.epoch_seconds, strict=True), 1):
+        rows.append(f"{i},{loss:.9g},{metric:.9g},{secs:.3f}")
+    return "\n".join(rows) + "\n"
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Loss and validation metric against epoch, from RUN/history.json, as a PNG (default RUN/history.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..files import write_atomic
+
+    run = Path(run_dir)
+    path = run / "history.json"
+    if not path.is_file():
+        raise ConfigError(f"no training history at {str(path)!r}; give the --out directory of edgernn train")
+    try:
+        hist = json.loads(path.read_text())
+        loss, metric, name = hist["train_loss"], hist["val_metric"], hist["metric"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{str(path)!r} is not an edgernn training history: {e}") from None
+    epochs = list(range(1, len(loss) + 1))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(epochs, loss, marker="o")
+    axes[0].set(title="training loss", xlabel="epoch", yscale="log" if min(loss, default=1) > 0 else "linear")
+    axes[1].plot(epochs, metric, marker="o", color="tab:orange")
+    best = hist.get("best_epoch", 0)
+    if best:
+        axes[1].axvline(best, color="grey", linestyle=":", label=f"best (epoch {best})")
+        axes[1].legend()
+    axes[1].set(title=f"validation {name}", xlabel="epoch")
+    fig.suptitle(f"{run.name}: {hist.get('metric', '')} best {hist.get('best_metric', float('nan')):.4g}")
+    fig.tight_layout()
+    target = Path(out) if out is not None else run / "history.png"
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(target, buf.getvalue())
+    return target

@@ -113,6 +113,12 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(desc + f" (edgernn {man['edgernn_version']})")
     else:
         lines.append("no edgernn manifest (not exported by edgernn)")
+    data = [v for v in info["inputs"] if v["name"] not in {s.get("input") for s in info["states"]}]
+    if data and data[0]["shape"] and isinstance(data[0]["shape"][-1], int):
+        d = data[0]
+        lines.append(
+            f"feeds: {d['name']} ({', '.join(str(s) for s in d['shape'])}): {d['shape'][-1]} feature(s) per step"
+        )
     for kind in ("inputs", "outputs"):
         lines.append(f"{kind}:")
         for v in info[kind]:
