@@ -74,14 +74,23 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             d = json.loads(text)
-            if d.get("format_version", 0) > FORMAT_VERSION:
+            if not isinstance(d, dict):
+                raise ModelFormatError(
+                    f"the edgernn manifest in this model is not a JSON object (got {type(d).__name__})"
+                )
+            version = d.get("format_version", 0)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ModelFormatError(f"the edgernn manifest's format_version must be an integer; got {version!r}")
+            if version > FORMAT_VERSION:
                 raise ModelFormatError(
                     f"manifest format {d['format_version']} is newer than this edgernn understands "
                     f"({FORMAT_VERSION}); upgrade edgernn"
                 )
-            d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
-            d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
+            d["inputs"] = [_tensor(t) for t in d["inputs"]]
+            d["outputs"] = [_tensor(t) for t in d["outputs"]]
             d["states"] = [StateSpec(**s) for s in d.get("states", [])]
+            for s in d["states"]:
+                _check_shape(s.input, s.shape)
             return cls(**d)
         except ModelFormatError:
             raise
@@ -93,6 +102,27 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# the element types edgernn's exports use; a manifest naming another is not one edgernn wrote
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+def _tensor(d: Any) -> TensorSpec:
+    if not isinstance(d, dict):
+        raise ValueError(f"a tensor entry must be an object; got {type(d).__name__}")
+    spec = TensorSpec(**d)
+    if spec.dtype not in DTYPES:
+        raise ValueError(f"tensor {spec.name!r} has dtype {spec.dtype!r}; edgernn's models use {', '.join(DTYPES)}")
+    _check_shape(spec.name, spec.shape)
+    return spec
+
+
+def _check_shape(name: str, shape: Any) -> None:
+    if not isinstance(shape, list) or not all(
+        (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d) for d in shape
+    ):
+        raise ValueError(f"{name!r} has shape {shape!r}; a shape is a list of sizes >= 0 and axis names")
 
 
 def read_manifest(metadata: dict[str, str]) -> Manifest:

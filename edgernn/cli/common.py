@@ -52,6 +52,12 @@ def handle_errors(f: F) -> F:
             raise click.exceptions.Exit(0) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
+        except OSError as e:  # the environment: disk full, read-only, no permission, a path that vanished
+            if debugging() or e.errno is None:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            raise click.exceptions.Exit(1) from None
         except ModuleNotFoundError as e:
             top = (e.name or "").split(".")[0]
             if top not in EXTRAS or debugging():

@@ -7,6 +7,7 @@ Thin: each calls one library function. Importing this module imports neither tor
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from typing import Any
 
@@ -93,6 +94,9 @@ def run(
         raise ConfigError("--binary goes with --stream")
     if input_path and random_steps:
         raise ConfigError("give --input or --random, not both")
+    for given in (input_path, lengths_path, model):
+        if given and output_path and output_path != "-" and os.path.realpath(given) == os.path.realpath(output_path):
+            raise ConfigError(f"--output {output_path!r} is an input of this command; write the output elsewhere")
     if not stream and (not (input_path or random_steps) or not output_path):
         raise ConfigError(
             "give --input FILE (or --random) and --output FILE (or --output - to print), or --stream to read stdin"

@@ -31,6 +31,8 @@ def export_checkpoint(
     from ..train import checkpoint
     from . import export_model
 
+    if out_path is not None and Path(out_path).resolve() == checkpoint.resolve(ckpt).resolve():
+        raise ConfigError(f"--out {str(out_path)!r} is the checkpoint being exported; write the model elsewhere")
     ck = checkpoint.load(ckpt)
     task = checkpoint.task_record(ck.meta)
     extra = {"manifest_extra": {"task": task}} if task else {}

@@ -14,6 +14,9 @@ from .cells import get_cell
 from .nn import make_layer
 
 HEADS = ("regression", "classification")
+MAX_LAYERS = 64  # beyond these a typo is likelier than a model: refused up front, not after minutes of allocation
+MAX_WIDTH = 1 << 16
+MAX_WEIGHTS_GIB = 4.0
 READOUTS = ("last", "all")
 
 
@@ -46,6 +49,25 @@ class ModelConfig:
             raise ConfigError("proj_size needs cell 'lstm' and 0 < proj_size < hidden_size")
         if self.peephole and self.cell != "lstm":
             raise ConfigError(f"peephole needs cell 'lstm'; got cell {self.cell!r}")
+        for name, most in (("num_layers", MAX_LAYERS), ("hidden_size", MAX_WIDTH), ("input_size", MAX_WIDTH)):
+            if int(getattr(self, name)) > most:
+                raise ConfigError(f"{name} {getattr(self, name)} is over edgernn's bound of {most}")
+        gib = self.parameter_count() * 4 / 2**30
+        if gib > MAX_WEIGHTS_GIB:
+            raise ConfigError(
+                f"this model would hold {self.parameter_count():,} parameters ({gib:.1f} GiB of fp32 weights, before "
+                f"training state); edgernn's bound is {MAX_WEIGHTS_GIB} GiB: use fewer or narrower layers"
+            )
+
+    def parameter_count(self) -> int:
+        """The recurrent stack's and the head's parameters, computed from the sizes (nothing is allocated)."""
+        gates = get_cell(self.cell).gates
+        h, p, d = self.hidden_size, self.state_size, self.num_directions
+        total = 0
+        for layer in range(self.num_layers):
+            inp = self.input_size if layer == 0 else p * d
+            total += d * (gates * h * (inp + p) + 2 * gates * h + (h * p if self.proj_size else 0))
+        return total + (p * d + 1) * self.output_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

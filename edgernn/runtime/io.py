@@ -219,6 +219,12 @@ def run_file(
         outputs = model.run_feed(feed)
         primary = model.output_names[0]
     seconds = time.perf_counter() - t0
+    bad = [name for name, v in outputs.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:  # finite inputs in, NaN out: the model itself is broken (exported with --no-verify?); write nothing
+        raise ModelFormatError(
+            f"the model computed non-finite values (NaN or inf) in {', '.join(bad)} from finite inputs; nothing was "
+            "written. Check the model: edgernn parity CKPT MODEL"
+        )
     return RunResult(outputs, primary, model.choice.to_dict(), seconds, streaming=sm is not None)
 
 

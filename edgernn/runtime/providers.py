@@ -9,6 +9,7 @@ providers the session really holds are checked against the request.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,9 @@ def session_options(threads: int | None = 1, optimization: str = "all", optimize
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be at least 1 (or None to let onnxruntime decide); got {threads}")
+        cap = max(64, 4 * (os.cpu_count() or 1))
+        if threads > cap:
+            raise ConfigError(f"threads {threads} is more than this machine can use (at most {cap} here)")
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     levels = {

@@ -288,6 +288,8 @@ class StreamingModel:
             )
         b_axis = self.axes.batch
         batch = 1 if b_axis is None else a.shape[b_axis + (1 if stacked_time else 0)]
+        if batch == 0:  # onnxruntime aborts the process on an empty batch through its recurrent ops
+            raise InputError(f"input {self.data.name!r} has shape {a.shape}: no sequences (batch 0)")
         state = self.initial_state(batch)
         outs: dict[str, list[np.ndarray]] = {o.name: [] for o in self.outputs}
         results: list[np.ndarray] = []

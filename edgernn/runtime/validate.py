@@ -44,6 +44,13 @@ def check_feed(
                 f"input {spec.name!r} must have {len(spec.shape)} dimensions {_fmt(spec.shape)}; got shape {arr.shape}"
             )
         named = spec.named_shape()  # a fixed axis keeps its name (time fixed to an unroll length, a static batch)
+        if 0 in arr.shape and spec.role != "state":  # onnxruntime crashes on some empty batches (SIGSEGV)
+            axis = arr.shape.index(0)
+            what = {"batch": "sequence", "time": "step"}.get(str(named[axis]), "element")
+            raise InputError(
+                f"input {spec.name!r} has shape {arr.shape}: axis {axis} ({named[axis]}) is empty; "
+                f"give at least one {what}"
+            )
         for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
             if isinstance(want, int):
                 if want != got:
