@@ -85,6 +85,7 @@ def quantize(
         reduced, how = _fp16(proto)
     else:
         reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
+    reduced = _compact(reduced)
     _loads_at_every_level(reduced)
     report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
     if verify:
@@ -288,6 +289,35 @@ def calibration_feeds(
         feed[data_spec.name] = np.repeat(seq[None], batch, axis=0)
         feeds.append(check_feed(m.inputs, feed))
     return feeds
+
+
+def _compact(model: bytes) -> bytes:
+    """The reduced file without what only makes it bigger: the shape annotations (``value_info``) the tools add,
+    and long generated names (an unrolled graph repeats its per-step names thousands of times). Values computed
+    in the main graph become ``t{i}`` and nodes ``n{i}``; inputs, outputs and initializers keep their names."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    graph = proto.graph
+    keep = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in keep and name not in rename:
+                rename[name] = f"t{len(rename)}"
+    count = 0
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        del g.value_info[:]
+        for node in g.node:
+            node.input[:] = [rename.get(x, x) for x in node.input]
+            if g is graph:
+                node.output[:] = [rename.get(x, x) for x in node.output]
+            node.name = f"n{count}"
+            count += 1
+            stack.extend(a.g for a in node.attribute if a.g.ByteSize())
+    return proto.SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------------------- checks
