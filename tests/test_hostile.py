@@ -176,3 +176,26 @@ def test_an_unwritable_place_is_one_line_naming_the_path(folder: Path, tmp_path:
         assert r.exit_code == 1 and r.stderr.startswith("error: ") and str(locked) in r.stderr
     finally:
         locked.chmod(0o700)
+
+
+def test_external_data_outside_the_model_folder_is_never_read(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from edgernn.runtime import Model
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    (tmp_path / "models").mkdir()
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "models" / "m.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+    with pytest.raises(ModelFormatError):
+        Model(path)
+    r = CliRunner().invoke(main, ["run", str(path), "--random", "--output", "-"])
+    assert r.exit_code == ModelFormatError.exit_code and r.stderr.startswith("error: ")
