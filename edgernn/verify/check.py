@@ -289,18 +289,19 @@ def _cases(
         return [_case_from_shapes(specs, shapes)]
     has_lengths = any(s.role in ("lengths", "mask") for s in specs)
     if manifest is not None:
-        batch = _fixed_dim(specs, "batch")
+        batch = _static_batch(specs)
         fixed = manifest.seq_len or manifest.chunk
         cases = cases_for(has_lengths=has_lengths, fixed_length=fixed, batch=batch)
         return [c for c in cases if c.length <= 64] or cases[:1]  # a check, not a soak: short sequences
     return [_case_from_shapes(specs, {})]
 
 
-def _fixed_dim(specs: Sequence[TensorSpec], name: str) -> int | None:
-    """A static-batch export has an int where a dynamic one names the axis; read it off the data input."""
+def _static_batch(specs: Sequence[TensorSpec]) -> int | None:
+    """The batch size a static-batch export fixes (its data input's named batch axis holds an int), else None."""
     for s in specs:
-        if s.role == "data" and len(s.shape) >= 1 and isinstance(s.shape[0], int) and name == "batch":
-            return s.shape[0]
+        if s.role == "data" and "batch" in s.named_shape():
+            size = s.shape[s.named_shape().index("batch")]
+            return size if isinstance(size, int) else None
     return None
 
 
@@ -328,7 +329,7 @@ def _case_from_shapes(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence
         for d in s.shape:
             if isinstance(d, str) and d not in sizes:
                 sizes[d] = 2 if d.lower() in BATCH_NAMES else 17 if d.lower() in TIME_NAMES else 1
-    batch = next((sizes[d] for d in sizes if d.lower() in BATCH_NAMES), _fixed_dim(specs, "batch") or 1)
+    batch = next((sizes[d] for d in sizes if d.lower() in BATCH_NAMES), _static_batch(specs) or 1)
     length = next((sizes[d] for d in sizes if d.lower() in TIME_NAMES), 1)
     return Case(batch, length, dims=tuple(sorted(sizes.items())))
 
