@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -115,9 +116,9 @@ def run(
             f"{sm.features or '?'} features per frame",
             err=True,
         )
-        out = click.get_binary_stream("stdout") if binary else click.get_text_stream("stdout")
-        src = click.get_binary_stream("stdin") if binary else click.get_text_stream("stdin")
-        frames = io.run_stream(sm, src, out, binary=binary, notes=click.get_text_stream("stderr"))
+        out = sys.stdout.buffer if binary else sys.stdout
+        src = sys.stdin.buffer if binary else sys.stdin
+        frames = io.run_stream(sm, src, out, binary=binary, notes=sys.stderr)
         if as_json:
             click.echo(json.dumps({"provider": m.choice.to_dict(), "frames": frames, "streaming": True}), err=True)
         return
