@@ -26,8 +26,15 @@ MISSING_PACKAGE = 10  # exit code: the command needs a package this install lack
 INTERNAL_ERROR = 70  # exit code: an error edgernn did not foresee (EX_SOFTWARE); --debug shows the traceback
 
 
+_DEBUG = {"flag": False}  # set by `edgernn --debug` for the command being run
+
+
+def set_debug(on: bool) -> None:
+    _DEBUG["flag"] = on
+
+
 def debugging() -> bool:
-    return os.environ.get("EDGERNN_DEBUG", "") not in ("", "0")
+    return _DEBUG["flag"] or os.environ.get("EDGERNN_DEBUG", "") not in ("", "0")
 
 
 def handle_errors(f: F) -> F:

@@ -7,7 +7,6 @@ Heavy imports (torch, onnxruntime) happen inside the commands, so `edgernn --hel
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import click
 
 from ..errors import ConfigError, ParityError
 from ..model.cells import cell_names
-from .common import echo_json, handle_errors
+from .common import echo_json, handle_errors, set_debug
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
@@ -31,8 +30,7 @@ EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint;
 def main(debug: bool) -> None:
     """edgernn: train recurrent networks in torch, export them to ONNX, run them with onnxruntime, and prove
     on every export that the deployed model computes what the trained one computes."""
-    if debug:
-        os.environ["EDGERNN_DEBUG"] = "1"
+    set_debug(debug)
 
 
 def _strategy_choices() -> list[str]:

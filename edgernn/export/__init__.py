@@ -143,8 +143,15 @@ def export(
     if int_high is None:
         sizes = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
         int_high = min(sizes) if sizes else 2
-    with torch.no_grad():
-        out = module(*example)
+    from ..errors import ExportError
+
+    try:
+        with torch.no_grad():
+            out = module(*example)
+    except Exception as e:  # the user's own forward: say so, with its first line, rather than a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in example)
+        raise ExportError(f"the module's own forward failed on the example inputs ({shapes}): {first}") from None
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
     outs = list(output_names or (["y"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     return export_module(

@@ -78,7 +78,14 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"cannot load {spec!r}: {e} (is the package on PYTHONPATH?)") from None
-    made = factory()
+    if not callable(factory):
+        raise ConfigError(f"{spec!r} is a {type(factory).__name__}, not a function that makes the module")
+    try:
+        made = factory()
+    except Exception as e:
+        raise ConfigError(f"{spec}() raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+    if isinstance(made, tuple) and len(made) != 2:
+        raise ConfigError(f"{spec}() returned a tuple of {len(made)}; return the module, or (module, example_inputs)")
     module, example = made if isinstance(made, tuple) else (made, None)
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec!r} returned {type(module).__name__}, not a torch.nn.Module")
@@ -109,8 +116,10 @@ def parse_input_spec(text: str) -> tuple[str, tuple[int, ...], str]:
         if len(parts) not in (2, 3) or not parts[0]:
             raise ValueError
         shape = tuple(int(d) for d in parts[1].lower().split("x"))
+        if any(d < 1 for d in shape):
+            raise ValueError
     except ValueError:
-        raise ConfigError(f"--input must look like NAME:2x5x3[:float32|int64]; got {text!r}") from None
+        raise ConfigError(f"--input must look like NAME:2x5x3[:float32|int64] (sizes >= 1); got {text!r}") from None
     dtype = parts[2] if len(parts) == 3 else "float32"
     if dtype not in INPUT_DTYPES:
         raise ConfigError(f"--input {text!r}: dtype must be one of {', '.join(INPUT_DTYPES)}")

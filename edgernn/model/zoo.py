@@ -35,6 +35,10 @@ class ModelConfig:
     peephole: bool = False  # LSTM only: gates also see the cell state (no fused torch kernel: slower training)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, want = getattr(self, f.name), {"str": str, "int": int, "bool": bool, "float": (int, float)}[f.type]
+            if not isinstance(value, want) or (f.type == "int" and isinstance(value, bool)):
+                raise ConfigError(f"model config {f.name} must be {f.type}; got {value!r}")
         get_cell(self.cell)
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")

@@ -59,6 +59,8 @@ def quantize_bytes(
     verify: bool = True,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
+    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
+        raise ConfigError(f"--max-metric-drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
     manifest = _manifest(model)
     task, examples = judge_task(manifest, ckpt)
     arrays = _npz(data) if data is not None else None

@@ -7,6 +7,7 @@ steps, columns features). Live frames: one per line of comma- or space-separated
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import ConfigError, InputError, ModelFormatError
+from ..files import write_atomic
 from ..manifest import TensorSpec
 from .layout import BATCH_NAMES, TIME_NAMES, Axes, infer_axes, parse_layout
 from .model import Model
@@ -28,25 +30,52 @@ OUTPUT_FORMATS = (".npy", ".npz", ".csv")
 
 def read_csv(path: str | os.PathLike[str]) -> np.ndarray:
     """A CSV of floats as (rows, columns) float32; a first line that is not numbers is taken as a header."""
+    name = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not text (a CSV of numbers is); is it a binary file?") from None
     rows: list[list[float]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                rows.append([float(v) for v in text.replace(";", ",").split(",")])
-            except ValueError:
-                if not rows and lineno == 1:
-                    continue  # header
-                raise InputError(f"{os.fspath(path)}:{lineno}: not a row of numbers: {text[:80]!r}") from None
-            if len(rows[-1]) != len(rows[0]):
-                raise InputError(
-                    f"{os.fspath(path)}:{lineno}: {len(rows[-1])} columns, but the first row has {len(rows[0])}"
-                )
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            rows.append([float(v) for v in text.replace(";", ",").split(",")])
+        except ValueError:
+            if not rows and lineno == 1:
+                continue  # header
+            raise InputError(f"{name}:{lineno}: not a row of numbers: {text[:80]!r}") from None
+        if len(rows[-1]) != len(rows[0]):
+            raise InputError(f"{name}:{lineno}: {len(rows[-1])} columns, but the first row has {len(rows[0])}")
     if not rows:
-        raise InputError(f"{os.fspath(path)} holds no rows of numbers")
+        raise InputError(f"{name} holds no rows of numbers")
     return np.asarray(rows, dtype=np.float32)
+
+
+def _check_npy_size(path: str) -> None:
+    """A .npy header states its shape; one that claims more data than the file holds (10**12 elements in a
+    100-byte file) is refused before numpy tries to allocate for it."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return  # a newer header: numpy reads and checks it itself
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            start = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path!r} is not a readable .npy file: {str(e).splitlines()[0][:200]}") from None
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    have = os.path.getsize(path) - start
+    if dtype.hasobject:
+        raise InputError(f"{path!r} holds Python objects, not numbers; save a numeric array")
+    if need > have:
+        raise InputError(
+            f"{path!r} claims shape {shape} ({need:,} bytes) but holds {have:,} bytes: truncated or forged"
+        )
 
 
 def read_inputs(path: str | os.PathLike[str], data_name: str) -> dict[str, np.ndarray]:
@@ -62,14 +91,17 @@ def read_inputs(path: str | os.PathLike[str], data_name: str) -> dict[str, np.nd
         raise InputError(f"no input file at {p!r}")
     if ext == ".csv":
         return {data_name: read_csv(p)}
+    if ext == ".npy":
+        _check_npy_size(p)
     try:
         loaded = np.load(p, allow_pickle=False)  # never unpickle: an input file must not run code
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{p!r} is not a readable {ext} file: {str(e).splitlines()[0][:200]}") from None
-    if ext == ".npy":
-        return {data_name: loaded}
-    with loaded:
-        arrays = {k: loaded[k] for k in loaded.files}
+        if ext == ".npy":
+            return {data_name: loaded}
+        with loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"{p!r} is not a readable {ext} file of numeric arrays: {first}") from None
     if list(arrays) == ["arr_0"]:
         return {data_name: arrays["arr_0"]}
     return arrays
@@ -83,25 +115,21 @@ def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray
         raise ConfigError(
             f"output {p!r}: unknown format {ext or '(no extension)'}; use one of {', '.join(OUTPUT_FORMATS)}"
         )
-    tmp = f"{p}.tmp{os.getpid()}{ext}"
-    try:
-        if ext == ".npy":
-            np.save(tmp, outputs[primary])
-        elif ext == ".npz":
-            np.savez(tmp, **dict(outputs))  # type: ignore[arg-type]  # numpy's stub takes kwargs for allow_pickle
-        else:
-            y = np.asarray(outputs[primary])
-            while y.ndim > 2 and 1 in y.shape:
-                y = np.squeeze(y, axis=y.shape.index(1))
-            if y.ndim > 2:
-                raise InputError(
-                    f"output {primary!r} has shape {y.shape}: more than rows x columns; write .npy or .npz"
-                )
-            np.savetxt(tmp, np.atleast_2d(y) if y.ndim == 1 else y, delimiter=",", fmt="%.9g")
-        os.replace(tmp, p)  # a reader never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    if ext == ".npy":
+        np.save(buf, outputs[primary])
+    elif ext == ".npz":
+        np.savez(buf, **dict(outputs))  # type: ignore[arg-type]  # numpy's stub takes kwargs for allow_pickle
+    else:
+        y = np.asarray(outputs[primary])
+        while y.ndim > 2 and 1 in y.shape:
+            y = np.squeeze(y, axis=y.shape.index(1))
+        if y.ndim > 2:
+            raise InputError(f"output {primary!r} has shape {y.shape}: more than rows x columns; write .npy or .npz")
+        text = io.StringIO()
+        np.savetxt(text, np.atleast_2d(y) if y.ndim == 1 else y, delimiter=",", fmt="%.9g")
+        buf.write(text.getvalue().encode())
+    write_atomic(p, buf.getvalue())  # a reader never sees half a file; a killed run leaves no stray file behind
 
 
 def data_axes(spec: TensorSpec, layout: str | None) -> Axes | None:
@@ -242,7 +270,7 @@ def _single_data(model: Model) -> TensorSpec:
 
 def text_frames(lines: IO[str], features: int | None) -> Iterator[np.ndarray]:
     """One frame per line of comma- or space-separated floats; blank lines and # comments are skipped."""
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(_decoded(lines), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -253,6 +281,23 @@ def text_frames(lines: IO[str], features: int | None) -> Iterator[np.ndarray]:
         if features is not None and frame.size != features:
             raise InputError(f"stdin line {lineno}: {frame.size} values, but the model takes {features} features")
         yield frame
+
+
+def _decoded(lines: IO[str]) -> Iterator[str]:
+    """The lines of a text stream; bytes that are not text end the stream with an InputError, not a traceback."""
+    it = iter(lines)
+    n = 0
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError:
+            raise InputError(
+                f"stdin after line {n}: not text; send frames as lines of numbers, or use --binary"
+            ) from None
+        n += 1
+        yield line
 
 
 def binary_frames(data: IO[bytes], features: int) -> Iterator[np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelFormatError
 from ..manifest import TensorSpec
 
 
@@ -86,13 +86,21 @@ def _convert(spec: TensorSpec, value: Any) -> np.ndarray:
     if want.kind == "f":
         if arr.dtype.kind not in "f":
             raise InputError(f"input {spec.name!r} must be floating point ({spec.dtype}); got {arr.dtype}")
-        arr = arr.astype(want, copy=False)
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise InputError(f"input {spec.name!r} has {bad} non-finite value(s) (NaN or inf)")
-        return np.ascontiguousarray(arr)
+        with np.errstate(over="ignore"):
+            cast = arr.astype(want, copy=False)
+        if not np.all(np.isfinite(cast)):
+            raise InputError(
+                f"input {spec.name!r} has values beyond the range of {spec.dtype} (|x| > {np.finfo(want).max:g})"
+            )
+        return np.ascontiguousarray(cast)
     if arr.dtype.kind not in "iu":
         raise InputError(f"input {spec.name!r} must be integer ({spec.dtype}); got {arr.dtype}")
+    info = np.iinfo(want)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):  # a cast would wrap around, silently
+        raise InputError(f"input {spec.name!r} has values outside {spec.dtype}'s range {info.min}..{info.max}")
     return np.ascontiguousarray(arr.astype(want, copy=False))
 
 
@@ -113,6 +121,10 @@ def lengths_to_mask(lengths: Any, steps: int, dtype: Any = np.float32) -> np.nda
 
 
 def _mask_for(spec: TensorSpec, lengths: Any, dims: dict[str, tuple[int, str]]) -> np.ndarray:
+    if len(spec.shape) != 2:
+        raise ModelFormatError(
+            f"the model's padding mask {spec.name!r} has shape {_fmt(spec.shape)}; a mask is (batch, time)"
+        )
     batch, steps = (_size(d, dims) for d in spec.shape)
     if batch is None or steps is None:
         raise InputError(f"cannot make {spec.name!r} {_fmt(spec.shape)} without the data input; pass it explicitly")

@@ -74,6 +74,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     p = str(path)
     if not os.path.isfile(p):
         raise CheckpointError(f"no file at {p!r}")
+    if os.path.getsize(p) == 0:
+        raise CheckpointError(f"{p!r} is empty (0 bytes): not a checkpoint")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -85,7 +87,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             ) from None
         raise CheckpointError(f"{p!r} is not a readable checkpoint (corrupt or not a torch file)") from None
     except Exception as e:
-        raise CheckpointError(f"{p!r} is not a readable checkpoint: {str(e).splitlines()[0][:200]}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{p!r} is not a readable checkpoint: {first}") from None
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
@@ -94,13 +97,22 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     payload = safe_torch_load(p)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not an edgernn checkpoint (no '{FORMAT}' header)")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{str(p)!r} has a format_version of {version!r}; an edgernn checkpoint's is an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{str(p)!r} was written by a newer edgernn; upgrade edgernn to read it")
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{str(p)!r} has no valid state_dict")
-    config = ModelConfig.from_dict(dict(payload.get("config", {})))
-    return Checkpoint(config, state, dict(payload.get("meta", {})))
+    raw, meta = payload.get("config"), payload.get("meta", {})
+    if not isinstance(raw, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"{str(p)!r} has a config or meta that is not a mapping; it is not an edgernn checkpoint")
+    try:
+        config = ModelConfig.from_dict(dict(raw))
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"{str(p)!r} has an invalid model config: {e}") from None
+    return Checkpoint(config, state, dict(meta))
 
 
 def task_record(meta: dict[str, Any]) -> dict[str, Any] | None:

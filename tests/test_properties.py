@@ -1,0 +1,131 @@
+"""Property tests: whatever a caller or a file hands them, the runtime's input checks and the manifest reader
+either accept it (and then hold to their contract) or raise their typed error, never anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgernn.errors import ConfigError, InputError, ModelFormatError
+from edgernn.manifest import Manifest, TensorSpec
+from edgernn.runtime.layout import parse_layout
+from edgernn.runtime.states import parse_state
+from edgernn.runtime.validate import check_feed
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+dims = st.one_of(st.integers(1, 4), st.sampled_from(["batch", "time"]))
+specs = st.lists(
+    st.builds(
+        TensorSpec,
+        name=st.sampled_from(["x", "y", "lengths", "mask"]),
+        dtype=st.sampled_from(["float32", "float16", "int64", "int32"]),
+        shape=st.lists(dims, min_size=1, max_size=3),
+        role=st.sampled_from(["data", "lengths", "mask", "state"]),
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda s: s.name,
+)
+values = st.one_of(
+    st.builds(
+        lambda shape, kind, fill: np.full(shape, fill).astype(kind),
+        st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple),
+        st.sampled_from(["float32", "float64", "int64", "int8", "bool", "complex64"]),
+        st.sampled_from([0, 1, 2, -1, 0.5, float("nan"), float("inf")]),
+    ),
+    st.lists(st.floats(allow_nan=True), max_size=5),
+    st.text(max_size=5),
+    st.none(),
+)
+
+
+@SETTINGS
+@given(specs=specs, feed=st.dictionaries(st.sampled_from(["x", "y", "lengths", "mask", "other"]), values, max_size=4))
+def test_check_feed_accepts_or_raises_input_error(specs: list[TensorSpec], feed: dict[str, object]) -> None:
+    try:
+        out = check_feed(specs, feed)
+    except (InputError, ModelFormatError):  # bad data, or a model whose specs cannot describe data
+        return
+    except ValueError as e:  # numpy refusing to cast: still must not escape as anything but InputError
+        raise AssertionError(f"check_feed let a ValueError escape: {e}") from e
+    by_name = {s.name: s for s in specs}
+    for name, arr in out.items():
+        spec = by_name[name]
+        assert arr.dtype == np.dtype(spec.dtype)
+        assert arr.ndim == len(spec.shape) and 0 not in arr.shape
+        for want, got in zip(spec.shape, arr.shape, strict=True):
+            assert not isinstance(want, int) or want == got
+        if arr.dtype.kind == "f":
+            assert np.isfinite(arr).all()
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(value=json_values)
+def test_the_manifest_reader_takes_any_json(value: object) -> None:
+    with contextlib.suppress(ModelFormatError):  # a manifest, or the typed error: nothing else may come out
+        Manifest.from_json(json.dumps(value))
+
+
+@SETTINGS
+@given(
+    inputs=st.lists(
+        st.fixed_dictionaries(
+            {"name": st.text(min_size=1, max_size=4), "dtype": st.text(max_size=8), "shape": json_values}
+        ),
+        max_size=2,
+    )
+)
+def test_the_manifest_reader_checks_tensor_entries(inputs: list[dict[str, object]]) -> None:
+    doc = {
+        "strategy": "native",
+        "cell": "gru",
+        "num_layers": 1,
+        "hidden_size": 4,
+        "bidirectional": False,
+        "opset": 18,
+        "inputs": inputs,
+        "outputs": [],
+    }
+    try:
+        m = Manifest.from_json(json.dumps(doc))
+    except ModelFormatError:
+        return
+    for spec in m.inputs:  # accepted: a dtype edgernn knows, a shape of sizes and axis names
+        assert spec.dtype in ("float32", "float16", "int64", "int32", "bool")
+        assert all((isinstance(d, int) and d >= 0) or (isinstance(d, str) and d) for d in spec.shape)
+
+
+@SETTINGS
+@given(text=st.text(max_size=12), rank=st.integers(1, 4))
+def test_layouts_parse_or_raise_config_error(text: str, rank: int) -> None:
+    try:
+        axes = parse_layout(text, rank)
+    except ConfigError:
+        return
+    assert axes.rank == rank
+    assert axes.batch is None or 0 <= axes.batch < rank
+    assert axes.time is None or 0 <= axes.time < rank
+
+
+@SETTINGS
+@given(text=st.text(max_size=24))
+def test_state_specs_parse_or_raise_config_error(text: str) -> None:
+    try:
+        pair = parse_state(text)
+    except ConfigError:
+        return
+    assert pair.input and pair.output and all(d >= 1 for d in pair.shape)
