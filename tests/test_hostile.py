@@ -366,6 +366,7 @@ def test_binary_garbage_on_a_text_stream_is_one_error(folder: Path) -> None:
     assert r.exit_code == InputError.exit_code and r.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     """A 64 KiB filesystem: an export or a training run that does not fit fails with the path and the reason,
     and leaves no file behind."""
@@ -401,6 +402,7 @@ def test_values_beyond_the_input_dtype_are_refused(folder: Path) -> None:
         Model(folder / "native.onnx").run(np.full((1, 3, 2), 1e39))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_keeps_the_checkpoint_that_was_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edgernn.train.loop as loop
 

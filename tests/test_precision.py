@@ -76,6 +76,7 @@ def test_every_cell_and_strategy_quantises_and_is_judged(cell: str, strategy: st
     assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in proto.graph.input)
 
 
+@pytest.mark.slow
 def test_gru_and_rnn_ops_rewritten_as_scans_compute_what_the_ops_do() -> None:
     rng = np.random.default_rng(0)
     for cell in ("gru", "rnn-relu"):
@@ -102,6 +103,7 @@ def test_over_the_metric_budget_nothing_is_written(tmp_path: Path, monkeypatch: 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_fp16_model_outside_the_fp16_tolerance_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgernn.verify import parity
 

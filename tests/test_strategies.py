@@ -285,6 +285,7 @@ def test_unroll_refuses_a_graph_left_with_control_flow() -> None:
         get_strategy_class("unroll")(seq_len=3).postprocess(model)
 
 
+@pytest.mark.slow
 def test_unroll_rejects_other_lengths() -> None:
     sess = _session("unroll", "gru", "uni")
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
@@ -380,6 +381,7 @@ def test_step_chained_calls_equal_one_full_sequence_call(cell: str, chunk: int) 
     assert res.report is not None and res.report.passed  # the export's own chained check
 
 
+@pytest.mark.slow
 def test_step_manifest_names_every_state() -> None:
     res, sess = _stream_export("lstm", 4)
     m = res.manifest

@@ -238,6 +238,7 @@ def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, s
     _assert_close(_alone(model, x, lengths), run({"x": x, "lengths": lengths})[0], f"openvino {cell} {strategy}")
 
 
+@pytest.mark.slow
 def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     import edgernn.verify.check as check_mod
@@ -255,6 +256,7 @@ def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pyte
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_portable_exports_match_onnx_reference() -> None:
     res = _export("gru", "loop", "portable")
     parity = res.manifest.target_check["parity"]
