@@ -15,34 +15,16 @@ converter, OpenVINO's ONNX reader, a mobile runtime's partitioner):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..errors import ExportError
+from ..graphs import all_graphs, subgraphs
 
 _DEFAULT = ("", "ai.onnx")
 # ops with no data input whose output is a constant by definition: never "computing on weights"
 _SOURCES = frozenset({"Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "EyeLike"})
-
-
-def _graphs(graph: Any) -> Iterator[Any]:
-    """``graph`` and every subgraph below it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.g.ByteSize():
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
-
-
-def _subgraphs(node: Any) -> Iterator[Any]:
-    for attr in node.attribute:
-        if attr.g.ByteSize():
-            yield attr.g
-        yield from attr.graphs
 
 
 def _outer_reads(graph: Any) -> set[str]:
@@ -51,7 +33,7 @@ def _outer_reads(graph: Any) -> set[str]:
     reads: set[str] = set()
     for node in graph.node:
         reads.update(n for n in node.input if n and n not in defined)
-        for g in _subgraphs(node):
+        for g in subgraphs(node):
             reads.update(n for n in _outer_reads(g) if n not in defined)
         defined.update(node.output)
     return reads
@@ -62,7 +44,7 @@ def check(model: Any) -> list[str]:
     problems: list[str] = []
     top = model.graph
     weights = {t.name for t in top.initializer}
-    for graph in _graphs(top):
+    for graph in all_graphs(top):
         local = weights | {t.name for t in graph.initializer}
         for node in graph.node:
             data = [n for n in node.input if n]
@@ -71,7 +53,7 @@ def check(model: Any) -> list[str]:
             if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
                 problems.append(f"ConstantOfShape node {node.name!r} has no typed value")
             if node.op_type in ("Scan", "Loop"):
-                for body in _subgraphs(node):
+                for body in subgraphs(node):
                     computed = sorted(n for n in _outer_reads(body) if n not in weights)
                     if computed:
                         problems.append(
@@ -79,7 +61,7 @@ def check(model: Any) -> list[str]:
                             + ", ".join(computed[:5])
                         )
     outputs = {o.name for o in top.output}
-    for graph in _graphs(top):
+    for graph in all_graphs(top):
         for node in graph.node:
             for name in node.input:
                 if name in outputs:
@@ -91,13 +73,13 @@ def check(model: Any) -> list[str]:
 def apply(model: Any, *, gather_as_slice: bool = False) -> None:
     """Make ``model`` (an onnx.ModelProto, changed in place) hold the rules above; weights must already be
     folded (``graph.fold`` does it at export)."""
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         _type_constant_of_shape(graph)
         _materialise_constant_of_shape(graph, model.graph)
     _fold_on_weights(model.graph)
     _separate_outputs(model.graph)
     if gather_as_slice:
-        for graph in list(_graphs(model.graph)):
+        for graph in list(all_graphs(model.graph)):
             _gather_as_slice(graph, model.graph)
     _drop_unused_initializers(model.graph)
 
@@ -155,7 +137,7 @@ def _fold_on_weights(graph: Any) -> None:
     keep = []
     for node in graph.node:
         data = [n for n in node.input if n]
-        if node.op_type in _SOURCES or not data or any(n not in values for n in data) or any(_subgraphs(node)):
+        if node.op_type in _SOURCES or not data or any(n not in values for n in data) or any(subgraphs(node)):
             keep.append(node)
             continue
         feeds = {n: numpy_helper.to_array(values[n]) for n in data}
@@ -171,11 +153,11 @@ def _fold_on_weights(graph: Any) -> None:
 def _drop_unused_initializers(top: Any) -> None:
     """Initializers no node reads any more (the folded inputs, the indices of rewritten Gathers)."""
     read: set[str] = {o.name for o in top.output}
-    for g in _graphs(top):
+    for g in all_graphs(top):
         for node in g.node:
             read.update(node.input)
         read.update(o.name for o in g.output)
-    for g in _graphs(top):
+    for g in all_graphs(top):
         kept = [t for t in g.initializer if t.name in read]
         if len(kept) != len(g.initializer):
             del g.initializer[:]
@@ -193,7 +175,7 @@ def _fresh(graph: Any, base: str, taken: set[str]) -> str:
 
 def _all_names(graph: Any) -> set[str]:
     names: set[str] = set()
-    for g in _graphs(graph):
+    for g in all_graphs(graph):
         names.update(i.name for i in g.input)
         names.update(t.name for t in g.initializer)
         for node in g.node:
@@ -208,7 +190,7 @@ def _separate_outputs(graph: Any) -> None:
     import onnx
 
     read: set[str] = set()
-    for g in _graphs(graph):
+    for g in all_graphs(graph):
         for node in g.node:
             read.update(node.input)
     inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
@@ -218,7 +200,7 @@ def _separate_outputs(graph: Any) -> None:
     taken = _all_names(graph)
     for name in shared:
         inner = _fresh(graph, f"{name}__value", taken)
-        for g in _graphs(graph):
+        for g in all_graphs(graph):
             for node in g.node:
                 node.input[:] = [inner if n == name else n for n in node.input]
                 node.output[:] = [inner if n == name else n for n in node.output]

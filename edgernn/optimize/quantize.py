@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFormatError, ParityError, TargetError
 from ..files import write_atomic
+from ..graphs import all_graphs
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest, write_manifest
 
 PRECISIONS = ("int8", "int8-static", "fp16")
@@ -72,8 +73,7 @@ def quantize(
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
-    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
-        raise ConfigError(f"max_metric_drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
+    check_budget(max_metric_drop)
     source = _read(model)
     proto = _load(source)
     manifest = _manifest(proto)
@@ -85,7 +85,7 @@ def quantize(
         reduced, how = _fp16(proto)
     else:
         reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
-    reduced = _compact(reduced)
+    reduced = _compact(_load(reduced)).SerializeToString()
     _loads_at_every_level(reduced)
     report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
     if verify:
@@ -110,44 +110,13 @@ def quantize(
     return QuantizeResult(path, out_bytes, new_manifest, report)
 
 
+def check_budget(max_metric_drop: Any) -> None:
+    """ConfigError unless the budget is a relative change >= 0 (0.01 = 1%)."""
+    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
+        raise ConfigError(f"--max-metric-drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
+
+
 # ------------------------------------------------------------------------------------------------ conversions
-
-
-def _named(proto: Any) -> Any:
-    """A copy with every node named, uniquely, and every value computed in the main graph renamed ``v{i}_{j}``
-    (graph inputs, outputs and initializers keep their names): the fp16 converter and the quantisers key the
-    nodes they insert by these names, and onnxruntime 1.32's static quantiser wrote two definitions of one value
-    (a DequantizeLinear and the original producer both defining ``slice_20``) for names as torch's exporter
-    gives them."""
-    import onnx
-
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    keep = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
-    keep |= {t.name for t in out.graph.initializer}
-    rename: dict[str, str] = {}
-    for i, node in enumerate(out.graph.node):
-        for j, name in enumerate(node.output):
-            if name and name not in keep:
-                rename[name] = f"v{i}_{j}"
-    seen: set[str] = set()
-    stack = [out.graph]
-    n = 0
-    while stack:
-        g = stack.pop()
-        for node in g.node:
-            node.input[:] = [rename.get(x, x) for x in node.input]
-            if g is out.graph:
-                node.output[:] = [rename.get(x, x) for x in node.output]
-            if not node.name or node.name in seen:
-                while f"n{n}" in seen:
-                    n += 1
-                node.name = f"n{n}"
-            seen.add(node.name)
-            stack.extend(a.g for a in node.attribute if a.g.ByteSize())
-    for vi in out.graph.value_info:
-        vi.name = rename.get(vi.name, vi.name)
-    return out
 
 
 def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]:
@@ -155,7 +124,7 @@ def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]
 
     from .scan_form import rewrite
 
-    work = _named(proto)
+    work = _compact(proto)
     rewritten = rewrite(work, ("GRU", "RNN"))
     with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -181,7 +150,7 @@ def _fp16(proto: Any) -> tuple[bytes, dict[str, Any]]:
     blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Transpose"]
     converted = _quietly(
         float16.convert_float_to_float16,
-        _named(proto),
+        _compact(proto),
         keep_io_types=True,
         op_block_list=blocked,
         min_positive_val=5.96e-08,  # fp16's smallest subnormal; onnxconverter's defaults clamp far tighter
@@ -211,7 +180,7 @@ def _int8_static(
 
     with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(_named(proto).SerializeToString())
+        src.write_bytes(_compact(proto).SerializeToString())
         _quietly(
             quantize_static,
             src,
@@ -291,14 +260,22 @@ def calibration_feeds(
     return feeds
 
 
-def _compact(model: bytes) -> bytes:
-    """The reduced file without what only makes it bigger: the shape annotations (``value_info``) the tools add,
-    and long generated names (an unrolled graph repeats its per-step names thousands of times). Values computed
-    in the main graph become ``t{i}`` and nodes ``n{i}``; inputs, outputs and initializers keep their names."""
+def _compact(model: Any) -> Any:
+    """A copy of ``model`` (an onnx.ModelProto) with every node named ``n{i}``, every value computed in the main
+    graph renamed ``t{i}`` (inputs, outputs and initializers keep their names) and the shape annotations
+    (``value_info``) dropped.
+
+    Before conversion it gives the tools what they need: the fp16 converter and the quantisers name the nodes
+    they insert after existing ones, and onnxruntime 1.32's static quantiser wrote two definitions of one value
+    (a DequantizeLinear and the original producer both defining ``slice_20``) for names as torch's exporter
+    gives them. After conversion it takes off what only makes the file bigger: an unrolled graph repeats its
+    long generated names thousands of times, and the tools' shape annotations are redundant.
+    """
     import onnx
 
-    proto = onnx.load_from_string(model)
-    graph = proto.graph
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
     keep = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
     rename: dict[str, str] = {}
     for node in graph.node:
@@ -306,9 +283,7 @@ def _compact(model: bytes) -> bytes:
             if name and name not in keep and name not in rename:
                 rename[name] = f"t{len(rename)}"
     count = 0
-    stack = [graph]
-    while stack:
-        g = stack.pop()
+    for g in all_graphs(graph):
         del g.value_info[:]
         for node in g.node:
             node.input[:] = [rename.get(x, x) for x in node.input]
@@ -316,8 +291,7 @@ def _compact(model: bytes) -> bytes:
                 node.output[:] = [rename.get(x, x) for x in node.output]
             node.name = f"n{count}"
             count += 1
-            stack.extend(a.g for a in node.attribute if a.g.ByteSize())
-    return proto.SerializeToString()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -355,12 +329,12 @@ def _storage(fp32: Any, reduced: bytes, to: str) -> dict[str, Any]:
     want = {onnx.TensorProto.FLOAT16} if to == "fp16" else {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 
     def elements(model: Any, types: set[int]) -> int:
-        total, stack = 0, [model.graph]
-        while stack:
-            g = stack.pop()
-            total += sum(int(np.prod(t.dims)) for t in g.initializer if t.data_type in types and len(t.dims) > 0)
-            stack.extend(a.g for n in g.node for a in n.attribute if a.g.ByteSize())
-        return total
+        return sum(
+            int(np.prod(t.dims))
+            for g in all_graphs(model.graph)
+            for t in g.initializer
+            if t.data_type in types and len(t.dims) > 0
+        )
 
     floats = elements(fp32, {onnx.TensorProto.FLOAT})
     stored = elements(q, want)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError
+from ..graphs import all_graphs
 
 _DEFAULT = ("", "ai.onnx")
 
@@ -44,12 +45,9 @@ def rewrite(model: Any, ops: tuple[str, ...] = ("GRU", "RNN")) -> int:
 def _drop_unread(graph: Any) -> None:
     """Initializers nothing reads any more: the rewritten nodes' own W, R, B (now stored transposed)."""
     read: set[str] = {o.name for o in graph.output}
-    stack = [graph]
-    while stack:
-        g = stack.pop()
+    for g in all_graphs(graph):
         for node in g.node:
             read.update(node.input)
-            stack.extend(a.g for a in node.attribute if a.g.ByteSize())
     kept = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)

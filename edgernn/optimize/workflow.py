@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
-from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, quantize
+from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
 
 
 def quantize_file(
@@ -59,8 +59,7 @@ def quantize_bytes(
     verify: bool = True,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
-    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
-        raise ConfigError(f"--max-metric-drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
+    check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     manifest = _manifest(model)
     task, examples = judge_task(manifest, ckpt)
     arrays = _npz(data) if data is not None else None
