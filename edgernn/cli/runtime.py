@@ -24,6 +24,10 @@ STATE_HELP = (
     "Repeat for each state (h and c of an LSTM)."
 )
 LAYOUT_HELP = "Axes of the data input for models without an edgernn manifest, one letter each: btf, tbf, bf."
+CONST_HELP = (
+    "With --stream: the value of an input that is neither a state nor the data input, fed to every call "
+    "(e.g. a sample rate): NAME=VALUE, VALUE a number or a comma list for a 1-D input. Repeat for each."
+)
 
 
 @click.command("run")
@@ -61,6 +65,7 @@ LAYOUT_HELP = "Axes of the data input for models without an edgernn manifest, on
 @click.option("--binary", is_flag=True, help="With --stream: raw little-endian float32 frames in and out.")
 @click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
 @click.option("--layout", default=None, help=LAYOUT_HELP)
+@click.option("--const", "consts", multiple=True, metavar="NAME=VALUE", help=CONST_HELP)
 @provider_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (stderr with --stream).")
 @handle_errors
@@ -75,6 +80,7 @@ def run(
     binary: bool,
     states: tuple[str, ...],
     layout: str | None,
+    consts: tuple[str, ...],
     as_json: bool,
     **session: Any,
 ) -> None:
@@ -85,14 +91,21 @@ def run(
     edgernn run model.onnx --input x.csv --output y.csv --provider cuda --fallback cpu
     sensor | edgernn run step.onnx --stream
     edgernn run their.onnx --stream --state initial_h:Y_h:1x1x64 --layout tbf
+    edgernn run vad.onnx --stream --state state:stateN:2xbx128 --const sr=16000
     """
     from ..runtime import io
     from ..runtime.model import Model
+    from ..runtime.stream import parse_constant
 
     if stream and (input_path or output_path or lengths_path or random_steps):
         raise ConfigError("--stream reads stdin and writes stdout; drop --input/--random/--output/--lengths")
     if binary and not stream:
         raise ConfigError("--binary goes with --stream")
+    if consts and not stream:
+        raise ConfigError("--const goes with --stream (a run on --input takes its inputs from the file)")
+    constants = dict(parse_constant(c) for c in consts)
+    if len(constants) != len(consts):
+        raise ConfigError("--const names an input twice; give each constant once")
     if input_path and random_steps:
         raise ConfigError("give --input or --random, not both")
     for given in (input_path, lengths_path, model):
@@ -106,14 +119,15 @@ def run(
     warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
     m = Model(model, **session_kwargs(**session))
     if stream:
-        sm = io.streaming_model(m, list(states), layout)
+        sm = io.streaming_model(m, list(states), layout, constants)
         if sm is None:
             raise ConfigError(
                 "--stream needs a stateful model: export with --strategy step, or name its states with --state"
             )
+        fed = "".join(f", {k}={v.tolist()}" for k, v in sm.constants.items())
         click.echo(
             f"edgernn: streaming on {m.choice.describe()}; {sm.chunk or 1} step(s) per call, "
-            f"{sm.features or '?'} features per frame",
+            f"{sm.features or '?'} features per frame{fed}",
             err=True,
         )
         out = sys.stdout.buffer if binary else sys.stdout

@@ -164,11 +164,14 @@ class RunResult:
 
 
 def streaming_model(
-    model: Model, states: Sequence[StatePair | str] | None, layout: str | None
+    model: Model,
+    states: Sequence[StatePair | str] | None,
+    layout: str | None,
+    constants: Mapping[str, Any] | None = None,
 ) -> StreamingModel | None:
     """The model as a StreamingModel when it has state (named, or in its manifest); else None."""
     if states or (model.manifest is not None and model.manifest.states):
-        return StreamingModel(model, states=states, layout=layout)
+        return StreamingModel(model, states=states, layout=layout, constants=constants)
     return None
 
 
@@ -268,16 +271,19 @@ def _single_data(model: Model) -> TensorSpec:
 # -- live frames ---------------------------------------------------------------------------------------------------
 
 
-def text_frames(lines: IO[str], features: int | None) -> Iterator[np.ndarray]:
-    """One frame per line of comma- or space-separated floats; blank lines and # comments are skipped."""
+def text_frames(lines: IO[str], features: int | None, dtype: Any = np.float32) -> Iterator[np.ndarray]:
+    """One frame per line of comma- or space-separated floats (integers for a token model's ids, ``dtype``
+    int64); blank lines and # comments are skipped."""
+    ints = np.dtype(dtype).kind in "iu"
     for lineno, line in enumerate(_decoded(lines), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         try:
-            frame = np.array(text.replace(",", " ").split(), dtype=np.float32)
-        except ValueError:
-            raise InputError(f"stdin line {lineno}: not a frame of numbers: {text[:80]!r}") from None
+            frame = np.array(text.replace(",", " ").split(), dtype=np.int64 if ints else np.float32)
+        except (ValueError, OverflowError):
+            what = "token ids (whole numbers)" if ints else "numbers"
+            raise InputError(f"stdin line {lineno}: not a frame of {what}: {text[:80]!r}") from None
         if features is not None and frame.size != features:
             raise InputError(f"stdin line {lineno}: {frame.size} values, but the model takes {features} features")
         yield frame
@@ -346,9 +352,11 @@ def run_stream(
     line per chunk for a last-step readout) and flush. Frames left at the end that do not fill a chunk are not
     run; ``notes`` is told. Returns the number of frames read."""
     k = sm.chunk or 1
+    if binary and sm.dtype.kind != "f":
+        raise ConfigError(f"--binary streams float32 frames; {sm.data.name!r} takes {sm.dtype} ids: send them as text")
     if binary and sm.features is None:
         raise ModelFormatError(f"the feature size of {sm.data.name!r} is not fixed in the graph; --binary needs it")
-    frames = binary_frames(stdin, sm.features or 0) if binary else text_frames(stdin, sm.features)
+    frames = binary_frames(stdin, sm.features or 0) if binary else text_frames(stdin, sm.features, sm.dtype)
     stream = sm.stream()
     primary = sm.outputs[0]
     time_axis = _time_axis_without_batch(primary.axes)

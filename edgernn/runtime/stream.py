@@ -16,6 +16,12 @@ its state input -> output pairs and the initial state's shape.
   ``session.run`` (docs/benchmarks.md).
 * States live in pages of slots shared by the model's streams (``StatePool``), so a batched call gathers and
   scatters each state with one vectorised copy rather than one per stream.
+* Inputs that are neither states nor the data input (a sample rate, a temperature) are constants: given once
+  (``constants={"sr": 16000}``, CLI ``--const sr=16000``) and fed unchanged to every call, batched or not. A
+  constant cannot have a dynamic batch axis: one value would have to stand for every stream of a batched call,
+  so such an input is refused rather than tiled.
+* The data input is floating point (frames of features) or integer (token ids, e.g. before an Embedding): a
+  token stream steps one id (a scalar) or a chunk of ids ``(K,)``; floats are not rounded into ids.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, ModelFormatError
 from ..manifest import TensorSpec
-from .layout import Axes, infer_axes, parse_layout
+from .layout import BATCH_NAMES, Axes, infer_axes, parse_layout
 from .model import Model
 from .states import StatePair, StatePool, resolve_states
 
@@ -52,9 +58,12 @@ class StreamingModel:
     >>> s = sm.stream(); y = s.step(frame)                      # frame: (features,) or a chunk (K, features)
     >>> ys = sm.step_many([s1, s2, s3], [f1, f2, f3])           # one onnxruntime call for three streams
     >>> other = StreamingModel("their.onnx", states=["initial_h:Y_h:1xbx64"], layout="tbf")
+    >>> vad = StreamingModel("vad.onnx", states=["state:stateN:2xbx128"], constants={"sr": 16000})
 
-    ``model`` is a path, bytes, or a loaded ``Model`` (whose session is shared); the keyword arguments after
-    ``layout`` are those of ``Model`` (provider, fallback, threads, ...).
+    ``model`` is a path, bytes, or a loaded ``Model`` (whose session is shared). ``constants`` gives the value of
+    each input that is neither a state nor the data input, by name (converted to the input's dtype and shape; a
+    plain number for a scalar input); the keyword arguments after it are those of ``Model`` (provider, fallback,
+    threads, ...).
     """
 
     def __init__(
@@ -63,6 +72,7 @@ class StreamingModel:
         *,
         states: Sequence[StatePair | str] | None = None,
         layout: str | None = None,
+        constants: Mapping[str, Any] | None = None,
         **session: Any,
     ) -> None:
         if isinstance(model, Model) and session:
@@ -71,17 +81,14 @@ class StreamingModel:
         self.session = self.model.session
         self._output_names = list(self.model.output_names)
         self.states = resolve_states(self.model, states)
-        state_inputs = {s.input for s in self.states}
-        data = [s for s in self.model.inputs if s.name not in state_inputs]
-        if len(data) != 1:
-            raise ModelFormatError(
-                f"a streaming model takes one data input besides its states; this one takes "
-                f"{', '.join(s.name for s in data) or 'none'}"
-            )
-        self.data: TensorSpec = data[0]
+        given = dict(constants or {})
+        self._check_constant_names(given)
+        self.data: TensorSpec = self._pick_data(given)
         self.dtype = np.dtype(self.data.dtype)
-        if self.dtype.kind != "f":
-            raise ModelFormatError(f"data input {self.data.name!r} is {self.dtype}; streams take floating point frames")
+        if self.dtype.kind not in "fiu":
+            raise ModelFormatError(
+                f"data input {self.data.name!r} is {self.dtype}; streams take floating point frames or integer ids"
+            )
         graph_data = self.model.graph_inputs[self.data.name].shape
         # the graph's fixed sizes win over a manifest that still names an axis (e.g. "time" fixed to the chunk)
         self.shape: list[int | str] = (
@@ -111,6 +118,10 @@ class StreamingModel:
         named = self.data.named_shape()
         bname = named[axes.batch] if axes.batch is not None else None
         tname = named[axes.time] if axes.time is not None else None
+        batchy = {n.lower() for n in [*batch_dims, *([bname] if isinstance(bname, str) else [])]} | BATCH_NAMES
+        # each constant's value, in its input's dtype and shape; read-only: it is bound once and fed to every call
+        self.constants: dict[str, np.ndarray] = {k: self._constant(k, v, batchy) for k, v in given.items()}
+        self._constant_values: dict[str, Any] | None = None  # the same as OrtValues, for the bound hot path
         state_outputs = {s.output for s in self.states}
         self.outputs: list[_Output] = []
         for i, name in enumerate(self._output_names):
@@ -133,6 +144,116 @@ class StreamingModel:
         self._pool = StatePool([st.shape for st in self.states], [st.dtype for st in self.states])
 
     # -- construction helpers ------------------------------------------------------------------------------------
+
+    def _check_constant_names(self, given: Mapping[str, Any]) -> None:
+        inputs = self.model.graph_inputs
+        state_inputs = {s.input for s in self.states}
+        for name in given:
+            if name not in inputs:
+                raise ConfigError(
+                    f"constant {name!r} is not an input of this model; its inputs: {', '.join(inputs)}"
+                    + (f" (states: {', '.join(sorted(state_inputs))})" if state_inputs else "")
+                )
+            if name in state_inputs:
+                raise ConfigError(f"{name!r} is a state input (it carries the recurrent state), not a constant")
+
+    def _pick_data(self, given: Mapping[str, Any]) -> TensorSpec:
+        """The data input: the one input left besides the states and constants. Where several are left, the one
+        that shares the states' batch axis (else has a dynamic axis, else the most axes) is taken as the data, and
+        the others must be given as constants."""
+        state_inputs = {s.input for s in self.states}
+        rest = [s for s in self.model.inputs if s.name not in state_inputs and s.name not in given]
+        if not rest:
+            what = f"its inputs are states ({', '.join(sorted(state_inputs))})"
+            if given:
+                what += f" and constants ({', '.join(given)})"
+            raise (ConfigError if given else ModelFormatError)(
+                f"a streaming model takes one data input besides its states and constants; {what}"
+            )
+        if len(rest) == 1:
+            return rest[0]
+        batch_names = set(self._state_batch_names())
+
+        def score(s: TensorSpec) -> tuple[bool, bool, int]:
+            graph = self.model.graph_inputs[s.name].shape
+            shares = any(isinstance(d, str) and d in batch_names for d in graph)
+            return shares, any(isinstance(d, str) for d in graph), len(graph)
+
+        best = max(score(s) for s in rest)
+        top = [s for s in rest if score(s) == best]
+        if len(top) > 1:
+            raise ConfigError(
+                f"this model takes {', '.join(s.name for s in rest)} besides its states, and a stream feeds one data "
+                "input: give each of the others as a constant, constants={'NAME': ...} (CLI: --const NAME=VALUE)"
+            )
+        data = top[0]
+        missing = [s for s in rest if s is not data]
+        spec = self.model.graph_inputs[missing[0].name]
+        raise ConfigError(
+            f"input {spec.name!r} ({spec.dtype}, shape {_fmt(spec.shape)}) is neither a state nor the data input "
+            f"({data.name!r}): give its value, constants={{{', '.join(repr(s.name) + ': ...' for s in missing)}}} "
+            f"(CLI: {' '.join('--const ' + s.name + '=VALUE' for s in missing)})"
+        )
+
+    def _constant(self, name: str, value: Any, batch_names: set[str]) -> np.ndarray:
+        """``value`` as constant input ``name``: the input's dtype (integers stay whole: no rounding, no wrap
+        around) and shape (a scalar for a () input; a size-1 value fills any all-ones shape)."""
+        graph = self.model.graph_inputs[name]
+        spec = next((s for s in self.model.inputs if s.name == name), graph)
+        for axis, (d, n) in enumerate(zip(graph.shape, spec.named_shape(), strict=True)):
+            if isinstance(d, str) and isinstance(n, str) and n.lower() in batch_names:
+                raise ConfigError(
+                    f"input {name!r} {_fmt(graph.shape)} has a batch axis ({axis}, {n!r}); a constant is fed "
+                    "unchanged to every call, batched step_many calls included, so it cannot have one (it would "
+                    "be one value for every stream of a call, or need a value per stream)"
+                )
+        a = np.asarray(value)
+        want = np.dtype(graph.dtype)
+        if a.dtype == object and a.size and all(type(v) is int for v in a.flat):  # Python ints beyond int64
+            if want.kind in "iu":
+                info = np.iinfo(want)
+                raise InputError(f"constant {name!r} has values outside {want}'s range {info.min}..{info.max}")
+            a = a.astype(np.float64)
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"constant {name!r} must be numbers ({want}); got {a.dtype} {value!r:.80}")
+        if want.kind == "b":
+            if a.dtype.kind != "b" and not np.isin(a, (0, 1)).all():
+                raise InputError(f"constant {name!r} is bool: give True/False or 1/0; got {value!r:.80}")
+        elif want.kind in "iu":
+            if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+                raise InputError(
+                    f"constant {name!r} is {want}: whole numbers only (edgernn does not round); got {value!r:.80}"
+                )
+            info = np.iinfo(want)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise InputError(f"constant {name!r} has values outside {want}'s range {info.min}..{info.max}")
+        elif want.kind == "f":
+            with np.errstate(over="ignore", invalid="ignore"):
+                if not np.isfinite(a.astype(want)).all():
+                    raise InputError(f"constant {name!r} must be finite {want} values; got {value!r:.80}")
+        else:
+            raise ModelFormatError(f"input {name!r} is {want}; edgernn feeds constants of numbers only")
+        shape = graph.shape
+        if a.ndim != len(shape):
+            fixed = [d for d in shape if isinstance(d, int)]
+            if len(fixed) == len(shape) and a.size == math.prod(fixed):
+                a = a.reshape(fixed)
+            else:
+                raise InputError(f"constant {name!r} must have shape {_fmt(shape)}; got {a.shape}")
+        for d, got in zip(shape, a.shape, strict=True):
+            if (isinstance(d, int) and d != got) or got == 0:
+                raise InputError(f"constant {name!r} must have shape {_fmt(shape)}; got {a.shape}")
+        out = np.array(a, dtype=want, order="C")  # a copy; np.ascontiguousarray would make a scalar 1-D
+        out.flags.writeable = False
+        return out
+
+    def _ort_constants(self) -> dict[str, Any]:
+        """The constants as OrtValues (made once; they share the read-only arrays' memory)."""
+        if self._constant_values is None:
+            import onnxruntime as ort
+
+            self._constant_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.constants.items()}
+        return self._constant_values
 
     def _state_batch_names(self) -> list[str]:
         names = []
@@ -167,7 +288,8 @@ class StreamingModel:
 
     def step_many(self, streams: Sequence[Stream], frames: Sequence[Any]) -> list[np.ndarray]:
         """Advance each stream by its frame (or chunk) with one onnxruntime call; returns each stream's primary
-        output, as ``Stream.step`` would. Frames must all have one shape."""
+        output, as ``Stream.step`` would. Frames must all have one shape; the constants go with the call as they
+        are (one value for every stream)."""
         if not streams and not frames:
             return []
         if self._one_at_a_time(streams, frames):
@@ -220,7 +342,7 @@ class StreamingModel:
         ordered = sorted(streams, key=id)
         if any(a is b for a, b in itertools.pairwise(ordered)):
             raise InputError("a stream appears twice in one batched call; its steps must run one after the other")
-        feed = {self.data.name: self._as_batch(frames)}
+        feed = {self.data.name: self._as_batch(frames), **self.constants}
         pages = np.fromiter((s._page for s in streams), np.intp, n)
         slots = np.fromiter((s._slot for s in streams), np.intp, n)
         for s in ordered:
@@ -248,12 +370,9 @@ class StreamingModel:
             a = np.asarray(frames)
         except ValueError:
             raise InputError("frames of one batched call must share a shape") from None
-        if a.dtype != self.dtype:
-            if a.dtype.kind != "f":
-                raise InputError(f"input {self.data.name!r} must be floating point ({self.dtype}); got {a.dtype}")
-            a = a.astype(self.dtype)
+        a = self._convert(a)
         one = self._as_input(a[0])  # shape checks (and their error messages) are those of one stream
-        if not self._finite(a.reshape(-1)):
+        if self.dtype.kind == "f" and not self._finite(a.reshape(-1)):
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise InputError(f"input {self.data.name!r} has {bad} non-finite value(s) (NaN or inf)")
         b = self.axes.batch
@@ -265,11 +384,8 @@ class StreamingModel:
         axis (a multiple of the chunk). Outputs with a time axis are concatenated over the chunks; the others
         (e.g. last-step readouts) and the final states are those of the last chunk. Models without a time axis
         take x with an extra leading time axis, and their outputs get one."""
-        a = np.asarray(x)
-        if a.dtype.kind != "f":
-            raise InputError(f"input {self.data.name!r} must be floating point ({self.dtype}); got {a.dtype}")
-        a = a.astype(self.dtype, copy=False)
-        if not np.all(np.isfinite(a)):
+        a = self._convert(np.asarray(x))
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise InputError(f"input {self.data.name!r} has non-finite values (NaN or inf)")
         stacked_time = self.axes.time is None
         t_axis = 0 if self.axes.time is None else self.axes.time
@@ -295,7 +411,7 @@ class StreamingModel:
         results: list[np.ndarray] = []
         for start in range(0, total, k):
             piece = a[start] if stacked_time else np.take(a, range(start, start + k), axis=t_axis)
-            feed = {self.data.name: self._check_full(np.ascontiguousarray(piece)), **state}
+            feed = {self.data.name: self._check_full(np.ascontiguousarray(piece)), **state, **self.constants}
             results = self.session.run(self._output_names, feed)
             state = {st.input: results[st.out_index] for st in self.states}
             for o in self.outputs:
@@ -318,18 +434,36 @@ class StreamingModel:
         """One stream's frame or chunk as the model's data input (batch 1): checked, converted, reshaped."""
         a = x if type(x) is np.ndarray else np.asarray(x)
         if a.dtype != self.dtype:
-            if a.dtype.kind != "f":
-                raise InputError(f"input {self.data.name!r} must be floating point ({self.dtype}); got {a.dtype}")
-            a = a.astype(self.dtype)
+            a = self._convert(a)
         target = self._shapes.get(a.shape)
         if target is None:
             target = self._target_shape(a.shape)
             if len(self._shapes) < 64:  # a stream sees one or two shapes; bound the cache against odd callers
                 self._shapes[a.shape] = target
-        if not self._finite(a.reshape(-1)):
+        if self.dtype.kind == "f" and not self._finite(a.reshape(-1)):
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise InputError(f"input {self.data.name!r} has {bad} non-finite value(s) (NaN or inf)")
         return a.reshape(target)
+
+    def _convert(self, a: np.ndarray) -> np.ndarray:
+        """``a`` in the data input's dtype: floats for a float input; integers for an integer one (token ids),
+        checked against its range, never floats rounded into ids."""
+        if a.dtype == self.dtype:
+            return a
+        name = self.data.name
+        if self.dtype.kind == "f":
+            if a.dtype.kind != "f":
+                raise InputError(f"input {name!r} must be floating point ({self.dtype}); got {a.dtype}")
+            return a.astype(self.dtype)
+        if a.dtype.kind not in "iu":
+            raise InputError(
+                f"input {name!r} takes integers ({self.dtype}, e.g. token ids); got {a.dtype}: edgernn does not "
+                "round values into ids, convert them yourself"
+            )
+        info = np.iinfo(self.dtype)
+        if a.size and (a.min() < info.min or a.max() > info.max):  # a cast would wrap around, silently
+            raise InputError(f"input {name!r} has values outside {self.dtype}'s range {info.min}..{info.max}")
+        return a.astype(self.dtype)
 
     def _finite(self, flat: np.ndarray) -> bool:
         """No NaN or inf in ``flat``: x . 0 is 0 for finite x and NaN otherwise, and cannot overflow; 4x faster
@@ -351,14 +485,15 @@ class StreamingModel:
                     f"(shape {shape}); use step_many() to serve several streams in one call"
                 )
         elif ax.batch is not None and len(shape) == ax.rank - 1:
-            full.insert(ax.batch, 1)
-        elif ax.batch is not None and ax.time is not None and len(shape) == ax.rank - 2:
+            full.insert(ax.batch, 1)  # a chunk, or the frame of a model without a time axis
+        elif ax.time is not None and len(shape) == ax.rank - 1 - (ax.batch is not None):
+            # one frame: no time axis (and no batch axis where the model has one)
             if self.chunk not in (None, 1):
                 raise InputError(
                     f"this model runs chunks of {self.chunk} steps per call; pass {self.chunk} frames at once "
-                    f"(shape ({self.chunk}, {self.features or 'features'})), not one frame of shape {shape}"
+                    f"(shape {_shape(self._frame_shape(self.chunk))}), not one frame of shape {shape}"
                 )
-            for i in sorted((ax.batch, ax.time)):
+            for i in sorted(i for i in (ax.batch, ax.time) if i is not None):
                 full.insert(i, 1)
         else:
             raise InputError(
@@ -370,8 +505,11 @@ class StreamingModel:
                     raise InputError(
                         f"this model runs chunks of {want} steps per call; got {got} steps (shape {shape})"
                     )
-                what = "features" if axis == ax.rank - 1 else f"axis {axis}"
-                raise InputError(f"input {self.data.name!r} expects {want} {what}; got {got} (shape {shape})")
+                what = "features" if axis == ax.rank - 1 else f"at axis {axis}"
+                raise InputError(
+                    f"input {self.data.name!r} expects {want} {what}; got {got} (shape {shape}); a stream takes "
+                    f"{self._frame_help()}"
+                )
         return tuple(full)
 
     def _check_full(self, a: np.ndarray) -> np.ndarray:
@@ -382,13 +520,28 @@ class StreamingModel:
                 )
         return a
 
+    def _frame_shape(self, steps: int | str | None) -> list[int | str]:
+        """One stream's frame as the caller passes it: the data input without its batch axis, and without its time
+        axis (``steps`` None) or with ``steps`` there (a chunk)."""
+        out: list[int | str] = []
+        for i, d in enumerate(self.shape):
+            if i == self.axes.time:
+                if steps is not None:
+                    out.append(steps)
+            elif i != self.axes.batch:
+                out.append(d)
+        return out
+
     def _frame_help(self) -> str:
-        f = self.features or "features"
-        if self.axes.time is not None and self.chunk in (None, 1):
-            return f"one frame ({f},) or a chunk (steps, {f})" if self.chunk is None else f"one frame ({f},)"
-        if self.axes.time is not None:
-            return f"a chunk ({self.chunk}, {f})"
-        return f"one frame ({f},)"
+        frame = _shape(self._frame_shape(None))
+        if not self._frame_shape(None):
+            frame += " (a scalar" + (", e.g. one token id)" if self.dtype.kind in "iu" else ")")
+        if self.axes.time is None or self.chunk == 1:
+            return f"one frame, shape {frame}"
+        chunk = _shape(self._frame_shape(self.chunk or "steps"))
+        if self.chunk is None:
+            return f"one frame, shape {frame}, or a chunk, shape {chunk}"
+        return f"a chunk, shape {chunk}"
 
 
 class _Bound:
@@ -411,10 +564,13 @@ class _Bound:
         self.primary = self.views[0]
         x_val = ov(self.x)
         out_vals = [ov(b) for b in self.outs]
+        constants = sm._ort_constants()
         self.io = []
         for cur in (0, 1):
             io = sm.session.io_binding()
             io.bind_ortvalue_input(sm.data.name, x_val)
+            for name, value in constants.items():
+                io.bind_ortvalue_input(name, value)
             for j, st in enumerate(sm.states):
                 io.bind_ortvalue_input(st.input, ov(bufs[cur][j]))
                 io.bind_ortvalue_output(st.output, ov(bufs[1 - cur][j]))
@@ -438,8 +594,9 @@ class Stream:
         self.steps = 0  # calls made since the last reset
 
     def step(self, x: Any) -> np.ndarray:
-        """Advance by one frame ``(features,)`` or one chunk ``(K, features)``; returns the model's primary output
-        for this stream (its batch axis removed), e.g. ``(K, outputs)`` for a per-step readout."""
+        """Advance by one frame ``(features,)`` or one chunk ``(K, features)`` (a token stream: one id, or ``(K,)``
+        ids); returns the model's primary output for this stream (its batch axis removed), e.g. ``(K, outputs)``
+        for a per-step readout."""
         sm = self.model
         a = sm._as_input(x)
         with self._lock:
@@ -472,7 +629,7 @@ class Stream:
         """The first call with an input shape (lock held): a plain run tells the output shapes, then this
         stream's buffers are bound for the next calls."""
         sm = self.model
-        feed = {sm.data.name: a}
+        feed = {sm.data.name: a, **sm.constants}
         for j, st in enumerate(sm.states):
             feed[st.input] = self._buf[self._cur][j]
         results = sm.session.run(sm._output_names, feed)
@@ -535,3 +692,30 @@ def _drop_batch(a: np.ndarray, batch_axis: int | None) -> np.ndarray:
 
 def _fmt(shape: Sequence[Any]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _shape(shape: Sequence[Any]) -> str:
+    """A shape as Python writes a tuple: ``(576,)`` for one axis."""
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def parse_constant(text: str) -> tuple[str, float | int | list[float | int]]:
+    """``NAME=VALUE`` as the CLI's ``--const`` takes it: VALUE a number (``16000``, ``0.5``) or a comma list of
+    numbers for a 1-D input (``1,2,3``); the model's input decides the dtype and shape."""
+    name, eq, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not eq or not name or not value:
+        raise ConfigError(f"constant {text!r} must be NAME=VALUE, e.g. sr=16000 (a number, or a comma list: 1,2,3)")
+    numbers: list[float | int] = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            numbers.append(int(part))
+        except ValueError:
+            try:
+                numbers.append(float(part))
+            except ValueError:
+                raise ConfigError(
+                    f"constant {text!r}: {part!r} is not a number; VALUE is a number or a comma list of numbers"
+                ) from None
+    return name, numbers if "," in value else numbers[0]

@@ -44,7 +44,7 @@ def check_feed(
                 f"input {spec.name!r} must have {len(spec.shape)} dimensions {_fmt(spec.shape)}; got shape {arr.shape}"
             )
         named = spec.named_shape()  # a fixed axis keeps its name (time fixed to an unroll length, a static batch)
-        if 0 in arr.shape and spec.role != "state":  # onnxruntime crashes on some empty batches (SIGSEGV)
+        if 0 in arr.shape:  # onnxruntime crashes on some empty batches (SIGSEGV)
             axis = arr.shape.index(0)
             what = {"batch": "sequence", "time": "step"}.get(str(named[axis]), "element")
             raise InputError(
