@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, TargetError
+from ..errors import TargetError
 from .common import echo_json, handle_errors
 
 
@@ -40,19 +40,6 @@ def targets(as_json: bool) -> None:
         )
 
 
-def _parse_shape(text: str) -> tuple[str, list[int]]:
-    name, sep, dims = text.rpartition(":")
-    try:
-        if not sep or not name:
-            raise ValueError
-        shape = [int(d) for d in dims.lower().split("x")]
-        if any(d < 1 for d in shape):
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"--shape must look like NAME:1x50x3 (sizes >= 1); got {text!r}") from None
-    return name, shape
-
-
 @click.command("check")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
@@ -76,6 +63,7 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     """
     from ..export.targets import target_names as all_targets
     from ..verify.check import check_model, manifest_target
+    from ..verify.parity import parse_shape
 
     asked = list(dict.fromkeys(target_names))
     if "all" in asked:
@@ -85,7 +73,7 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     else:
         own = manifest_target(model)
         names = [own] if own else all_targets()
-    reports = check_model(model, names, shapes=dict(_parse_shape(s) for s in shapes))
+    reports = check_model(model, names, shapes=dict(parse_shape(s) for s in shapes))
     if as_json:
         echo_json([r.to_dict() for r in reports])
     else:

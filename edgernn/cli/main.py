@@ -167,6 +167,20 @@ def train(**o: Any) -> None:
     default=None,
     help="With --precision: the largest relative loss of the task metric allowed (default 0.01).",
 )
+@click.option(
+    "--min-len",
+    type=int,
+    default=None,
+    help="With --module: the shortest sequence the model takes; shorter parity cases run at this length.",
+)
+@click.option(
+    "--parity-shape",
+    "parity_shapes",
+    multiple=True,
+    metavar="NAME:SHAPE[,NAME:SHAPE]",
+    help="With --module: check parity at these input shapes instead of the defaults, e.g. x:3x17x5 "
+    "(repeat per case; several inputs of one case joined by commas).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
 @handle_errors
@@ -181,6 +195,8 @@ def export(
     lengths_input: str | None,
     output_names: tuple[str, ...],
     ort_format: bool,
+    min_len: int | None,
+    parity_shapes: tuple[str, ...],
     **o: Any,
 ) -> None:
     """Export checkpoint CKPT (a file or a training directory), or your own module (--module), to ONNX after
@@ -197,6 +213,8 @@ def export(
     replacing = Path(out_path).is_file()
     if output_names and module_spec is None:
         raise ConfigError("--output-name goes with --module (a checkpoint's model has one output, y)")
+    if (min_len is not None or parity_shapes) and module_spec is None:
+        raise ConfigError("--min-len and --parity-shape go with --module (a checkpoint's model takes any length)")
     if module_spec is not None and weights is None:
         click.echo(
             f"note: no --weights: exporting {module_spec} with the weights its factory gives it (untrained unless "
@@ -215,6 +233,8 @@ def export(
             time_major=time_major,
             lengths_input=lengths_input,
             output_names=list(output_names) or None,
+            min_len=min_len,
+            parity_shapes=parity_shapes,
             **o,
         )
     else:

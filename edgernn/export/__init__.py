@@ -115,43 +115,53 @@ def export(
     lengths_input: str | None = None,
     opset: int | None = None,
     verify: bool = True,
-    cases: Sequence[Case] | None = None,
+    cases: Sequence[Case | dict[str, Sequence[int]]] | None = None,
+    min_len: int | None = None,
     int_high: int | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Export a user's module. Its torch recurrent layers are swapped for edgernn's (same weights) in a copy; the
-    module itself is left untouched and is the parity reference.
+    """Export a user's module. Its torch recurrent layers (and subclasses of them) are swapped for edgernn's
+    (same weights) in a copy; the module itself is left untouched and is the parity reference.
 
-    ``dynamic_axes`` maps input names to ``{axis: "batch" | "time"}``; by default every input's axis 0 is the
-    batch and axis 1 (if any) the time axis. ``lengths_input`` names an input holding sequence lengths.
-    Integer inputs (token ids) are drawn in ``[0, int_high)`` for parity; by default up to the smallest
-    embedding table in the module.
+    ``dynamic_axes`` maps input names to ``{axis: name}``: "batch", "time", or a name of its own for another
+    length (a decoder's). By default axis 0 of every input is the batch and axis 1 (if any) a time axis: "time"
+    for the first input and those of the same example length, ``time_NAME`` for an input whose example length
+    differs (an encoder and a decoder input). ``lengths_input`` names an input holding sequence lengths; a module
+    that packs its sequences (``pack_padded_sequence``) with one integer input of shape (batch,) has it found.
+    Parity runs at ``cases`` (``Case`` objects or ``{input: shape}`` dicts) or the defaults, lengths below
+    ``min_len`` lifted to it. Integer inputs (token ids) are drawn in ``[0, int_high)`` for parity; by default up
+    to the smallest embedding table in the module.
     """
     import torch
     from torch import nn
 
+    from ..errors import ExportError
     from .core import export_module
+    from .packing import PackingSpy
 
     example = tuple(example_inputs)
     names = list(input_names or ([f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]))
+    if len(names) != len(example):
+        raise ExportError(f"{len(names)} input names for {len(example)} example inputs")
+    try:
+        with torch.no_grad(), PackingSpy() as spy:
+            out = module(*example)
+    except Exception as e:  # the user's own forward: say so, with its first line, rather than a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in example)
+        raise ExportError(f"the module's own forward failed on the example inputs ({shapes}): {first}") from None
+    if lengths_input is None and spy.packs:
+        lengths_input = _packed_lengths_input(names, example)
+    axes_of = {**default_axes(names, example, lengths_input), **(dynamic_axes or {})}
     specs = []
     for name, t in zip(names, example, strict=True):
-        axes = (dynamic_axes or {}).get(name, {0: "batch", 1: "time"} if t.dim() >= 2 else {0: "batch"})
+        axes = axes_of[name]
         shape: list[int | str] = [axes.get(i, int(n)) for i, n in enumerate(t.shape)]
         role = "lengths" if name == lengths_input else "data"
         specs.append(TensorSpec(name, str(t.detach().cpu().numpy().dtype), shape, role))
     if int_high is None:
         sizes = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
         int_high = min(sizes) if sizes else 2
-    from ..errors import ExportError
-
-    try:
-        with torch.no_grad():
-            out = module(*example)
-    except Exception as e:  # the user's own forward: say so, with its first line, rather than a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in example)
-        raise ExportError(f"the module's own forward failed on the example inputs ({shapes}): {first}") from None
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
     outs = list(output_names or (["y"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     return export_module(
@@ -164,6 +174,44 @@ def export(
         opset=opset,
         verify=verify,
         cases=cases,
+        min_len=min_len,
         int_high=int_high,
         **options,
     )
+
+
+def default_axes(
+    names: Sequence[str], example: Sequence[Tensor], lengths_input: str | None = None, *, time_major: bool = False
+) -> dict[str, dict[int, str]]:
+    """Each input's dynamic axes when the caller names none: the batch axis, and the time axis of inputs with
+    one: "time" for the first such input and every input of the same example length, ``time_NAME`` for an
+    input of another length (a decoder's own). A lengths input has only the batch axis."""
+    b, t = (1, 0) if time_major else (0, 1)
+    first = next(
+        (int(x.shape[t]) for n, x in zip(names, example, strict=True) if x.dim() >= 2 and n != lengths_input), None
+    )
+    out: dict[str, dict[int, str]] = {}
+    for name, x in zip(names, example, strict=True):
+        if x.dim() < 2 or name == lengths_input:
+            out[name] = {0: "batch"}
+        else:
+            out[name] = {b: "batch", t: "time" if int(x.shape[t]) == first else f"time_{name}"}
+    return out
+
+
+def _packed_lengths_input(names: Sequence[str], example: Sequence[Tensor]) -> str:
+    """The input a packing module takes its lengths from: its one integer input of shape (batch,)."""
+    from ..errors import ExportError
+
+    batch = next((int(t.shape[0]) for t in example if t.dim() >= 2), None)
+    found = [
+        n
+        for n, t in zip(names, example, strict=True)
+        if t.dim() == 1 and not t.dtype.is_floating_point and (batch is None or int(t.shape[0]) == batch)
+    ]
+    if len(found) != 1:
+        raise ExportError(
+            "the module packs its sequences (pack_padded_sequence); name the input that holds their lengths: "
+            "lengths_input= (--lengths-input NAME)"
+        )
+    return found[0]

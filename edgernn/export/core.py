@@ -10,24 +10,25 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .._version import __version__
-from ..errors import ExportError, ParityError, TargetError
+from ..errors import ConfigError, ExportError, ParityError, TargetError
 from ..files import write_atomic
 from ..manifest import Manifest, StateSpec, TensorSpec, write_manifest
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
-from ..verify.against_torch import layer_oracle_check, stream_cases, verify_parity, verify_stream
+from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.check import structure_report, target_runners
-from ..verify.parity import Case, ParityReport, Runner, cases_for
-from . import hygiene
+from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
+from . import hygiene, packing
 from .graph import (
     check_dynamic_axes,
     default_opset,
@@ -63,18 +64,34 @@ def weights_sha256(module: nn.Module) -> str:
 
 
 def make_hook(
-    strategy: Strategy, weights: dict[int, list[LayerWeights]], states: StateIO | None = None
+    strategy: Strategy, weights: Sequence[list[LayerWeights]], states: StateIO | None = None
 ) -> Callable[..., Any]:
-    """The forward that every edgernn recurrent layer runs while the exporter traces.
+    """The forward that every edgernn recurrent layer runs while the exporter traces; ``weights`` by layer slot
+    (``edgernn.model.nn.layer_slot``). The hook's ``ran`` set collects the slots of the layers it ran.
 
     With ``states`` (a streaming export) each layer starts from the state fed in as a graph input and hands its
     final state back, instead of starting from ``hx`` or zeros.
     """
+    ran: set[int] = set()
 
     def hook(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
-        if not isinstance(input, Tensor):
-            raise ExportError("PackedSequence inputs cannot be exported; pass the padded tensor and `lengths`")
-        x = input.transpose(0, 1) if layer.batch_first else input
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if not packing.active():
+                raise ExportError("a PackedSequence made outside pack_padded_sequence/pack_sequence cannot be exported")
+            # the traced pack holds the padded batch, time-major, sorted as the user's pack sorted it
+            x = packed.data
+            lengths = packing.packed_lengths(packed.batch_sizes, x.shape[1])
+            if hx is not None and packed.sorted_indices is not None:  # as torch's layers do: hx in the sorted order
+                hx = (
+                    tuple(_rows(t, packed.sorted_indices) for t in hx)
+                    if isinstance(hx, tuple)
+                    else _rows(hx, packed.sorted_indices)
+                )
+        elif not isinstance(input, Tensor):
+            raise ExportError(f"a recurrent layer was called with a {type(input).__name__}; it takes a tensor")
+        else:
+            x = input.transpose(0, 1) if layer.batch_first else input
         rows = layer.num_layers * layer.num_directions
         if states is not None:
             h0, c0 = states.take(layer, hx, lengths)
@@ -85,14 +102,25 @@ def make_hook(
             h0, c0 = hx
         else:
             h0, c0 = hx, None
-        y, h, c = strategy.run_stack(layer, weights[id(layer)], x, h0, c0, lengths)
+        ran.add(enn.layer_slot(layer))
+        y, h, c = strategy.run_stack(layer, weights[enn.layer_slot(layer)], x, h0, c0, lengths)
         if states is not None:
             states.give(layer, h, c)
-        if layer.batch_first:
-            y = y.transpose(0, 1)
-        return (y, (h, c)) if layer.cell_kind.has_cell_state else (y, h)
+        if packed is not None:
+            out: Any = PackedSequence(y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            if packed.unsorted_indices is not None:  # the final states back in the caller's order
+                h = _rows(h, packed.unsorted_indices)
+                c = None if c is None else _rows(c, packed.unsorted_indices)
+        else:
+            out = y.transpose(0, 1) if layer.batch_first else y
+        return (out, (h, c)) if layer.cell_kind.has_cell_state else (out, h)
 
+    hook.ran = ran  # type: ignore[attr-defined]
     return hook
+
+
+def _rows(t: Tensor, index: Tensor) -> Tensor:
+    return t.index_select(1, index)
 
 
 @contextlib.contextmanager
@@ -125,6 +153,25 @@ def _dims(specs: Sequence[TensorSpec]) -> tuple[dict[int, Any] | None, ...]:
     return tuple(out)
 
 
+def _by_parameter(module: nn.Module, dims: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``dynamic_shapes`` in the structure torch matches them by: one entry per parameter of ``forward``, the
+    inputs a ``*args`` parameter takes (StepModule's, or a user's ``forward(self, x, *rest)``) as one tuple."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: one entry per input
+        return dims
+    out: list[Any] = []
+    for i, p in enumerate(params):
+        if p.kind == p.VAR_POSITIONAL:
+            return (*out, tuple(dims[i:])) if i < len(dims) else tuple(out)
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or i >= len(dims):
+            break
+        out.append(dims[i])
+    return tuple(out) if len(out) == len(dims) else dims
+
+
 def export_module(
     module: nn.Module,
     example_inputs: tuple[Tensor, ...],
@@ -138,7 +185,8 @@ def export_module(
     ort_format: bool = False,
     opset: int | None = None,
     verify: bool = True,
-    cases: Sequence[Case] | None = None,
+    cases: Sequence[Case | Mapping[str, Sequence[int]]] | None = None,
+    min_len: int | None = None,
     oracle: Runner | None = None,
     int_high: int = 2,
     manifest_extra: dict[str, Any] | None = None,
@@ -159,6 +207,10 @@ def export_module(
     ``ParityError``. Either leaves ``path`` untouched. ``verify=False`` skips the numbers, not the target's check.
     ``ort_format`` also writes ``NAME.ort`` and ``NAME.required_operators.config`` beside ``path`` for onnxruntime
     Mobile, checked against the ONNX file.
+
+    Parity runs at ``cases`` (``Case`` objects, or ``{input: shape}`` mappings) or by default at several batch
+    sizes and lengths; a default case shorter than the module takes (``min_len``, or found by running it) moves
+    to a length it takes, and the report's notes say so.
     """
     tgt = get_target(target)
     strat = get_strategy_class(strategy)(**options)
@@ -179,10 +231,17 @@ def export_module(
         raise ExportError("the module holds no torch.nn.RNN/LSTM/GRU (or edgernn) recurrent layer to export")
     for _, layer in layers:
         strat.check_layer(layer)
-    weights = {id(layer): onnx_weights(layer) for _, layer in layers}
+    enn.number_layers(layers)
+    weights = [onnx_weights(layer) for _, layer in layers]
 
     fixed = strat.fixed_length()
+    if fixed is not None:
+        _require_one_time_axis(inputs, strategy)
+    given_cases = None if cases is None else [_as_case(c, inputs) for c in cases]
+    if min_len is not None and (isinstance(min_len, bool) or int(min_len) < 1):
+        raise ConfigError(f"min_len must be an integer >= 1; got {min_len!r}")
     specs, example = _graph_form(list(inputs), tuple(example_inputs), fixed, static_batch, tgt.padding)
+    example = _traceable(original, inputs, specs, example, fixed, static_batch)
     names_out = list(output_names)
     traced: nn.Module = work
     io = None
@@ -197,12 +256,10 @@ def export_module(
         example += tuple(example_states(layers, static_batch or _batch_of(example, specs), dtype))
         names_out += [s.name for s in state_out]
     graph_inputs = specs + state_in
-    dims: tuple[Any, ...] = _dims(graph_inputs)
-    if caps.streaming:
-        dims = (dims,)  # StepModule.forward takes *args: torch matches dynamic_shapes to that one parameter
+    dims = _by_parameter(traced, _dims(graph_inputs))
     hook = make_hook(strat, weights, io)
     try:
-        with _quiet(), torch.no_grad(), enn.export_hook(hook):
+        with _quiet(), torch.no_grad(), enn.export_hook(hook), packing.traced_packing():
             program = torch.onnx.export(
                 traced,
                 example,
@@ -220,9 +277,13 @@ def export_module(
     except ExportError:
         raise
     except Exception as e:
+        own = _own_error(e)  # edgernn's refusal from inside the trace, wrapped by torch's exporter
+        if own is not None:
+            raise own from None
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
+    _require_routed(layers, hook.ran)  # type: ignore[attr-defined]
     proto = set_opset(strat.postprocess(program.model_proto), opset)
     normalise(proto)
     hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
@@ -258,6 +319,25 @@ def export_module(
         raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
     report = None
     if verify:
+        if caps.streaming:  # whole chunks: the reference runs on the same steps as the chained calls
+            k = int(fixed or 1)
+            run_cases = [replace(c, length=-(-c.length // k) * k) for c in given_cases or stream_cases(static_batch)]
+            notes: list[str] = []
+        else:
+            default = cases_for(
+                has_lengths=lengths_spec is not None,
+                fixed_length=fixed,
+                batch=static_batch,
+                other_axes=other_axes(inputs),
+            )
+            run_cases, notes = fit_cases(
+                original,
+                list(inputs),
+                given_cases or default,
+                int_high=int_high,
+                movable=given_cases is None and fixed is None,
+                min_len=min_len,
+            )
         extra = target_runners(tgt.check, proto)
         lengths_name = lengths_spec.name if lengths_spec is not None else None
         if caps.streaming:
@@ -269,7 +349,7 @@ def export_module(
                 list(output_names),
                 int(fixed or 1),
                 graph_specs=graph_inputs,
-                cases=cases or stream_cases(static_batch),
+                cases=run_cases,
                 oracle=oracle,
                 extra=extra,
                 int_high=int_high,
@@ -281,27 +361,26 @@ def export_module(
                 manifest,
                 torch_specs=list(inputs),
                 lengths_name=lengths_name,
-                cases=cases,
+                cases=run_cases,
                 oracle=oracle,
                 extra=extra,
                 int_high=int_high,
             )
+        report.notes.extend(notes)
         if oracle is None:  # a user's module: each recurrent layer against the numpy oracle as well
-            layer_cases = cases or (
-                stream_cases(static_batch)
-                if caps.streaming
-                else cases_for(has_lengths=lengths_spec is not None, fixed_length=fixed, batch=static_batch)
+            report.comparisons.extend(
+                layer_oracle_check(original, list(inputs), run_cases, int_high=int_high, notes=report.notes)
             )
-            report.comparisons.extend(layer_oracle_check(original, list(inputs), layer_cases, int_high=int_high))
         manifest = replace(manifest, parity=report.summary())
         if not report.passed:
             worst = report.failures()[:5]
             lines = "; ".join(
                 f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst
             )
+            why = "".join(f" Note: {n}." for n in report.notes)
             raise ParityError(
-                f"parity FAILED for strategy {strategy!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}. "
-                "Nothing was written.",
+                f"parity FAILED for strategy {strategy!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}."
+                f"{why} Nothing was written.",
                 report,
             )
         if extra:
@@ -323,6 +402,78 @@ def export_module(
             pkg = package_bytes(data, out.stem, out.parent)
         write_atomic(out, data)
     return ExportResult(out, manifest, report, data, pkg)
+
+
+def _as_case(case: Case | Mapping[str, Sequence[int]], inputs: Sequence[TensorSpec]) -> Case:
+    return case if isinstance(case, Case) else case_from_shapes(inputs, case, option="parity shape")
+
+
+def _require_one_time_axis(inputs: Sequence[TensorSpec], strategy: str) -> None:
+    """A fixed-length strategy fixes the axis named "time"; another named axis (a decoder's own length) would
+    leave a recurrence of unknown length in a graph that must have none."""
+    for s in inputs:
+        for d in s.shape:
+            if isinstance(d, str) and d not in ("batch", "time"):
+                raise ExportError(
+                    f"strategy {strategy!r} fixes the time axis, but input {s.name!r} has another dynamic axis "
+                    f"{d!r}. Give that axis a fixed size (leave it out of dynamic_axes), or export with a "
+                    "dynamic-length strategy (native, loop)"
+                )
+
+
+def _traceable(
+    module: nn.Module,
+    inputs: Sequence[TensorSpec],
+    specs: Sequence[TensorSpec],
+    example: tuple[Tensor, ...],
+    fixed: int | None,
+    static_batch: int | None,
+) -> tuple[Tensor, ...]:
+    """The example the exporter traces with. torch's exporter specialises a dynamic axis of size 1 to the
+    constant 1, so such an axis is traced at 2 (the user's own example still sets nothing else: parity runs at
+    its own cases). The module's own forward must run on it: a model that refuses the export's shape (a
+    fixed length it cannot read) is told here, not by a trace error."""
+    safe = example
+    for name in {d for s in specs for d in s.shape if isinstance(d, str)}:
+        sizes = {int(t.shape[s.shape.index(name)]) for s, t in zip(specs, safe, strict=True) if name in s.shape}
+        if sizes == {1}:
+            safe = tuple(_fit_axis(t, s, name, 2) for t, s in zip(safe, specs, strict=True))
+    torch_feed = _torch_example(inputs, specs, safe)
+    if torch_feed is None:
+        return safe
+    err = call_error(module, torch_feed)
+    if err is not None and safe is not example and call_error(module, tuple(example)) is None:
+        return example  # the module takes only the user's sizes; torch may then fix an axis (reported later)
+    if err is not None:
+        shapes = ", ".join(f"{s.name} {tuple(t.shape)}" for s, t in zip(inputs, torch_feed, strict=True))
+        why = f" (time fixed to the strategy's length {fixed})" if fixed is not None else ""
+        why += f" (batch fixed to {static_batch})" if static_batch is not None else ""
+        raise ExportError(f"the module's own forward failed at the export's shapes: {shapes}{why}: {err}")
+    return safe
+
+
+def _torch_example(
+    inputs: Sequence[TensorSpec], specs: Sequence[TensorSpec], example: Sequence[Tensor]
+) -> tuple[Tensor, ...] | None:
+    """The graph's example as the module's own inputs: None where they differ (a float mask for lengths)."""
+    if any(a.name != b.name for a, b in zip(inputs, specs, strict=True)):
+        return None
+    return tuple(example)
+
+
+def _require_routed(layers: Sequence[tuple[str, Any]], ran: set[int]) -> None:
+    """A subclass of a torch layer with its own forward must reach edgernn's (its ``super().forward``); one
+    that computes the recurrence some other way would be traced step by step at the example's length."""
+    for i, (name, layer) in enumerate(layers):
+        cls = enn.overrides_forward(layer)
+        if cls is not None and i not in ran:
+            base = next(b.__name__ for b in (nn.LSTM, nn.GRU, nn.RNN) if issubclass(cls, b))
+            raise ExportError(
+                f"layer {name!r} is a {cls.__module__}.{cls.__qualname__}, a subclass of torch.nn.{base} whose own "
+                f"forward never calls torch.nn.{base}.forward (super().forward); edgernn exports the recurrence at "
+                "that call, so this layer's recurrence cannot be exported. Call super().forward(...) in its forward, "
+                f"or use torch.nn.{base} itself"
+            )
 
 
 def _target_failure(target: str, strategy: str, summary: str, unsupported: Sequence[dict[str, Any]]) -> str:
@@ -396,6 +547,18 @@ def _batch_of(example: Sequence[Tensor], specs: Sequence[TensorSpec]) -> int:
         if "batch" in s.shape:
             return int(t.shape[s.shape.index("batch")])
     raise ExportError("a streaming export needs an input with a batch axis (named 'batch') to size the state by")
+
+
+def _own_error(e: BaseException) -> ExportError | None:
+    """An ExportError edgernn raised inside the trace (its hook's refusals), found in the exception's chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ExportError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _root_cause(e: BaseException) -> str:

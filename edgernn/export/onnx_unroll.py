@@ -46,8 +46,9 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 def unroll_scans(model: onnx.ModelProto, trip_count: int | None = None) -> onnx.ModelProto:
     """A copy of ``model`` with every ``Scan`` node written out step by step (see the module's docstring).
 
-    Raises ``ExportError`` for a Scan it cannot unroll (opset 8's form with sequence_lens, inconsistent
-    attributes, an unknown trip count) and when the result fails onnx's checker.
+    Each Scan runs as many steps as its scanned inputs' static length; ``trip_count`` is the length of those
+    whose length shape inference cannot tell. Raises ``ExportError`` for a Scan it cannot unroll (opset 8's form
+    with sequence_lens, inconsistent attributes, an unknown trip count) and when the result fails onnx's checker.
     """
     if trip_count is not None:
         try:
@@ -418,9 +419,9 @@ class _Unroller:
         if len(sizes) > 1:
             raise ExportError(f"{where}: its scan inputs have different lengths {sorted(sizes)}")
         static = sizes.pop() if sizes else None
-        if self.trips is not None and static is not None and static != self.trips:
-            raise ExportError(f"{where} runs {static} iterations (its inputs' static length), not {self.trips}")
-        trips = self.trips if self.trips is not None else static
+        # a Scan whose length the trace fixed runs that many steps: a decoder stepping its own output, a layer
+        # reading blocks of several input steps, run at another length than the export's seq_len
+        trips = static if static is not None else self.trips
         if trips is None:
             raise ExportError(f"{where}: its inputs' length is not static; give the trip count to unroll it at")
         return trips

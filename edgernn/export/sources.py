@@ -138,14 +138,16 @@ def export_user_module(
     strategy: str = "native",
     opset: int | None = None,
     no_verify: bool = False,
+    min_len: int | None = None,
+    parity_shapes: tuple[str, ...] = (),
     **options: Any,
 ) -> Any:
     """Export a user's module (``pkg.mod:factory``), verified against that module itself; ``options`` as in
-    ``export_checkpoint``."""
+    ``export_checkpoint``. ``parity_shapes`` are cases as ``NAME:SHAPE[,NAME:SHAPE]`` (one input each)."""
     import torch
 
     from ..errors import ConfigError
-    from . import export
+    from . import default_axes, export
 
     module, example = load_user_module(spec, weights)
     names = None
@@ -163,13 +165,9 @@ def export_user_module(
             "give the module's inputs: --input NAME:SHAPE (e.g. --input x:2x5x3), or have the factory "
             "return (module, example_inputs)"
         )
-    axes = {0: "time", 1: "batch"} if time_major else {0: "batch", 1: "time"}
     if names is None:
         names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]
-    dyn = {
-        n: ({0: "batch"} if n == lengths_input else {a: v for a, v in axes.items() if a < t.dim()})
-        for n, t in zip(names, example, strict=True)
-    }
+    dyn = default_axes(names, example, lengths_input, time_major=time_major) if time_major else None
     return export(
         module,
         example,
@@ -181,5 +179,21 @@ def export_user_module(
         output_names=output_names,
         opset=opset,
         verify=not no_verify,
+        min_len=min_len,
+        cases=[_parse_case(text) for text in parity_shapes] or None,
         **options,
     )
+
+
+def _parse_case(text: str) -> dict[str, list[int]]:
+    """``x:3x17x5`` or ``src:2x9x3,tgt:2x4x2`` -> the shapes of one parity case."""
+    from ..errors import ConfigError
+    from ..verify.parity import parse_shape
+
+    shapes: dict[str, list[int]] = {}
+    for part in text.split(","):
+        name, shape = parse_shape(part.strip(), option="--parity-shape")
+        if name in shapes:
+            raise ConfigError(f"--parity-shape {text!r} gives {name!r} twice")
+        shapes[name] = shape
+    return shapes

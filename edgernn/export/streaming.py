@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ExportError
 from ..manifest import StateSpec, TensorSpec
+from ..model.nn import layer_slot
 
 
 @dataclass
@@ -29,19 +30,25 @@ class StateIO:
 
     def take(self, layer: Any, hx: Any, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The state a layer starts the chunk from; ExportError for calls a stream cannot carry."""
+        name = getattr(layer, "edgernn_name", type(layer).__name__)
         if hx is not None:
             raise ExportError(
-                "the step strategy carries the recurrent state between calls itself, but this module passes its "
-                "own initial state (hx) to a recurrent layer; call the layer without hx to export it for streaming"
+                f"the step strategy carries each recurrent layer's state from call to call, but this module gives "
+                f"layer {name!r} a state of its own (hx: a learned initial state, an encoder's state, a decoder "
+                "feeding itself). Export it with native, loop or unroll (the whole sequence in one call), or call "
+                "the layer without hx"
             )
         if lengths is not None:
             raise ExportError("the step strategy takes no lengths: every stream advances by the same chunk")
-        if id(layer) in self.outputs:
-            raise ExportError("a recurrent layer runs twice in one forward; its state cannot be streamed")
-        return self.inputs[id(layer)]
+        if layer_slot(layer) in self.outputs:
+            raise ExportError(
+                f"layer {name!r} runs more than once in one forward (a decoder loop?); a stream carries one state "
+                "per layer from call to call. Export it with native, loop or unroll"
+            )
+        return self.inputs[layer_slot(layer)]
 
     def give(self, layer: Any, h: Tensor, c: Tensor | None) -> None:
-        self.outputs[id(layer)] = (h, c)
+        self.outputs[layer_slot(layer)] = (h, c)
 
 
 def state_specs(
@@ -82,13 +89,13 @@ class StepModule(nn.Module):
         self.io.outputs.clear()
         for layer in self.layers:
             h = next(it)
-            self.io.inputs[id(layer)] = (h, next(it) if layer.cell_kind.has_cell_state else None)
+            self.io.inputs[layer_slot(layer)] = (h, next(it) if layer.cell_kind.has_cell_state else None)
         out = self.module(*args[: self.n_data])
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         for layer in self.layers:
-            if id(layer) not in self.io.outputs:
+            if layer_slot(layer) not in self.io.outputs:
                 raise ExportError("a recurrent layer of this module does not run in its forward; it cannot be streamed")
-            h, c = self.io.outputs[id(layer)]
+            h, c = self.io.outputs[layer_slot(layer)]
             outs.append(h)
             if c is not None:
                 outs.append(c)

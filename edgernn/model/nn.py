@@ -280,12 +280,80 @@ def from_torch(layer: nn.Module) -> Layer:
 
 
 def convert(module: nn.Module) -> nn.Module:
-    """Replace, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``module`` by its edgernn twin; returns module."""
+    """Replace, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``module`` by its edgernn twin; returns module.
+
+    A subclass of a torch layer (a library's wrapper adding its own init or ``lengths`` handling) keeps its class
+    and its own ``forward``: the object's class becomes a twin deriving from both, so its ``super().forward``
+    call reaches edgernn's. A submodule registered under several names stays one object, converted once.
+    """
+    return _convert(module, {})
+
+
+def _convert(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
     if type(module) in _BY_TORCH_CLASS:
-        return from_torch(module)
-    for name, child in module.named_children():
-        setattr(module, name, convert(child))
-    return module
+        new: nn.Module = from_torch(module)
+    elif isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)) and not isinstance(module, _Recurrent):
+        new = _adopt_subclass(module)
+    else:
+        new = module
+    memo[id(module)] = new
+    if new is module:
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                setattr(module, name, _convert(child, memo))
+    return new
+
+
+_TWINS: dict[type, type] = {}
+
+
+def _adopt_subclass(layer: nn.Module) -> nn.Module:
+    """Give a subclass of torch.nn.RNN/LSTM/GRU edgernn's forward under its own: its class becomes
+    ``class Twin(TheSubclass, edgernn.LSTM)``, whose method order runs the subclass's code first and edgernn's
+    at its ``super().forward`` (the torch base class's, which edgernn's calls in eager mode, comes last)."""
+    cls = type(layer)
+    base = next(b for b in (nn.LSTM, nn.GRU, nn.RNN) if isinstance(layer, b))
+    twin = _TWINS.get(cls)
+    if twin is None:
+        twin = type(cls.__name__, (cls, _BY_TORCH_CLASS[base]), {"__module__": cls.__module__})
+        twin.__qualname__ = cls.__qualname__
+        _TWINS[cls] = twin
+    layer.__class__ = twin
+    layer.edgernn_subclass = cls  # type: ignore[assignment]
+    if base is nn.LSTM:
+        layer.cell_kind = get_cell("lstm")
+        layer.peephole = False  # type: ignore[assignment]
+    elif base is nn.GRU:
+        layer.cell_kind = get_cell("gru")
+    else:
+        layer.cell_kind = get_cell("rnn-" + layer.nonlinearity)  # type: ignore[operator]
+    return layer
+
+
+def overrides_forward(layer: nn.Module) -> type | None:
+    """The user's subclass when it defines its own ``forward`` (edgernn's twin of it runs that code)."""
+    cls = getattr(layer, "edgernn_subclass", None)
+    if cls is None:
+        return None
+    base = next(b for b in (nn.LSTM, nn.GRU, nn.RNN) if issubclass(cls, b))
+    return cls if cls.forward is not base.forward else None
+
+
+def number_layers(layers: list[tuple[str, Layer]]) -> None:
+    """Give each recurrent layer its index (``layer_slot``): exporters key per-layer data by it, since torch's
+    exporter may hand the forward a copy of the module (a different object)."""
+    for i, (name, layer) in enumerate(layers):
+        layer.edgernn_slot = i  # type: ignore[union-attr]
+        layer.edgernn_name = name or type(layer).__name__  # type: ignore[union-attr]
+
+
+def layer_slot(layer: Any) -> int:
+    slot = getattr(layer, "edgernn_slot", None)
+    if slot is None:
+        raise ConfigError(f"recurrent layer {type(layer).__name__} was not numbered for this export (an edgernn bug)")
+    return int(slot)
 
 
 def recurrent_layers(module: nn.Module) -> list[tuple[str, Layer]]:

@@ -8,6 +8,7 @@ sequence. The reference is always the module the user trained, never an exported
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..manifest import Manifest, StateSpec, TensorSpec
+from ..model import nn as enn
 from .parity import (
     Case,
     Comparison,
@@ -26,6 +28,8 @@ from .parity import (
     check_chained,
     compare,
     make_inputs,
+    module_failed,
+    other_axes,
     session_runner,
     tolerance,
     torch_runner,
@@ -100,7 +104,12 @@ def verify_parity(
         candidates["numpy"] = oracle
     if cases is None:
         has_lengths = any(s.role in ("lengths", "mask") for s in manifest.inputs)
-        cases = cases_for(has_lengths=has_lengths, fixed_length=manifest.seq_len, batch=manifest.batch)
+        cases = cases_for(
+            has_lengths=has_lengths,
+            fixed_length=manifest.seq_len,
+            batch=manifest.batch,
+            other_axes=other_axes(specs),
+        )
     was_training = module.training
     module.eval()
     try:
@@ -116,6 +125,81 @@ def verify_parity(
         module.train(was_training)
 
 
+def call_error(module: nn.Module, args: Sequence[Any]) -> str | None:
+    """What the module's own forward raises on ``args`` (type and first line), or None when it runs; in eval
+    mode, without grad."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*args)
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    finally:
+        module.train(was_training)
+    return None
+
+
+def forward_error(module: nn.Module, specs: Sequence[TensorSpec], case: Case, int_high: int = 2) -> str | None:
+    """``call_error`` on a case's random inputs."""
+    feed = make_inputs(specs, case, np.random.default_rng(0), int_high)
+    return call_error(module, [torch.from_numpy(np.array(feed[s.name])) for s in specs if s.name in feed])
+
+
+# how far past a refused length fit_cases looks for one the module takes
+PROBE_STEPS = 64
+
+
+def fit_cases(
+    module: nn.Module,
+    specs: Sequence[TensorSpec],
+    cases: Sequence[Case],
+    *,
+    int_high: int = 2,
+    movable: bool = True,
+    min_len: int | None = None,
+) -> tuple[list[Case], list[str]]:
+    """The cases the module's own forward accepts, and notes saying what was moved.
+
+    ``min_len`` lifts shorter cases to it. A case the module refuses (a model that reads blocks of several
+    steps, a convolution before the recurrent layer) moves, when ``movable``, to the next length it takes,
+    within ``PROBE_STEPS``; otherwise, or when none is found, ``ExportError`` names the case, the module's own
+    error and the ways out (``min_len`` / ``--min-len``, ``cases=`` / ``--parity-shape``).
+    """
+    out: list[Case] = []
+    notes: list[str] = []
+    for case in cases:
+        if min_len is not None and case.length < min_len and movable:
+            case = replace(case, length=min_len)
+        err = forward_error(module, specs, case, int_high)
+        if err is None:
+            out.append(case)
+            continue
+        if case.padded and not case.sorted_lengths:  # a module that packs with enforce_sorted=True
+            ordered = replace(case, sorted_lengths=True)
+            if forward_error(module, specs, ordered, int_high) is None:
+                notes.append(
+                    f"case {case.label} ran with lengths in decreasing order: the module refuses others ({err})"
+                )
+                out.append(ordered)
+                continue
+        found = None
+        if movable:
+            for n in range(case.length + 1, case.length + PROBE_STEPS + 1):
+                if forward_error(module, specs, replace(case, length=n), int_high) is None:
+                    found = replace(case, length=n)
+                    break
+        if found is None:
+            raise ExportError(
+                f"the module's own forward failed on parity case {case.label}: {err}. Give the lengths it takes: "
+                "cases=[...] or min_len= in Python, --parity-shape NAME:BxTxF or --min-len N on the command line"
+            )
+        notes.append(f"case {case.label} ran at T={found.length}: the module's forward refuses T={case.length} ({err})")
+        out.append(found)
+    unique = list(dict.fromkeys(out))
+    return unique, notes
+
+
 def stream_reference(module: nn.Module, specs: Sequence[TensorSpec]) -> Runner:
     """Run the eager (unconverted) module on a whole sequence; its outputs, then each recurrent layer's final
     state (read with forward hooks on the module's own torch layers)."""
@@ -128,9 +212,12 @@ def stream_reference(module: nn.Module, specs: Sequence[TensorSpec]) -> Runner:
     def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         final.clear()
         handles = [m.register_forward_hook(grab) for m in layers]
+        args = [torch.from_numpy(np.array(feed[s.name])) for s in specs]
         try:
             with torch.no_grad():
-                out = module(*[torch.from_numpy(np.array(feed[s.name])) for s in specs])
+                out = module(*args)
+        except Exception as e:
+            raise module_failed(e, args) from None
         finally:
             for hnd in handles:
                 hnd.remove()
@@ -216,8 +303,12 @@ def layer_oracle_check(
     dtype: str = "fp32",
     seed: int = 0,
     int_high: int = 2,
+    notes: list[str] | None = None,
 ) -> list[Comparison]:
     """Each recurrent layer of ``module``, as the module calls it, against the numpy oracle on the same inputs.
+
+    A layer whose class defines its own ``forward`` (a library's subclass) is called with that forward's
+    arguments, not torch's, so it is left out; ``notes`` is told.
 
     A user's module cannot be written out in numpy as a whole, but its recurrent layers can: forward hooks
     capture what each layer receives (input, initial state, lengths) and returns during an eager run, and the
@@ -228,7 +319,19 @@ def layer_oracle_check(
 
     from . import reference
 
-    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.RNNBase)]
+    layers = []
+    for name, m in module.named_modules():
+        if not isinstance(m, nn.RNNBase):
+            continue
+        base = next((b for b in (nn.LSTM, nn.GRU, nn.RNN) if isinstance(m, b)), None)
+        own = type(m).forward is not getattr(base, "forward", None) and type(m).forward.__module__ != enn.__name__
+        if own:
+            if notes is not None:
+                notes.append(
+                    f"layer {name!r} ({type(m).__name__}, its own forward) was not checked against the numpy oracle"
+                )
+            continue
+        layers.append((name, m))
     tol = tolerance(dtype)
     rng = np.random.default_rng(seed)
     calls: list[tuple[str, nn.Module, tuple[Any, ...], dict[str, Any], Any]] = []

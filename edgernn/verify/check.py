@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFormatError, TargetError
 from ..manifest import MANIFEST_KEY, Manifest, TensorSpec, read_manifest
-from .parity import Case, Runner, cases_for, check, session_runner
+from .parity import Case, Runner, case_from_shapes, cases_for, check, other_axes, session_runner, static_batch
 
 CHECKS = ("ort", "nnapi", "coreml", "openvino", "portable")
 
@@ -286,52 +286,14 @@ def _cases(
 ) -> list[Case]:
     """Cases at the manifest's shapes; with ``shapes``, one case whose named dims are read from them."""
     if shapes:
-        return [_case_from_shapes(specs, shapes)]
+        return [case_from_shapes(specs, shapes)]
     has_lengths = any(s.role in ("lengths", "mask") for s in specs)
     if manifest is not None:
-        batch = _static_batch(specs)
+        batch = static_batch(specs)
         fixed = manifest.seq_len or manifest.chunk
-        cases = cases_for(has_lengths=has_lengths, fixed_length=fixed, batch=batch)
+        cases = cases_for(has_lengths=has_lengths, fixed_length=fixed, batch=batch, other_axes=other_axes(specs))
         return [c for c in cases if c.length <= 64] or cases[:1]  # a check, not a soak: short sequences
-    return [_case_from_shapes(specs, {})]
-
-
-def _static_batch(specs: Sequence[TensorSpec]) -> int | None:
-    """The batch size a static-batch export fixes (its data input's named batch axis holds an int), else None."""
-    for s in specs:
-        if s.role == "data" and "batch" in s.named_shape():
-            size = s.shape[s.named_shape().index("batch")]
-            return size if isinstance(size, int) else None
-    return None
-
-
-def _case_from_shapes(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]) -> Case:
-    """One case: named dims come from ``shapes`` where given, else batch 2 and time 17 (other names: 1)."""
-    from ..runtime.layout import BATCH_NAMES, TIME_NAMES
-
-    unknown = set(shapes) - {s.name for s in specs}
-    if unknown:
-        raise ConfigError(
-            f"--shape names unknown input(s) {', '.join(sorted(unknown))}; inputs: " + ", ".join(s.name for s in specs)
-        )
-    sizes: dict[str, int] = {}
-    for s in specs:
-        given = shapes.get(s.name)
-        if given is not None:
-            if len(given) != len(s.shape):
-                raise ConfigError(f"--shape {s.name}: {len(given)} dims given, the input has {len(s.shape)}")
-            for d, n in zip(s.shape, given, strict=True):
-                if isinstance(d, int) and d != n:
-                    raise ConfigError(f"--shape {s.name}: the input's size {d} is fixed; got {n}")
-                if isinstance(d, str):
-                    sizes[d] = int(n)
-    for s in specs:
-        for d in s.shape:
-            if isinstance(d, str) and d not in sizes:
-                sizes[d] = 2 if d.lower() in BATCH_NAMES else 17 if d.lower() in TIME_NAMES else 1
-    batch = next((sizes[d] for d in sizes if d.lower() in BATCH_NAMES), _static_batch(specs) or 1)
-    length = next((sizes[d] for d in sizes if d.lower() in TIME_NAMES), 1)
-    return Case(batch, length, dims=tuple(sorted(sizes.items())))
+    return [case_from_shapes(specs, {})]
 
 
 def _read(model: str | os.PathLike[str] | bytes) -> bytes:

@@ -8,7 +8,7 @@ batch when the model takes lengths. One tolerance table, keyed by dtype, decides
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,20 +43,34 @@ class Case:
     batch: int
     length: int
     padded: bool = False  # lengths drawn below `length` (the padded length), one sequence kept at full length
-    dims: tuple[tuple[str, int], ...] = ()  # sizes of other named axes (models edgernn did not export)
+    dims: tuple[tuple[str, int], ...] = ()  # sizes of other named axes (a decoder's own time axis, ...)
+    sorted_lengths: bool = False  # padded lengths in decreasing order (a model that packs with enforce_sorted)
 
     @property
     def label(self) -> str:
-        return f"B={self.batch} T={self.length}" + (" padded" if self.padded else "")
+        from ..runtime.layout import BATCH_NAMES, TIME_NAMES  # those are B= and T=
+
+        shown = [(n, size) for n, size in self.dims if n.lower() not in BATCH_NAMES | TIME_NAMES]
+        extra = "".join(f" {name}={size}" for name, size in shown)
+        return f"B={self.batch} T={self.length}{extra}" + (" padded" if self.padded else "")
 
 
 # (batch, length): one step, batch 1 at a prime length, several at a prime length, a long sequence
 DEFAULT_CASES: tuple[Case, ...] = (Case(1, 1), Case(1, 31), Case(3, 17), Case(2, 257), Case(3, 17, padded=True))
+# sizes of a model's other named axes, case by case, so that each varies apart from "time" (and 1 is among them)
+OTHER_AXIS_SIZES: tuple[int, ...] = (7, 1, 23, 5, 13)
 
 
-def cases_for(*, has_lengths: bool, fixed_length: int | None = None, batch: int | None = None) -> list[Case]:
+def cases_for(
+    *,
+    has_lengths: bool,
+    fixed_length: int | None = None,
+    batch: int | None = None,
+    other_axes: Sequence[str] = (),
+) -> list[Case]:
     """The default cases for a model; a fixed-length export is checked at its length with several batch sizes,
-    a static-batch export (``batch``) at its batch size only."""
+    a static-batch export (``batch``) at its batch size only. ``other_axes`` are the model's named axes besides
+    "batch" and "time" (e.g. a decoder's length): each case gives each a size of its own."""
     if fixed_length is not None:
         base = [Case(1, fixed_length), Case(3, fixed_length), Case(3, fixed_length, padded=True)]
     else:
@@ -66,7 +80,85 @@ def cases_for(*, has_lengths: bool, fixed_length: int | None = None, batch: int 
         for c in base:  # one case per length and padding at the fixed batch
             seen.setdefault((c.length, c.padded), Case(batch, c.length, c.padded))
         base = list(seen.values())
-    return [c for c in base if has_lengths or not c.padded]
+    base = [c for c in base if has_lengths or not c.padded]
+    if other_axes:
+        n = len(OTHER_AXIS_SIZES)
+        base = [
+            replace(c, dims=tuple((a, OTHER_AXIS_SIZES[(i + j) % n]) for j, a in enumerate(other_axes)))
+            for i, c in enumerate(base)
+        ]
+    return base
+
+
+def other_axes(specs: Sequence[TensorSpec]) -> list[str]:
+    """The named axes of ``specs`` besides "batch" and "time", in order of first appearance."""
+    out: list[str] = []
+    for s in specs:
+        for d in s.shape:
+            if isinstance(d, str) and d not in ("batch", "time") and d not in out:
+                out.append(d)
+    return out
+
+
+def case_from_shapes(
+    specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], *, option: str = "--shape"
+) -> Case:
+    """The one case that feeds inputs of these shapes (``{"x": (3, 17, 5)}``): each named axis takes its size from
+    the shapes that have it (they must agree), fixed axes must match the model's; an axis no shape gives is 2 for
+    a batch, 17 for a time axis and 1 otherwise. ``option`` names the flag in messages."""
+    from ..runtime.layout import BATCH_NAMES, TIME_NAMES
+
+    unknown = set(shapes) - {s.name for s in specs}
+    if unknown:
+        raise ConfigError(
+            f"{option} names unknown input(s) {', '.join(sorted(unknown))}; inputs: " + ", ".join(s.name for s in specs)
+        )
+    sizes: dict[str, int] = {}
+    for s in specs:
+        given = shapes.get(s.name)
+        if given is None:
+            continue
+        if len(given) != len(s.shape):
+            raise ConfigError(f"{option} {s.name}: {len(given)} dims given, the input has {len(s.shape)}")
+        for d, n in zip(s.shape, given, strict=True):
+            if isinstance(d, int) and d != n:
+                raise ConfigError(f"{option} {s.name}: the input's size {d} is fixed; got {n}")
+            if isinstance(d, str) and sizes.setdefault(d, int(n)) != int(n):
+                raise ConfigError(f"{option}: the shapes disagree on axis {d!r} ({sizes[d]} and {n})")
+    for s in specs:
+        for d in s.shape:
+            if isinstance(d, str) and d not in sizes:
+                sizes[d] = 2 if d.lower() in BATCH_NAMES else 17 if d.lower() in TIME_NAMES else 1
+    batch = next((sizes[d] for d in sizes if d.lower() in BATCH_NAMES), static_batch(specs) or 1)
+    length = next((sizes[d] for d in sizes if d.lower() in TIME_NAMES), 1)
+    return Case(batch, length, dims=tuple(sorted(sizes.items())))
+
+
+def static_batch(specs: Sequence[TensorSpec]) -> int | None:
+    """The batch size a static-batch export fixes (its data input's named batch axis holds an int), else None."""
+    for s in specs:
+        if s.role == "data" and "batch" in s.named_shape():
+            size = s.shape[s.named_shape().index("batch")]
+            return size if isinstance(size, int) else None
+    return None
+
+
+def parse_shape(text: str, *, option: str = "--shape") -> tuple[str, list[int]]:
+    """``NAME:3x17x5`` -> ("NAME", [3, 17, 5])."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = [int(d) for d in dims.lower().split("x")]
+        if any(d < 1 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{option} must look like NAME:1x50x3 (sizes >= 1); got {text!r}") from None
+    return name, shape
+
+
+def _fmt(shape: Sequence[Any]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
 def make_inputs(
@@ -90,8 +182,13 @@ def make_inputs(
             lengths = np.full(batch, steps)
             if case.padded:
                 lengths = rng.integers(1, steps + 1, size=batch)
-                lengths[0] = steps
-                lengths[-1] = 1 if batch > 1 or steps == 1 else rng.integers(1, steps)
+                lengths[-1] = steps  # the longest not first: a real batch comes unsorted
+                if batch > 1:
+                    lengths[0] = 1
+                elif steps > 1:
+                    lengths[0] = rng.integers(1, steps)
+                if case.sorted_lengths:
+                    lengths = np.sort(lengths)[::-1].copy()
             if s.role == "mask":
                 out[s.name] = (np.arange(steps)[None, :] < lengths[:, None]).astype(s.dtype)
             else:
@@ -212,6 +309,9 @@ def check(
         for cname, run in candidates.items():
             got = run(feed)
             for name, r, g in zip(output_names, want, got, strict=True):
+                if np.shape(r) != np.shape(g):
+                    shapes = f"{cname} returns shape {np.shape(g)}, the reference {np.shape(r)}"
+                    report.notes.append(f"output {name} at {case.label}: {shapes}")
                 a, rel, ok = compare(r, g, tol)
                 report.comparisons.append(Comparison(case.label, cname, name, a, rel, ok))
     return report
@@ -224,11 +324,27 @@ def torch_runner(module: Any, specs: Sequence[TensorSpec]) -> Runner:
     def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         args = [torch.from_numpy(np.array(feed[s.name])) for s in specs if s.name in feed]
         with torch.no_grad():
-            out = module(*args)
+            try:
+                out = module(*args)
+            except Exception as e:
+                raise module_failed(e, args) from None
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().cpu().numpy() for o in outs]
 
     return run
+
+
+def module_failed(e: BaseException, args: Sequence[Any]) -> Exception:
+    """The error to raise when the reference module's own forward fails on parity inputs: it names the shapes
+    and the ways to give the module inputs it takes."""
+    from ..errors import ExportError
+
+    shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" for a in args)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return ExportError(
+        f"the module's own forward failed on parity inputs ({shapes}): {type(e).__name__}: {first}. Give the shapes "
+        "it takes: cases=[...] or min_len= in Python, --parity-shape NAME:BxTxF or --min-len N on the command line"
+    )
 
 
 def session_runner(session: Any) -> Runner:
@@ -253,19 +369,21 @@ def _slice_time(
     return out
 
 
-def _align(want: np.ndarray, got: np.ndarray, done: int, chunk: int) -> np.ndarray:
+def _align(want: np.ndarray, got: np.ndarray) -> np.ndarray:
     """The part of a prefix call's output that one chunk call must equal.
 
-    An output that does not depend on the length (a readout of the last state) is compared whole; an output
-    with a time axis (one row per step) holds ``done`` steps in the prefix call and ``chunk`` in the step call,
-    and its last ``chunk`` steps are compared.
+    An output that does not depend on the length (a readout of the last state) is compared whole. An output
+    with a time axis holds more steps in the prefix call than in the chunk call: one row per step (``done``
+    against ``chunk`` rows), or the last k steps (``min(k, done)`` against ``min(k, chunk)``). Either way the
+    chunk call's rows are the prefix call's last ones, and those are compared.
     """
     if want.shape == got.shape or want.ndim != got.ndim:
         return want
     differ = [a for a, (w, g) in enumerate(zip(want.shape, got.shape, strict=True)) if w != g]
-    if len(differ) == 1 and want.shape[differ[0]] == done and got.shape[differ[0]] == chunk:
-        return np.take(want, np.arange(done - chunk, done), axis=differ[0])
-    return want  # shapes disagree: compare() reports the mismatch as a failure
+    if len(differ) == 1 and got.shape[differ[0]] < want.shape[differ[0]]:
+        axis = differ[0]
+        return np.take(want, np.arange(want.shape[axis] - got.shape[axis], want.shape[axis]), axis=axis)
+    return want  # shapes disagree: compare() reports the mismatch as a failure, and a note says why
 
 
 def check_chained(
@@ -296,6 +414,7 @@ def check_chained(
     report = ParityReport(dtype, tol.atol, tol.rtol)
     rng = np.random.default_rng(seed)
     names = [*output_names, *(s.output for s in states)]
+    shape_notes: dict[str, str] = {}
     for case in cases:
         n_chunks = -(-case.length // chunk)
         total = n_chunks * chunk
@@ -312,13 +431,21 @@ def check_chained(
             if len(got) != len(names) or len(want) != len(names):
                 raise ValueError(f"expected {len(names)} outputs ({', '.join(names)}); got {len(got)} and {len(want)}")
             for name, w, g in zip(names, want, got, strict=True):
-                a, rel, ok = compare(_align(w, g, done, chunk), g, tol)
+                w = _align(np.asarray(w), np.asarray(g))
+                if w.shape != np.shape(g) and name not in shape_notes:
+                    shape_notes[name] = (
+                        f"output {name}: a call on {chunk} step(s) returns shape {np.shape(g)}, where the module "
+                        f"on the first {done} steps returns {tuple(np.shape(want[names.index(name)]))}; "
+                        "the stream cannot give this output"
+                    )
+                a, rel, ok = compare(w, g, tol)
                 prev = worst.get(name)
                 worst[name] = (max(a, prev[0]), max(rel, prev[1]), ok and prev[2]) if prev else (a, rel, ok)
             state = {s.input: np.asarray(v) for s, v in zip(states, got[len(output_names) :], strict=True)}
         for name in names:
             a, rel, ok = worst[name]
             report.comparisons.append(Comparison(label, candidate, name, a, rel, ok))
+        report.notes.extend(n for n in shape_notes.values() if n not in report.notes)
         if oracle is not None:  # the third implementation, on the whole sequence
             want = list(reference(feed))[: len(output_names)]
             for name, w, g in zip(output_names, want, oracle(feed), strict=True):
