@@ -64,6 +64,7 @@ class Manifest:
     target: str = "ort"  # the runtime the graph was made for (edgernn.export.targets)
     target_check: dict[str, Any] = field(default_factory=dict)  # what the target's own tool said at export
     precision: dict[str, Any] = field(default_factory=dict)  # int8/fp16 files: how made, sizes, drift, metric
+    selection: dict[str, Any] | None = None  # strategy auto: what was timed, how fast, and what won
     edgernn_version: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -103,6 +103,8 @@ WORKS = [
     ("quantize", "seq.onnx", "--to", "fp16", "--out", "seq16.onnx", "--long-steps", "200"),
     ("strategies", "--json"),
     ("targets",),
+    ("parity", "seq.onnx", "seq.onnx", "--json"),  # two files: onnxruntime on both, no torch
+    ("parity", "step.onnx", "step.onnx", "--steps", "40", "--json"),
     ("--help",),
 ]
 

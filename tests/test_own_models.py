@@ -18,6 +18,7 @@ from edgernn.cli.main import main
 from edgernn.errors import ConfigError, ExportError, ParityError
 from edgernn.export import export
 from edgernn.runtime import Model
+from edgernn.verify.parity import flat_outputs
 
 OPTS: dict[str, dict[str, Any]] = {"native": {}, "loop": {}, "unroll": {"seq_len": 9}, "step": {"chunk": 3}}
 
@@ -25,8 +26,7 @@ OPTS: dict[str, dict[str, Any]] = {"native": {}, "loop": {}, "unroll": {"seq_len
 def _run_module(module: nn.Module, *args: Any) -> list[np.ndarray]:
     with torch.no_grad():
         out = module.eval()(*[torch.as_tensor(a) for a in args])
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.numpy() for o in outs]
+    return [o.numpy() for o in flat_outputs(out)]
 
 
 def _matches(path: Path, module: nn.Module, feed: dict[str, np.ndarray], n_out: int = 1) -> None:
@@ -509,3 +509,17 @@ def test_cli_min_len_and_parity_shape(conv_package: Path, tmp_path: Path) -> Non
     assert r.exit_code == ConfigError.exit_code and "2 dims given, the input has 3" in r.output
     r = CliRunner().invoke(main, ["export", "ckpt", "--out", str(out), "--min-len", "3"])
     assert r.exit_code == ConfigError.exit_code and "go with --module" in r.output
+
+
+def test_a_bare_layer_and_its_nested_outputs(tmp_path: Path) -> None:
+    """nn.LSTM itself returns (y, (h, c)): three graph outputs, each checked; a step export returns the states
+    itself and says so."""
+    torch.manual_seed(18)
+    lstm = nn.LSTM(3, 8, num_layers=2, batch_first=True).eval()
+    result = export(lstm, (torch.zeros(2, 5, 3),), tmp_path / "m.onnx", strategy="loop")
+    _passed(result)
+    assert [o.name for o in result.manifest.outputs] == ["output_0", "output_1", "output_2"]
+    x = np.random.default_rng(19).standard_normal((3, 11, 3)).astype(np.float32)
+    _matches(tmp_path / "m.onnx", lstm, {"x": x}, n_out=3)
+    with pytest.raises(ExportError, match="a step export already returns as h_out, c_out"):
+        export(lstm, (torch.zeros(2, 5, 3),), None, strategy="step")

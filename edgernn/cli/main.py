@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, ParityError
+from ..errors import ConfigError
 from ..model.cells import cell_names
 from .common import echo_json, handle_errors, set_debug
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
+from .parity import COMMANDS as PARITY_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
+from .verify import verify as verify_command
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
 6 model file; 7 input data; 8 provider; 9 target check failed; 10 a needed package is not installed;
@@ -37,6 +39,10 @@ def _strategy_choices() -> list[str]:
     from ..export.registry import BUILTIN  # torch-free: --help stays instant
 
     return list(BUILTIN)
+
+
+def _export_strategy_choices() -> list[str]:
+    return [*_strategy_choices(), "auto"]
 
 
 def _target_choices() -> list[str]:
@@ -117,10 +123,17 @@ def train(**o: Any) -> None:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(_strategy_choices()),
+    type=click.Choice(_export_strategy_choices()),
     default="native",
     show_default=True,
-    help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming.",
+    help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming; auto: the "
+    "fastest of those that export the model correctly, timed here (recorded in the manifest).",
+)
+@click.option(
+    "--profile-shape",
+    default=None,
+    metavar="BATCHxTIME",
+    help="With --strategy auto: the input shape to time the strategies at (default 1x100; unroll at --seq-len).",
 )
 @click.option(
     "--target",
@@ -182,6 +195,11 @@ def train(**o: Any) -> None:
     "(repeat per case; several inputs of one case joined by commas).",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (the manifest records that it was skipped).")
+@click.option(
+    "--golden",
+    is_flag=True,
+    help="Also write MODEL.golden.npz: the parity inputs and torch's outputs, for `edgernn verify` on the device.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
 @handle_errors
 def export(
@@ -247,6 +265,7 @@ def export(
                 "parity": result.report.to_dict() if result.report else None,
                 "package": result.package.to_dict() if result.package else None,
                 "precision": result.precision.report if result.precision else None,
+                "golden": str(result.golden.path) if result.golden else None,
             }
         )
         return
@@ -255,36 +274,20 @@ def export(
     m = result.manifest
     if m.target_check:
         click.echo(f"target {m.target}: {m.target_check['summary']}")
+    if m.selection:
+        times = ", ".join(f"{n} {us:g} us" for n, us in sorted(m.selection["median_us"].items(), key=lambda kv: kv[1]))
+        b, t = m.selection["profile_shape"]
+        click.echo(f"strategy auto chose {m.strategy}: {times} per call at batch {b} x time {t}")
     click.echo(f"{'replaced' if replacing else 'wrote'} {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")
+    if result.golden is not None:
+        n = len(result.golden.cases)
+        click.echo(f"wrote {result.golden.path} ({n} case{'' if n == 1 else 's'})")
     if result.precision is not None:
         from .optimize import format_precision
 
         click.echo(format_precision(result.precision.report))
-
-
-@main.command()
-@click.argument("ckpt", type=click.Path())
-@click.argument("model", type=click.Path())
-@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda, tensorrt, ... or auto.")
-@click.option("--fallback", default=None, help="Provider to use if --provider is not available.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@handle_errors
-def parity(ckpt: str, model: str, provider: str, fallback: str | None, as_json: bool) -> None:
-    """Check that MODEL.onnx computes what checkpoint CKPT computes (torch vs onnxruntime vs numpy).
-
-    Exits 0 when every case is within tolerance and 5 when any is not.
-    """
-    from ..verify.recheck import parity_check
-
-    report = parity_check(ckpt, model, provider=provider, fallback=fallback)
-    if as_json:
-        echo_json(report.to_dict())
-    else:
-        click.echo(report.table())
-    if not report.passed:
-        raise click.exceptions.Exit(ParityError.exit_code)
 
 
 @main.command()
@@ -342,5 +345,6 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS):
+for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS, *PARITY_COMMANDS):
     main.add_command(_command)
+main.add_command(verify_command)

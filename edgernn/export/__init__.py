@@ -62,21 +62,25 @@ def export_model(
     verify: bool = True,
     cases: Sequence[Case] | None = None,
     manifest_extra: dict[str, Any] | None = None,
+    golden: bool | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export a zoo model; inputs ``x`` (batch, time, features) and, when ``lengths``, ``lengths`` (batch,).
 
     ``lengths`` defaults to whether the strategy accepts it (for ``native``, and a target that ignores ONNX's
     sequence_lens, it does not). ``target`` (default ``ort``) and ``batch`` choose the runtime the graph is made
-    for (see ``edgernn.export.targets``). Parity is checked against torch and the numpy oracle.
+    for (see ``edgernn.export.targets``). Parity is checked against torch and the numpy oracle. ``golden`` (True
+    or a path) also writes the golden file ``edgernn verify`` checks on the device (see ``export_module``).
     """
     import torch
 
     from ..verify import reference
     from .core import export_module
 
-    caps = get_strategy_class(strategy).caps
-    if lengths is None:  # what the strategy takes, where the target can honour it
+    if lengths is None and strategy == "auto":  # every candidate (native, loop, unroll) takes lengths
+        lengths = True
+    elif lengths is None:  # what the strategy takes, where the target can honour it
+        caps = get_strategy_class(strategy).caps
         target = get_target(options.get("target") or "ort")
         lengths = caps.lengths and not (strategy == "native" and target.padding != "sequence_lens")
     cfg = model.config
@@ -99,6 +103,7 @@ def export_model(
         cases=cases,
         oracle=reference.model_oracle(cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}),
         manifest_extra={"model_config": cfg.to_dict(), **(manifest_extra or {})},
+        golden=golden,
         **options,
     )
 
@@ -118,6 +123,7 @@ def export(
     cases: Sequence[Case | dict[str, Sequence[int]]] | None = None,
     min_len: int | None = None,
     int_high: int | None = None,
+    golden: bool | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export a user's module. Its torch recurrent layers (and subclasses of them) are swapped for edgernn's
@@ -130,12 +136,14 @@ def export(
     that packs its sequences (``pack_padded_sequence``) with one integer input of shape (batch,) has it found.
     Parity runs at ``cases`` (``Case`` objects or ``{input: shape}`` dicts) or the defaults, lengths below
     ``min_len`` lifted to it. Integer inputs (token ids) are drawn in ``[0, int_high)`` for parity; by default up
-    to the smallest embedding table in the module.
+    to the smallest embedding table in the module. ``golden`` (True: ``NAME.golden.npz`` beside ``path``, or a
+    path) also writes the parity cases' inputs and the module's outputs for ``edgernn verify`` on the device.
     """
     import torch
     from torch import nn
 
     from ..errors import ExportError
+    from ..verify.parity import flat_outputs
     from .core import export_module
     from .packing import PackingSpy
 
@@ -162,7 +170,7 @@ def export(
     if int_high is None:
         sizes = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
         int_high = min(sizes) if sizes else 2
-    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+    n_out = len(flat_outputs(out))
     outs = list(output_names or (["y"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     return export_module(
         module,
@@ -176,6 +184,7 @@ def export(
         cases=cases,
         min_len=min_len,
         int_high=int_high,
+        golden=golden,
         **options,
     )
 

@@ -51,6 +51,7 @@ class ExportResult:
     model_bytes: bytes
     package: Any = None  # the ORT Mobile package (edgernn.optimize.ort_format.Package) when one was asked for
     precision: Any = None  # the int8/fp16 version written instead (edgernn.optimize.quantize.QuantizeResult)
+    golden: Any = None  # the golden file written beside the model (edgernn.verify.golden.Golden), when asked for
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -190,6 +191,7 @@ def export_module(
     oracle: Runner | None = None,
     int_high: int = 2,
     manifest_extra: dict[str, Any] | None = None,
+    golden: bool | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy, for one target.
@@ -211,7 +213,51 @@ def export_module(
     Parity runs at ``cases`` (``Case`` objects, or ``{input: shape}`` mappings) or by default at several batch
     sizes and lengths; a default case shorter than the module takes (``min_len``, or found by running it) moves
     to a length it takes, and the report's notes say so.
+
+    ``golden`` (True: ``NAME.golden.npz`` beside ``path``; or a path) writes, after parity passed and the model
+    was written, the parity cases' inputs and ``module``'s outputs on them for ``edgernn verify`` on the device
+    (``edgernn.verify.golden``); it needs ``path`` and ``verify``.
     """
+    if strategy == "auto":  # each candidate exported and checked, the fastest correct one written
+        from .auto import export_auto, parse_profile_shape
+
+        profile = parse_profile_shape(options.pop("profile_shape", None))
+        _golden_target(golden, path, verify)
+
+        def one(name: str, *, path: Any, manifest_extra: dict[str, Any] | None, **opts: Any) -> ExportResult:
+            return export_module(
+                module,
+                example_inputs,
+                inputs,
+                output_names,
+                strategy=name,
+                target=target,
+                batch=batch,
+                path=path,
+                ort_format=ort_format and path is not None,
+                opset=opset,
+                verify=verify,
+                cases=cases,
+                min_len=min_len,
+                oracle=oracle,
+                int_high=int_high,
+                manifest_extra=manifest_extra,
+                golden=golden if path is not None else None,
+                **opts,
+            )
+
+        return export_auto(
+            one,
+            target=target,
+            path=path,
+            verify=verify,
+            profile_shape=profile,
+            options=options,
+            manifest_extra=manifest_extra,
+        )
+    if options.pop("profile_shape", None) is not None:
+        raise ConfigError("profile_shape (--profile-shape) goes with strategy auto")
+    golden_out = _golden_target(golden, path, verify)
     tgt = get_target(target)
     strat = get_strategy_class(strategy)(**options)
     caps = strat.caps
@@ -291,6 +337,14 @@ def export_module(
     validate_graph(proto)
     check_dynamic_axes(proto, graph_inputs)
 
+    graph_outputs = {o.name for o in proto.graph.output}
+    missing = [n for n in output_names if n not in graph_outputs]
+    if missing and caps.streaming:  # torch's exporter keeps one name for a tensor returned twice
+        raise ExportError(
+            f"output {missing[0]!r} of the module is a recurrent state, which a step export already returns as "
+            f"{', '.join(s.name for s in state_out)}; return only the other outputs (e.g. the output sequence) "
+            "from the module you stream"
+        )
     first = layers[0][1]
     kinds = {layer.cell_kind.name for _, layer in layers}
     manifest = Manifest(
@@ -401,7 +455,34 @@ def export_module(
 
             pkg = package_bytes(data, out.stem, out.parent)
         write_atomic(out, data)
-    return ExportResult(out, manifest, report, data, pkg)
+    written = None
+    if golden_out is not None and report is not None:
+        from ..verify.golden import write_golden
+
+        written = write_golden(
+            golden_out, original, manifest, run_cases, specs=list(inputs), output_names=output_names, int_high=int_high
+        )
+    return ExportResult(out, manifest, report, data, pkg, golden=written)
+
+
+def _golden_target(
+    golden: bool | str | os.PathLike[str] | None, path: str | os.PathLike[str] | None, verify: bool
+) -> Path | None:
+    """Where ``golden=`` writes, checked before anything is exported."""
+    if golden is None or golden is False:
+        return None
+    if not verify:
+        raise ConfigError(
+            "a golden file records a checked model: --golden (golden=) cannot go with --no-verify (verify=False)"
+        )
+    if path is None:
+        raise ConfigError("golden= writes beside the model: give the model's path too")
+    from ..verify.golden import golden_path
+
+    out = golden_path(path) if golden is True else Path(golden)
+    if out.resolve() == Path(path).resolve():
+        raise ConfigError(f"the golden file {str(out)!r} is the model's own path; write it elsewhere")
+    return out
 
 
 def _as_case(case: Case | Mapping[str, Sequence[int]], inputs: Sequence[TensorSpec]) -> Case:

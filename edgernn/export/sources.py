@@ -20,6 +20,7 @@ def export_checkpoint(
     no_verify: bool = False,
     precision: str | None = None,
     max_metric_drop: float | None = None,
+    golden: bool = False,
     **options: Any,
 ) -> Any:
     """Load a checkpoint safely and export it (see ``edgernn.export.export_model``).
@@ -27,6 +28,7 @@ def export_checkpoint(
     ``options`` are the strategy's own (seq_len, chunk, fused) and the target's (target, batch, ort_format);
     None means not given. ``precision`` (int8, int8-static, fp16) writes that version instead of the fp32 one,
     judged by the checkpoint's task (``edgernn.optimize.quantize``); the fp32 export is verified first.
+    ``golden`` writes ``NAME.golden.npz`` beside the model for ``edgernn verify`` (fp32 exports only).
     """
     from ..train import checkpoint
     from . import export_model
@@ -38,7 +40,12 @@ def export_checkpoint(
     extra = {"manifest_extra": {"task": task}} if task else {}
     common = {"strategy": strategy, "lengths": lengths, "opset": opset, "verify": not no_verify}
     if precision is None:
-        return export_model(ck.model(), out_path, **common, **extra, **options)
+        return export_model(ck.model(), out_path, **common, **extra, golden=golden, **options)
+    if golden:
+        raise ConfigError(
+            "--golden records the fp32 model at the fp32 tolerance; export the fp32 model with --golden, and check a "
+            "reduced file against that golden file with `edgernn verify --atol/--rtol`"
+        )
     if options.get("ort_format"):
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
@@ -140,10 +147,12 @@ def export_user_module(
     no_verify: bool = False,
     min_len: int | None = None,
     parity_shapes: tuple[str, ...] = (),
+    golden: bool = False,
     **options: Any,
 ) -> Any:
-    """Export a user's module (``pkg.mod:factory``), verified against that module itself; ``options`` as in
-    ``export_checkpoint``. ``parity_shapes`` are cases as ``NAME:SHAPE[,NAME:SHAPE]`` (one input each)."""
+    """Export a user's module (``pkg.mod:factory``), verified against that module itself; ``options`` and
+    ``golden`` as in ``export_checkpoint``. ``parity_shapes`` are cases as ``NAME:SHAPE[,NAME:SHAPE]`` (one input
+    each)."""
     import torch
 
     from ..errors import ConfigError
@@ -181,6 +190,7 @@ def export_user_module(
         verify=not no_verify,
         min_len=min_len,
         cases=[_parse_case(text) for text in parity_shapes] or None,
+        golden=golden,
         **options,
     )
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import ExportError
 from ..manifest import StateSpec, TensorSpec
 from ..model.nn import layer_slot
+from ..verify.parity import flat_outputs
 
 
 @dataclass
@@ -91,7 +92,7 @@ class StepModule(nn.Module):
             h = next(it)
             self.io.inputs[layer_slot(layer)] = (h, next(it) if layer.cell_kind.has_cell_state else None)
         out = self.module(*args[: self.n_data])
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        outs = flat_outputs(out)
         for layer in self.layers:
             if layer_slot(layer) not in self.io.outputs:
                 raise ExportError("a recurrent layer of this module does not run in its forward; it cannot be streamed")

@@ -23,10 +23,12 @@ from .parity import (
     Comparison,
     ParityReport,
     Runner,
+    Tolerance,
     cases_for,
     check,
     check_chained,
     compare,
+    flat_outputs,
     make_inputs,
     module_failed,
     other_axes,
@@ -86,6 +88,7 @@ def verify_parity(
     providers: Sequence[str] = ("cpu",),
     extra: Mapping[str, Runner] | None = None,
     int_high: int = 2,
+    tol: Tolerance | None = None,
 ) -> ParityReport:
     """Eager torch ``module`` against onnxruntime on ``proto`` (each provider), the target's runtimes
     (``extra``) and the optional numpy oracle.
@@ -120,6 +123,8 @@ def verify_parity(
             [o.name for o in manifest.outputs],
             cases,
             int_high=int_high,
+            tol=tol,
+            output_axes={o.name: o.named_shape() for o in manifest.outputs},
         )
     finally:
         module.train(was_training)
@@ -221,7 +226,7 @@ def stream_reference(module: nn.Module, specs: Sequence[TensorSpec]) -> Runner:
         finally:
             for hnd in handles:
                 hnd.remove()
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        outs = flat_outputs(out)
         for m in layers:
             st = final[id(m)]
             outs.extend(st if isinstance(st, tuple) else (st,))
@@ -244,6 +249,7 @@ def verify_stream(
     providers: Sequence[str] = ("cpu",),
     extra: Mapping[str, Runner] | None = None,
     int_high: int = 2,
+    tol: Tolerance | None = None,
 ) -> ParityReport:
     """Chained step calls through onnxruntime (each provider) and the target's runtimes (``extra``) against the
     eager module on the whole sequence.
@@ -275,6 +281,7 @@ def verify_stream(
                 oracle=oracle if i == 0 else None,
                 candidate=name,
                 int_high=int_high,
+                tol=tol,
             )
             if report is None:
                 report = r

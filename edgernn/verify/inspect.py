@@ -142,6 +142,15 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"target: {man['target']}{batch}; its check {verdict}" + (f": {check['summary']}" if check else "")
         )
+    sel = (man or {}).get("selection") or {}
+    if sel:
+        b, t = sel["profile_shape"]
+        times = ", ".join(f"{n} {us:g} us" for n, us in sorted(sel["median_us"].items(), key=lambda kv: kv[1]))
+        lines.append(
+            f"strategy chosen by auto: {sel['chosen']} ({times} per call at batch {b} x time {t}, {sel['provider']})"
+        )
+        for name, why in (sel.get("refused") or {}).items():
+            lines.append(f"  {name} dropped out: {why}")
     prec = (man or {}).get("precision") or {}
     if prec:
         metric = prec.get("metric")

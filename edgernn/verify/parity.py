@@ -55,6 +55,26 @@ class Case:
         return f"B={self.batch} T={self.length}{extra}" + (" padded" if self.padded else "")
 
 
+@dataclass(frozen=True, eq=False)
+class GivenInputs(Case):
+    """A case with the user's own inputs (``--inputs data.npz``) instead of random ones at a shape."""
+
+    feed: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "given inputs"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def given_inputs(feed: Mapping[str, Any], name: str = "given inputs") -> GivenInputs:
+    """A case of these arrays; its batch and length are read from the first input with two or more axes."""
+    arrays = {k: np.asarray(v) for k, v in feed.items()}
+    first = next((a for a in arrays.values() if a.ndim >= 2), None)
+    batch, length = (int(first.shape[0]), int(first.shape[1])) if first is not None else (1, 1)
+    return GivenInputs(batch, length, feed=arrays, name=name)
+
+
 # (batch, length): one step, batch 1 at a prime length, several at a prime length, a long sequence
 DEFAULT_CASES: tuple[Case, ...] = (Case(1, 1), Case(1, 31), Case(3, 17), Case(2, 257), Case(3, 17, padded=True))
 # sizes of a model's other named axes, case by case, so that each varies apart from "time" (and 1 is among them)
@@ -171,6 +191,8 @@ def make_inputs(
 ) -> dict[str, np.ndarray]:
     """Random inputs at a case's shape: normal floats, ints in [0, int_high), lengths that include 1 and T (as
     a float mask for a model that takes one); states (``states=True``) random too, else left out."""
+    if isinstance(case, GivenInputs):
+        return {k: np.asarray(v) for k, v in case.feed.items()}
     sizes = {"batch": case.batch, "time": case.length, **dict(case.dims)}
     out: dict[str, np.ndarray] = {}
     for s in specs:
@@ -209,6 +231,57 @@ class Comparison:
     max_abs: float
     max_rel: float
     passed: bool
+    first: dict[str, Any] | None = None  # where a failing output first exceeds the tolerance (first_excess)
+
+    def describe(self) -> str:
+        """One line: the case, candidate and output, and where and by how much it first exceeds the tolerance."""
+        head = f"{self.case} {self.candidate} {self.output}: max abs {self.max_abs:.3g}, rel {self.max_rel:.3g}"
+        f = self.first
+        if not f:
+            return head
+        at = ", ".join(f"{k} {f[k]}" for k in ("batch item", "step") if f.get(k) is not None)
+        return (
+            f"{head}; first exceeds at {at + ' ' if at else ''}index {tuple(f['index'])}: candidate "
+            f"{f['candidate']:.6g}, reference {f['reference']:.6g}, |diff| {f['diff']:.3g} > {f['bound']:.3g}"
+        )
+
+
+def first_excess(
+    reference: np.ndarray, candidate: np.ndarray, tol: Tolerance, axes: Sequence[str | None] | None = None
+) -> dict[str, Any] | None:
+    """Where ``candidate`` first leaves the tolerance: the element at the earliest time step (the earliest batch
+    item at that step), with both values. ``axes`` names the output's axes ("batch", "time"); by default an
+    output of rank 3 or more is (batch, time, ...) and one of rank 2 (batch, ...)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != got.shape or ref.size == 0:
+        return None
+    bound = tol.atol + tol.rtol * np.abs(ref)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(got - ref) <= bound)
+    if not bad.any():
+        return None
+    names = list(axes) if axes is not None and len(axes) == ref.ndim else None
+    if names is None:
+        names = ["batch", "time"] + [None] * (ref.ndim - 2) if ref.ndim >= 3 else ["batch"] + [None] * (ref.ndim - 1)
+    order = [names.index("time")] if "time" in names else []
+    order += [names.index("batch")] if "batch" in names else []
+    order += [a for a in range(ref.ndim) if a not in order]
+    flat = np.transpose(bad, order).reshape(-1)
+    pos = np.unravel_index(int(np.argmax(flat)), tuple(ref.shape[a] for a in order))
+    index = [0] * ref.ndim
+    for a, i in zip(order, pos, strict=True):
+        index[a] = int(i)
+    t = tuple(index)
+    return {
+        "index": index,
+        "batch item": index[names.index("batch")] if "batch" in names else None,
+        "step": index[names.index("time")] if "time" in names else None,
+        "reference": float(ref[t]),
+        "candidate": float(got[t]),
+        "diff": float(abs(got[t] - ref[t])),
+        "bound": float(bound[t]),
+    }
 
 
 @dataclass
@@ -218,10 +291,13 @@ class ParityReport:
     rtol: float
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the numbers do not say (e.g. a provider fell back)
+    # why the two sides cannot agree, found before any number (other weights, another architecture): a failure
+    problems: list[str] = field(default_factory=list)
+    reference: str = "torch"  # what the candidates were compared with
 
     @property
     def passed(self) -> bool:
-        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons) and not self.problems
 
     @property
     def max_abs(self) -> float:
@@ -252,15 +328,19 @@ class ParityReport:
         }
 
     def table(self) -> str:
-        rows = [("case", "vs torch", "output", "max abs", "max rel", "")]
+        rows = [("case", f"vs {self.reference}", "output", "max abs", "max rel", "")]
         for c in self.comparisons:
             mark = "ok" if c.passed else "FAIL"
             rows.append((c.case, c.candidate, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", mark))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines = [f"problem: {p}" for p in self.problems]
+        if self.comparisons:
+            lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines += [f"where: {c.describe()}" for c in self.failures() if c.first][:5]
         verdict = "PASS" if self.passed else "FAIL"
         tol = f"{self.dtype}: atol {self.atol:g}, rtol {self.rtol:g}"
-        lines.append(f"parity {verdict} ({tol}; worst {self.max_abs:.2e})")
+        worst = f"worst {self.max_abs:.2e}" if self.comparisons else "nothing compared"
+        lines.append(f"parity {verdict} ({tol}; {worst})")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -295,12 +375,16 @@ def check(
     seed: int = 0,
     int_high: int = 2,
     states: bool = False,
+    tol: Tolerance | None = None,
+    output_axes: Mapping[str, Sequence[str | None]] | None = None,
 ) -> ParityReport:
     """Run ``reference`` and every candidate on each case's random inputs and compare every output; at least
-    one candidate must be compared (torch against the oracle alone proves nothing about a file)."""
+    one candidate must be compared (torch against the oracle alone proves nothing about a file). ``tol``
+    overrides the table's tolerance for ``dtype``; ``output_axes`` names each output's axes for the report of
+    where a failing output first leaves it."""
     if not candidates:
         raise ConfigError("a parity check needs at least one runtime to compare; none was given")
-    tol = tolerance(dtype)
+    tol = tol or tolerance(dtype)
     report = ParityReport(dtype, tol.atol, tol.rtol)
     rng = np.random.default_rng(seed)
     for case in cases:
@@ -313,8 +397,17 @@ def check(
                     shapes = f"{cname} returns shape {np.shape(g)}, the reference {np.shape(r)}"
                     report.notes.append(f"output {name} at {case.label}: {shapes}")
                 a, rel, ok = compare(r, g, tol)
-                report.comparisons.append(Comparison(case.label, cname, name, a, rel, ok))
+                where = None if ok else first_excess(r, g, tol, (output_axes or {}).get(name))
+                report.comparisons.append(Comparison(case.label, cname, name, a, rel, ok, where))
     return report
+
+
+def flat_outputs(out: Any) -> list[Any]:
+    """A module's outputs in the order the exported graph lists them: nested tuples and lists flattened
+    (``nn.LSTM`` returns ``(y, (h, c))``: three outputs)."""
+    if isinstance(out, (tuple, list)):
+        return [leaf for o in out for leaf in flat_outputs(o)]
+    return [out]
 
 
 def torch_runner(module: Any, specs: Sequence[TensorSpec]) -> Runner:
@@ -328,7 +421,7 @@ def torch_runner(module: Any, specs: Sequence[TensorSpec]) -> Runner:
                 out = module(*args)
             except Exception as e:
                 raise module_failed(e, args) from None
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        outs = flat_outputs(out)
         return [o.detach().cpu().numpy() for o in outs]
 
     return run
@@ -369,7 +462,7 @@ def _slice_time(
     return out
 
 
-def _align(want: np.ndarray, got: np.ndarray) -> np.ndarray:
+def align_chunk(want: np.ndarray, got: np.ndarray) -> np.ndarray:
     """The part of a prefix call's output that one chunk call must equal.
 
     An output that does not depend on the length (a readout of the last state) is compared whole. An output
@@ -400,6 +493,7 @@ def check_chained(
     dtype: str = "fp32",
     seed: int = 0,
     int_high: int = 2,
+    tol: Tolerance | None = None,
 ) -> ParityReport:
     """Streaming parity: chained ``step`` calls against one call of ``reference`` on the whole sequence.
 
@@ -410,16 +504,22 @@ def check_chained(
     after chunk j, every output and state must equal the reference on the first (j+1)*chunk steps (the last
     chunk's reference call is the one full-sequence call). Each output's worst chunk is reported.
     """
-    tol = tolerance(dtype)
+    tol = tol or tolerance(dtype)
     report = ParityReport(dtype, tol.atol, tol.rtol)
     rng = np.random.default_rng(seed)
     names = [*output_names, *(s.output for s in states)]
     shape_notes: dict[str, str] = {}
     for case in cases:
-        n_chunks = -(-case.length // chunk)
-        total = n_chunks * chunk
-        label = f"B={case.batch} T={total} chained K={chunk}"
-        feed = make_inputs(specs, Case(case.batch, total), rng, int_high)
+        if isinstance(case, GivenInputs):  # the caller's sequence, in whole chunks
+            n_chunks = max(1, case.length // chunk)
+            total = n_chunks * chunk
+            label = f"{case.label} chained K={chunk}"
+            feed = _slice_time(make_inputs(specs, case, rng), specs, 0, total)
+        else:
+            n_chunks = -(-case.length // chunk)
+            total = n_chunks * chunk
+            label = f"B={case.batch} T={total} chained K={chunk}"
+            feed = make_inputs(specs, Case(case.batch, total), rng, int_high)
         state = {
             s.input: np.zeros([case.batch if d == "batch" else d for d in s.shape], dtype=np.float32) for s in states
         }
@@ -431,7 +531,7 @@ def check_chained(
             if len(got) != len(names) or len(want) != len(names):
                 raise ValueError(f"expected {len(names)} outputs ({', '.join(names)}); got {len(got)} and {len(want)}")
             for name, w, g in zip(names, want, got, strict=True):
-                w = _align(np.asarray(w), np.asarray(g))
+                w = align_chunk(np.asarray(w), np.asarray(g))
                 if w.shape != np.shape(g) and name not in shape_notes:
                     shape_notes[name] = (
                         f"output {name}: a call on {chunk} step(s) returns shape {np.shape(g)}, where the module "

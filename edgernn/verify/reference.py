@@ -155,6 +155,24 @@ def model_forward(config: Any, state: Mapping[str, Array], x: Array, lengths: Ar
     return last @ w.T + b
 
 
+def model_steps(config: Any, state: Mapping[str, Array], x: Array) -> Array:
+    """What a streaming zoo model outputs after each step of one sequence x (T, F): (T, out). The head on each
+    step's hidden state, whatever the readout: a last-step readout at step t is the model on x[: t + 1]."""
+    state = {k: np.asarray(v) for k, v in state.items()}
+    if config.bidirectional:
+        raise ValueError("a bidirectional model cannot stream: its output at a step needs the steps after it")
+    y, _, _ = recurrent_forward(
+        config.cell,
+        state,
+        np.asarray(x, dtype=np.float64)[:, None, :],
+        num_layers=config.num_layers,
+        bidirectional=False,
+        prefix="rnn.",
+    )
+    w, b = state["head.weight"].astype(np.float64), state["head.bias"].astype(np.float64)
+    return y[:, 0] @ w.T + b
+
+
 def model_oracle(config: Any, state: Mapping[str, Array]) -> Callable[[Mapping[str, Array]], list[Array]]:
     """A parity runner for a zoo model: a feed with ``x`` (and optional ``lengths``) -> [output]."""
     weights = {k: np.asarray(v) for k, v in state.items()}

@@ -1,0 +1,79 @@
+"""strategy auto: every candidate exported and checked, the correct ones timed, the fastest written with the
+measurements in its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from edgernn import ModelConfig, build_model
+from edgernn.cli.main import main
+from edgernn.errors import ConfigError
+from edgernn.export import auto, export, export_model
+from edgernn.runtime import Model
+
+
+def test_zoo_model_gets_the_fastest_correct_strategy(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="gru", input_size=3, hidden_size=16, num_layers=2))
+    result = export_model(model, tmp_path / "m.onnx", strategy="auto", profile_shape="2x40")
+    sel = result.manifest.selection
+    assert sel is not None and set(sel["median_us"]) == {"native", "loop"}
+    assert all(v > 0 for v in sel["median_us"].values())
+    assert sel["chosen"] == min(sel["median_us"], key=sel["median_us"].get) == result.manifest.strategy
+    assert sel["profile_shape"] == [2, 40] and result.report.passed
+    on_disk = Model(tmp_path / "m.onnx").manifest
+    assert on_disk.strategy == sel["chosen"] and on_disk.selection == sel
+
+
+def test_the_timing_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_model(ModelConfig(cell="lstm", input_size=2, hidden_size=8))
+    monkeypatch.setattr(auto, "time_models", lambda models, **kw: {n: (1.0 if n == "loop" else 2.0) for n in models})
+    result = export_model(model, tmp_path / "m.onnx", strategy="auto")
+    assert result.manifest.strategy == "loop" and result.manifest.selection["chosen"] == "loop"
+    assert Model(tmp_path / "m.onnx").manifest.strategy == "loop"
+
+
+def test_refused_strategies_drop_out_with_their_reason() -> None:
+    class Projected(nn.Module):  # native takes no LSTM projection
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(3, 10, proj_size=4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lstm(x)[0]
+
+    result = export(Projected().eval(), (torch.zeros(2, 5, 3),), None, strategy="auto", seq_len=12)
+    sel = result.manifest.selection
+    assert sel["chosen"] in ("loop", "unroll") and "projection" in sel["refused"]["native"]
+    assert set(sel["median_us"]) == {"loop", "unroll"} and sel["profile_shape"][1] == 12
+
+
+def test_auto_refusals() -> None:
+    model = build_model(ModelConfig(cell="gru", input_size=2, hidden_size=8))
+    with pytest.raises(ConfigError, match="cannot skip the parity check"):
+        export_model(model, None, strategy="auto", verify=False)
+    with pytest.raises(ConfigError, match="goes with strategy auto"):
+        export_model(model, None, strategy="native", profile_shape="1x10")
+    with pytest.raises(ConfigError, match="BATCHxTIME"):
+        export_model(model, None, strategy="auto", profile_shape="1x")
+    with pytest.raises(ConfigError, match="takes no chunk"):
+        export_model(model, None, strategy="auto", chunk=4)
+
+
+def test_cli_and_inspect(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--task", "sine", "--epochs", "1", "--n-train", "64", "--hidden", "8", "--out", str(run)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out = tmp_path / "a.onnx"
+    r = CliRunner().invoke(
+        main, ["export", str(run), "--strategy", "auto", "--profile-shape", "1x30", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "strategy auto chose" in r.output and "per call at batch 1 x time 30" in r.output
+    r = CliRunner().invoke(main, ["inspect", str(out)])
+    assert r.exit_code == 0 and "strategy chosen by auto:" in r.output
