@@ -121,7 +121,7 @@ def test_strategy_choices_come_from_the_registry() -> None:
     assert list(BUILTIN) == strategy_names()
     export_cmd = main.commands["export"]
     choice = next(p for p in export_cmd.params if p.name == "strategy").type
-    assert list(choice.choices) == strategy_names()
+    assert list(choice.choices) == [*strategy_names(), "auto"]  # auto: the fastest of the others, timed
     r = CliRunner().invoke(main, ["strategies", "--json"])
     assert r.exit_code == 0
     table = json.loads(r.output)
