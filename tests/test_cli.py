@@ -445,3 +445,13 @@ def test_bench_json_reports_the_calls_asked_for(trained: Path, exported: tuple[P
     assert rep["ratios"]["step"] == pytest.approx(rep["torch"]["step"]["p50_ms"] / rep["step"]["p50_ms"])
     assert rep["max_abs_diff"] is not None and rep["max_abs_diff"] < 1e-5  # torch and onnxruntime, same input
     assert rep["provider"]["used"] == "cpu" and rep["threads"] == 1
+
+
+def test_train_seq_len_sets_the_lag(tmp_path: Path) -> None:
+    _train(tmp_path / "m", "--task", "memory", "--seq-len", "20")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["task"] == "memory" and cfg["model_config"]["output_size"] == 4
+    assert cfg["train_config"]["min_len"] == cfg["train_config"]["max_len"] == 20
+    r = CliRunner().invoke(main, ["train", "--seq-len", "20", "--min-len", "5", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--seq-len sets both lengths; drop --min-len" in r.output
+    assert not (tmp_path / "x").exists()

@@ -224,3 +224,22 @@ def test_bad_train_config() -> None:
     with pytest.raises(ConfigError, match="task"):
         get_task("imagenet")
     assert list(batches([], 4)) == []
+
+
+def test_memory_task_holds_one_symbol_over_the_lag() -> None:
+    task = get_task("memory")
+    examples = task.make(np.random.default_rng(3), 200, 30, 30)
+    assert all(e.x.shape == (30, 5) for e in examples)
+    for e in examples:
+        assert e.x[0, :4].argmax() == int(e.y) and e.x[0, :4].sum() == 1.0  # the symbol, one-hot, at step 0
+        assert e.x[-1, 4] == 1.0 and e.x[:-1, 4].sum() == 0  # the recall marker only at the end
+        assert np.abs(e.x[1:-1, :4]).max() < 1.0  # distractors are never a clean symbol
+    counts = np.bincount([int(e.y) for e in examples], minlength=4)
+    assert counts.min() > 30  # the four classes, about evenly: chance is 25%
+
+
+def test_memory_is_learned_by_a_gated_cell() -> None:
+    task = get_task("memory")
+    cfg = TrainConfig(epochs=12, batch_size=32, lr=1e-2, n_train=512, n_val=128, min_len=12, max_len=12, seed=0)
+    _, hist = fit(model_config_for(task, cell="gru", hidden_size=16), task, cfg, progress=False)
+    assert hist.best_metric > 0.9  # chance is 0.25

@@ -41,6 +41,11 @@ def _strategy_choices() -> list[str]:
     return list(BUILTIN)
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (not its default)."""
+    return ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
 def _export_strategy_choices() -> list[str]:
     return [*_strategy_choices(), "auto"]
 
@@ -52,7 +57,7 @@ def _target_choices() -> list[str]:
 
 
 @main.command()
-@click.option("--task", default="sine", show_default=True, help="Built-in task: sine, denoise, adding, sign.")
+@click.option("--task", default="sine", show_default=True, help="Built-in task: sine, denoise, adding, sign, memory.")
 @click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
 @click.option("--hidden", default=32, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked recurrent layers.")
@@ -69,6 +74,12 @@ def _target_choices() -> list[str]:
 @click.option("--init", default="orthogonal", show_default=True, help="default, xavier, he, orthogonal, identity.")
 @click.option("--min-len", default=8, show_default=True, help="Shortest generated sequence.")
 @click.option("--max-len", default=48, show_default=True, help="Longest generated sequence.")
+@click.option(
+    "--seq-len",
+    type=int,
+    default=None,
+    help="Every generated sequence this long (sets --min-len and --max-len): the lag of adding or memory.",
+)
 @click.option("--n-train", default=1024, show_default=True, help="Generated training sequences.")
 @click.option("--patience", default=5, show_default=True, help="Early-stopping patience in epochs (0 = off).")
 @click.option("--seed", default=0, show_default=True)
@@ -83,6 +94,13 @@ def train(**o: Any) -> None:
     from ..train.workflow import train_to_dir
 
     as_json = o.pop("as_json")
+    seq_len = o.pop("seq_len")
+    if seq_len is not None:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("min_len", "max_len") if _given(ctx, n)]
+        if given:
+            raise ConfigError(f"--seq-len sets both lengths; drop {' and '.join(given)}")
+        o["min_len"] = o["max_len"] = seq_len
     result = train_to_dir(**o, progress=not as_json)
     if as_json:
         echo_json(result)

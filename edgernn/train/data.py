@@ -88,6 +88,26 @@ def _sign(rng: np.random.Generator, n: int, min_len: int, max_len: int) -> list[
     return out
 
 
+MEMORY_SYMBOLS = 4
+
+
+def _memory(rng: np.random.Generator, n: int, min_len: int, max_len: int) -> list[Example]:
+    """Classification over a long lag: one of 4 symbols (one-hot) at the first step, noise in between, a recall
+    marker at the last step; name the first symbol. Chance is 25%; a tanh RNN loses the symbol over a long
+    sequence (its gradient vanishes with the lag), gated cells keep it."""
+    out = []
+    s = MEMORY_SYMBOLS
+    for _ in range(n):
+        t_len = int(rng.integers(max(min_len, 2), max_len + 1))
+        x = np.zeros((t_len, s + 1), dtype=np.float32)
+        symbol = int(rng.integers(0, s))
+        x[0, symbol] = 1.0
+        x[1:-1, :s] = rng.normal(0, 0.1, size=(t_len - 2, s))  # distractors, never a clean one-hot
+        x[-1, s] = 1.0  # recall
+        out.append(Example(x, np.array(symbol, dtype=np.int64)))
+    return out
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -96,6 +116,16 @@ TASKS: dict[str, Task] = {
         Task("adding", "sum the two marked values of a long sequence", 2, 1, "regression", "mse", "last", _adding),
         Task(
             "sign", "does a random walk end above zero (2 classes)", 1, 2, "classification", "accuracy", "last", _sign
+        ),
+        Task(
+            "memory",
+            "name the symbol seen at the first step, after a long lag (4 classes)",
+            MEMORY_SYMBOLS + 1,
+            MEMORY_SYMBOLS,
+            "classification",
+            "accuracy",
+            "last",
+            _memory,
         ),
     )
 }
