@@ -72,6 +72,7 @@ def test_failure_names_output_case_item_step_and_numbers(exported: tuple[nn.Modu
     assert "parity FAILED" in msg and "onnxruntime:cpu y" in msg and "B=2 T=30" in msg
     assert "first exceeds at batch item" in msg and "step" in msg and "candidate" in msg and "reference" in msg
     assert "where it drifts: first exceeds tolerance at layer 'gru' layer" in msg  # the layer and step, by localize
+    assert "of 30" in msg  # followed at the caller's shape: 30 steps
     with pytest.raises(AssertionError, match="first exceeds at batch item"):  # file against file
         assert_parity(path, bad)
     assert assert_parity(path, bad, atol=1.0, rtol=1.0).passed  # a tolerance of the caller's

@@ -68,7 +68,8 @@ def assert_parity(
             rtol=rtol,
         )
     if not report.passed:
-        where = _localized(reference, model, report, inputs, provider) if localize else None
+        first_shape = shapes[0] if shapes else None
+        where = _localized(reference, model, report, inputs, provider, first_shape) if localize else None
         raise AssertionError(failure_message(report, where))
     return report
 
@@ -101,7 +102,7 @@ def _is_golden(obj: Any) -> bool:
     return isinstance(obj, (str, os.PathLike)) and Path(obj).suffix.lower() == ".npz"
 
 
-def _localized(reference: Any, model: Any, report: Any, inputs: Any, provider: str) -> str | None:
+def _localized(reference: Any, model: Any, report: Any, inputs: Any, provider: str, shape: Any = None) -> str | None:
     """The layer, direction and step where the hidden state first drifts, for a torch reference (a module or a
     checkpoint); None where that cannot be said (another kind of reference, a problem found before numbers)."""
     if report.problems or not report.failures():
@@ -121,6 +122,7 @@ def _localized(reference: Any, model: Any, report: Any, inputs: Any, provider: s
             provider=provider,
             atol=report.atol,
             rtol=report.rtol,
+            shape=shape,
         )
     except EdgeRNNError as e:
         return f"where it drifts: not followed layer by layer ({e})"

@@ -467,11 +467,12 @@ def localize_check(
     provider: str = "cpu",
     atol: float | None = None,
     rtol: float | None = None,
+    shape: Mapping[str, Sequence[int]] | None = None,
 ) -> Any:
     """Layer by layer, direction by direction, step by step: where ``model``'s hidden states first leave the
-    tolerance against the torch reference (a checkpoint, or ``module``), on ``inputs`` or on a seeded padded
-    batch of ``LOCALIZE_STEPS`` steps (the export's fixed length or whole chunks where it has one). Returns a
-    ``edgernn.verify.localize.Localization``."""
+    tolerance against the torch reference (a checkpoint, or ``module``), on ``inputs``, on seeded inputs of
+    ``shape`` (``{"x": (2, 30, 3)}``), or on a seeded padded batch of ``LOCALIZE_STEPS`` steps (the export's
+    fixed length or whole chunks where it has one). Returns a ``edgernn.verify.localize.Localization``."""
     from .localize import localize
     from .parity import make_inputs
 
@@ -494,6 +495,10 @@ def localize_check(
         from ..runtime.io import read_inputs
 
         inputs = read_inputs(inputs, next(s.name for s in specs if s.role == "data"))
+    if inputs is None and shape:
+        from .parity import case_from_shapes
+
+        inputs = make_inputs(specs, case_from_shapes(specs, shape, option="shape"), np.random.default_rng(0))
     if inputs is None:
         steps = manifest.seq_len or LOCALIZE_STEPS - LOCALIZE_STEPS % (manifest.chunk or 1)
         batch = manifest.batch or 2
