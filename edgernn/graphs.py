@@ -1,10 +1,12 @@
-"""Walking an ONNX graph and the subgraphs inside its nodes (Scan and Loop bodies, If branches). Torch-free,
-and onnx-free: it reads the protobuf objects it is handed."""
+"""Walking an ONNX graph and the subgraphs inside its nodes (Scan and Loop bodies, If branches), and reading its
+constants. Torch-free; onnx only where a tensor is turned into an array."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import numpy as np
 
 
 def subgraphs(node: Any) -> Iterator[Any]:
@@ -21,3 +23,20 @@ def all_graphs(graph: Any) -> Iterator[Any]:
     for node in graph.node:
         for g in subgraphs(node):
             yield from all_graphs(g)
+
+
+def constant_value(name: str, initializers: Mapping[str, Any], producer: Mapping[str, Any]) -> np.ndarray | None:
+    """The value of tensor ``name`` when it is an initializer or a (default-domain) ``Constant`` node's output
+    (``value`` or ``value_ints``), else None. ``producer`` maps output names to the nodes that make them."""
+    from onnx import numpy_helper
+
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    node = producer.get(name)
+    if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        for a in node.attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+            if a.name == "value_ints":
+                return np.array(list(a.ints), np.int64)
+    return None

@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ExportError
+from ..graphs import constant_value
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -455,16 +456,7 @@ class _GraphContext:
         return out, node
 
     def constant(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name == "value_ints":
-                    return np.array(list(a.ints), np.int64)
-        return None
+        return constant_value(name, self.initializers, self.producer)
 
     def is_reversal(self, node: onnx.NodeProto, axis: int, length: int, rank: int | None) -> bool:
         """Whether ``node`` is a Slice that reverses its whole input along ``axis`` (of size ``length``) and

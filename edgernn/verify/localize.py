@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError, ModelFormatError, ParityError
+from ..graphs import constant_value
 from ..manifest import Manifest, TensorSpec, read_manifest
 from .parity import Tolerance, align_chunk, compare, flat_outputs
 
@@ -491,18 +492,7 @@ class _Graph:
         return name
 
     def constant(self, name: str) -> np.ndarray | None:
-        from onnx import numpy_helper
-
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name == "value_ints":
-                    return np.array(list(a.ints), np.int64)
-        return None
+        return constant_value(name, self.initializers, self.producer)
 
     def reversal(self, name: str) -> bool:
         """Whether ``name`` is a Slice with step -1 along axis 0 (torch's ``flip`` of the time axis)."""

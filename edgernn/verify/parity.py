@@ -177,10 +177,6 @@ def parse_shape(text: str, *, option: str = "--shape") -> tuple[str, list[int]]:
     return name, shape
 
 
-def _fmt(shape: Sequence[Any]) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
-
-
 def make_inputs(
     specs: Sequence[TensorSpec],
     case: Case,

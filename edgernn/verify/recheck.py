@@ -179,24 +179,15 @@ def _against_checkpoint(
     shapes: Any,
     tol: Tolerance,
 ) -> ParityReport:
-    from ..export.core import weights_sha256
     from ..train import checkpoint
     from . import reference
-    from .against_torch import stream_cases, verify_parity, verify_stream
     from .check import target_runners
 
     manifest = _require_manifest(cand, "a check against a checkpoint")
     ck = checkpoint.load(ckpt)
     model = ck.model()
     cfg = ck.config
-    problems = _architecture_problems(cfg.to_dict(), manifest)
-    if not problems:
-        got = weights_sha256(model)
-        if manifest.weights_sha256 and got != manifest.weights_sha256:
-            problems.append(
-                f"not the weights this model was exported from: the checkpoint's weights hash {got[:12]}... differs "
-                f"from the model's manifest ({manifest.weights_sha256[:12]}...)"
-            )
+    problems = _architecture_problems(cfg.to_dict(), manifest) or _weights_problems(model, manifest, "checkpoint")
     if problems:
         return ParityReport("fp32", tol.atol, tol.rtol, problems=problems)
     oracle = reference.model_oracle(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
@@ -204,13 +195,44 @@ def _against_checkpoint(
     x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])
     lengths = [TensorSpec("lengths", "int64", ["batch"], role="lengths")] if _takes_lengths(manifest) else []
     extra = target_runners(manifest.target, cand.proto) if manifest.target != "ort" else {}
-    cases = _cases(inputs, shapes, [x, *lengths])
+    specs = [x, *lengths]
+    return _against_torch(model, cand, specs, _cases(inputs, shapes, specs), providers, tol, oracle, extra)
+
+
+def _weights_problems(module: Any, manifest: Manifest, what: str, hint: str = "") -> list[str]:
+    """ "not the weights this model was exported from" when ``module``'s hash differs from the manifest's."""
+    from ..export.core import weights_sha256
+
+    got = weights_sha256(module)
+    if not manifest.weights_sha256 or got == manifest.weights_sha256:
+        return []
+    return [
+        f"not the weights this model was exported from: the {what}'s weights hash {got[:12]}... differs from the "
+        f"model's manifest ({manifest.weights_sha256[:12]}...){hint}"
+    ]
+
+
+def _against_torch(
+    module: Any,
+    cand: Loaded,
+    torch_specs: list[TensorSpec],
+    cases: Any,
+    providers: Sequence[str],
+    tol: Tolerance,
+    oracle: Any = None,
+    extra: Any = None,
+) -> ParityReport:
+    """The eager ``module`` against the file: chained step calls for a streaming export, else whole sequences."""
+    from .against_torch import stream_cases, verify_parity, verify_stream
+
+    manifest = cand.manifest
+    assert manifest is not None
     if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
         outputs = [o.name for o in manifest.outputs if o.role != "state"]
         return verify_stream(
-            model,
+            module,
             cand.proto,
-            [x],
+            torch_specs,
             manifest.states,
             outputs,
             manifest.chunk or 1,
@@ -222,10 +244,10 @@ def _against_checkpoint(
             tol=tol,
         )
     return verify_parity(
-        model,
+        module,
         cand.proto,
         manifest,
-        torch_specs=[x, *lengths],
+        torch_specs=torch_specs,
         cases=cases,
         oracle=oracle,
         providers=providers,
@@ -267,39 +289,14 @@ def _against_module(
     shapes: Any,
     tol: Tolerance,
 ) -> ParityReport:
-    from ..export.core import weights_sha256
-    from .against_torch import stream_cases, verify_parity, verify_stream
-
     manifest = _require_manifest(cand, "a check against a module")
-    problems = _module_architecture(module, manifest)
-    got = weights_sha256(module)
-    if not problems and manifest.weights_sha256 and got != manifest.weights_sha256:
-        problems.append(
-            f"not the weights this model was exported from: the module's weights hash {got[:12]}... differs "
-            f"from the model's manifest ({manifest.weights_sha256[:12]}...); give the weights it was exported "
-            "with (--weights)"
-        )
+    problems = _module_architecture(module, manifest) or _weights_problems(
+        module, manifest, "module", "; give the weights it was exported with (--weights)"
+    )
     if problems:
         return ParityReport("fp32", tol.atol, tol.rtol, problems=problems)
-    torch_specs = _torch_specs(manifest)
-    cases = _cases(inputs, shapes, torch_specs)
-    if manifest.states:
-        outputs = [o.name for o in manifest.outputs if o.role != "state"]
-        return verify_stream(
-            module,
-            cand.proto,
-            torch_specs,
-            manifest.states,
-            outputs,
-            manifest.chunk or 1,
-            graph_specs=manifest.inputs,
-            cases=cases or stream_cases(manifest.batch),
-            providers=providers,
-            tol=tol,
-        )
-    return verify_parity(
-        module, cand.proto, manifest, torch_specs=torch_specs, cases=cases, providers=providers, tol=tol
-    )
+    torch_specs = _torch_specs(manifest.inputs, manifest)
+    return _against_torch(module, cand, torch_specs, _cases(inputs, shapes, torch_specs), providers, tol)
 
 
 def _module_architecture(module: Any, manifest: Manifest) -> list[str]:
@@ -349,13 +346,7 @@ def _between_files(
     report = ParityReport("fp32", tol.atol, tol.rtol, problems=problems, reference=label_ref)
     if problems:
         return report
-    specs = [_unfixed(s, ref.manifest) if ref.manifest else s for s in ref_specs if s.role != "state"]
-    specs = [
-        replace(s, name="lengths", dtype="int64", shape=[s.shape[0]], role="lengths", axes=None)
-        if s.role == "mask"
-        else s
-        for s in specs
-    ]
+    specs = _torch_specs(ref_specs, ref.manifest)
     cases = _cases(inputs, shapes, specs)
     if cases is None:
         fixed = _fixed_length(ref) or _fixed_length(cand)
@@ -490,7 +481,7 @@ def localize_check(
         if _takes_lengths(manifest):
             specs.append(TensorSpec("lengths", "int64", ["batch"], role="lengths"))
     else:
-        specs = _torch_specs(manifest)
+        specs = _torch_specs(manifest.inputs, manifest)
     if isinstance(inputs, (str, os.PathLike)):
         from ..runtime.io import read_inputs
 
@@ -507,14 +498,14 @@ def localize_check(
     return localize(module, cand.data, dict(inputs), torch_specs=specs, atol=tol.atol, rtol=tol.rtol, provider=provider)
 
 
-def _torch_specs(manifest: Manifest) -> list[TensorSpec]:
-    """A user module's inputs as the manifest records the graph's: lengths for a float mask, the time axis
+def _torch_specs(specs: Sequence[TensorSpec], manifest: Manifest | None) -> list[TensorSpec]:
+    """A module's inputs as the graph's are recorded: states left out, lengths for a float mask, the time axis
     named again where a step export fixed it."""
-    data = [s for s in manifest.inputs if s.role != "state"]
     out = [
         replace(s, name="lengths", dtype="int64", shape=[s.shape[0]], role="lengths", axes=None)
         if s.role == "mask"
         else s
-        for s in data
+        for s in specs
+        if s.role != "state"
     ]
-    return [_unfixed(s, manifest) for s in out]
+    return [_unfixed(s, manifest) for s in out] if manifest is not None else out
