@@ -19,6 +19,7 @@ from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
 from .parity import COMMANDS as PARITY_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
+from .serve import COMMANDS as SERVE_COMMANDS
 from .study import COMMANDS as STUDY_COMMANDS
 from .verify import verify as verify_command
 
@@ -364,6 +365,6 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS, *PARITY_COMMANDS, *STUDY_COMMANDS):
+for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS, *PARITY_COMMANDS, *STUDY_COMMANDS, *SERVE_COMMANDS):
     main.add_command(_command)
 main.add_command(verify_command)
