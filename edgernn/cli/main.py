@@ -365,6 +365,13 @@ def demo(out_dir: str, cell: str, epochs: int, strategy: str) -> None:
     run_demo(Path(out_dir), cell=cell, epochs=epochs, strategy=strategy, echo=click.echo)
 
 
-for _command in (*RUNTIME_COMMANDS, *EDGE_COMMANDS, *OPTIMIZE_COMMANDS, *PARITY_COMMANDS, *STUDY_COMMANDS, *SERVE_COMMANDS):
+for _command in (
+    *RUNTIME_COMMANDS,
+    *EDGE_COMMANDS,
+    *OPTIMIZE_COMMANDS,
+    *PARITY_COMMANDS,
+    *STUDY_COMMANDS,
+    *SERVE_COMMANDS,
+):
     main.add_command(_command)
 main.add_command(verify_command)
