@@ -61,6 +61,8 @@ class Manifest:
     peephole: bool = False
     model_config: dict[str, Any] | None = None  # edgernn zoo models: the ModelConfig
     task: dict[str, Any] | None = None  # trained on a built-in task: its name and data settings (to judge int8)
+    # zoo models trained on the user's data: the per-feature mean and std the graph standardises raw inputs with
+    input_normalization: dict[str, Any] | None = None
     target: str = "ort"  # the runtime the graph was made for (edgernn.export.targets)
     target_check: dict[str, Any] = field(default_factory=dict)  # what the target's own tool said at export
     precision: dict[str, Any] = field(default_factory=dict)  # int8/fp16 files: how made, sizes, drift, metric

@@ -59,7 +59,48 @@ def _target_choices() -> list[str]:
 
 
 @main.command()
-@click.option("--task", default="sine", show_default=True, help="Built-in task: sine, denoise, adding, sign, memory.")
+@click.option("--task", default=None, help="Built-in task: sine (default), denoise, adding, sign, memory.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    default=None,
+    help="Train on your data instead: an .npz (x (N,T,F) padded, lengths (N,), y per sequence or per step) or a "
+    "directory of .csv files, one sequence each (see --target-columns). Inputs are standardised inside the model.",
+)
+@click.option("--val", type=click.Path(exists=True), default=None, help="With --data: validation data (same form).")
+@click.option(
+    "--val-fraction",
+    default=0.2,
+    show_default=True,
+    help="With --data and no --val: the share of sequences held out (seeded) for validation.",
+)
+@click.option(
+    "--target-columns",
+    default=None,
+    help="With a CSV directory: the target column(s), comma-separated; every other column is a feature.",
+)
+@click.option(
+    "--head",
+    type=click.Choice(["regression", "classification"]),
+    default=None,
+    help="With --data: the kind of target (default: integer y is classification, float y regression; CSV: regression).",
+)
+@click.option(
+    "--readout",
+    type=click.Choice(["last", "all"]),
+    default=None,
+    help="With --data: one target per sequence (last) or per step (all); default from y's shape (CSV: all).",
+)
+@click.option(
+    "--classes", type=int, default=None, help="With --data: the number of classes (default: largest label + 1)."
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="With --data: standardise inputs with the training split's per-feature mean and std, inside the model "
+    "(checkpoint and export), so the device feeds raw inputs.",
+)
 @click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
 @click.option("--hidden", default=32, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked recurrent layers.")
@@ -90,13 +131,25 @@ def _target_choices() -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def train(**o: Any) -> None:
-    """Train a model on a built-in task and write OUT/model.ckpt, OUT/config.json and OUT/history.json/.csv.
+    """Train a model on a built-in task, or on your own data (--data), and write OUT/model.ckpt, OUT/config.json
+    and OUT/history.json/.csv.
 
     A progress bar on a terminal; one line per epoch in a log. A run that diverges writes nothing."""
     from ..train.workflow import train_to_dir
 
     as_json = o.pop("as_json")
     seq_len = o.pop("seq_len")
+    if o["target_columns"] is not None:
+        o["target_columns"] = [c.strip() for c in o["target_columns"].split(",") if c.strip()]
+    ctx = click.get_current_context()
+    if o["data"] is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("val_fraction", "normalize") if _given(ctx, n)]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} go with --data (your own data)")
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("min_len", "max_len", "seq_len", "n_train") if _given(ctx, n)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} shape the generated tasks; with --data the data sets them")
     if seq_len is not None:
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("min_len", "max_len") if _given(ctx, n)]
@@ -109,8 +162,10 @@ def train(**o: Any) -> None:
     else:
         if result["replaced"]:
             click.echo(f"replaced the checkpoint that was at {result['checkpoint']}")
+        data = result.get("data")
+        on = result["task"] if data is None else f"{data['train']} ({data['n_train']} train, {data['n_val']} val)"
         click.echo(
-            f"trained {result['cell']} on {result['task']}: best {result['metric']} {result['best_metric']:.4g} "
+            f"trained {result['cell']} on {on}: best {result['metric']} {result['best_metric']:.4g} "
             f"at epoch {result['best_epoch']}; checkpoint {result['checkpoint']}"
         )
 

@@ -102,7 +102,11 @@ def export_model(
         verify=verify,
         cases=cases,
         oracle=reference.model_oracle(cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}),
-        manifest_extra={"model_config": cfg.to_dict(), **(manifest_extra or {})},
+        manifest_extra={
+            "model_config": cfg.to_dict(),
+            "input_normalization": model.normalization(),
+            **(manifest_extra or {}),
+        },
         golden=golden,
         **options,
     )

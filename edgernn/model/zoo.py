@@ -33,6 +33,7 @@ class ModelConfig:
     readout: str = "last"  # "last": one output per sequence; "all": one per time step
     proj_size: int = 0  # LSTM only: project h to this width (0 = off)
     peephole: bool = False  # LSTM only: gates also see the cell state (no fused torch kernel: slower training)
+    normalize: bool = False  # inputs are standardised in the model ((x - mean) / std, buffers set from training data)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -117,15 +118,64 @@ class RecurrentModel(nn.Module):
         )
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.state_size * c.num_directions, c.output_size)
+        # normalize: buffers, so saved in the checkpoint and constants in every export; devices feed raw inputs
+        # and read outputs in the data's own units
+        if c.normalize:
+            self.register_buffer("input_mean", torch.zeros(c.input_size))
+            self.register_buffer("input_std", torch.ones(c.input_size))
+        if self._scales_output:
+            self.register_buffer("output_mean", torch.zeros(c.output_size))
+            self.register_buffer("output_std", torch.ones(c.output_size))
+
+    @property
+    def _scales_output(self) -> bool:
+        return self.config.normalize and self.config.head == "regression"
+
+    def set_normalization(self, mean: Any, std: Any, output_mean: Any = None, output_std: Any = None) -> None:
+        """Set the per-feature statistics the model standardises its inputs with and, for regression, those its
+        outputs are scaled back with (``normalize`` models only)."""
+        if not self.config.normalize:
+            raise ConfigError("this model was built without normalize=True; it has no input statistics to set")
+        c = self.config
+        with torch.no_grad():
+            self.input_mean.copy_(_stat(mean, c.input_size, "input mean"))
+            self.input_std.copy_(_stat(std, c.input_size, "input std", positive=True))
+            if self._scales_output and output_mean is not None:
+                self.output_mean.copy_(_stat(output_mean, c.output_size, "output mean"))
+                self.output_std.copy_(_stat(output_std, c.output_size, "output std", positive=True))
+
+    def normalization(self) -> dict[str, list[float]] | None:
+        """The statistics as plain lists, or None for a model that takes its inputs as they are."""
+        if not self.config.normalize:
+            return None
+        out = {"mean": self.input_mean.tolist(), "std": self.input_std.tolist()}
+        if self._scales_output:
+            out |= {"output_mean": self.output_mean.tolist(), "output_std": self.output_std.tolist()}
+        return out
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.config.normalize:
+            x = (x - self.input_mean) / self.input_std
         y, state = self.rnn(x, None, lengths)
         if self.config.readout == "all":
-            return self.head(self.drop(y))
-        h = state[0] if isinstance(state, tuple) else state
-        d = self.config.num_directions
-        last = torch.cat([h[-d + i] for i in range(d)], dim=-1) if d > 1 else h[-1]
-        return self.head(self.drop(last))
+            out = self.head(self.drop(y))
+        else:
+            h = state[0] if isinstance(state, tuple) else state
+            d = self.config.num_directions
+            last = torch.cat([h[-d + i] for i in range(d)], dim=-1) if d > 1 else h[-1]
+            out = self.head(self.drop(last))
+        if self._scales_output:
+            out = out * self.output_std + self.output_mean
+        return out
+
+
+def _stat(values: Any, n: int, what: str, positive: bool = False) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+    if t.numel() != n:
+        raise ConfigError(f"the {what} needs {n} value(s); got {t.numel()}")
+    if not bool(torch.isfinite(t).all()) or (positive and not bool((t > 0).all())):
+        raise ConfigError(f"the {what} must be finite{' and above zero' if positive else ''}")
+    return t
 
 
 def build_model(config: ModelConfig) -> RecurrentModel:

@@ -146,8 +146,11 @@ class Batch:
     y: np.ndarray  # stacked targets; per-step targets padded with zeros like x
 
 
-def collate(examples: Sequence[Example]) -> Batch:
-    """Pad to the longest sequence in the batch; return lengths and mask alongside."""
+def collate(examples: Sequence[Example], per_step: bool | None = None) -> Batch:
+    """Pad to the longest sequence in the batch; return lengths and mask alongside.
+
+    ``per_step``: the targets are one per step ((T, K) regression or (T,) class indices) and are padded like x;
+    None guesses it from the first example ((T, K) targets as long as its x)."""
     lengths = np.array([e.x.shape[0] for e in examples], dtype=np.int64)
     t_max = int(lengths.max())
     feats = examples[0].x.shape[1]
@@ -155,8 +158,11 @@ def collate(examples: Sequence[Example]) -> Batch:
     for i, e in enumerate(examples):
         x[i, : e.x.shape[0]] = e.x
     mask = np.arange(t_max)[None, :] < lengths[:, None]
-    if examples[0].y.ndim == 2 and examples[0].y.shape[0] == examples[0].x.shape[0]:  # per-step targets
-        y = np.zeros((len(examples), t_max, examples[0].y.shape[1]), dtype=examples[0].y.dtype)
+    first = examples[0].y
+    if per_step is None:
+        per_step = first.ndim == 2 and first.shape[0] == examples[0].x.shape[0]
+    if per_step:  # padded with zeros (class 0 for labels): the mask keeps padding out of losses and metrics
+        y = np.zeros((len(examples), t_max, *first.shape[1:]), dtype=first.dtype)
         for i, e in enumerate(examples):
             y[i, : e.y.shape[0]] = e.y
     else:
@@ -164,11 +170,16 @@ def collate(examples: Sequence[Example]) -> Batch:
     return Batch(x, lengths, mask, y)
 
 
-def batches(examples: Sequence[Example], batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
-    """Batches in order, or shuffled when ``rng`` is given."""
+def batches(
+    examples: Sequence[Example],
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+    per_step: bool | None = None,
+) -> Iterator[Batch]:
+    """Batches in order, or shuffled when ``rng`` is given (``per_step``: see ``collate``)."""
     order = np.arange(len(examples)) if rng is None else rng.permutation(len(examples))
     for start in range(0, len(order), batch_size):
-        yield collate([examples[i] for i in order[start : start + batch_size]])
+        yield collate([examples[i] for i in order[start : start + batch_size]], per_step)
 
 
 def make_splits(

@@ -114,7 +114,11 @@ def _loss(task: Task, out: Tensor, batch: Batch) -> Tensor:
     y = torch.from_numpy(batch.y)
     if task.readout == "all":
         mask = torch.from_numpy(batch.mask)
-        err = ((out - y) ** 2).mean(-1)
+        if task.head == "classification":
+            err = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+            err = err.reshape(mask.shape)
+        else:
+            err = ((out - y) ** 2).mean(-1)
         return (err * mask).sum() / mask.sum()  # padded steps contribute nothing
     if task.head == "classification":
         return nn.functional.cross_entropy(out, y)
@@ -127,9 +131,12 @@ def evaluate(model: RecurrentModel, task: Task, examples: list[Any], batch_size:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
-        for b in batches(examples, batch_size):
+        for b in batches(examples, batch_size, per_step=task.readout == "all"):
             out = model(torch.from_numpy(b.x).to(device), torch.from_numpy(b.lengths)).cpu()
-            if task.head == "classification":
+            if task.head == "classification" and task.readout == "all":
+                total += float(((out.argmax(-1).numpy() == b.y) & b.mask).sum())
+                count += int(b.mask.sum())
+            elif task.head == "classification":
                 total += float((out.argmax(-1).numpy() == b.y).sum())
                 count += len(b.y)
             elif task.readout == "all":
@@ -154,8 +161,11 @@ def fit(
     *,
     progress: bool = True,
     log: Any = None,
+    splits: tuple[list[Any], list[Any]] | None = None,
 ) -> tuple[RecurrentModel, History]:
-    """Train a zoo model on a built-in task; returns the best model (by validation metric) and the history.
+    """Train a zoo model on a built-in task, or on ``splits`` (training and validation examples: the user's
+    data); returns the best model (by validation metric) and the history. A ``normalize`` model takes its input
+    statistics from the training split before the first step.
 
     With ``progress``, a progress bar on a terminal, else (a log file, CI) one line per epoch on stderr;
     ``log`` (a callable taking a line) receives those lines instead.
@@ -171,17 +181,25 @@ def fit(
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     initialise(model, config.init)
+    if splits is not None:
+        train_set, val_set = splits
+    else:
+        train_set, val_set = make_splits(
+            task,
+            n_train=config.n_train,
+            n_val=config.n_val,
+            min_len=config.min_len,
+            max_len=config.max_len,
+            seed=config.seed,
+        )
+    if not train_set or not val_set:
+        raise ConfigError("the training and validation splits must each hold a sequence: there is nothing to train on")
+    if model_config.normalize:
+        from .dataset import normalization_stats, target_stats
+
+        outputs = target_stats(train_set) if task.head == "regression" else (None, None)
+        model.set_normalization(*normalization_stats(train_set), *outputs)
     model.to(device)
-    train_set, val_set = make_splits(
-        task,
-        n_train=config.n_train,
-        n_val=config.n_val,
-        min_len=config.min_len,
-        max_len=config.max_len,
-        seed=config.seed,
-    )
-    if not train_set:
-        raise ConfigError("n_train must be at least 1: there is nothing to train on")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 1)
     higher_better = task.metric == "accuracy"
@@ -202,7 +220,7 @@ def fit(
             started = time.perf_counter()
             model.train()
             losses = []
-            for b in batches(train_set, config.batch_size, rng):
+            for b in batches(train_set, config.batch_size, rng, per_step=task.readout == "all"):
                 out = model(torch.from_numpy(b.x).to(device), torch.from_numpy(b.lengths))
                 loss = _loss(task, out.cpu() if device.type != "cpu" else out, b)
                 if config.l1:

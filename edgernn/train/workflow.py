@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 def train_to_dir(
     *,
-    task: str,
+    task: str | None,
     cell: str,
     hidden: int,
     layers: int,
@@ -23,11 +23,23 @@ def train_to_dir(
     peephole: bool = False,
     dropout: float = 0.0,
     progress: bool = True,
+    data: str | None = None,
+    val: str | None = None,
+    head: str | None = None,
+    readout: str | None = None,
+    target_columns: list[str] | None = None,
+    classes: int | None = None,
+    val_fraction: float = 0.2,
+    normalize: bool = True,
     **train_options: Any,
 ) -> dict[str, Any]:
-    """Train on a built-in task; write OUT/model.ckpt, OUT/config.json, OUT/history.json and OUT/history.csv;
-    return a summary. A run that diverged (NaN or infinite loss or weights) writes nothing and keeps what was
-    there."""
+    """Train on a built-in task, or on the user's ``data`` (an .npz or a directory of CSV files, see
+    ``edgernn.train.dataset``) with ``val`` or a held-out ``val_fraction`` for validation; write OUT/model.ckpt,
+    OUT/config.json, OUT/history.json and OUT/history.csv; return a summary.
+
+    On the user's data the model standardises its inputs with the training split's per-feature statistics
+    (``normalize``): they are saved in the checkpoint and exported into the graph, so a device feeds raw inputs.
+    A run that diverged (NaN or infinite loss or weights) writes nothing and keeps what was there."""
     import torch
 
     from ..files import write_atomic
@@ -35,7 +47,21 @@ def train_to_dir(
     from .data import get_task
     from .loop import TrainConfig, fit, model_config_for
 
-    t = get_task(task)
+    splits = None
+    data_record: dict[str, Any] | None = None
+    if data is not None:
+        if task is not None:
+            raise ConfigError("train on a built-in task or on --data, not both; drop --task")
+        t, splits, data_record = _user_data(data, val, head, readout, target_columns, classes, val_fraction,
+                                            seed=train_options.get("seed", 0))  # fmt: skip
+        model_opts: dict[str, Any] = {"normalize": normalize}
+    else:
+        given = [n for n, v in (("--val", val), ("--head", head), ("--readout", readout),
+                                ("--target-columns", target_columns), ("--classes", classes)) if v]  # fmt: skip
+        if given:
+            raise ConfigError(f"{', '.join(given)} go with --data (your own data); a built-in task fixes them")
+        t = get_task(task or "sine")
+        model_opts = {}
     mcfg = model_config_for(
         t,
         cell=cell,
@@ -45,13 +71,17 @@ def train_to_dir(
         dropout=dropout,
         proj_size=proj_size,
         peephole=peephole,
+        **model_opts,
     )
     tcfg = TrainConfig(**train_options)
     out = Path(out_dir)
     ckpt_path = out / checkpoint.DEFAULT_NAME
     if ckpt_path.exists() and not ckpt_path.is_file():
         raise ConfigError(f"{str(ckpt_path)!r} exists and is not a file; choose another --out")
-    model, hist = fit(mcfg, t, tcfg, progress=progress)
+    model, hist = fit(mcfg, t, tcfg, progress=progress, splits=splits)
+    task = None if data is not None else t.name
+    if data_record is not None:
+        data_record["normalization"] = model.normalization()
     if not all(math.isfinite(v) for v in hist.train_loss) or not all(
         bool(torch.isfinite(p).all()) for p in model.parameters()
     ):
@@ -63,6 +93,8 @@ def train_to_dir(
     replaced = ckpt_path.exists()
     config = {"task": task, "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}
     meta = {"task": task, "train_config": dataclasses.asdict(tcfg), "history": hist.to_dict()}
+    if data_record is not None:
+        config["data"] = meta["data"] = data_record
     ckpt = checkpoint.save(ckpt_path, model, meta)
     write_atomic(out / "history.json", json.dumps(hist.to_dict(), indent=2).encode())
     write_atomic(out / "history.csv", _history_csv(hist).encode())
@@ -70,7 +102,8 @@ def train_to_dir(
     return {
         "checkpoint": str(ckpt),
         "replaced": replaced,
-        "task": task,
+        "task": task if data_record is None else "data",
+        **({"data": data_record} if data_record is not None else {}),
         "cell": cell,
         "metric": hist.metric,
         "best_metric": hist.best_metric,
@@ -78,6 +111,46 @@ def train_to_dir(
         "epochs_run": len(hist.val_metric),
         "stopped_early": hist.stopped_early,
     }
+
+
+def _user_data(
+    data: str,
+    val: str | None,
+    head: str | None,
+    readout: str | None,
+    target_columns: list[str] | None,
+    classes: int | None,
+    val_fraction: float,
+    *,
+    seed: int,
+) -> tuple[Any, tuple[list[Any], list[Any]], dict[str, Any]]:
+    """The task record, the (train, validation) examples and what the checkpoint records of the user's data."""
+    from .dataset import check_compatible, load_dataset, split_off
+
+    opts = {"head": head, "readout": readout, "target_columns": target_columns, "classes": classes}
+    train = load_dataset(data, **opts)
+    if val is not None:
+        # the validation file follows the training data's head, readout and class count
+        n_classes = train.output_size if train.head == "classification" else None
+        held = load_dataset(val, **{**opts, "head": train.head, "readout": train.readout, "classes": n_classes})
+        check_compatible(train, held)
+    else:
+        train, held = split_off(train, val_fraction, seed)
+    if train.head == "classification" and held.output_size != train.output_size:
+        held = dataclasses.replace(held, output_size=train.output_size)
+    record = {
+        "train": str(data),
+        "val": str(val) if val is not None else f"{val_fraction:.0%} of {data}, held out with seed {seed}",
+        "n_train": len(train.examples),
+        "n_val": len(held.examples),
+        "head": train.head,
+        "readout": train.readout,
+        "input_size": train.input_size,
+        "output_size": train.output_size,
+        "feature_names": train.feature_names,
+        "target_names": train.target_names,
+    }
+    return train.task(), (train.examples, held.examples), record
 
 
 def _history_csv(hist: Any) -> str:

@@ -121,6 +121,10 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"feeds: {d['name']} ({', '.join(str(s) for s in d['shape'])}): {d['shape'][-1]} feature(s) per step"
         )
+    norm = (man or {}).get("input_normalization")
+    if norm:
+        scaled = " and outputs scaled back to the targets' units" if "output_mean" in norm else ""
+        lines.append(f"raw values in: inputs standardised inside the model (training data's mean and std){scaled}")
     for kind in ("inputs", "outputs"):
         lines.append(f"{kind}:")
         for v in info[kind]:

@@ -141,7 +141,7 @@ def model_forward(config: Any, state: Mapping[str, Array], x: Array, lengths: Ar
     y, h, _ = recurrent_forward(
         config.cell,
         state,
-        np.swapaxes(np.asarray(x, dtype=np.float64), 0, 1),
+        np.swapaxes(_normalized(config, state, x), 0, 1),
         num_layers=config.num_layers,
         bidirectional=config.bidirectional,
         lengths=lengths,
@@ -149,10 +149,10 @@ def model_forward(config: Any, state: Mapping[str, Array], x: Array, lengths: Ar
     )
     w, b = state["head.weight"].astype(np.float64), state["head.bias"].astype(np.float64)
     if config.readout == "all":
-        return np.swapaxes(y, 0, 1) @ w.T + b
+        return _scaled(config, state, np.swapaxes(y, 0, 1) @ w.T + b)
     d = 2 if config.bidirectional else 1
     last = np.concatenate([h[-d + i] for i in range(d)], axis=-1)
-    return last @ w.T + b
+    return _scaled(config, state, last @ w.T + b)
 
 
 def model_steps(config: Any, state: Mapping[str, Array], x: Array) -> Array:
@@ -164,13 +164,29 @@ def model_steps(config: Any, state: Mapping[str, Array], x: Array) -> Array:
     y, _, _ = recurrent_forward(
         config.cell,
         state,
-        np.asarray(x, dtype=np.float64)[:, None, :],
+        _normalized(config, state, x)[:, None, :],
         num_layers=config.num_layers,
         bidirectional=False,
         prefix="rnn.",
     )
     w, b = state["head.weight"].astype(np.float64), state["head.bias"].astype(np.float64)
-    return y[:, 0] @ w.T + b
+    return _scaled(config, state, y[:, 0] @ w.T + b)
+
+
+def _normalized(config: Any, state: Mapping[str, Array], x: Array) -> Array:
+    """x in float64, standardised with the model's input statistics when it has them (``normalize``)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if not getattr(config, "normalize", False):
+        return x64
+    mean, std = state["input_mean"].astype(np.float64), state["input_std"].astype(np.float64)
+    return (x64 - mean) / std
+
+
+def _scaled(config: Any, state: Mapping[str, Array], out: Array) -> Array:
+    """A regression head's output in the data's units, for models that scale it back (``normalize``)."""
+    if "output_mean" not in state:
+        return out
+    return out * state["output_std"].astype(np.float64) + state["output_mean"].astype(np.float64)
 
 
 def model_oracle(config: Any, state: Mapping[str, Array]) -> Callable[[Mapping[str, Array]], list[Array]]:

@@ -1,0 +1,329 @@
+"""Training on the user's own data: an ``.npz`` of padded arrays, or a directory of CSV files (one sequence each).
+
+What is read, and what is inferred when not given:
+
+* ``.npz``: ``x`` (N, T, F) padded (or (N, T) for one feature), ``lengths`` (N,) (default: every sequence is T
+  long), ``y``: per sequence (N,) or (N, K), or per step (N, T) or (N, T, K). Integer ``y`` is classification
+  (classes 0..C-1, C from the largest label, or ``--classes``), float ``y`` regression; ``head`` overrides.
+  A float (N, T) ``y`` whose T equals x's is read as one target per step; ``readout="last"`` reads it as T
+  targets per sequence.
+* a CSV directory: every ``*.csv`` file is one sequence, rows are time steps, a header names the columns;
+  ``target_columns`` are the targets and every other column a feature. Targets are per step (readout ``all``)
+  unless ``readout="last"``, which takes each file's last row. CSV targets are regression unless
+  ``head="classification"`` (then they must be whole numbers).
+
+Every problem is an ``InputError`` that names the file, the array and what to do, before any training: ragged
+or object arrays, NaN or infinite values on real steps, lengths outside 1..T, label counts that do not match the
+sequences, labels that are not class indices, feature counts that differ between the splits, empty splits.
+Padding beyond a sequence's length is never read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .data import Example, Task
+
+HEADS = ("regression", "classification")
+READOUTS = ("last", "all")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Sequences read from the user's files, and what the model must look like to learn them."""
+
+    examples: list[Example]
+    input_size: int
+    output_size: int  # regression targets, or number of classes
+    head: str  # regression | classification
+    readout: str  # last | all
+    source: str  # where it came from, for messages and the checkpoint's record
+    feature_names: list[str] | None = None  # CSV: the feature columns, in order
+    target_names: list[str] | None = None
+
+    def task(self) -> Task:
+        """A Task record for the training loop: the data's head, readout and metric (no generator)."""
+        metric = "accuracy" if self.head == "classification" else "mse"
+        return Task("data", f"your data ({self.source})", self.input_size, self.output_size, self.head, metric,
+                    self.readout, _no_generator)  # fmt: skip
+
+
+def _no_generator(*_: Any) -> list[Example]:
+    raise InputError("this task is the user's data; it has no generator")
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    *,
+    head: str | None = None,
+    readout: str | None = None,
+    target_columns: list[str] | None = None,
+    classes: int | None = None,
+) -> Dataset:
+    """Read ``path`` (an ``.npz`` file, or a directory of ``.csv`` files); see the module docstring."""
+    if head is not None and head not in HEADS:
+        raise InputError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    if readout is not None and readout not in READOUTS:
+        raise InputError(f"unknown readout {readout!r}; choose one of: {', '.join(READOUTS)}")
+    if classes is not None and classes < 2:
+        raise InputError(f"classes must be at least 2; got {classes}")
+    p = Path(path)
+    if p.is_dir():
+        return _from_csv_dir(p, head=head, readout=readout, target_columns=target_columns, classes=classes)
+    if not p.is_file():
+        raise InputError(f"no data at {str(p)!r}: give an .npz file or a directory of .csv files")
+    if target_columns:
+        raise InputError("--target-columns is for a directory of CSV files; an .npz names its targets y")
+    return _from_npz(p, head=head, readout=readout, classes=classes)
+
+
+def split_off(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded random ``fraction`` of the sequences held out for validation."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"the validation fraction must be between 0 and 1; got {fraction}")
+    n = len(data.examples)
+    n_val = round(n * fraction)
+    if n_val < 1 or n - n_val < 1:
+        raise InputError(
+            f"{data.source} has {n} sequence(s): too few to hold out {fraction:.0%} for validation and keep some "
+            "to train on; give --val with a validation file, or more data"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    pick = lambda idx: [data.examples[i] for i in sorted(idx)]  # noqa: E731
+    val = Dataset(**{**data.__dict__, "examples": pick(order[:n_val]), "source": f"{data.source} (held out)"})
+    train = Dataset(**{**data.__dict__, "examples": pick(order[n_val:])})
+    return train, val
+
+
+def check_compatible(train: Dataset, val: Dataset) -> None:
+    """A validation set must fit the model the training set defines."""
+    for name in ("input_size", "head", "readout"):
+        a, b = getattr(train, name), getattr(val, name)
+        if a != b:
+            raise InputError(f"{name} differs: {a} in {train.source}, {b} in {val.source}; the splits must match")
+    if train.head == "regression" and train.output_size != val.output_size:
+        raise InputError(f"{train.source} has {train.output_size} target(s) per output, {val.source} {val.output_size}")
+    if train.head == "classification":
+        top = max(_labels_max(val), -1)
+        if top >= train.output_size:
+            raise InputError(
+                f"{val.source} has label {top}, but the training data defines {train.output_size} classes "
+                f"(0..{train.output_size - 1}); give --classes to fix the count"
+            )
+
+
+def normalization_stats(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over every real step of ``examples`` (padding is not in them); a feature that never
+    varies gets std 1, so it is centred, not divided by zero."""
+    x = np.concatenate([e.x.astype(np.float64) for e in examples], axis=0)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def target_stats(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-target mean and std of regression targets (every real step's, for per-step targets); std 1 for a
+    target that never varies."""
+    y = np.concatenate([e.y.reshape(-1, e.y.shape[-1]).astype(np.float64) for e in examples], axis=0)
+    mean, std = y.mean(axis=0), y.std(axis=0)
+    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _labels_max(d: Dataset) -> int:
+    return max((int(np.max(e.y)) for e in d.examples if e.y.size), default=-1)
+
+
+# --- .npz ---------------------------------------------------------------------------------------------------------
+
+
+def _from_npz(p: Path, *, head: str | None, readout: str | None, classes: int | None) -> Dataset:
+    src = str(p)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise InputError(
+                f"{src!r} holds an object array (ragged sequences saved as a list?); pad x to (N, T, F) and save "
+                "the true lengths as `lengths`"
+            ) from None
+        raise InputError(f"{src!r} is not a readable .npz: {str(e).splitlines()[0][:200]}") from None
+    except OSError as e:
+        raise InputError(f"{src!r} is not a readable .npz: {str(e).splitlines()[0][:200]}") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise InputError(f"{src!r} has no array {key!r} (it has: {', '.join(arrays) or 'none'}); see --help")
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+        raise InputError(f"{src!r}: x must hold numbers; got dtype {x.dtype}")
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3:
+        raise InputError(f"{src!r}: x must be (N, T, F) padded (or (N, T) for one feature); got shape {x.shape}")
+    n, t, f = x.shape
+    if n == 0 or t == 0 or f == 0:
+        raise InputError(f"{src!r}: x has shape {x.shape}; there is nothing to train on")
+    lengths = arrays.get("lengths")
+    if lengths is None:
+        lengths = np.full(n, t, dtype=np.int64)
+    else:
+        if lengths.ndim != 1 or lengths.shape[0] != n:
+            raise InputError(f"{src!r}: lengths must be ({n},), one per sequence of x; got shape {lengths.shape}")
+        if lengths.dtype.kind not in "iu":
+            if lengths.dtype.kind == "f" and np.all(np.isfinite(lengths)) and np.all(lengths == np.round(lengths)):
+                lengths = lengths.astype(np.int64)
+            else:
+                raise InputError(f"{src!r}: lengths must be whole numbers; got dtype {lengths.dtype}")
+        bad = np.flatnonzero((lengths < 1) | (lengths > t))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(f"{src!r}: lengths[{i}] is {int(lengths[i])}; each length must be in 1..{t} (x's T)")
+    lengths = lengths.astype(np.int64)
+    if y.shape[:1] != (n,):
+        raise InputError(f"{src!r}: y has {y.shape[0] if y.ndim else 0} row(s) and x {n}; one label row per sequence")
+    if y.dtype.kind not in "fiub" or y.dtype == np.bool_:
+        raise InputError(f"{src!r}: y must hold numbers; got dtype {y.dtype}")
+    integer = y.dtype.kind in "iu"
+    head = head or ("classification" if integer else "regression")
+    if readout is None:
+        readout = "all" if (y.ndim == 3 or (y.ndim == 2 and y.shape[1] == t and (integer or t > 1))) else "last"
+    if readout == "all" and (y.ndim < 2 or y.shape[1] != t):
+        raise InputError(f"{src!r}: per-step targets need y of shape ({n}, {t}[, K]) like x's (N, T); got {y.shape}")
+    x = x.astype(np.float32)
+    examples = []
+    for i in range(n):
+        k = int(lengths[i])
+        xi = x[i, :k]
+        if not np.all(np.isfinite(xi)):
+            step = int(np.argwhere(~np.isfinite(xi))[0][0])
+            raise InputError(f"{src!r}: x[{i}] has a NaN or infinite value at step {step}; clean or drop it")
+        yi = y[i, :k] if readout == "all" else y[i]
+        examples.append(Example(xi, yi))
+    return _finish(examples, head=head, readout=readout, src=src, classes=classes, input_size=f)
+
+
+# --- CSV directory ------------------------------------------------------------------------------------------------
+
+
+def _from_csv_dir(
+    d: Path, *, head: str | None, readout: str | None, target_columns: list[str] | None, classes: int | None
+) -> Dataset:
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    if not files:
+        raise InputError(f"{str(d)!r} has no .csv files; give one file per sequence (rows are time steps)")
+    if not target_columns:
+        raise InputError(f"{str(d)!r}: name the target column(s) with --target-columns (e.g. --target-columns label)")
+    head = head or "regression"
+    readout = readout or "all"
+    header: list[str] | None = None
+    features: list[int] = []
+    targets: list[int] = []
+    examples = []
+    for p in files:
+        try:
+            with p.open(newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{str(p)!r} is not a readable CSV file: {e}") from None
+        if len(rows) < 2:
+            raise InputError(f"{str(p)!r} has no data rows (a header and at least one time step are needed)")
+        names = [c.strip() for c in rows[0]]
+        if header is None:
+            header = names
+            missing = [c for c in target_columns if c not in names]
+            if missing:
+                raise InputError(
+                    f"{str(p)!r} has no column {', '.join(map(repr, missing))} (it has: {', '.join(names)})"
+                )
+            targets = [names.index(c) for c in target_columns]
+            features = [i for i in range(len(names)) if i not in targets]
+            if not features:
+                raise InputError(f"{str(p)!r}: every column is a target; at least one feature column is needed")
+        elif names != header:
+            raise InputError(f"{str(p)!r} has columns {names}, but {str(files[0])!r} has {header}; they must match")
+        for r, row in enumerate(rows[1:], 2):
+            if len(row) != len(header):
+                raise InputError(
+                    f"{str(p)!r}: row {r} has {len(row)} values and the header {len(header)}; rows of different "
+                    "widths (each row is one time step with a value per column)"
+                )
+        try:
+            table = np.array([[float(c) for c in r] for r in rows[1:]], dtype=np.float64)
+        except ValueError as e:
+            raise InputError(f"{str(p)!r}: a value is not a number ({e})") from None
+        bad = np.argwhere(~np.isfinite(table))
+        if bad.size:
+            r, c = (int(v) for v in bad[0])
+            raise InputError(f"{str(p)!r}: row {r + 2}, column {header[c]!r} is NaN or infinite; clean or drop it")
+        x = table[:, features].astype(np.float32)
+        y = table[:, targets]
+        if head == "classification":
+            if len(targets) != 1 or not np.all(y == np.round(y)):
+                raise InputError(f"{str(p)!r}: classification needs one target column of whole-number class indices")
+            y = y[:, 0].astype(np.int64)
+        else:
+            y = y.astype(np.float32)
+        examples.append(Example(x, y if readout == "all" else y[-1]))
+    assert header is not None
+    data = _finish(examples, head=head, readout=readout, src=str(d), classes=classes, input_size=len(features))
+    return Dataset(
+        **{**data.__dict__, "feature_names": [header[i] for i in features], "target_names": list(target_columns)}
+    )
+
+
+# --- shared -------------------------------------------------------------------------------------------------------
+
+
+def _finish(
+    examples: list[Example], *, head: str, readout: str, src: str, classes: int | None, input_size: int
+) -> Dataset:
+    """Check the labels and settle the output size."""
+    if not examples:
+        raise InputError(f"{src!r} holds no sequences")
+    if head == "classification":
+        out = []
+        for i, e in enumerate(examples):
+            y = e.y
+            if y.dtype.kind == "f" and not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+                raise InputError(
+                    f"{src!r}: sequence {i}'s labels are not whole numbers; classification needs class indices"
+                )
+            if y.dtype.kind not in "iuf":
+                raise InputError(f"{src!r}: labels must be class indices; got dtype {y.dtype}")
+            want_ndim = 1 if readout == "all" else 0
+            if y.ndim != want_ndim:
+                raise InputError(
+                    f"{src!r}: classification needs one class index per {'step' if readout == 'all' else 'sequence'}"
+                    f"; sequence {i}'s label has shape {y.shape}"
+                )
+            y = y.astype(np.int64)
+            if y.size and int(y.min()) < 0:
+                raise InputError(f"{src!r}: sequence {i} has label {int(y.min())}; class indices start at 0")
+            out.append(Example(e.x, y))
+        top = max(int(e.y.max()) for e in out if e.y.size)
+        n_classes = classes if classes is not None else top + 1
+        if top >= n_classes:
+            raise InputError(
+                f"{src!r} has label {top}, beyond the {n_classes} classes (0..{n_classes - 1}) that the training "
+                "data or --classes sets"
+            )
+        if n_classes < 2:
+            raise InputError(f"{src!r} has only class 0; classification needs at least 2 classes (or give --classes)")
+        return Dataset(out, input_size, n_classes, head, readout, src)
+    out = []
+    for i, e in enumerate(examples):
+        y = np.asarray(e.y, dtype=np.float32)
+        if not np.all(np.isfinite(y)):
+            raise InputError(f"{src!r}: sequence {i}'s targets hold a NaN or infinite value; clean or drop it")
+        y = y.reshape(y.shape[0], -1) if readout == "all" else y.reshape(-1)
+        out.append(Example(e.x, y))
+    return Dataset(out, input_size, int(out[0].y.shape[-1]), head, readout, src)
