@@ -15,12 +15,14 @@ import click
 from ..errors import ConfigError
 from ..model.cells import cell_names
 from .common import echo_json, handle_errors, set_debug
+from .compare import COMMANDS as COMPARE_COMMANDS
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
 from .parity import COMMANDS as PARITY_COMMANDS
 from .runtime import COMMANDS as RUNTIME_COMMANDS
 from .serve import COMMANDS as SERVE_COMMANDS
 from .study import COMMANDS as STUDY_COMMANDS
+from .training import DATA_OPTIONS, TRAINING_OPTIONS, training_settings, with_options
 from .verify import verify as verify_command
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
@@ -59,74 +61,14 @@ def _target_choices() -> list[str]:
 
 
 @main.command()
-@click.option("--task", default=None, help="Built-in task: sine (default), denoise, adding, sign, memory.")
-@click.option(
-    "--data",
-    type=click.Path(exists=True),
-    default=None,
-    help="Train on your data instead: an .npz (x (N,T,F) padded, lengths (N,), y per sequence or per step) or a "
-    "directory of .csv files, one sequence each (see --target-columns). Inputs are standardised inside the model.",
-)
-@click.option("--val", type=click.Path(exists=True), default=None, help="With --data: validation data (same form).")
-@click.option(
-    "--val-fraction",
-    default=0.2,
-    show_default=True,
-    help="With --data and no --val: the share of sequences held out (seeded) for validation.",
-)
-@click.option(
-    "--target-columns",
-    default=None,
-    help="With a CSV directory: the target column(s), comma-separated; every other column is a feature.",
-)
-@click.option(
-    "--head",
-    type=click.Choice(["regression", "classification"]),
-    default=None,
-    help="With --data: the kind of target (default: integer y is classification, float y regression; CSV: regression).",
-)
-@click.option(
-    "--readout",
-    type=click.Choice(["last", "all"]),
-    default=None,
-    help="With --data: one target per sequence (last) or per step (all); default from y's shape (CSV: all).",
-)
-@click.option(
-    "--classes", type=int, default=None, help="With --data: the number of classes (default: largest label + 1)."
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="With --data: standardise inputs with the training split's per-feature mean and std, inside the model "
-    "(checkpoint and export), so the device feeds raw inputs.",
-)
+@with_options(DATA_OPTIONS)
 @click.option("--cell", type=click.Choice(cell_names()), default="lstm", show_default=True)
 @click.option("--hidden", default=32, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked recurrent layers.")
 @click.option("--bidirectional/--unidirectional", default=False, show_default=True)
 @click.option("--proj-size", default=0, show_default=True, help="LSTM projection size (0 = off).")
 @click.option("--peephole", is_flag=True, help="LSTM peephole connections.")
-@click.option("--dropout", default=0.0, show_default=True, help="Dropout between layers and before the head.")
-@click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True, help="Adam learning rate.")
-@click.option("--clip", default=1.0, show_default=True, help="Max gradient norm (0 = off).")
-@click.option("--weight-decay", default=0.0, show_default=True, help="L2 penalty.")
-@click.option("--l1", default=0.0, show_default=True, help="L1 penalty on weights.")
-@click.option("--init", default="orthogonal", show_default=True, help="default, xavier, he, orthogonal, identity.")
-@click.option("--min-len", default=8, show_default=True, help="Shortest generated sequence.")
-@click.option("--max-len", default=48, show_default=True, help="Longest generated sequence.")
-@click.option(
-    "--seq-len",
-    type=int,
-    default=None,
-    help="Every generated sequence this long (sets --min-len and --max-len): the lag of adding or memory.",
-)
-@click.option("--n-train", default=1024, show_default=True, help="Generated training sequences.")
-@click.option("--patience", default=5, show_default=True, help="Early-stopping patience in epochs (0 = off).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Train on.")
+@with_options(TRAINING_OPTIONS)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for model.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
@@ -138,24 +80,7 @@ def train(**o: Any) -> None:
     from ..train.workflow import train_to_dir
 
     as_json = o.pop("as_json")
-    seq_len = o.pop("seq_len")
-    if o["target_columns"] is not None:
-        o["target_columns"] = [c.strip() for c in o["target_columns"].split(",") if c.strip()]
-    ctx = click.get_current_context()
-    if o["data"] is None:
-        given = [f"--{n.replace('_', '-')}" for n in ("val_fraction", "normalize") if _given(ctx, n)]
-        if given:
-            raise ConfigError(f"{' and '.join(given)} go with --data (your own data)")
-    else:
-        given = [f"--{n.replace('_', '-')}" for n in ("min_len", "max_len", "seq_len", "n_train") if _given(ctx, n)]
-        if given:
-            raise ConfigError(f"{', '.join(given)} shape the generated tasks; with --data the data sets them")
-    if seq_len is not None:
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("min_len", "max_len") if _given(ctx, n)]
-        if given:
-            raise ConfigError(f"--seq-len sets both lengths; drop {' and '.join(given)}")
-        o["min_len"] = o["max_len"] = seq_len
+    training_settings(o)
     result = train_to_dir(**o, progress=not as_json)
     if as_json:
         echo_json(result)
@@ -166,7 +91,8 @@ def train(**o: Any) -> None:
         on = result["task"] if data is None else f"{data['train']} ({data['n_train']} train, {data['n_val']} val)"
         click.echo(
             f"trained {result['cell']} on {on}: best {result['metric']} {result['best_metric']:.4g} "
-            f"at epoch {result['best_epoch']}; checkpoint {result['checkpoint']}"
+            f"at epoch {result['best_epoch']} (input-blind baseline {result['baseline']:.4g}); "
+            f"checkpoint {result['checkpoint']}"
         )
 
 
@@ -426,6 +352,7 @@ for _command in (
     *OPTIMIZE_COMMANDS,
     *PARITY_COMMANDS,
     *STUDY_COMMANDS,
+    *COMPARE_COMMANDS,
     *SERVE_COMMANDS,
 ):
     main.add_command(_command)

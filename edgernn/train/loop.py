@@ -64,6 +64,7 @@ class History:
     best_metric: float = math.nan
     metric: str = ""
     stopped_early: bool = False
+    baseline: float = math.nan  # the metric of a model that ignores its input (see ``baseline_metric``)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +149,22 @@ def evaluate(model: RecurrentModel, task: Task, examples: list[Any], batch_size:
     return total / max(count, 1)
 
 
+def baseline_metric(task: Task, train_set: list[Any], val_set: list[Any]) -> float:
+    """The validation metric of a model that ignores its input and always answers the training split's mean
+    target (regression: for the adding problem about 0.167, the variance of the sum) or its most common class
+    (classification: for ``memory`` about 0.25). A model must beat this to have learnt anything from the sequence."""
+    if task.head == "classification":
+        labels = np.concatenate([np.atleast_1d(e.y).reshape(-1) for e in train_set])
+        majority = int(np.bincount(labels).argmax())
+        val = np.concatenate([np.atleast_1d(e.y).reshape(-1) for e in val_set])
+        return float(np.mean(val == majority))
+    if task.readout == "all":
+        mean = np.concatenate([e.y.reshape(-1, e.y.shape[-1]) for e in train_set]).mean(axis=0)
+        return float(np.mean(np.concatenate([((e.y - mean) ** 2).mean(-1) for e in val_set])))
+    mean = np.stack([e.y for e in train_set]).mean(axis=0)
+    return float(np.mean(np.stack([(e.y - mean) ** 2 for e in val_set])))
+
+
 def model_config_for(task: Task, **overrides: Any) -> ModelConfig:
     """A ModelConfig whose input, output, head and readout fit ``task``."""
     base = {"input_size": task.input_size, "output_size": task.output_size, "head": task.head, "readout": task.readout}
@@ -203,7 +220,7 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 1)
     higher_better = task.metric == "accuracy"
-    hist = History(metric=task.metric)
+    hist = History(metric=task.metric, baseline=baseline_metric(task, train_set, val_set))
     best_state = copy.deepcopy(model.state_dict())
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     tty = progress and log is None and sys.stderr.isatty()

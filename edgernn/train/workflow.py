@@ -108,6 +108,7 @@ def train_to_dir(
         "metric": hist.metric,
         "best_metric": hist.best_metric,
         "best_epoch": hist.best_epoch,
+        "baseline": hist.baseline,
         "epochs_run": len(hist.val_metric),
         "stopped_early": hist.stopped_early,
     }

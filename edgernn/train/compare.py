@@ -1,0 +1,359 @@
+"""``edgernn compare``: which cell and size fit the device? Train each candidate on the same data with the same
+seed and budget, export it the way it would ship, time it on the chosen provider, and set the validation metric
+against the latency (the Pareto front: no other candidate is both faster and better).
+
+Each candidate lives in ``OUT/<cell>-h<hidden>/``: its training run (model.ckpt, history), ``model.onnx`` (the
+export for the target, strategy ``auto`` by default: the fastest correct one, timed) and, for unidirectional
+models, ``step.onnx`` (the streaming export, for the latency per step a live stream pays). ``candidate.json``
+records the settings it was made with: a rerun with the same settings reuses a finished candidate's training and
+exports (a compare interrupted after three of nine candidates resumes at the fourth), and a candidate made with
+other settings is trained again. Latencies are always measured afresh, all in the same run, so the table's
+numbers are comparable with each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+FORMAT = "edgernn-compare"
+
+
+@dataclass
+class Candidate:
+    cell: str
+    hidden: int
+    parameters: int
+    metric: float  # the best validation metric
+    baseline: float  # an input-blind model's metric on the same validation data
+    epochs_run: int
+    train_seconds: float
+    strategy: str  # the export's strategy (auto: what won)
+    file_bytes: int
+    sequence_ms: float  # p50 of one sequence of bench_len steps, batch 1
+    step_us: float | None  # p50 of one streaming step, batch 1 (None: bidirectional, no streaming export)
+    reused: bool  # trained and exported by an earlier run with the same settings
+    pareto: bool = False
+    run_dir: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell}-h{self.hidden}"
+
+
+@dataclass
+class Comparison:
+    metric: str  # mse (lower is better) or accuracy (higher is better)
+    higher_better: bool
+    on: str  # the task or data compared on
+    bench_len: int
+    provider: str
+    target: str
+    candidates: list[Candidate]
+    machine: dict[str, str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = FORMAT
+        return d
+
+    def table(self) -> str:
+        """The candidates as a text table, best metric first; '*' marks the Pareto front."""
+        head = (
+            f"{'':1} {'candidate':<14} {self.metric:>10} {'params':>8} {'file KiB':>8} {'strategy':>8} "
+            f"{'ms/seq':>8} {'us/step':>8} {'train s':>8}"
+        )
+        rows = [head]
+        for c in sorted(self.candidates, key=lambda c: -c.metric if self.higher_better else c.metric):
+            step = f"{c.step_us:8.1f}" if c.step_us is not None else f"{'-':>8}"
+            rows.append(
+                f"{'*' if c.pareto else '':1} {c.name:<14} {c.metric:10.4g} {c.parameters:8,d} "
+                f"{c.file_bytes / 1024:8.1f} {c.strategy:>8} {c.sequence_ms:8.3f} {step} {c.train_seconds:8.0f}"
+            )
+        baseline = self.candidates[0].baseline if self.candidates else math.nan
+        rows.append(
+            f"* on the Pareto front (no candidate both faster and better); input-blind baseline {self.metric} "
+            f"{baseline:.4g}; latency: {self.provider}, batch 1, {self.bench_len} steps per sequence"
+        )
+        return "\n".join(rows)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool) -> list[bool]:
+    """For each (latency, metric): True when no other point is at least as fast and at least as good, and
+    strictly one of them."""
+    out = []
+    for i, (lat, met) in enumerate(points):
+        dominated = False
+        for j, (lat2, met2) in enumerate(points):
+            if i == j:
+                continue
+            better_or_equal = met2 >= met if higher_better else met2 <= met
+            strictly = lat2 < lat or (met2 > met if higher_better else met2 < met)
+            if lat2 <= lat and better_or_equal and strictly:
+                dominated = True
+                break
+        out.append(not dominated)
+    return out
+
+
+def compare(
+    out_dir: str | os.PathLike[str],
+    *,
+    cells: Sequence[str],
+    hiddens: Sequence[int],
+    layers: int = 1,
+    bidirectional: bool = False,
+    strategy: str = "auto",
+    target: str = "ort",
+    provider: str = "cpu",
+    bench_len: int | None = None,
+    task: str | None = None,
+    data: str | None = None,
+    data_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    echo: Callable[[str], None] | None = None,
+    progress: Callable[[int, str], None] | None = None,
+) -> Comparison:
+    """Train, export and time every (cell, hidden) candidate; write OUT/compare.json; return the comparison.
+
+    ``data_options`` are train_to_dir's data keywords (val, head, readout, target_columns, classes, val_fraction,
+    normalize); ``train_options`` its training ones (epochs, lr, seed, ...), the same for every candidate.
+    ``progress(i, name)`` is called before each candidate; ``echo`` gets one line per finished candidate."""
+    import time
+
+    from ..files import write_atomic
+    from ..model.cells import cell_names
+    from ..verify.bench import machine_info
+
+    if not cells or not hiddens:
+        raise ConfigError("give at least one cell and one hidden size to compare")
+    unknown = [c for c in cells if c not in cell_names()]
+    if unknown:
+        raise ConfigError(f"unknown cell {', '.join(unknown)}; choose from: {', '.join(cell_names())}")
+    if any(h < 1 for h in hiddens):
+        raise ConfigError(f"hidden sizes must be at least 1; got {list(hiddens)}")
+    if len(set(cells)) != len(cells) or len(set(hiddens)) != len(hiddens):
+        raise ConfigError("a cell or hidden size is listed twice")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a directory")
+    data_options = dict(data_options or {})
+    train_options = dict(train_options or {})
+    started = time.perf_counter()
+    if bench_len is None:
+        bench_len = int(train_options.get("max_len", 48)) if data is None else _longest(data, data_options)
+    if bench_len < 1:
+        raise ConfigError(f"the benchmark length must be at least 1; got {bench_len}")
+    grid = [(c, h) for c in cells for h in hiddens]
+    results: list[Candidate] = []
+    metric_name, higher_better = "mse", False
+    for i, (cell, hidden) in enumerate(grid):
+        name = f"{cell}-h{hidden}"
+        if progress is not None:
+            progress(i, name)
+        settings = {
+            "cell": cell,
+            "hidden": hidden,
+            "layers": layers,
+            "bidirectional": bidirectional,
+            "task": task,
+            "data": _fingerprint(data) if data is not None else None,
+            "data_options": data_options,
+            "train_options": train_options,
+            "strategy": strategy,
+            "target": target,
+            "bench_len": bench_len if strategy == "auto" else None,  # auto times at this length
+        }
+        made = _made(out / name, settings)
+        metric_name = made["metric"]
+        higher_better = metric_name == "accuracy"
+        seq_ms, step_us = _latency(out / name, made, provider, bench_len)
+        c = Candidate(
+            cell=cell,
+            hidden=hidden,
+            parameters=made["parameters"],
+            metric=made["best_metric"],
+            baseline=made["baseline"],
+            epochs_run=made["epochs_run"],
+            train_seconds=made["train_seconds"],
+            strategy=made["strategy"],
+            file_bytes=(out / name / "model.onnx").stat().st_size,
+            sequence_ms=seq_ms,
+            step_us=step_us,
+            reused=made["reused"],
+            run_dir=str(out / name),
+        )
+        results.append(c)
+        if echo is not None:
+            step = f", {step_us:.1f} us/step" if step_us is not None else ""
+            echo(
+                f"{name}: {metric_name} {c.metric:.4g}, {c.parameters:,} parameters, {c.strategy}, "
+                f"{seq_ms:.3f} ms/sequence{step}{' (reused)' if c.reused else ''}"
+            )
+    front = pareto_front([(c.sequence_ms, c.metric) for c in results], higher_better)
+    for c, on_front in zip(results, front, strict=True):
+        c.pareto = on_front
+    comparison = Comparison(
+        metric=metric_name,
+        higher_better=higher_better,
+        on=(task or "sine") if data is None else str(data),
+        bench_len=bench_len,
+        provider=provider,
+        target=target,
+        candidates=results,
+        machine=machine_info(),
+        seconds=time.perf_counter() - started,
+    )
+    write_atomic(out / "compare.json", json.dumps(comparison.to_dict(), indent=2).encode())
+    return comparison
+
+
+def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Train and export the candidate in ``run`` unless a finished one with the same settings is there."""
+    import time
+
+    from ..files import write_atomic
+    from . import checkpoint
+
+    record_path = run / "candidate.json"
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            record = None
+        if (
+            isinstance(record, dict)
+            and record.get("settings") == settings
+            and (run / "model.onnx").is_file()
+            and (run / checkpoint.DEFAULT_NAME).is_file()
+        ):
+            return {**record["made"], "reused": True}
+    from .workflow import train_to_dir
+
+    t0 = time.perf_counter()
+    summary = train_to_dir(
+        task=settings["task"],
+        data=None if settings["data"] is None else settings["data"]["path"],
+        cell=settings["cell"],
+        hidden=settings["hidden"],
+        layers=settings["layers"],
+        bidirectional=settings["bidirectional"],
+        out_dir=str(run),
+        progress=False,
+        **settings["data_options"],
+        **settings["train_options"],
+    )
+    train_seconds = time.perf_counter() - t0
+    strategy = _export(run, settings)
+    ck = checkpoint.load(run)
+    made = {
+        "metric": summary["metric"],
+        "best_metric": summary["best_metric"],
+        "baseline": summary["baseline"],
+        "epochs_run": summary["epochs_run"],
+        "train_seconds": train_seconds,
+        "parameters": ck.config.parameter_count(),
+        "strategy": strategy,
+        "streams": (run / "step.onnx").is_file(),
+    }
+    write_atomic(record_path, json.dumps({"settings": settings, "made": made}, indent=2).encode())
+    return {**made, "reused": False}
+
+
+def _export(run: Path, settings: dict[str, Any]) -> str:
+    """model.onnx with the chosen strategy for the target (parity-checked), and step.onnx for streaming."""
+    from ..export.sources import export_checkpoint
+
+    opts: dict[str, Any] = {"strategy": settings["strategy"], "target": settings["target"]}
+    if settings["strategy"] == "auto":
+        opts["profile_shape"] = (1, settings["bench_len"])
+    result = export_checkpoint(run, run / "model.onnx", **opts)
+    if not settings["bidirectional"]:
+        export_checkpoint(run, run / "step.onnx", strategy="step", target=settings["target"])
+    return str(result.manifest.strategy)
+
+
+def _latency(run: Path, made: dict[str, Any], provider: str, bench_len: int) -> tuple[float, float | None]:
+    """p50 ms per sequence (model.onnx, batch 1) and p50 us per streaming step (step.onnx), one thread."""
+    from ..verify.bench import bench
+
+    seq = bench(run / "model.onnx", provider=provider, threads=1, steps=1, seq_len=bench_len, repeats=20, warmup=3)
+    step_us = None
+    if made.get("streams"):
+        st = bench(run / "step.onnx", provider=provider, threads=1, steps=300, seq_len=1, repeats=1, warmup=30)
+        step_us = st.step.p50_ms * 1e3
+    return seq.sequence.p50_ms, step_us
+
+
+def _fingerprint(path: str) -> dict[str, Any]:
+    """What identifies the user's data for resuming: its path and the SHA-256 of its bytes (every file of a CSV
+    directory, in name order)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return {"path": str(path), "sha256": h.hexdigest()}
+
+
+def _longest(data: str, data_options: dict[str, Any]) -> int:
+    from .dataset import load_dataset
+
+    keys = ("head", "readout", "target_columns", "classes")
+    d = load_dataset(data, **{k: data_options.get(k) for k in keys})
+    return max(e.x.shape[0] for e in d.examples)
+
+
+def plot_comparison(comparison: Comparison, out: str | os.PathLike[str]) -> Path:
+    """Metric against latency per sequence, one labelled point per candidate, the Pareto front joined, the
+    input-blind baseline dashed; written as a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..files import write_atomic
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for c in comparison.candidates:
+        colour = colours.setdefault(c.cell, f"C{len(colours)}")
+        ax.scatter(c.sequence_ms, c.metric, color=colour, s=30 + c.hidden / 2, zorder=3,
+                   edgecolors="black" if c.pareto else "none")  # fmt: skip
+        ax.annotate(c.name, (c.sequence_ms, c.metric), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((c.sequence_ms, c.metric) for c in comparison.candidates if c.pareto)
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", linestyle="-", zorder=2,
+                label="Pareto front")  # fmt: skip
+    if comparison.candidates:
+        ax.axhline(comparison.candidates[0].baseline, color="grey", linestyle="--", label="input-blind baseline")
+    for cell, colour in colours.items():
+        ax.scatter([], [], color=colour, label=cell)
+    better = "higher" if comparison.higher_better else "lower"
+    ax.set(
+        xlabel=f"latency per sequence (ms, {comparison.bench_len} steps, batch 1, {comparison.provider})",
+        ylabel=f"validation {comparison.metric} ({better} is better)",
+        title=f"edgernn compare on {comparison.on}",
+    )
+    if not comparison.higher_better and all(c.metric > 0 for c in comparison.candidates):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    target = Path(out)
+    write_atomic(target, buf.getvalue())
+    return target
