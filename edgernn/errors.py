@@ -64,3 +64,9 @@ class TargetError(EdgeRNNError):
     or the target's runtime computes something else)."""
 
     exit_code = 9
+
+
+class MissingPackageError(EdgeRNNError, ModuleNotFoundError):
+    """A package the call needs is not installed; the message names the extra that brings it."""
+
+    exit_code = 10

@@ -63,6 +63,8 @@ def test_auto_refusals() -> None:
         export_model(model, None, strategy="auto", profile_shape="1x")
     with pytest.raises(ConfigError, match="takes no chunk"):
         export_model(model, None, strategy="auto", chunk=4)
+    with pytest.raises(ConfigError, match="target 'triton' takes none of them: export with --strategy step"):
+        export_model(model, None, strategy="auto", target="triton")
 
 
 def test_cli_and_inspect(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # an optional package a command imports -> the extra that installs it
-EXTRAS = {"torch": "torch", "onnxscript": "torch", "onnx_ir": "torch", "openvino": "openvino", "matplotlib": "plot"}
+EXTRAS = {"torch": "torch", "onnxscript": "torch", "onnx_ir": "torch", "openvino": "openvino", "matplotlib": "plot",
+          "tritonclient": "triton", "ray": "ray"}  # fmt: skip
 MISSING_PACKAGE = 10  # exit code: the command needs a package this install lacks
 INTERNAL_ERROR = 70  # exit code: an error edgernn did not foresee (EX_SOFTWARE); --debug shows the traceback
 

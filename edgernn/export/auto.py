@@ -72,6 +72,11 @@ def export_auto(
     if options.get("seq_len") is not None:  # every candidate timed at the one length unroll can run
         steps = int(options["seq_len"])
     names = candidates(target, options)
+    if not names:
+        raise ConfigError(
+            f"strategy auto compares whole-sequence strategies (native, loop, unroll); target {target!r} takes none "
+            "of them: export with --strategy step"
+        )
     results: dict[str, Any] = {}
     refused: dict[str, str] = {}
     for name in names:

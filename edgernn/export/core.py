@@ -371,6 +371,14 @@ def export_module(
     structure = structure_report(tgt.check, proto)
     if not structure.passed:
         raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
+    # a target that changes the graph's interface (triton: batch-first states) rewrites it here; parity then runs
+    # on the strategy's graph and, through the target's runners, on the rewritten one that is written
+    checked, target_extra = proto, {}
+    rewrite = getattr(tgt, "rewrite", None)
+    if rewrite is not None:
+        proto, manifest, structure, target_extra = rewrite(proto, manifest)
+        if not structure.passed:
+            raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
     report = None
     if verify:
         if caps.streaming:  # whole chunks: the reference runs on the same steps as the chained calls
@@ -392,12 +400,12 @@ def export_module(
                 movable=given_cases is None and fixed is None,
                 min_len=min_len,
             )
-        extra = target_runners(tgt.check, proto)
+        extra = {**target_runners(tgt.check, proto), **target_extra}
         lengths_name = lengths_spec.name if lengths_spec is not None else None
         if caps.streaming:
             report = verify_stream(
                 original,
-                proto,
+                checked,
                 list(inputs),
                 states,
                 list(output_names),

@@ -265,6 +265,11 @@ def verify_stream(
         sess, _ = make_session(data, "cpu", threads=None)
         graph_specs = [graph_spec(a) for a in sess.get_inputs()]
     reference = stream_reference(module, specs)
+    # torch returns each state as (layers*directions, batch, hidden); a graph whose states have the batch axis
+    # elsewhere (target triton: first) is compared in its own layout
+    batch_axes = [s.shape.index("batch") if "batch" in s.shape else 1 for s in states]
+    if any(b != 1 for b in batch_axes):
+        reference = _states_to(reference, len(output_names), batch_axes)
     was_training = module.training
     module.eval()
     report: ParityReport | None = None
@@ -292,6 +297,18 @@ def verify_stream(
     if report is None:
         raise ExportError("no runtime to verify the stream on")
     return report
+
+
+def _states_to(run: Runner, n_outputs: int, batch_axes: Sequence[int]) -> Runner:
+    """``run`` (outputs, then torch-layout states) with each state's batch axis moved from 1 to ``batch_axes``."""
+
+    def moved(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        outs = list(run(feed))
+        for j, b in enumerate(batch_axes):
+            outs[n_outputs + j] = np.moveaxis(outs[n_outputs + j], 1, b)
+        return outs
+
+    return moved
 
 
 def _cell_name(layer: nn.Module) -> str:

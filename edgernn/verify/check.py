@@ -28,7 +28,7 @@ from ..errors import ConfigError, ModelFormatError, TargetError
 from ..manifest import MANIFEST_KEY, Manifest, TensorSpec, read_manifest
 from .parity import Case, Runner, case_from_shapes, cases_for, check, other_axes, session_runner, static_batch
 
-CHECKS = ("ort", "nnapi", "coreml", "openvino", "portable")
+CHECKS = ("ort", "nnapi", "coreml", "openvino", "portable", "triton")
 
 # execution provider -> the op list onnxruntime's checker reads, and the highest tensor rank the provider takes
 _MOBILE = {
@@ -189,6 +189,10 @@ def structure_report(target: str, model: Any) -> TargetReport:
         return TargetReport(target, True, "OpenVINO compiles the model (fp32 precision hint)")
     if target == "ort":
         return TargetReport(target, True, "onnxruntime loads the model")
+    if target == "triton":  # a step export with batch-first states whose Triton config validates
+        from ..serve.triton import triton_report
+
+        return triton_report(_bytes(model))
     raise ConfigError(f"unknown target {target!r}; choose one of: {', '.join(CHECKS)}")
 
 
