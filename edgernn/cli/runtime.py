@@ -35,9 +35,10 @@ CONST_HELP = (
 @click.option(
     "--input",
     "input_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help=".npy (the data input; a 2-D array is one sequence), .npz (arrays by input name) or .csv "
-    "(one sequence: rows are time steps, columns features).",
+    "(one sequence: rows are time steps, columns features); or a directory of .npy/.npz shards, each run as a "
+    "file is, with --output DIR.",
 )
 @click.option(
     "--random",
@@ -53,8 +54,9 @@ CONST_HELP = (
 @click.option(
     "--output",
     "output_path",
-    type=click.Path(dir_okay=False),
-    help=".npy (the first output), .npz (every output by name, final states included), .csv, or - to print it.",
+    type=click.Path(),
+    help=".npy (the first output), .npz (every output by name, final states included), .csv, or - to print it; "
+    "a directory for an input directory (one output per shard, same name).",
 )
 @click.option(
     "--stream",
@@ -66,6 +68,19 @@ CONST_HELP = (
 @click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
 @click.option("--layout", default=None, help=LAYOUT_HELP)
 @click.option("--const", "consts", multiple=True, metavar="NAME=VALUE", help=CONST_HELP)
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="With an input directory: run the shards on Ray Data, in a pool of actors each holding one session (a local "
+    "Ray cluster, or the one RAY_ADDRESS names). Needs edgernn[ray].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --ray: actors in the pool (default 1); each reserves --threads CPUs.",
+)
 @provider_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (stderr with --stream).")
 @handle_errors
@@ -81,13 +96,17 @@ def run(
     states: tuple[str, ...],
     layout: str | None,
     consts: tuple[str, ...],
+    use_ray: bool,
+    actors: int | None,
     as_json: bool,
     **session: Any,
 ) -> None:
-    """Run an ONNX model (edgernn's, or any other) with onnxruntime on a file or on a live stream.
+    """Run an ONNX model (edgernn's, or any other) with onnxruntime on a file, a directory of shards or a live
+    stream.
 
     \b
     edgernn run model.onnx --input x.npy --output y.npy
+    edgernn run model.onnx --input shards/ --output out/ --ray --actors 4
     edgernn run model.onnx --input x.csv --output y.csv --provider cuda --fallback cpu
     sensor | edgernn run step.onnx --stream
     edgernn run their.onnx --stream --state initial_h:Y_h:1x1x64 --layout tbf
@@ -97,6 +116,16 @@ def run(
     from ..runtime.model import Model
     from ..runtime.stream import parse_constant
 
+    if input_path and os.path.isdir(input_path):
+        if stream or random_steps or lengths_path or consts or binary:
+            raise ConfigError(
+                "an input directory runs each shard as a file; drop --stream/--random/--lengths/--const (a shard's "
+                "lengths go in it: a .npz with x and lengths)"
+            )
+        _run_directory(model, input_path, output_path, use_ray, actors, states, layout, as_json, session)
+        return
+    if use_ray or actors is not None:
+        raise ConfigError("--ray and --actors run a directory of shards: --input DIR --output DIR")
     if stream and (input_path or output_path or lengths_path or random_steps):
         raise ConfigError("--stream reads stdin and writes stdout; drop --input/--random/--output/--lengths")
     if binary and not stream:
@@ -226,6 +255,98 @@ def bench(
         echo_json(report.to_dict())
     else:
         click.echo(report.format())
+
+
+def _run_directory(
+    model: str,
+    input_dir: str,
+    output_dir: str | None,
+    use_ray: bool,
+    actors: int | None,
+    states: tuple[str, ...],
+    layout: str | None,
+    as_json: bool,
+    session: dict[str, Any],
+) -> None:
+    """``edgernn run --input DIR --output DIR [--ray]``: every shard, one output each, a progress bar on a terminal;
+    shards the model refuses are listed and the command exits with the first one's code (the others are written)."""
+    if not output_dir or output_dir == "-":
+        raise ConfigError("an input directory needs --output DIR (one output file per shard, same name)")
+    if os.path.splitext(output_dir)[1].lower() in io_formats() and not os.path.isdir(output_dir):
+        raise ConfigError(f"--output {output_dir!r} looks like a file; an input directory needs an output directory")
+    if actors is not None and not use_ray:
+        raise ConfigError("--actors goes with --ray (without it, shards run one after the other in this process)")
+    if session.get("save_optimized"):
+        raise ConfigError("--save-optimized takes one model file; run a single --input to write it")
+    from ..batch.shards import list_shards
+
+    kwargs = session_kwargs(**session)
+    total = len(list_shards(input_dir)[0])
+    tty = not as_json and sys.stderr.isatty()
+    sink: Any = sys.stderr if tty else _Null()
+    bar = click.progressbar(length=total, label="shards", file=sink)
+    with bar:
+
+        def advance(entry: dict[str, Any]) -> None:
+            bar.update(1)
+
+        if use_ray:
+            import logging
+
+            from ..batch.ray import run_directory_ray
+            from ..serve.ray import require_ray
+
+            require_ray("data")  # its import sets up Ray Data's loggers, which log every dataset's plan and progress
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            result = run_directory_ray(
+                model,
+                input_dir,
+                output_dir,
+                concurrency=actors or 1,
+                session=kwargs,
+                states=states,
+                layout=layout,
+                progress=advance,
+            )
+        else:
+            from ..batch.shards import run_directory
+
+            result = run_directory(
+                model, input_dir, output_dir, session=kwargs, states=states, layout=layout, progress=advance
+            )
+    if as_json:
+        echo_json({**result.to_dict(), "output_dir": output_dir})
+    else:
+        written = len(result.shards) - len(result.failed)
+        rate = len(result.shards) / result.seconds if result.seconds > 0 else float("inf")
+        skipped = f"; skipped {len(result.skipped)} other file(s)" if result.skipped else ""
+        click.echo(
+            f"wrote {written} of {len(result.shards)} shard output(s) to {output_dir} in {result.seconds:.2f} s "
+            f"({rate:.1f} shards/s, {result.where}){skipped}"
+        )
+    for entry in sorted(result.failed, key=lambda e: e["name"]):
+        click.echo(f"error: {entry['name']}: {entry['error']}", err=True)
+    if result.failed:
+        raise click.exceptions.Exit(min(e["code"] for e in result.failed))
+
+
+def io_formats() -> tuple[str, ...]:
+    from ..runtime.io import OUTPUT_FORMATS
+
+    return OUTPUT_FORMATS
+
+
+class _Null:
+    """A sink for the progress bar off a terminal."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 # what `edgernn.cli` adds to the `edgernn` group

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .common import echo_json, handle_errors
+from .serve_ray import ray_command
 
 
 @click.group("serve")
@@ -98,5 +99,7 @@ def triton(
         "onnxruntime backend)"
     )
 
+
+serve.add_command(ray_command)
 
 COMMANDS = [serve]

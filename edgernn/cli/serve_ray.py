@@ -1,0 +1,164 @@
+"""``edgernn serve ray``: serve the streams of a ``step`` export on Ray Serve until Ctrl-C.
+
+Thin: builds the application with ``edgernn.serve.ray.stream_deployment`` and runs it. Importing this module
+imports neither onnxruntime nor ray; ray is imported when the command runs (missing: exit code 10, naming the extra).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+from .common import handle_errors
+
+
+@click.command("ray")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Replicas of the model.")
+@click.option(
+    "--stateless",
+    is_flag=True,
+    help="Each request carries its stream's state and each response returns the next one; replicas keep nothing, "
+    "so any replica serves any request and rescaling loses nothing.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP host (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port.")
+@click.option("--route", default="/", show_default=True, help="HTTP route prefix of the application.")
+@click.option("--name", "app_name", default="edgernn", show_default=True, help="Ray Serve application name.")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most requests (from different streams) one replica runs in one onnxruntime call.",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="How long a replica waits for more requests before running a batch that is not full.",
+)
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds after which an idle stream's state is forgotten (stateful mode).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads per replica."
+)
+@click.option(
+    "--address",
+    default=None,
+    help="A running Ray cluster to deploy on (e.g. auto, or ray://HOST:10001); default: start a local one. On a "
+    "cluster, Ctrl-C deletes this application only.",
+)
+@click.option(
+    "--num-cpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPUs of the local Ray cluster this starts (default: all of this machine's).",
+)
+@handle_errors
+def ray_command(
+    model: str,
+    replicas: int,
+    stateless: bool,
+    host: str,
+    port: int,
+    route: str,
+    app_name: str,
+    max_batch_size: int,
+    batch_wait_ms: float,
+    ttl: float,
+    threads: int,
+    address: str | None,
+    num_cpus: int | None,
+) -> None:
+    """Serve the streams of MODEL (a `step` export) on Ray Serve: each replica holds one onnxruntime session and
+    batches frames of different streams into one call; a stream's frames all go to one replica (consistent
+    hashing on its id), or with --stateless its state travels with each request. Runs until Ctrl-C.
+
+    \b
+    edgernn serve ray step.onnx --replicas 2
+    edgernn serve ray step.onnx --replicas 4 --stateless --port 8080
+    edgernn serve ray step.onnx --address auto          # on a cluster started with `ray start --head`
+    """
+    from ..serve.ray import check_stream_model, require_ray, stream_deployment
+
+    if not route.startswith("/"):
+        raise ConfigError(f"--route must start with /; got {route!r}")
+    if address is not None and num_cpus is not None:
+        raise ConfigError("--num-cpus sizes a local cluster; a cluster given with --address has its own")
+    frame = check_stream_model(model)  # before Ray starts: a model that cannot stream is refused at once
+    ray = require_ray("serve")
+    from ray import serve
+
+    own_cluster = address is None
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        app = stream_deployment(
+            model,
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_ms / 1000,
+            ttl_s=ttl,
+            stateless=stateless,
+            threads=threads,
+        )
+        serve.run(app, name=app_name, route_prefix=route)
+        click.echo(_how_to(model, frame, replicas, stateless, ttl, f"http://{host}:{port}{route}", app_name), err=True)
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        click.echo("edgernn: stopping", err=True)
+    finally:
+        _stop(ray, serve, app_name, own_cluster)
+
+
+def _stop(ray: Any, serve: Any, app_name: str, own_cluster: bool) -> None:
+    """Take down what this command started: the whole local cluster, or only the application on a given one. A
+    second Ctrl-C while it stops does not interrupt the stopping."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if own_cluster:
+            serve.shutdown()
+        else:
+            serve.delete(app_name)
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _how_to(model: str, frame: Any, replicas: int, stateless: bool, ttl: float, url: str, app_name: str) -> str:
+    body = json.dumps({"stream": "mic-1", "frame": frame})
+    mode = (
+        "stateless: send the response's state back with the next frame"
+        if stateless
+        else f"stateful: each stream stays on one replica (consistent hash of its id); idle streams forgotten "
+        f"after {ttl:g} s"
+    )
+    lines = [
+        f"edgernn: serving {model} on {replicas} replica(s) at {url} ({mode})",
+        "send a frame:",
+        f"  curl -s {url} -H 'content-type: application/json' -d '{body}'",
+    ]
+    if stateless:
+        lines.append('  then: {"stream": "mic-1", "frame": [...], "state": <the "state" of the last response>}')
+    else:
+        lines.append('  "reset": true starts a stream again; "close": true forgets it after this frame')
+    lines += [
+        "from Python on this cluster:",
+        f"  serve.get_app_handle({app_name!r}).remote({body}).result()",
+        "Ctrl-C stops it.",
+    ]
+    return "\n".join(lines)
