@@ -112,3 +112,29 @@ def test_cli_compare_auto_json_and_plot(tmp_path: Path) -> None:
     assert r.returncode == 0 and "(reused)" in r.stderr and "Pareto" in r.stdout
     r = subprocess.run([*cmd[:-2], "--cells", "lstn", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown cell lstn" in r.stderr
+
+
+@pytest.mark.slow
+def test_docs_comparison_commands_run(tmp_path: Path) -> None:
+    """The commands of docs/choosing-a-cell.md run as written; here on a tiny budget (later options win in click),
+    since the full comparison takes the better part of an hour."""
+    import shlex
+
+    doc = (Path(__file__).parent.parent / "docs" / "choosing-a-cell.md").read_text()
+    commands = [line.strip() for line in doc.splitlines() if line.strip().startswith("edgernn compare ")]
+    assert (
+        len(commands) == 2
+        and any("--seq-len 100" in c for c in commands)
+        and any("--seq-len 200" in c for c in commands)
+    )
+    for i, line in enumerate(commands):
+        args = shlex.split(line.split("  #")[0])[1:]
+        small = ["--epochs", "1", "--n-train", "32", "--hidden", "4", "--seq-len", "6", "--strategy", "native"]
+        out = ["--no-plot", "--out", str(tmp_path / str(i))]
+        r = subprocess.run([sys.executable, "-m", "edgernn", *args, *small, *out], capture_output=True, text=True,
+                           timeout=900)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert (
+            "Pareto" in r.stdout
+            and len(json.loads((tmp_path / str(i) / "compare.json").read_text())["candidates"]) == 3
+        )
