@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, ModelFormatError
 from ..serve.ray import require_ray
 from .shards import DirectoryRun, ShardRunner, check_directories, list_shards
 
@@ -56,7 +56,8 @@ class ModelBatch:
         self.stream = streaming_model(self.model, None, None)
         self.mode = _resolve_mode(mode, self.stream is not None)
         if self.mode == "step":
-            assert self.stream is not None
+            if self.stream is None:
+                raise ModelFormatError("mode 'step' needs a stateful (`step`) export; this model has no states")
             spec = next(o for o in self.model.outputs if o.name == self.stream.primary)
         else:
             data = self.model.data_inputs()
@@ -114,7 +115,8 @@ class ModelBatch:
         return [o for o in out if o is not None]
 
     def _step_group(self, x: np.ndarray) -> np.ndarray:
-        assert self.stream is not None
+        if self.stream is None:
+            raise ModelFormatError("mode 'step' needs a stateful (`step`) export; this model has no states")
         return self.stream.run_sequence(x)[self.stream.primary]
 
     def _sequence_group(self, x: np.ndarray) -> np.ndarray:

@@ -224,7 +224,7 @@ def _from_csv_dir(
         raise InputError(f"{str(d)!r}: name the target column(s) with --target-columns (e.g. --target-columns label)")
     head = head or "regression"
     readout = readout or "all"
-    header: list[str] | None = None
+    header: list[str] = []
     features: list[int] = []
     targets: list[int] = []
     examples = []
@@ -237,7 +237,7 @@ def _from_csv_dir(
         if len(rows) < 2:
             raise InputError(f"{str(p)!r} has no data rows (a header and at least one time step are needed)")
         names = [c.strip() for c in rows[0]]
-        if header is None:
+        if not header:
             header = names
             missing = [c for c in target_columns if c not in names]
             if missing:
@@ -273,7 +273,6 @@ def _from_csv_dir(
         else:
             y = y.astype(np.float32)
         examples.append(Example(x, y if readout == "all" else y[-1]))
-    assert header is not None
     data = _finish(examples, head=head, readout=readout, src=str(d), classes=classes, input_size=len(features))
     return Dataset(
         **{**data.__dict__, "feature_names": [header[i] for i in features], "target_names": list(target_columns)}

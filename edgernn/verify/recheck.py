@@ -226,7 +226,8 @@ def _against_torch(
     from .against_torch import stream_cases, verify_parity, verify_stream
 
     manifest = cand.manifest
-    assert manifest is not None
+    if manifest is None:
+        raise ModelFormatError("this model has no edgernn manifest: name the reference's inputs to check it")
     if manifest.states:  # a streaming export: chained step calls against one whole-sequence call
         outputs = [o.name for o in manifest.outputs if o.role != "state"]
         return verify_stream(
