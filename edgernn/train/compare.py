@@ -154,6 +154,7 @@ def compare(
     if bench_len < 1:
         raise ConfigError(f"the benchmark length must be at least 1; got {bench_len}")
     grid = [(c, h) for c in cells for h in hiddens]
+    fingerprint = _fingerprint(data) if data is not None else None  # read the data's bytes once, not per candidate
     results: list[Candidate] = []
     metric_name, higher_better = "mse", False
     for i, (cell, hidden) in enumerate(grid):
@@ -166,7 +167,7 @@ def compare(
             "layers": layers,
             "bidirectional": bidirectional,
             "task": task,
-            "data": _fingerprint(data) if data is not None else None,
+            "data": fingerprint,
             "data_options": data_options,
             "train_options": train_options,
             "strategy": strategy,

@@ -122,18 +122,18 @@ def check_compatible(train: Dataset, val: Dataset) -> None:
 def normalization_stats(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std over every real step of ``examples`` (padding is not in them); a feature that never
     varies gets std 1, so it is centred, not divided by zero."""
-    x = np.concatenate([e.x.astype(np.float64) for e in examples], axis=0)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
+    return _mean_std(np.concatenate([e.x.astype(np.float64) for e in examples], axis=0))
 
 
 def target_stats(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
     """Per-target mean and std of regression targets (every real step's, for per-step targets); std 1 for a
     target that never varies."""
-    y = np.concatenate([e.y.reshape(-1, e.y.shape[-1]).astype(np.float64) for e in examples], axis=0)
-    mean, std = y.mean(axis=0), y.std(axis=0)
+    return _mean_std(np.concatenate([e.y.reshape(-1, e.y.shape[-1]).astype(np.float64) for e in examples], axis=0))
+
+
+def _mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and stds of (n, k) float64 rows as float32; std 1 where a column never varies."""
+    mean, std = rows.mean(axis=0), rows.std(axis=0)
     std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
 
