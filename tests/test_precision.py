@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import edgernn.verify.drift as drift_mod
 from edgernn.cli import main
+from edgernn.cli.optimize import format_precision
 from edgernn.errors import ConfigError, ParityError
 from edgernn.export import ExportResult, export_model
 from edgernn.model.zoo import ModelConfig, build_model
@@ -50,6 +51,8 @@ def _load_all_levels(data: bytes) -> None:
         ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
+# onnxruntime's integer products: as the quantiser writes them, and as its optimiser fuses them (saved in the file)
+INTEGER_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
 MATRIX = [pytest.param(c, s, to, id=f"{to}-{c}-{s}") for c in CELLS for s, _ in STRATEGIES for to in ("int8", "fp16")]
 
 
@@ -69,9 +72,9 @@ def test_every_cell_and_strategy_quantises_and_is_judged(cell: str, strategy: st
     ops = {n.op_type for n in proto.graph.node}
     if to == "int8":  # the products run as integer ops
         bodies = {n.op_type for g in proto.graph.node for a in g.attribute if a.g.ByteSize() for n in a.g.node}
-        assert ops & {"MatMulInteger", "DynamicQuantizeLSTM"}
+        assert ops & INTEGER_OPS
         if strategy in ("loop", "native") and cell != "lstm":  # inside the Scan bodies too
-            assert "MatMulInteger" in bodies
+            assert bodies & INTEGER_OPS
     # inputs and outputs stay fp32
     assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in proto.graph.input)
 
@@ -100,7 +103,31 @@ def test_over_the_metric_budget_nothing_is_written(tmp_path: Path, monkeypatch: 
     r = CliRunner().invoke(main, ["quantize", str(src), "--to", "int8", "--out", str(out)])
     assert r.exit_code == ParityError.exit_code, r.output
     assert "over the budget of 1.00%; nothing was written" in r.output
+    assert "(per tensor) loses 25.00%" in r.output and "(per channel) loses 25.00%" in r.output  # both were tried
     assert not out.exists()
+
+
+def test_int8_goes_per_channel_only_when_per_tensor_is_over_the_budget(tmp_path: Path) -> None:
+    model = _export("lstm", "native").model_bytes
+    judged = {"task": TASK, "examples": _examples(), "long_steps": 100}
+    drops = [
+        quantize(model, "int8", per_channel=pc, max_metric_drop=1.0, **judged).report["metric"]["drop"]
+        for pc in (False, True)
+    ]
+    assert drops[1] < drops[0], drops  # the premise: per channel loses less on this model
+    q = quantize(model, "int8", max_metric_drop=drops[0] + 1e-6, **judged)  # per tensor is within: kept
+    assert q.report["how"]["per_channel"] is False and "per_channel_because" not in q.report["how"]
+    between = (drops[0] + drops[1]) / 2
+    q = quantize(model, "int8", max_metric_drop=between, **judged)
+    assert q.report["how"]["per_channel"] is True and q.report["metric"]["drop"] == pytest.approx(drops[1])
+    assert q.report["how"]["per_channel_because"].startswith("per tensor loses")
+    assert "one scale per output channel (per tensor loses" in format_precision(q.report)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ParityError, match=r"\(per tensor\) loses .*; \(per channel\) loses .*nothing was written"):
+        quantize(model, "int8", out, max_metric_drop=drops[1] / 2, **judged)
+    assert not out.exists()
+    with pytest.raises(ParityError, match="try --per-channel"):  # asked for per tensor: no second try
+        quantize(model, "int8", out, per_channel=False, max_metric_drop=between, **judged)
 
 
 @pytest.mark.slow

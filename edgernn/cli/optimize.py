@@ -15,6 +15,11 @@ def format_precision(report: dict[str, Any]) -> str:
         f"{report['precision']}: {report['bytes'] / 1024:.1f} KiB, {report['size_ratio']:.2f}x smaller than fp32; "
         f"{report['weights_reduced']:.0%} of the weight elements stored in {report['precision'].split('-')[0]}"
     ]
+    how = report.get("how") or {}
+    if report["precision"] != "fp16" and "per_channel" in how:
+        scheme = "per output channel" if how["per_channel"] else "per tensor"
+        because = how.get("per_channel_because")
+        lines.append(f"weights    one scale {scheme}" + (f" ({because})" if because else ""))
     if "drift" in report:
         lines.append(f"drift      max abs {report['drift']['max_abs']:.3g} against fp32 on the parity cases")
     long = report.get("long_drift")
@@ -54,7 +59,12 @@ def format_precision(report: dict[str, Any]) -> str:
     show_default=True,
     help="Largest relative loss of the task metric allowed; over it nothing is written (exit 5).",
 )
-@click.option("--per-channel", is_flag=True, help="int8: one scale per output channel (less drift, often slower).")
+@click.option(
+    "--per-channel/--per-tensor",
+    default=None,
+    help="int8: one weight scale per output channel, or one per tensor. Default: per tensor, and for int8 "
+    "(dynamic) judged by a task, per channel when per tensor is over --max-metric-drop.",
+)
 @click.option("--long-steps", type=click.IntRange(min=1), default=10_000, show_default=True, help="Long-run drift.")
 @click.option("--no-verify", is_flag=True, help="Write without judging (the manifest says so).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

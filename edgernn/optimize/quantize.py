@@ -4,7 +4,9 @@ by the task and by drift over a long sequence, and refused (nothing written) whe
 - ``int8`` (dynamic): ``onnxruntime.quantization.quantize_dynamic`` with subgraphs enabled, so the recurrent
   product inside a ``Scan`` body is quantised too. LSTM ops become ``DynamicQuantizeLSTM``; onnxruntime has no
   integer GRU or RNN op, so those ops are first written as a Scan around the cell (``scan_form``), whose
-  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call.
+  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call. The file is saved as
+  onnxruntime's CPU session optimises it (its fusions into ``DynamicQuantizeMatMul`` are in the file). Per tensor,
+  or per output channel when per tensor is over the task's budget.
 - ``int8-static`` (QDQ): ``quantize_static`` with ranges calibrated on real inputs (``--data`` or the
   checkpoint's task), the recurrent state's included: a streaming file is stepped through the calibration
   sequences and the states it passes along are calibration inputs too. What NPU delegates (NNAPI, QNN) consume.
@@ -19,6 +21,7 @@ judged by its validation metric against ``max_metric_drop``. Torch-free.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -37,6 +40,14 @@ from ..manifest import MANIFEST_KEY, Manifest, read_manifest, write_manifest
 
 PRECISIONS = ("int8", "int8-static", "fp16")
 DEFAULT_MAX_METRIC_DROP = 0.01  # 1% relative
+_BASE62 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+_ADVICE = "raise --max-metric-drop, or try --per-channel or another strategy"
+
+
+class _OverBudget(Exception):
+    """The reduced model's task metric is over the budget (said as the rest of a sentence)."""
 
 
 @dataclass
@@ -60,7 +71,7 @@ def quantize(
     calibration: Mapping[str, np.ndarray] | None = None,
     data: Mapping[str, np.ndarray] | None = None,
     max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     long_steps: int | None = None,
     verify: bool = True,
 ) -> QuantizeResult:
@@ -70,6 +81,8 @@ def quantize(
     them); the task metric of the fp32 and the reduced file must not differ by more than ``max_metric_drop``
     (relative), or ``ParityError`` and nothing is written. ``data`` (inputs by name) adds the drift on the user's
     own inputs; ``calibration`` (inputs by name) feeds int8-static. ``verify=False`` skips every judgement.
+    ``per_channel``: one weight scale per output channel (True) or per tensor (False); None (the default) is per
+    tensor, and for int8 judged by a task, per channel when per tensor is over the budget.
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -79,17 +92,34 @@ def quantize(
     manifest = _manifest(proto)
     if manifest is not None and manifest.precision:
         raise ConfigError("this file is already reduced; quantise the fp32 export")
-    if to == "int8":
-        reduced, how = _int8_dynamic(proto, per_channel)
-    elif to == "fp16":
-        reduced, how = _fp16(proto)
+    # int8 (dynamic) without a choice: per tensor, and per output channel when per tensor is over the budget
+    fallback = to == "int8" and per_channel is None and verify and task is not None and examples is not None
+    schemes = [False, True] if fallback else [bool(per_channel)]
+    over: list[str] = []
+    for scheme in schemes:
+        try:
+            reduced, report = _make_and_judge(
+                source,
+                proto,
+                manifest,
+                to,
+                scheme,
+                task,
+                examples,
+                calibration,
+                data,
+                max_metric_drop,
+                long_steps,
+                verify,
+            )
+            break
+        except _OverBudget as e:
+            over.append(f"{_scheme(to, scheme)}{e}")
     else:
-        reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
-    reduced = _compact(_load(reduced)).SerializeToString()
-    _loads_at_every_level(reduced)
-    report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
-    if verify:
-        report.update(_judge(source, reduced, manifest, to, task, examples, data, max_metric_drop, long_steps))
+        advice = "raise --max-metric-drop, or try another strategy" if fallback else _ADVICE
+        raise ParityError(f"the {to} model {'; '.join(over)}; nothing was written ({advice})")
+    if over:
+        report["how"]["per_channel_because"] = "per tensor " + over[0].removeprefix("(per tensor) ")
     out_bytes = reduced
     new_manifest = None
     if manifest is not None:
@@ -108,6 +138,62 @@ def quantize(
         path = Path(out)
         write_atomic(path, out_bytes)
     return QuantizeResult(path, out_bytes, new_manifest, report)
+
+
+def _make_and_judge(
+    source: bytes,
+    proto: Any,
+    manifest: Manifest | None,
+    to: str,
+    per_channel: bool,
+    task: Any,
+    examples: Sequence[Any] | None,
+    calibration: Mapping[str, np.ndarray] | None,
+    data: Mapping[str, np.ndarray] | None,
+    max_metric_drop: float,
+    long_steps: int | None,
+    verify: bool,
+) -> tuple[bytes, dict[str, Any]]:
+    """The reduced file and its report; ParityError when it is over the budget."""
+    if to == "int8":
+        reduced, how = _int8_dynamic(proto, per_channel)
+    elif to == "fp16":
+        reduced, how = _fp16(proto)
+    else:
+        reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
+    reduced = _shrink(_load(reduced)).SerializeToString()
+    _loads_at_every_level(reduced)
+    report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
+    if verify:
+        report.update(_judge(source, reduced, manifest, to, task, examples, data, max_metric_drop, long_steps))
+    return reduced, report
+
+
+def _duplicate_initializers(graph: Any, keep: set[str]) -> dict[str, str]:
+    """Drop the main graph's initializers that repeat another's type, shape and bytes; the name of each dropped one
+    mapped to the kept one's (onnxruntime's fusions give every step of an unrolled graph its own axes)."""
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    same: dict[str, str] = {}
+    kept = []
+    for t in graph.initializer:
+        key = (t.data_type, tuple(t.dims), t.raw_data)
+        if t.name in keep or not t.raw_data:  # an input's default stays its own; typed fields are not compared
+            kept.append(t)
+        elif key in first:
+            same[t.name] = first[key]
+        else:
+            first[key] = t.name
+            kept.append(t)
+    if same:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return same
+
+
+def _scheme(to: str, per_channel: bool) -> str:
+    if to == "fp16":
+        return ""
+    return "(per channel) " if per_channel else "(per tensor) "
 
 
 def check_budget(max_metric_drop: Any) -> None:
@@ -137,11 +223,34 @@ def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]
             weight_type=QuantType.QInt8,
             extra_options={"EnableSubgraph": True},
         )
-        data = dst.read_bytes()
-    how = {"method": "onnxruntime quantize_dynamic", "per_channel": per_channel, "weights": "int8"}
+        data = _fused_by_onnxruntime(dst.read_bytes(), Path(tmp) / "fused.onnx")
+    how = {
+        "method": "onnxruntime quantize_dynamic",
+        "per_channel": per_channel,
+        "weights": "int8",
+        "fused": "onnxruntime's extended graph optimisations, saved in the file",
+    }
     if rewritten:
         how["rewritten_as_scan"] = rewritten  # GRU/RNN ops written as a Scan so their MatMuls quantise
     return data, how
+
+
+def _fused_by_onnxruntime(model: bytes, path: Path) -> bytes:
+    """``model`` as onnxruntime's CPU session optimises it at level extended, saved.
+
+    The quantiser writes each integer product as five nodes (quantise the activation, ``MatMulInteger``, cast,
+    two rescales); onnxruntime fuses them into one ``DynamicQuantizeMatMul`` when it loads the file anyway.
+    Saving its result makes the file smaller (an unrolled graph has a product per step) and quicker to load.
+    Dynamic int8 runs on onnxruntime's CPU kernels only, which is what these fusions are made for.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(path)
+    so.log_severity_level = 3
+    ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return path.read_bytes()
 
 
 def _fp16(proto: Any) -> tuple[bytes, dict[str, Any]]:
@@ -294,6 +403,57 @@ def _compact(model: Any) -> Any:
     return out
 
 
+def _shrink(model: Any) -> Any:
+    """``model`` (an onnx.ModelProto, changed in place and returned) with nothing in it that only takes space: every
+    value but the main graph's inputs and outputs renamed to the shortest free name (one-to-one, in every
+    subgraph, initializers included), node names and doc strings cleared, shape annotations dropped.
+
+    For a file of small weights most bytes are names: an unrolled graph refers to each weight, scale and zero point
+    once per step, and the tools name them ``onnx::Gemm_123_quantized_scale`` and the like. The graph computes
+    exactly what it did; only the labels change.
+    """
+    graph = model.graph
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    same = _duplicate_initializers(graph, keep)
+    rename: dict[str, str] = {}
+    counter = itertools.count()
+
+    def base62(n: int) -> str:
+        text = ""
+        while True:
+            n, r = divmod(n, 62)
+            text = _BASE62[r] + text
+            if not n:
+                return text
+
+    def short(name: str) -> str:
+        if not name or name in keep:  # "" is an absent optional input
+            return name
+        name = same.get(name, name)
+        if name not in rename:
+            text = base62(next(counter))
+            while text in keep:  # an input or output already called that: take the next
+                text = base62(next(counter))
+            rename[name] = text
+        return rename[name]
+
+    for g in all_graphs(graph):
+        del g.value_info[:]
+        g.doc_string = ""
+        for t in g.initializer:
+            t.name = short(t.name)
+            t.doc_string = ""
+        for v in (*g.input, *g.output):
+            v.name = short(v.name)
+            v.doc_string = ""
+        for node in g.node:
+            node.input[:] = [short(x) for x in node.input]
+            node.output[:] = [short(x) for x in node.output]
+            node.name = ""
+            node.doc_string = ""
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 
 
@@ -405,10 +565,9 @@ def _judge(
             "examples": len(examples),
         }
         if drop > max_metric_drop:
-            raise ParityError(
-                f"the {to} model loses {drop:.2%} of the task's {task.metric} ({fp32:.4g} -> {low:.4g} on "
-                f"{len(examples)} validation sequences), over the budget of {max_metric_drop:.2%}; nothing was "
-                "written (raise --max-metric-drop, or try --per-channel or another strategy)"
+            raise _OverBudget(
+                f"loses {drop:.2%} of the task's {task.metric} ({fp32:.4g} -> {low:.4g} on {len(examples)} "
+                f"validation sequences), over the budget of {max_metric_drop:.2%}"
             )
     elif to != "fp16":
         out["metric"] = None

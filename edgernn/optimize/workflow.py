@@ -22,7 +22,7 @@ def quantize_file(
     ckpt: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     long_steps: int | None = None,
     no_verify: bool = False,
 ) -> QuantizeResult:
@@ -54,7 +54,7 @@ def quantize_bytes(
     ckpt: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     max_metric_drop: float = DEFAULT_MAX_METRIC_DROP,
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     long_steps: int | None = None,
     verify: bool = True,
 ) -> QuantizeResult:
