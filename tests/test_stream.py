@@ -216,6 +216,68 @@ def test_step_many_all_and_chunks() -> None:
     np.testing.assert_allclose(np.concatenate([out[1]["y"], out[3]["y"]]), full_sequence("lstm", xb), atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stream_group_equals_each_stream_alone_and_restarts_a_member(cell: str) -> None:
+    sm = StreamingModel(step_model(cell, F, H, L))
+    group = sm.group(3)
+    alone = [sm.stream() for _ in range(3)]
+    xs = [frames(9, seed=60 + i) for i in range(3)]
+    for t in range(9):
+        if t == 5:  # member 1's sequence ends; a new one takes its place
+            group.reset(1)
+            alone[1] = sm.stream()
+        got = group.step(np.stack([x[t] for x in xs]))
+        want = [s.step(x[t]) for s, x in zip(alone, xs, strict=True)]
+        assert got.shape == (3, *want[0].shape)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+        if t == 0:
+            first = got  # a returned array is the caller's: later steps do not overwrite it
+    assert not np.array_equal(first, got)
+    np.testing.assert_allclose(first[0], sm.stream().step(xs[0][0]), atol=1e-6)
+    for i, s in enumerate(alone):
+        for name, v in s.state.items():
+            np.testing.assert_allclose(group.state(i)[name], v, rtol=0, atol=1e-6)
+    assert group.steps == 9
+    group.reset()
+    assert not any(v.any() for i in range(3) for v in group.state(i).values())
+
+
+def test_stream_group_chunks_and_every_output() -> None:
+    sm = StreamingModel(step_model("lstm", F, H, L, time=4))
+    group = sm.group(2)
+    xa, xb = frames(8, seed=20), frames(8, seed=21)
+    out = [group.step_all(np.stack([xa[k : k + 4], xb[k : k + 4]])) for k in (0, 4)]
+    assert set(out[0]) == {"y"} and out[0]["y"].shape == (2, 4, 2)
+    np.testing.assert_allclose(np.concatenate([o["y"][0] for o in out]), full_sequence("lstm", xa), atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([o["y"][1] for o in out]), full_sequence("lstm", xb), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_stream_group_errors_change_nothing() -> None:
+    sm = StreamingModel(step_model("lstm", F, H, L))
+    with pytest.raises(ConfigError, match="at least one member"):
+        sm.group(0)
+    group = sm.group(2)
+    x = frames(2, seed=0)
+    group.step(x)
+    before = [group.state(i) for i in range(2)]
+    with pytest.raises(InputError, match="takes 2 frames"):
+        group.step(x[:1])
+    with pytest.raises(InputError, match="non-finite"):
+        group.step(np.full((2, F), np.nan, np.float32))
+    with pytest.raises(InputError):
+        group.step(np.ones((2, F + 1), np.float32))
+    with pytest.raises(InputError, match=r"member must be 0\.\.1"):
+        group.reset(2)
+    with pytest.raises(InputError, match=r"member must be 0\.\.1"):
+        group.state(-1)
+    assert group.steps == 1
+    for i in range(2):
+        for name, v in before[i].items():
+            np.testing.assert_array_equal(group.state(i)[name], v)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_batched_call_errors() -> None:
     sm = StreamingModel(step_model("lstm", F, H, L))

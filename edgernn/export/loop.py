@@ -45,14 +45,15 @@ def _scan_direction(
     # additional inputs, sliced here in the outer graph: a weight the body captured would be lifted as a
     # constant, which the scan tracer cannot copy.
     has_c = c0 is not None
-    RT, rb, P, WrT = recurrent_weights(w, d)
+    RT, rb, P, WrT = recurrent_weights(kind, w, d)
     extra = [t for t in (RT, rb, P, WrT) if t is not None]
     n_carry = 2 if has_c else 1
     n_xs = 1 if mask is None else 2
 
     def body(*args: Tensor) -> list[Tensor]:
         carry, xs, ws = args[:n_carry], args[n_carry : n_carry + n_xs], iter(args[n_carry + n_xs :])
-        RT_, rb_ = next(ws), next(ws)
+        RT_ = next(ws)
+        rb_ = next(ws) if rb is not None else None
         P_ = next(ws) if P is not None else None
         WrT_ = next(ws) if WrT is not None else None
         h = carry[0]
@@ -68,7 +69,7 @@ def _scan_direction(
             y = h_new.clone()  # scan forbids an output aliasing the carry
         return [h_out, c_out, y] if c_out is not None else [h_out, y]
 
-    xs = [input_projection(x, w, d)] + ([] if mask is None else [mask])
+    xs = [input_projection(kind, x, w, d)] + ([] if mask is None else [mask])
     if d:  # the reverse direction scans the flipped sequence and flips its outputs back
         xs = [t.flip(0) for t in xs]
     init = [h0, c0] if c0 is not None else [h0]

@@ -16,19 +16,30 @@ from .cells import CellKind
 from .layout import LayerWeights
 
 
-def input_projection(x: Tensor, w: LayerWeights, d: int) -> Tensor:
-    """x @ W^T + Wb for direction ``d``: it does not depend on the state, so callers compute it for every step at
-    once (one large MatMul instead of one per step) and pass slices of it to ``recurrent_step``."""
+def folds_recurrent_bias(kind: CellKind) -> bool:
+    """LSTM and Elman RNN add the recurrent bias Rb to the input's Wb: it moves out of the loop, into the input
+    projection computed once for every step. GRU's candidate gate multiplies Rb_h by r, so GRU keeps Rb inside."""
+    return kind.torch_class != "GRU"
+
+
+def input_projection(kind: CellKind, x: Tensor, w: LayerWeights, d: int) -> Tensor:
+    """x @ W^T + Wb (+ Rb where it folds) for direction ``d``: it does not depend on the state, so callers compute
+    it for every step at once (one large MatMul instead of one per step) and pass slices of it to
+    ``recurrent_step``, with ``recurrent_weights`` of the same ``kind``."""
     gh = w.W.shape[1]
-    return x @ w.W[d].T + w.B[d, :gh]
+    bias = w.B[d, :gh] + w.B[d, gh:] if folds_recurrent_bias(kind) else w.B[d, :gh]
+    return x @ w.W[d].T + bias
 
 
-def recurrent_weights(w: LayerWeights, d: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def recurrent_weights(
+    kind: CellKind, w: LayerWeights, d: int
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """What ``recurrent_step`` needs of direction ``d``, taken out once per sequence rather than per step (an
-    unrolled trace pays for every op): R transposed, the R bias, peepholes, projection transposed."""
+    unrolled trace pays for every op): R transposed, the R bias (None where ``input_projection`` holds it),
+    peepholes, projection transposed."""
     return (
         w.R[d].T,
-        w.B[d, w.R.shape[1] :],
+        None if folds_recurrent_bias(kind) else w.B[d, w.R.shape[1] :],
         w.P[d] if w.P is not None else None,
         w.Wr[d].T if w.Wr is not None else None,
     )
@@ -46,40 +57,50 @@ def recurrent_step(
     h: Tensor,
     c: Tensor | None,
     RT: Tensor,
-    rb: Tensor,
+    rb: Tensor | None,
     P: Tensor | None = None,
     WrT: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One step from the input projection ``xw`` (B, G*H): h (B, P), c (B, H) -> h, c.
 
-    RT (P, G*H) is R transposed and rb (G*H,) its bias, P (3*H,) the peepholes in ONNX order p_i, p_o, p_f, WrT
-    (H, P) the projection transposed (see ``recurrent_weights``).
+    RT (P, G*H) is R transposed and rb (G*H,) its bias (None for the cells whose ``input_projection`` holds it),
+    P (3*H,) the peepholes in ONNX order p_i, p_o, p_f, WrT (H, P) the projection transposed (see
+    ``recurrent_weights``). Written for few ONNX nodes: a loop or unrolled graph pays onnxruntime's dispatch cost
+    for every node at every step (about 0.7 us each on one core), often more than the arithmetic.
     """
     gh = RT.shape[1]
-    hr = torch.addmm(rb, h, RT)  # h R^T + Rb as one op (ONNX Gemm)
+    if rb is None:  # LSTM, RNN: x W^T + Wb + Rb + h R^T as one Gemm
+        pre = torch.addmm(xw, h, RT)
+    else:
+        hr = torch.addmm(rb, h, RT)  # h R^T + Rb as one op (ONNX Gemm)
     if kind.torch_class == "RNN":
-        pre = xw + hr
+        if rb is not None:
+            pre = xw + hr
         return (torch.tanh(pre) if kind.nonlinearity == "tanh" else torch.relu(pre)), None
     if kind.torch_class == "GRU":
         hs = gh // 3
-        x_z, x_r, x_h = _gates(xw, 3, hs)
-        h_z, h_r, h_h = _gates(hr, 3, hs)
-        z = torch.sigmoid(x_z + h_z)
-        r = torch.sigmoid(x_r + h_r)
-        n = torch.tanh(x_h + r * h_h)  # linear_before_reset: r scales (R_h h + Rb_h)
-        return (1 - z) * n + z * h, None
+        zr = torch.sigmoid(xw[:, : 2 * hs] + hr[:, : 2 * hs])  # z and r squashed together
+        z, r = zr[:, :hs], zr[:, hs:]
+        n = torch.tanh(xw[:, 2 * hs :] + r * hr[:, 2 * hs :])  # linear_before_reset: r scales (R_h h + Rb_h)
+        return n + z * (h - n), None  # (1 - z) n + z h
     if c is None:
         raise ValueError("an LSTM step needs the cell state c")
     hs = gh // 4
-    a_i, a_o, a_f, a_c = _gates(xw + hr, 4, hs)
-    if P is not None:
+    if rb is not None:
+        pre = xw + hr
+    if P is None:  # i, o, f are contiguous (ONNX order i o f c): one Sigmoid
+        ifo = torch.sigmoid(pre[:, : 3 * hs])
+        s_i, s_o, s_f = ifo[:, :hs], ifo[:, hs : 2 * hs], ifo[:, 2 * hs :]
+        c_new = s_f * c + s_i * torch.tanh(pre[:, 3 * hs :])
+        h_new = s_o * torch.tanh(c_new)
+    else:
+        a_i, a_o, a_f, a_c = _gates(pre, 4, hs)
         p_i, p_o, p_f = P[:hs], P[hs : 2 * hs], P[2 * hs :]
         a_i = a_i + p_i * c
         a_f = a_f + p_f * c
-    c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_c)
-    if P is not None:
+        c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_c)
         a_o = a_o + p_o * c_new  # the output gate's peephole sees the new cell state
-    h_new = torch.sigmoid(a_o) * torch.tanh(c_new)
+        h_new = torch.sigmoid(a_o) * torch.tanh(c_new)
     if WrT is not None:
         h_new = h_new @ WrT
     return h_new, c_new
@@ -89,7 +110,7 @@ def cell_step(
     kind: CellKind, x: Tensor, h: Tensor, c: Tensor | None, w: LayerWeights, d: int
 ) -> tuple[Tensor, Tensor | None]:
     """One step of direction ``d``: x (B, I), h (B, P), c (B, H) -> h, c."""
-    return recurrent_step(kind, input_projection(x, w, d), h, c, *recurrent_weights(w, d))
+    return recurrent_step(kind, input_projection(kind, x, w, d), h, c, *recurrent_weights(kind, w, d))
 
 
 Direction = Callable[[LayerWeights, int, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor | None]]
@@ -169,8 +190,8 @@ def run_stack(
         w: LayerWeights, d: int, inp: Tensor, h: Tensor, c: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         ys: list[Tensor] = [h] * steps
-        xw = input_projection(inp, w, d)
-        rw = recurrent_weights(w, d)
+        xw = input_projection(kind, inp, w, d)
+        rw = recurrent_weights(kind, w, d)
         for t in range(steps - 1, -1, -1) if d else range(steps):
             h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
             if valid is None:

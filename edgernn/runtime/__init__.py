@@ -12,7 +12,7 @@ from ..manifest import Manifest, read_manifest
 from .model import Model
 from .providers import ProviderChoice, available, resolve
 from .states import StatePair, parse_state
-from .stream import Stream, StreamingModel
+from .stream import Stream, StreamGroup, StreamingModel
 
 __all__ = [
     "EdgeRNNError",
@@ -24,6 +24,7 @@ __all__ = [
     "ProviderError",
     "StatePair",
     "Stream",
+    "StreamGroup",
     "StreamingModel",
     "available",
     "parse_state",

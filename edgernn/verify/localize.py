@@ -18,8 +18,9 @@ On the ONNX side a copy of the graph gets the same sequences as extra graph outp
   alone). The direction is read from the constant ``Gather`` index at which successive steps read their input
   (rising forward, falling reverse), and the stacked output is read back into time order where it runs backwards;
 - ``step`` (default, unfused): the chunk's K steps are plain ops. Every step's recurrent product
-  ``h_{t-1} R^T + b`` is a ``Gemm`` with the same weight inputs as the layer's other steps, so h_0 .. h_{K-2} are the
-  first inputs of steps 1 .. K-1's Gemms, and h_{K-1} is the layer's row of its ``h`` state output.
+  ``h_{t-1} R^T + c`` (c: the step's input projection, or GRU's recurrent bias) is a ``Gemm`` with the same weight
+  R^T as the layer's other steps, so h_0 .. h_{K-2} are the first inputs of steps 1 .. K-1's Gemms, and h_{K-1} is
+  the layer's row of its ``h`` state output.
 
 A streaming (``step``) model is localized over the whole sequence: chunks are chained from zero states, as a
 stream runs, and each chunk's per-layer steps are compared with the eager run on the whole sequence.
@@ -653,10 +654,10 @@ def _step_taps(g: _Graph, chunk: int) -> list[_Tap] | None:
     previous one's step made). None for a one-step chunk, which reads each layer from its state output alone."""
     if chunk == 1:
         return None
-    groups: dict[tuple[str, ...], list[onnx.NodeProto]] = {}
+    groups: dict[str, list[onnx.NodeProto]] = {}
     for node in g.nodes:
         if node.op_type == "Gemm" and len(node.input) >= 2:
-            groups.setdefault(tuple(node.input[1:]), []).append(node)
+            groups.setdefault(node.input[1], []).append(node)  # by R^T; the added term is each step's own for LSTM/RNN
     out = []
     for nodes in groups.values():
         if len(nodes) != chunk:
