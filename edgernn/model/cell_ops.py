@@ -66,28 +66,25 @@ def recurrent_step(
     RT (P, G*H) is R transposed and rb (G*H,) its bias (None for the cells whose ``input_projection`` holds it),
     P (3*H,) the peepholes in ONNX order p_i, p_o, p_f, WrT (H, P) the projection transposed (see
     ``recurrent_weights``). Written for few ONNX nodes: a loop or unrolled graph pays onnxruntime's dispatch cost
-    for every node at every step (about 0.7 us each on one core), often more than the arithmetic.
+    for every node at every step (just under 1 us each on one core), often more than the arithmetic.
     """
     gh = RT.shape[1]
-    if rb is None:  # LSTM, RNN: x W^T + Wb + Rb + h R^T as one Gemm
-        pre = torch.addmm(xw, h, RT)
-    else:
-        hr = torch.addmm(rb, h, RT)  # h R^T + Rb as one op (ONNX Gemm)
-    if kind.torch_class == "RNN":
-        if rb is not None:
-            pre = xw + hr
-        return (torch.tanh(pre) if kind.nonlinearity == "tanh" else torch.relu(pre)), None
     if kind.torch_class == "GRU":
+        if rb is None:
+            raise ValueError("a GRU step needs its recurrent bias: r scales R_h h + Rb_h")
         hs = gh // 3
+        hr = torch.addmm(rb, h, RT)  # h R^T + Rb as one op (ONNX Gemm)
         zr = torch.sigmoid(xw[:, : 2 * hs] + hr[:, : 2 * hs])  # z and r squashed together
         z, r = zr[:, :hs], zr[:, hs:]
         n = torch.tanh(xw[:, 2 * hs :] + r * hr[:, 2 * hs :])  # linear_before_reset: r scales (R_h h + Rb_h)
         return n + z * (h - n), None  # (1 - z) n + z h
+    # LSTM, RNN: with both biases in the input projection, x W^T + Wb + Rb + h R^T is one Gemm
+    pre = torch.addmm(xw, h, RT) if rb is None else xw + torch.addmm(rb, h, RT)
+    if kind.torch_class == "RNN":
+        return (torch.tanh(pre) if kind.nonlinearity == "tanh" else torch.relu(pre)), None
     if c is None:
         raise ValueError("an LSTM step needs the cell state c")
     hs = gh // 4
-    if rb is not None:
-        pre = xw + hr
     if P is None:  # i, o, f are contiguous (ONNX order i o f c): one Sigmoid
         ifo = torch.sigmoid(pre[:, : 3 * hs])
         s_i, s_o, s_f = ifo[:, :hs], ifo[:, hs : 2 * hs], ifo[:, 2 * hs :]

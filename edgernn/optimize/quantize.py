@@ -116,7 +116,8 @@ def quantize(
         except _OverBudget as e:
             over.append(f"{_scheme(to, scheme)}{e}")
     else:
-        advice = "raise --max-metric-drop, or try another strategy" if fallback else _ADVICE
+        # --per-channel is worth a try only where it was not tried (and means nothing for fp16)
+        advice = _ADVICE if to != "fp16" and schemes == [False] else "raise --max-metric-drop, or try another strategy"
         raise ParityError(f"the {to} model {'; '.join(over)}; nothing was written ({advice})")
     if over:
         report["how"]["per_channel_because"] = "per tensor " + over[0].removeprefix("(per tensor) ")
@@ -154,7 +155,8 @@ def _make_and_judge(
     long_steps: int | None,
     verify: bool,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The reduced file and its report; ParityError when it is over the budget."""
+    """The reduced file and its report; ``_OverBudget`` when its task metric is over the budget (other failures
+    raise their own errors)."""
     if to == "int8":
         reduced, how = _int8_dynamic(proto, per_channel)
     elif to == "fp16":
