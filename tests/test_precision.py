@@ -161,7 +161,7 @@ def test_quantize_command_json_and_inspect(tmp_path: Path) -> None:
     assert rep["precision"] == "int8" and rep["long_drift"]["form"] == "stream" and rep["long_drift"]["steps"] == 500
     assert rep["size_ratio"] > 1.5 and rep["metric"]["name"] == "mse"
     text = CliRunner().invoke(main, ["inspect", str(out)]).output
-    assert "precision: int8" in text and "task mse" in text
+    assert "precision: int8" in text and "one scale per tensor" in text and "task mse" in text
 
 
 def test_bench_against_reports_ratios(tmp_path: Path) -> None:
@@ -186,3 +186,39 @@ def test_int8_static_for_nnapi_is_one_partition(strategy: str) -> None:
     assert nnapi.passed and nnapi.partitions == 1, nnapi.summary
     assert q.manifest is not None and q.manifest.target_check["partitions"] == 1
     assert q.report["metric"]["drop"] <= 0.01
+
+
+def test_compact_writing_keeps_inputs_and_outputs_and_computes_the_same() -> None:
+    """Reduced files are written with short names and repeated constants once; the graph is the same graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgernn.optimize.quantize import _shrink
+
+    a = np.arange(4, dtype=np.float32)
+    nodes = [  # inputs called "0" and "1": the first short names, which the renaming must step past
+        helper.make_node("Add", ["0", "a_long_generated_name"], ["sum"], name="node_with_a_long_name"),
+        helper.make_node("Mul", ["sum", "1"], ["prod"]),
+        helper.make_node("Add", ["prod", "the_same_values_again"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("0", "1")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(a, "a_long_generated_name"), numpy_helper.from_array(a, "the_same_values_again")],
+        value_info=[helper.make_tensor_value_info("sum", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before = model.SerializeToString()
+    small = _shrink(onnx.load_from_string(before))
+    assert [i.name for i in small.graph.input] == ["0", "1"] and [o.name for o in small.graph.output] == ["y"]
+    assert len(small.graph.initializer) == 1 and not small.graph.value_info
+    assert all(not n.name for n in small.graph.node)
+    names = {x for n in small.graph.node for x in (*n.input, *n.output)}
+    assert max(len(x) for x in names - {"0", "1", "y"}) <= 2
+    onnx.checker.check_model(small, full_check=True)
+    feed = {"0": np.array([1, 2, 3, 4], np.float32), "1": np.array([2, 2, 2, 2], np.float32)}
+    want = ort.InferenceSession(before).run(None, feed)[0]
+    got = ort.InferenceSession(small.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_array_equal(got, want)
+    assert len(small.SerializeToString()) < len(before)

@@ -164,9 +164,13 @@ def format_inspection(info: dict[str, Any]) -> str:
             else "not judged by a task"
         )
         long = prec.get("long_drift") or {}
+        how = prec.get("how") or {}
+        scheme = ""
+        if prec["precision"] != "fp16" and "per_channel" in how:
+            scheme = ", one scale per output channel" if how["per_channel"] else ", one scale per tensor"
         lines.append(
             f"precision: {prec['precision']} ({prec['size_ratio']:.2f}x smaller than fp32, "
-            f"{prec['weights_reduced']:.0%} of weights reduced); {judged}"
+            f"{prec['weights_reduced']:.0%} of weights reduced{scheme}); {judged}"
             + (f"; long-run drift {long['max_abs']:.3g} over {long['steps']} steps" if long else "")
         )
     par = info["parity"]
