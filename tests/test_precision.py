@@ -222,3 +222,15 @@ def test_compact_writing_keeps_inputs_and_outputs_and_computes_the_same() -> Non
     got = ort.InferenceSession(small.SerializeToString()).run(None, feed)[0]
     np.testing.assert_array_equal(got, want)
     assert len(small.SerializeToString()) < len(before)
+
+
+def test_onnxruntime_fusions_only_in_files_made_for_onnxruntime() -> None:
+    judged = {"task": TASK, "examples": _examples(), "long_steps": 100}
+    domains = {}
+    for target in ("ort", "portable"):
+        q = quantize(_export("gru", "step", target=target).model_bytes, "int8", **judged)
+        proto = onnx.load_from_string(q.model_bytes)
+        domains[target] = {(n.domain or "ai.onnx", n.op_type) for n in proto.graph.node}
+        assert ("fused" in q.report["how"]) == (target == "ort")
+    assert ("com.microsoft", "DynamicQuantizeMatMul") in domains["ort"]
+    assert all(d == "ai.onnx" for d, _ in domains["portable"]) and ("ai.onnx", "MatMulInteger") in domains["portable"]

@@ -4,9 +4,10 @@ by the task and by drift over a long sequence, and refused (nothing written) whe
 - ``int8`` (dynamic): ``onnxruntime.quantization.quantize_dynamic`` with subgraphs enabled, so the recurrent
   product inside a ``Scan`` body is quantised too. LSTM ops become ``DynamicQuantizeLSTM``; onnxruntime has no
   integer GRU or RNN op, so those ops are first written as a Scan around the cell (``scan_form``), whose
-  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call. The file is saved as
-  onnxruntime's CPU session optimises it (its fusions into ``DynamicQuantizeMatMul`` are in the file). Per tensor,
-  or per output channel when per tensor is over the task's budget.
+  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call. A file made for onnxruntime
+  (target ``ort``) is saved as onnxruntime's CPU session optimises it (its fusions into ``DynamicQuantizeMatMul``
+  are in the file); for other targets the standard ops stay. Per tensor, or per output channel when per tensor
+  is over the task's budget.
 - ``int8-static`` (QDQ): ``quantize_static`` with ranges calibrated on real inputs (``--data`` or the
   checkpoint's task), the recurrent state's included: a streaming file is stepped through the calibration
   sequences and the states it passes along are calibration inputs too. What NPU delegates (NNAPI, QNN) consume.
@@ -157,8 +158,8 @@ def _make_and_judge(
 ) -> tuple[bytes, dict[str, Any]]:
     """The reduced file and its report; ``_OverBudget`` when its task metric is over the budget (other failures
     raise their own errors)."""
-    if to == "int8":
-        reduced, how = _int8_dynamic(proto, per_channel)
+    if to == "int8":  # onnxruntime's own fusions only in a file made for onnxruntime (they are its contrib ops)
+        reduced, how = _int8_dynamic(proto, per_channel, fuse=manifest is None or manifest.target in (None, "ort"))
     elif to == "fp16":
         reduced, how = _fp16(proto)
     else:
@@ -207,7 +208,7 @@ def check_budget(max_metric_drop: Any) -> None:
 # ------------------------------------------------------------------------------------------------ conversions
 
 
-def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]:
+def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool) -> tuple[bytes, dict[str, Any]]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .scan_form import rewrite
@@ -225,13 +226,12 @@ def _int8_dynamic(proto: Any, per_channel: bool) -> tuple[bytes, dict[str, Any]]
             weight_type=QuantType.QInt8,
             extra_options={"EnableSubgraph": True},
         )
-        data = _fused_by_onnxruntime(dst.read_bytes(), Path(tmp) / "fused.onnx")
-    how = {
-        "method": "onnxruntime quantize_dynamic",
-        "per_channel": per_channel,
-        "weights": "int8",
-        "fused": "onnxruntime's extended graph optimisations, saved in the file",
-    }
+        data = dst.read_bytes()
+        if fuse:
+            data = _fused_by_onnxruntime(data, Path(tmp) / "fused.onnx")
+    how = {"method": "onnxruntime quantize_dynamic", "per_channel": per_channel, "weights": "int8"}
+    if fuse:
+        how["fused"] = "onnxruntime's extended graph optimisations, saved in the file"
     if rewritten:
         how["rewritten_as_scan"] = rewritten  # GRU/RNN ops written as a Scan so their MatMuls quantise
     return data, how
