@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +130,10 @@ def test_state_specs_parse_or_raise_config_error(text: str) -> None:
     except ConfigError:
         return
     assert pair.input and pair.output and all(d >= 1 for d in pair.shape)
+
+
+def test_a_mask_input_of_the_wrong_rank_is_a_model_format_error() -> None:
+    """Found by the property above: a model declaring a one-axis padding mask."""
+    spec = TensorSpec(name="lengths", dtype="float32", shape=[1], role="mask")
+    with pytest.raises(ModelFormatError, match="two axes"):
+        check_feed([spec], {"lengths": np.array(0.0, np.float32)})

@@ -142,6 +142,11 @@ def _mask_for(spec: TensorSpec, lengths: Any, dims: dict[str, tuple[int, str]]) 
 
 def _check_mask(name: str, mask: np.ndarray) -> None:
     """A mask is ones then zeros along time, at least one step per sequence: what lengths in 1..T give."""
+    if mask.ndim != 2:
+        raise ModelFormatError(
+            f"input {name!r} is a padding mask, which has two axes (batch, time); this model declares "
+            f"{mask.ndim}, so edgernn cannot check or make it (name the input's role in the manifest)"
+        )
     ok = np.isin(mask, (0.0, 1.0)).all() and (mask.shape[1] == 0 or (mask[:, 0] == 1).all())
     if ok and mask.shape[1] > 1:
         ok = bool((np.diff(mask, axis=1) <= 0).all())
