@@ -56,9 +56,7 @@ class ModelBatch:
         self.stream = streaming_model(self.model, None, None)
         self.mode = _resolve_mode(mode, self.stream is not None)
         if self.mode == "step":
-            if self.stream is None:
-                raise ModelFormatError("mode 'step' needs a stateful (`step`) export; this model has no states")
-            spec = next(o for o in self.model.outputs if o.name == self.stream.primary)
+            spec = next(o for o in self.model.outputs if o.name == self._streaming().primary)
         else:
             data = self.model.data_inputs()
             if len(data) != 1:
@@ -115,9 +113,13 @@ class ModelBatch:
         return [o for o in out if o is not None]
 
     def _step_group(self, x: np.ndarray) -> np.ndarray:
+        stream = self._streaming()
+        return stream.run_sequence(x)[stream.primary]
+
+    def _streaming(self) -> Any:
         if self.stream is None:
             raise ModelFormatError("mode 'step' needs a stateful (`step`) export; this model has no states")
-        return self.stream.run_sequence(x)[self.stream.primary]
+        return self.stream
 
     def _sequence_group(self, x: np.ndarray) -> np.ndarray:
         return self.model.run(x)

@@ -641,12 +641,7 @@ class Stream:
         """The first call with an input shape (lock held): a plain run tells the output shapes, then this
         stream's buffers are bound for the next calls."""
         sm = self.model
-        feed = {sm.data.name: a, **sm.constants}
-        for j, st in enumerate(sm.states):
-            feed[st.input] = self._buf[self._cur][j]
-        results = sm.session.run(sm._output_names, feed)
-        for j, st in enumerate(sm.states):
-            self._buf[self._cur][j][...] = results[st.out_index]
+        results = _run_in_place(sm, a, self._buf[self._cur])
         if len(self._bound) < 8:  # a stream sees one or two chunk shapes; do not bind for every odd one
             self._bound[a.shape] = _Bound(sm, self._buf, a.shape, results)
         self.steps += 1
@@ -732,11 +727,7 @@ class StreamGroup:
         with self._lock:
             bound = self._bound.get(a.shape)
             if bound is None:
-                feed = {sm.data.name: a, **sm.constants}
-                feed.update({st.input: self._buf[self._cur][j] for j, st in enumerate(sm.states)})
-                results = sm.session.run(sm._output_names, feed)
-                for j, st in enumerate(sm.states):
-                    self._buf[self._cur][j][...] = results[st.out_index]
+                results = _run_in_place(sm, a, self._buf[self._cur])
                 if len(self._bound) < 8:
                     self._bound[a.shape] = _Bound(sm, self._buf, a.shape, results, one=False)
                 outs = [results[o.index] for o in sm.outputs]
@@ -750,8 +741,8 @@ class StreamGroup:
 
     def reset(self, member: int | None = None) -> None:
         """Back to the initial state: one member (its stream ended, a new one takes its place) or all."""
-        if member is not None and not (isinstance(member, int) and 0 <= member < self.n):
-            raise InputError(f"member must be 0..{self.n - 1}; got {member!r}")
+        if member is not None:
+            self._check_member(member)
         with self._lock:
             for st, buf in zip(self.model.states, self._buf[self._cur], strict=True):
                 if member is None:
@@ -761,13 +752,27 @@ class StreamGroup:
 
     def state(self, member: int) -> dict[str, np.ndarray]:
         """A copy of one member's state, by state input name, shaped as a single stream's."""
-        if not (isinstance(member, int) and 0 <= member < self.n):
-            raise InputError(f"member must be 0..{self.n - 1}; got {member!r}")
+        self._check_member(member)
         with self._lock:
             return {
                 st.input: np.expand_dims(np.moveaxis(buf, st.batch_axis, 0)[member], st.batch_axis).copy()
                 for st, buf in zip(self.model.states, self._buf[self._cur], strict=True)
             }
+
+    def _check_member(self, member: Any) -> None:
+        if not (isinstance(member, int) and 0 <= member < self.n):
+            raise InputError(f"member must be 0..{self.n - 1}; got {member!r}")
+
+
+def _run_in_place(sm: StreamingModel, a: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+    """One plain run from the state in ``state`` (buffers in the order of ``sm.states``), whose new state is written
+    back into those buffers; every output returned. The first call with an input shape, before it is bound."""
+    feed = {sm.data.name: a, **sm.constants}
+    feed.update({st.input: buf for st, buf in zip(sm.states, state, strict=True)})
+    results = sm.session.run(sm._output_names, feed)
+    for st, buf in zip(sm.states, state, strict=True):
+        buf[...] = results[st.out_index]
+    return results
 
 
 def _split_axis(o: _Output) -> int:
