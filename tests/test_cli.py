@@ -51,7 +51,8 @@ def test_export_json(trained: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert d["manifest"]["strategy"] == "native" and d["parity"]["passed"] is True
+    assert d["parity"]["passed"] is True  # no --strategy: auto, the chosen strategy and its timings recorded
+    assert d["manifest"]["strategy"] == d["manifest"]["selection"]["chosen"] in ("native", "loop")
 
 
 def test_parity_detects_a_different_model(trained: Path, tmp_path: Path) -> None:
@@ -59,14 +60,16 @@ def test_parity_detects_a_different_model(trained: Path, tmp_path: Path) -> None
     other = tmp_path / "other"
     runner = CliRunner()
     _train(other, "--cell", "gru", "--layers", "2", "--bidirectional", "--seed", "9")
-    runner.invoke(main, ["export", str(other), "--out", str(tmp_path / "other.onnx")])
+    runner.invoke(main, ["export", "--strategy", "native", str(other), "--out", str(tmp_path / "other.onnx")])
     r = runner.invoke(main, ["parity", str(trained), str(tmp_path / "other.onnx")])
     assert r.exit_code == 5 and "parity FAIL" in r.output
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(main, ["export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    r = runner.invoke(
+        main, ["export", "--strategy", "native", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")]
+    )
     assert r.exit_code == 3
     assert r.output.strip().startswith("error: no checkpoint") and "Traceback" not in r.output
     assert not (tmp_path / "m.onnx").exists()
@@ -252,7 +255,9 @@ def _inputs(batch: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """`edgernn export --json` of the trained checkpoint (native strategy): the file and the printed report."""
     out = tmp_path_factory.mktemp("export") / "m.onnx"
-    r = CliRunner().invoke(main, ["export", str(trained / "model.ckpt"), "--out", str(out), "--json"])
+    r = CliRunner().invoke(
+        main, ["export", "--strategy", "native", str(trained / "model.ckpt"), "--out", str(out), "--json"]
+    )
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout)
 

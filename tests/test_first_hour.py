@@ -157,8 +157,10 @@ def test_a_stream_that_ends_inside_a_chunk_says_so(run: tuple[Path, str], tmp_pa
 def test_export_says_what_it_replaced_and_names_outputs(run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = run
     target = tmp_path / "m.onnx"
-    first = CliRunner().invoke(main, ["export", str(out), "--out", str(target)])
-    second = CliRunner().invoke(main, ["export", str(out), "--out", str(target)])
+    first = CliRunner().invoke(main, ["export", "--strategy", "native", str(out), "--out", str(target)])
+    second = CliRunner().invoke(main, ["export", "--strategy", "native", str(out), "--out", str(target)])
     assert "wrote " + str(target) in first.output and "replaced " + str(target) in second.output
-    r = CliRunner().invoke(main, ["export", str(out), "--output-name", "z", "--out", str(target)])
+    r = CliRunner().invoke(
+        main, ["export", "--strategy", "native", str(out), "--output-name", "z", "--out", str(target)]
+    )
     assert r.exit_code == ConfigError.exit_code and "--output-name goes with --module" in r.output

@@ -136,7 +136,9 @@ def test_cli_export_golden_step_streams_whole_sequences(ckpt: Path, tmp_path: Pa
     assert [" ".join(row[:4]) for row in rows] == ["B=1 T=52 streamed K=4", "B=3 T=52 streamed K=4"]
     assert all(row[-1] == "ok" and 0 < float(row[-3]) < 1e-5 for row in rows)
     # the same whole sequences check the native export of the same weights
-    r = _invoke("export", str(ckpt), "--out", str(tmp_path / "n.onnx"))  # with lengths: filled in by the runtime
+    r = _invoke(
+        "export", str(ckpt), "--strategy", "native", "--out", str(tmp_path / "n.onnx")
+    )  # with lengths: filled in by the runtime
     assert r.exit_code == 0, r.output
     r = _invoke("verify", str(tmp_path / "n.onnx"), "--golden", str(tmp_path / "s.golden.npz"))
     assert r.exit_code == 0 and "recorded from the step export" in r.output, r.output
@@ -179,13 +181,13 @@ def test_golden_path_is_given_or_refused(tmp_path: Path) -> None:
 
     model = build_model(ModelConfig(cell="gru", input_size=2, hidden_size=4))
     out = tmp_path / "g" / "record.npz"
-    result = export_model(model, tmp_path / "z.onnx", golden=out)
+    result = export_model(model, tmp_path / "z.onnx", golden=out, strategy="native")
     assert result.golden.path == out and out.is_file() and not (tmp_path / "z.golden.npz").exists()
     assert verify_golden(tmp_path / "z.onnx", out).passed
     with pytest.raises(ConfigError, match="checked model"):
-        export_model(model, tmp_path / "y.onnx", verify=False, golden=True)
+        export_model(model, tmp_path / "y.onnx", verify=False, golden=True, strategy="native")
     with pytest.raises(ConfigError, match="path"):
-        export_model(model, None, golden=True)
+        export_model(model, None, golden=True, strategy="native")
     assert not (tmp_path / "y.onnx").exists()
 
 
@@ -206,7 +208,7 @@ def test_golden_from_other_weights_fails_before_any_number(native: dict[str, Any
     model = checkpoint.load(ckpt).model()
     with torch.no_grad():
         next(model.parameters()).add_(0.01)  # the same architecture, other weights
-    export_model(model, tmp_path / "other.onnx")
+    export_model(model, tmp_path / "other.onnx", strategy="native")
     r = _invoke("verify", str(tmp_path / "other.onnx"), "--golden", str(native["golden"]))
     assert r.exit_code == 5, r.output
     assert "golden file made from other weights than this model (weights_sha256" in r.output

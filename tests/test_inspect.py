@@ -21,7 +21,7 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 
 def test_inspect_human_and_json(tmp_path: Path) -> None:
-    export_model(_model(), tmp_path / "m.onnx")
+    export_model(_model(), tmp_path / "m.onnx", strategy="native")
     runner = CliRunner()
     r = runner.invoke(main, ["inspect", str(tmp_path / "m.onnx")])
     assert r.exit_code == 0, r.output
@@ -54,17 +54,17 @@ def test_inspect_foreign_and_broken_files(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_same_checkpoint_same_bytes_and_hash_tracks_weights(tmp_path: Path) -> None:
-    a = export_model(_model(0), tmp_path / "a.onnx")
-    b = export_model(_model(0), tmp_path / "b.onnx")
+    a = export_model(_model(0), tmp_path / "a.onnx", strategy="native")
+    b = export_model(_model(0), tmp_path / "b.onnx", strategy="native")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert a.manifest.weights_sha256 == b.manifest.weights_sha256
     changed = _model(0)
     with torch.no_grad():
         changed.head.bias[0] += 1e-3
-    c = export_model(changed, None)
+    c = export_model(changed, None, strategy="native")
     assert c.manifest.weights_sha256 != a.manifest.weights_sha256
     # options that do not touch the weights leave the hash alone
-    d = export_model(_model(0), None, opset=20)
+    d = export_model(_model(0), None, opset=20, strategy="native")
     assert d.manifest.weights_sha256 == a.manifest.weights_sha256
 
 

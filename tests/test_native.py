@@ -27,7 +27,7 @@ def test_native_parity(cell: str, layers: int, bidirectional: bool, tmp_path: Pa
             cell=cell, input_size=3, hidden_size=8, num_layers=layers, bidirectional=bidirectional, output_size=2
         )
     )
-    result = export_model(model, tmp_path / "m.onnx")
+    result = export_model(model, tmp_path / "m.onnx", strategy="native")
     report = result.report
     assert report is not None and report.passed, report.table()
     # torch vs onnxruntime and torch vs the numpy oracle, at every default case, including a padded batch
@@ -42,7 +42,7 @@ def test_bidirectional_gru_traced_once_matches_at_other_shapes(tmp_path: Path) -
     """The issue's acceptance case: 2-layer bidirectional GRU, compared here independently of the export check."""
     torch.manual_seed(7)
     model = build_model(ModelConfig(cell="gru", input_size=4, hidden_size=16, num_layers=2, bidirectional=True)).eval()
-    export_model(model, tmp_path / "gru.onnx")
+    export_model(model, tmp_path / "gru.onnx", strategy="native")
     m = Model(tmp_path / "gru.onnx")
     rng = np.random.default_rng(0)
     for batch, length in [(1, 1), (3, 17), (2, 257)]:
@@ -54,7 +54,7 @@ def test_bidirectional_gru_traced_once_matches_at_other_shapes(tmp_path: Path) -
 
 def test_manifest_contents(tmp_path: Path) -> None:
     model = build_model(ModelConfig(cell="lstm", input_size=2, hidden_size=5, num_layers=2))
-    export_model(model, tmp_path / "m.onnx")
+    export_model(model, tmp_path / "m.onnx", strategy="native")
     proto = onnx.load(str(tmp_path / "m.onnx"))
     man = read_manifest({p.key: p.value for p in proto.metadata_props})
     assert (man.strategy, man.cell, man.num_layers, man.hidden_size, man.bidirectional) == (
@@ -90,7 +90,7 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr("edgernn.export.core.onnx_weights", swapped)
     model = build_model(ModelConfig(cell="lstm", input_size=2, hidden_size=5))
     with pytest.raises(ParityError, match="Nothing was written") as err:
-        export_model(model, target)
+        export_model(model, target, strategy="native")
     assert err.value.report is not None and not err.value.report.passed
     assert target.read_bytes() == b"previous model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temp file left behind
@@ -98,13 +98,13 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_no_verify_records_that_it_was_skipped(tmp_path: Path) -> None:
     model = build_model(ModelConfig(cell="gru", input_size=2, hidden_size=4))
-    result = export_model(model, tmp_path / "m.onnx", verify=False)
+    result = export_model(model, tmp_path / "m.onnx", verify=False, strategy="native")
     assert result.report is None
     assert result.manifest.parity["passed"] is None and "no-verify" in result.manifest.parity["skipped"]
 
 
 def test_custom_cases(tmp_path: Path) -> None:
     model = build_model(ModelConfig(cell="rnn-relu", input_size=2, hidden_size=4))
-    result = export_model(model, None, cases=[Case(5, 3), Case(2, 2, padded=True)])
+    result = export_model(model, None, cases=[Case(5, 3), Case(2, 2, padded=True)], strategy="native")
     assert result.path is None and result.report is not None
     assert {c.case for c in result.report.comparisons} == {"B=5 T=3", "B=2 T=2 padded"}

@@ -217,7 +217,7 @@ def test_minimum_length_given_and_cases_given() -> None:
     msg = str(err.value)
     assert "parity case B=1 T=2" in msg and "Kernel size" in msg and "--parity-shape" in msg and "--min-len" in msg
     with pytest.raises(ConfigError, match="unknown input"):
-        export(net, (torch.zeros(2, 8, 3),), None, cases=[{"y": (1, 4, 3)}])
+        export(net, (torch.zeros(2, 8, 3),), None, cases=[{"y": (1, 4, 3)}], strategy="native")
 
 
 def test_length_multiple_of_a_block(tmp_path: Path) -> None:
@@ -394,7 +394,7 @@ def test_packing_without_a_lengths_input_to_find_is_refused() -> None:
 
     example = (torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3]), torch.tensor([1, 1]))
     with pytest.raises(ExportError, match="lengths_input="):
-        export(TwoInts().eval(), example, None, input_names=["tokens", "lengths", "other"])
+        export(TwoInts().eval(), example, None, input_names=["tokens", "lengths", "other"], strategy="native")
 
 
 # --------------------------------------------------------------------------- 7. several time axes
@@ -492,7 +492,18 @@ def conv_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_cli_min_len_and_parity_shape(conv_package: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
-    base = ["export", "--module", "convpkg.nets:make", "--input", "x:2x8x3", "--out", str(out), "--json"]
+    base = [
+        "export",
+        "--strategy",
+        "native",
+        "--module",
+        "convpkg.nets:make",
+        "--input",
+        "x:2x8x3",
+        "--out",
+        str(out),
+        "--json",
+    ]
     r = CliRunner().invoke(main, [*base, "--min-len", "6"])
     assert r.exit_code == 0, r.output
     assert "B=1 T=6" in r.output
@@ -507,7 +518,7 @@ def test_cli_min_len_and_parity_shape(conv_package: Path, tmp_path: Path) -> Non
     assert not out.exists()
     r = CliRunner().invoke(main, [*base, "--parity-shape", "x:1x2"])
     assert r.exit_code == ConfigError.exit_code and "2 dims given, the input has 3" in r.output
-    r = CliRunner().invoke(main, ["export", "ckpt", "--out", str(out), "--min-len", "3"])
+    r = CliRunner().invoke(main, ["export", "--strategy", "native", "ckpt", "--out", str(out), "--min-len", "3"])
     assert r.exit_code == ConfigError.exit_code and "go with --module" in r.output
 
 

@@ -31,7 +31,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = _train(d / "run", "--cell", "gru", "--layers", "2", "--seed", "0")
     out = {"run": run, "other": _train(d / "other", "--cell", "gru", "--layers", "2", "--seed", "3")}
     out["arch"] = _train(d / "arch", "--cell", "lstm", "--layers", "1", "--seed", "0")
-    for name, args in {"native": [], "loop": ["--strategy", "loop"], "step": ["--strategy", "step"]}.items():
+    for name, args in {
+        "native": ["--strategy", "native"],
+        "loop": ["--strategy", "loop"],
+        "step": ["--strategy", "step"],
+    }.items():
         path = d / f"{name}.onnx"
         r = _cli("export", run, "--out", path, *args)
         assert r.exit_code == 0, r.output

@@ -142,7 +142,9 @@ def test_an_fp16_model_outside_the_fp16_tolerance_is_refused(tmp_path: Path, mon
 
 
 def test_int8_needs_a_judge(tmp_path: Path) -> None:
-    bare = export_model(build_model(ModelConfig(cell="gru", input_size=1, hidden_size=4)), tmp_path / "m.onnx")
+    bare = export_model(
+        build_model(ModelConfig(cell="gru", input_size=1, hidden_size=4)), tmp_path / "m.onnx", strategy="native"
+    )
     r = CliRunner().invoke(main, ["quantize", str(bare.path), "--to", "int8", "--out", str(tmp_path / "q.onnx")])
     assert r.exit_code == ConfigError.exit_code and "judged by the task" in r.output
     r = CliRunner().invoke(main, ["quantize", str(bare.path), "--to", "int8", "--out", str(bare.path)])

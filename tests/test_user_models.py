@@ -96,7 +96,7 @@ def test_projection_lstm(strategy: str, tmp_path: Path) -> None:
 
 def test_module_without_recurrent_layers() -> None:
     with pytest.raises(ExportError, match=r"no torch\.nn\.RNN/LSTM/GRU"):
-        export(nn.Linear(3, 2), (torch.zeros(2, 3),), None)
+        export(nn.Linear(3, 2), (torch.zeros(2, 3),), None, strategy="native")
 
 
 @pytest.fixture
@@ -144,6 +144,8 @@ def test_cli_module_export_with_safe_weights(user_package: Path, tmp_path: Path)
         main,
         [
             "export",
+            "--strategy",
+            "native",
             "--module",
             "userpkg.nets:make",
             "--weights",
@@ -159,21 +161,29 @@ def test_cli_module_export_with_safe_weights(user_package: Path, tmp_path: Path)
     with torch.no_grad():
         want = trained.eval()(torch.from_numpy(tokens)).numpy()
     np.testing.assert_allclose(Model(out).run_feed({"tokens": tokens})["y"], want, atol=1e-5)
-    r = CliRunner().invoke(main, ["export", "--module", "userpkg.nets:make_with_example", "--out", str(out)])
+    r = CliRunner().invoke(
+        main, ["export", "--strategy", "native", "--module", "userpkg.nets:make_with_example", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
 
 
 def test_cli_module_errors(user_package: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(main, ["export", "--module", "userpkg.nets:make", "--out", str(tmp_path / "m.onnx")])
+    r = runner.invoke(
+        main, ["export", "--strategy", "native", "--module", "userpkg.nets:make", "--out", str(tmp_path / "m.onnx")]
+    )
     assert r.exit_code == ConfigError.exit_code and "--input" in r.output
-    r = runner.invoke(main, ["export", "--module", "userpkg.nope:make", "--out", str(tmp_path / "m.onnx")])
+    r = runner.invoke(
+        main, ["export", "--strategy", "native", "--module", "userpkg.nope:make", "--out", str(tmp_path / "m.onnx")]
+    )
     assert r.exit_code == ConfigError.exit_code and "PYTHONPATH" in r.output
     (tmp_path / "bad.pt").write_bytes(b"junk")
     r = runner.invoke(
         main,
         [
             "export",
+            "--strategy",
+            "native",
             "--module",
             "userpkg.nets:make",
             "--weights",
@@ -185,6 +195,6 @@ def test_cli_module_errors(user_package: Path, tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == CheckpointError.exit_code
-    r = runner.invoke(main, ["export", "--out", str(tmp_path / "m.onnx")])
+    r = runner.invoke(main, ["export", "--strategy", "native", "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and "either CKPT or --module" in r.output
     assert not (tmp_path / "m.onnx").exists()

@@ -125,10 +125,10 @@ def train(**o: Any) -> None:
 @click.option(
     "--strategy",
     type=click.Choice(_export_strategy_choices()),
-    default="native",
-    show_default=True,
+    default=None,
     help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming; auto: the "
-    "fastest of those that export the model correctly, timed here (recorded in the manifest).",
+    "fastest of those that export the model correctly, timed here (recorded in the manifest). Default: auto for "
+    "--target ort (native with --no-verify), native for other targets, step with --chunk or --fused.",
 )
 @click.option(
     "--profile-shape",
@@ -279,6 +279,8 @@ def export(
         times = ", ".join(f"{n} {us:g} us" for n, us in sorted(m.selection["median_us"].items(), key=lambda kv: kv[1]))
         b, t = m.selection["profile_shape"]
         click.echo(f"strategy auto chose {m.strategy}: {times} per call at batch {b} x time {t}")
+        if m.selection.get("why", "").startswith(f"{m.strategy} is within"):
+            click.echo(f"  ({m.selection['why']})")
     click.echo(f"{'replaced' if replacing else 'wrote'} {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")

@@ -56,7 +56,7 @@ def export_model(
     model: RecurrentModel,
     path: str | os.PathLike[str] | None = None,
     *,
-    strategy: str = "native",
+    strategy: str | None = None,
     lengths: bool | None = None,
     opset: int | None = None,
     verify: bool = True,
@@ -67,6 +67,8 @@ def export_model(
 ) -> ExportResult:
     """Export a zoo model; inputs ``x`` (batch, time, features) and, when ``lengths``, ``lengths`` (batch,).
 
+    ``strategy`` defaults to ``auto`` for onnxruntime (target ``ort``, verified): the fastest correct of native,
+    loop (and unroll with ``seq_len``), timed here; ``native`` for other targets (``edgernn.export.auto``).
     ``lengths`` defaults to whether the strategy accepts it (for ``native``, and a target that ignores ONNX's
     sequence_lens, it does not). ``target`` (default ``ort``) and ``batch`` choose the runtime the graph is made
     for (see ``edgernn.export.targets``). Parity is checked against torch and the numpy oracle. ``golden`` (True
@@ -77,6 +79,10 @@ def export_model(
     from ..verify import reference
     from .core import export_module
 
+    if strategy is None:  # auto for onnxruntime, native elsewhere
+        from .auto import default_strategy
+
+        strategy = default_strategy(options.get("target"), verify, options)
     if lengths is None and strategy == "auto":  # every candidate (native, loop, unroll) takes lengths
         lengths = True
     elif lengths is None:  # what the strategy takes, where the target can honour it
@@ -117,7 +123,7 @@ def export(
     example_inputs: Sequence[Tensor],
     path: str | os.PathLike[str] | None = None,
     *,
-    strategy: str = "native",
+    strategy: str | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
@@ -131,7 +137,8 @@ def export(
     **options: Any,
 ) -> ExportResult:
     """Export a user's module. Its torch recurrent layers (and subclasses of them) are swapped for edgernn's
-    (same weights) in a copy; the module itself is left untouched and is the parity reference.
+    (same weights) in a copy; the module itself is left untouched and is the parity reference. ``strategy``
+    defaults as in ``export_model`` (auto for onnxruntime, native for other targets).
 
     ``dynamic_axes`` maps input names to ``{axis: name}``: "batch", "time", or a name of its own for another
     length (a decoder's). By default axis 0 of every input is the batch and axis 1 (if any) a time axis: "time"

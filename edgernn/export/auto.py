@@ -3,10 +3,18 @@
 Every whole-sequence strategy the target takes is exported and checked for parity as usual (a strategy that
 refuses the model, or fails parity, drops out with its reason); the survivors are timed in this process on the
 chosen provider at the profile shape (batch x time; default 1 x 100), in interleaved rounds so that a busy
-machine slows each alike; the fastest is exported again to the path asked for, with the measurements in its
-manifest (``selection``: the shape, provider, median microseconds per call of each, why the others dropped out,
+machine slows each alike; the chosen one (below) is written to the path asked for, with the measurements in
+its manifest (``selection``: the shape, provider, median microseconds per call of each, why the others dropped out,
 the winner). ``unroll`` takes part when a ``seq_len`` is given (the caller accepts a fixed length then), and
 times at that length; ``step`` serves streams and is not a candidate.
+
+The choice is made to be reproducible: the strategies are ranked native, loop, unroll (the simpler and more
+widely run graph first), and the first one within ``MARGIN`` of the fastest median wins. Two forms that are
+equally fast on the machine then give the same file on every run; only a form clearly faster (Elman RNNs'
+``loop`` on onnxruntime CPU: 1.5-3x) displaces the simpler one.
+
+It is the default strategy for onnxruntime (target ``ort``) when the export is verified; ``native`` is the
+default for other targets, ``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,29 @@ AUTO = "auto"
 DEFAULT_PROFILE: tuple[int, int] = (1, 100)
 ROUNDS = 5  # interleaved rounds; each times every candidate
 CALLS = 5  # calls per candidate per round (after one warm-up call)
+MARGIN = 1.10  # a later-ranked strategy must be more than this much faster than an earlier one to be chosen
+RANKING = ("native", "loop", "unroll")
+STEP_OPTIONS = ("chunk", "fused")  # options that name the streaming strategy
+
+
+def default_strategy(target: str | None, verify: bool, options: dict[str, Any] | None = None) -> str:
+    """The strategy an export uses when none is named: ``step`` when an option only it takes (``chunk``,
+    ``fused``) is given; else ``auto`` for onnxruntime (target ``ort``) with the parity check on (auto keeps only
+    correct forms, so it needs it); ``native`` for other targets (auto times on onnxruntime's CPU provider, not on
+    the target's runtime) and unverified exports."""
+    given = {k for k, v in (options or {}).items() if v is not None and v is not False}
+    if given & set(STEP_OPTIONS):
+        return "step"
+    if (target or "ort") == "ort" and verify:
+        return AUTO
+    return "native"
+
+
+def choose(timings: dict[str, float], margin: float = MARGIN) -> str:
+    """The first strategy in ``RANKING`` whose median is within ``margin`` of the fastest one's."""
+    fastest = min(timings.values())
+    ranked = sorted(timings, key=lambda n: RANKING.index(n) if n in RANKING else len(RANKING))
+    return next(n for n in ranked if timings[n] <= fastest * margin)
 
 
 def parse_profile_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -53,15 +84,15 @@ def export_auto(
     export_one: Callable[..., Any],
     *,
     target: str,
-    path: Any,
     verify: bool,
     profile_shape: tuple[int, int] | None,
     options: dict[str, Any],
     manifest_extra: dict[str, Any] | None,
     rounds: int = ROUNDS,
-) -> Any:
-    """Export with each candidate (``export_one(strategy, path=None, **options)``), time the correct ones,
-    export the fastest to ``path`` with the measurements in its manifest (see the module docstring)."""
+) -> tuple[Any, dict[str, Any]]:
+    """Export with each candidate (``export_one(strategy, manifest_extra=..., **options)``, nothing written),
+    time the correct ones and return the chosen one's result (not yet written) with the ``selection`` record for
+    its manifest (see the module docstring)."""
     if not verify:
         raise ConfigError("strategy auto keeps the fastest *correct* strategy: it cannot skip the parity check")
     options = {k: v for k, v in options.items() if v is not None}  # None: not given
@@ -79,15 +110,18 @@ def export_auto(
         )
     results: dict[str, Any] = {}
     refused: dict[str, str] = {}
+    errors: list[EdgeRNNError] = []
     for name in names:
         opts = {"seq_len": options["seq_len"]} if name == "unroll" else {}
         try:
-            results[name] = export_one(name, path=None, manifest_extra=manifest_extra, **opts)
+            results[name] = export_one(name, manifest_extra=manifest_extra, **opts)
+        except ConfigError:  # the caller's mistake, the same for every strategy
+            raise
         except EdgeRNNError as e:
             refused[name] = str(e).splitlines()[0][:300]
+            errors.append(e)
     if not results:
-        why = "; ".join(f"{n}: {r}" for n, r in refused.items())
-        raise ExportError(f"strategy auto: no strategy exports this model correctly for target {target!r}: {why}")
+        raise _every_one_refused(errors, refused, target)
     timings = time_models(
         {n: r.model_bytes for n, r in results.items()},
         batch=batch,
@@ -95,7 +129,14 @@ def export_auto(
         seq_len=options.get("seq_len"),
         rounds=rounds,
     )
-    best = min(timings, key=lambda n: timings[n])
+    best = choose(timings)
+    fastest = min(timings, key=lambda n: timings[n])
+    why = f"fastest of the correct strategies at batch {batch} x time {steps} on cpu"
+    if fastest != best:
+        why = (
+            f"{best} is within {round((MARGIN - 1) * 100)}% of the fastest ({fastest}) at batch {batch} x time "
+            f"{steps} on cpu, and ranks before it (native, loop, unroll: the simpler graph first)"
+        )
     selection = {
         "chosen": best,
         "profile_shape": [batch, steps],
@@ -103,11 +144,23 @@ def export_auto(
         "threads": 1,
         "median_us": {n: round(t * 1e6, 1) for n, t in timings.items()},
         "refused": refused,
-        "why": f"fastest of the correct strategies at batch {batch} x time {steps} on cpu",
+        "why": why,
     }
-    opts = {"seq_len": options["seq_len"]} if best == "unroll" else {}
-    extra = {**(manifest_extra or {}), "selection": selection}
-    return export_one(best, path=path, manifest_extra=extra, **opts)
+    return results[best], selection
+
+
+def _every_one_refused(errors: list[EdgeRNNError], refused: dict[str, str], target: str) -> EdgeRNNError:
+    """The error to raise when no candidate exported: the first one's as it is when every candidate refused alike
+    (a bad opset: one message, one fix), else of its kind (exit code) when all share one, naming each reason."""
+    first = errors[0]
+    if len(set(refused.values())) == 1:
+        return first
+    why = "; ".join(f"{n}: {r}" for n, r in refused.items())
+    message = f"strategy auto: no strategy exports this model correctly for target {target!r}: {why}"
+    if all(type(e) is type(first) for e in errors):
+        first.args = (message, *first.args[1:])
+        return first
+    return ExportError(message)
 
 
 def time_models(

@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class ExportResult:
     package: Any = None  # the ORT Mobile package (edgernn.optimize.ort_format.Package) when one was asked for
     precision: Any = None  # the int8/fp16 version written instead (edgernn.optimize.quantize.QuantizeResult)
     golden: Any = None  # the golden file written beside the model (edgernn.verify.golden.Golden), when asked for
+    # write_to(path, ort_format=False, golden=None, **manifest_fields): this checked export written (again) to
+    # path with those manifest fields set, without exporting or checking it again
+    write_to: Any = field(default=None, repr=False, compare=False)
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -179,7 +182,7 @@ def export_module(
     inputs: Sequence[TensorSpec],
     output_names: Sequence[str],
     *,
-    strategy: str = "native",
+    strategy: str | None = None,
     target: str = "ort",
     batch: int | None = None,
     path: str | os.PathLike[str] | None = None,
@@ -218,13 +221,19 @@ def export_module(
     was written, the parity cases' inputs and ``module``'s outputs on them for ``edgernn verify`` on the device
     (``edgernn.verify.golden``); it needs ``path`` and ``verify``.
     """
-    if strategy == "auto":  # each candidate exported and checked, the fastest correct one written
+    if strategy is None:  # auto for onnxruntime, native elsewhere (edgernn.export.auto.default_strategy)
+        from .auto import default_strategy
+
+        strategy = default_strategy(target, verify, options)
+    if strategy == "auto":  # each candidate exported and checked, the chosen one written
         from .auto import export_auto, parse_profile_shape
 
         profile = parse_profile_shape(options.pop("profile_shape", None))
-        _golden_target(golden, path, verify)
+        golden_at = _golden_target(golden, path, verify)
+        if ort_format and path is None:
+            raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
 
-        def one(name: str, *, path: Any, manifest_extra: dict[str, Any] | None, **opts: Any) -> ExportResult:
+        def one(name: str, *, manifest_extra: dict[str, Any] | None, **opts: Any) -> ExportResult:
             return export_module(
                 module,
                 example_inputs,
@@ -233,8 +242,7 @@ def export_module(
                 strategy=name,
                 target=target,
                 batch=batch,
-                path=path,
-                ort_format=ort_format and path is not None,
+                path=None,
                 opset=opset,
                 verify=verify,
                 cases=cases,
@@ -242,19 +250,18 @@ def export_module(
                 oracle=oracle,
                 int_high=int_high,
                 manifest_extra=manifest_extra,
-                golden=golden if path is not None else None,
                 **opts,
             )
 
-        return export_auto(
+        chosen, selection = export_auto(
             one,
             target=target,
-            path=path,
             verify=verify,
             profile_shape=profile,
             options=options,
             manifest_extra=manifest_extra,
         )
+        return chosen.write_to(path, ort_format=ort_format, golden=golden_at, selection=selection)
     if options.pop("profile_shape", None) is not None:
         raise ConfigError("profile_shape (--profile-shape) goes with strategy auto")
     golden_out = _golden_target(golden, path, verify)
@@ -450,27 +457,42 @@ def export_module(
     else:
         manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
     manifest = replace(manifest, target_check=structure.to_dict())
-    write_manifest(proto, manifest)
-    data = proto.SerializeToString(deterministic=True)
-    out = None
-    pkg = None
-    if ort_format and path is None:
-        raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
-    if path is not None:
-        out = Path(path)
-        if ort_format:  # checked before anything is written, the .onnx last
-            from ..optimize.ort_format import package_bytes
 
-            pkg = package_bytes(data, out.stem, out.parent)
-        write_atomic(out, data)
-    written = None
-    if golden_out is not None and report is not None:
-        from ..verify.golden import write_golden
+    def write_to(
+        dest: str | os.PathLike[str] | None,
+        *,
+        ort_format: bool = False,
+        golden: Path | None = None,
+        **manifest_fields: Any,
+    ) -> ExportResult:
+        """This checked export, its manifest with ``manifest_fields`` set, written to ``dest`` (with the
+        onnxruntime Mobile package and the golden file where asked; None: kept in memory)."""
+        final = replace(manifest, **manifest_fields)
+        write_manifest(proto, final)
+        data = proto.SerializeToString(deterministic=True)
+        out = None
+        pkg = None
+        if ort_format and dest is None:
+            raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
+        if dest is not None:
+            out = Path(dest)
+            if ort_format:  # checked before anything is written, the .onnx last
+                from ..optimize.ort_format import package_bytes
 
-        written = write_golden(
-            golden_out, original, manifest, run_cases, specs=list(inputs), output_names=output_names, int_high=int_high
-        )
-    return ExportResult(out, manifest, report, data, pkg, golden=written)
+                pkg = package_bytes(data, out.stem, out.parent)
+            write_atomic(out, data)
+        written = None
+        if golden is not None and report is not None:
+            from ..verify.golden import write_golden
+
+            written = write_golden(
+                golden, original, final, run_cases, specs=list(inputs), output_names=output_names, int_high=int_high
+            )
+        result = ExportResult(out, final, report, data, pkg, golden=written)
+        result.write_to = write_to
+        return result
+
+    return write_to(path, ort_format=ort_format, golden=golden_out)
 
 
 def _golden_target(

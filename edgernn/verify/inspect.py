@@ -153,6 +153,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"strategy chosen by auto: {sel['chosen']} ({times} per call at batch {b} x time {t}, {sel['provider']})"
         )
+        if sel.get("why", "").startswith(f"{sel['chosen']} is within"):  # not the fastest: the ranking chose it
+            lines.append(f"  {sel['why']}")
         for name, why in (sel.get("refused") or {}).items():
             lines.append(f"  {name} dropped out: {why}")
     prec = (man or {}).get("precision") or {}
