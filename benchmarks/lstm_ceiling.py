@@ -1,0 +1,211 @@
+"""How fast can onnxruntime run a 2-layer LSTM at batch 8 x 200 steps x hidden 256? The ceiling behind the
+"auto at least 1.2x torch eager" target for the large LSTM.
+
+    python benchmarks/lstm_ceiling.py [--rounds 15] [--json out.json]
+
+An LSTM's work is its matrix products and its gates. Whatever ONNX graph carries the recurrence, onnxruntime
+runs those products with its own GEMM kernel and the gates with its own elementwise kernels; this times each
+part alone, on one onnxruntime CPU thread, at the sizes the model needs:
+
+- per layer, the input projection of every step at once: (B*T x I) @ W^T (a constant, which onnxruntime packs);
+- per layer and step, the recurrent product (B x H) @ R^T (H x 4H): one call of a one-`MatMul` session, less
+  the cost of an empty call (an `Identity`), times T steps;
+- per layer, the gates of every step at once ([B*T, 4H] pre-activations: one `Sigmoid` over i|o|f, `Tanh` of
+  g and of c, the products and the sum): fewer, larger calls than a step-by-step cell makes, so a lower bound.
+
+Their sum is a lower bound for *any* graph on onnxruntime (no loop, no copies, no per-step call). It is timed
+side by side with onnxruntime's fused `LSTM` op (edgernn's `native` export, what `auto` picks here) and torch
+eager, in interleaved rounds; the ratios say how far the fused op is from the bound and whether 1.2x torch eager
+lies below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+B, T, H, LAYERS, FEATURES = 8, 200, 256, 2, 64
+
+
+def session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _vi(name: str, shape: list[int]) -> Any:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def product(m: int, k: int, n: int) -> onnx.ModelProto:
+    """(m x k) @ W (k x n), W a constant initializer."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) / k, "w")
+    return _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [m, k])], [_vi("y", [m, n])], [w])
+
+
+def empty(m: int, k: int) -> onnx.ModelProto:
+    return _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", [m, k])], [_vi("y", [m, k])], [])
+
+
+def gates(rows: int, h: int) -> onnx.ModelProto:
+    """An LSTM's elementwise work on ``rows`` pre-activations [rows, 4H] (i|o|f|g) and previous cells [rows, H]."""
+    split = numpy_helper.from_array(np.array([3 * h, h], np.int64), "split")
+    split3 = numpy_helper.from_array(np.array([h, h, h], np.int64), "split3")
+    nodes = [
+        helper.make_node("Split", ["z", "split"], ["iof_pre", "g_pre"], axis=1),
+        helper.make_node("Sigmoid", ["iof_pre"], ["iof"]),
+        helper.make_node("Split", ["iof", "split3"], ["i", "o", "f"], axis=1),
+        helper.make_node("Tanh", ["g_pre"], ["g"]),
+        helper.make_node("Mul", ["f", "c0"], ["fc"]),
+        helper.make_node("Mul", ["i", "g"], ["ig"]),
+        helper.make_node("Add", ["fc", "ig"], ["c"]),
+        helper.make_node("Tanh", ["c"], ["tc"]),
+        helper.make_node("Mul", ["o", "tc"], ["h"]),
+    ]
+    return _model(
+        nodes,
+        [_vi("z", [rows, 4 * h]), _vi("c0", [rows, h])],
+        [_vi("h", [rows, h]), _vi("c", [rows, h])],
+        [split, split3],
+    )
+
+
+def timed(runs: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call of each, round by round (first contender rotating), each sample the mean of enough calls
+    to last ``sample_s``."""
+    calls = {}
+    for name, fn in runs.items():
+        for _ in range(3):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        calls[name] = max(1, int(sample_s / max(time.perf_counter() - t0, 1e-7)))
+    names = list(runs)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, k = runs[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            out[name].append((time.perf_counter() - t0) / k)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args()
+
+    import torch
+    from torch import nn
+
+    from edgernn.export import export
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    lstm = nn.LSTM(FEATURES, H, num_layers=LAYERS, batch_first=True).eval()
+
+    class OutputOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = lstm
+
+        def forward(self, x: Any) -> Any:
+            return self.rnn(x)[0]
+
+    x = torch.randn(B, T, FEATURES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        native = export(OutputOnly().eval(), (x,), None, strategy="native")
+    rng = np.random.default_rng(1)
+    s_native = session(native.model_bytes)
+    feed_native = {"x": x.numpy()}
+    runs: dict[str, Callable[[], Any]] = {}
+
+    def torch_eager() -> None:
+        with torch.inference_mode():
+            lstm(x)
+
+    runs["torch eager"] = torch_eager
+    runs["onnxruntime LSTM op (native)"] = lambda: s_native.run(None, feed_native)
+    parts: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray], int]] = {}
+    for layer in range(LAYERS):
+        k = FEATURES if layer == 0 else H
+        parts[f"input projection L{layer}"] = (
+            session(product(B * T, k, 4 * H)),
+            {"x": rng.standard_normal((B * T, k)).astype(np.float32)},
+            1,
+        )
+    parts["recurrent product (one step)"] = (
+        session(product(B, H, 4 * H)),
+        {"x": rng.standard_normal((B, H)).astype(np.float32)},
+        T * LAYERS,
+    )
+    parts["empty call"] = (session(empty(B, H)), {"x": rng.standard_normal((B, H)).astype(np.float32)}, 0)
+    parts["gates (all steps at once)"] = (
+        session(gates(B * T, H)),
+        {
+            "z": rng.standard_normal((B * T, 4 * H)).astype(np.float32),
+            "c0": rng.standard_normal((B * T, H)).astype(np.float32),
+        },
+        LAYERS,
+    )
+    for name, (s, feed, _) in parts.items():
+        runs[name] = lambda s=s, feed=feed: s.run(None, feed)
+    samples = timed(runs, args.rounds)
+    med = {n: statistics.median(v) for n, v in samples.items()}
+    empty_s = med["empty call"]
+    bound_parts = {
+        "input projections": sum(med[f"input projection L{i}"] - empty_s for i in range(LAYERS)),
+        "recurrent products": (med["recurrent product (one step)"] - empty_s) * T * LAYERS,
+        "gates": (med["gates (all steps at once)"] - empty_s) * LAYERS,
+    }
+    bound = sum(bound_parts.values())
+    flops = sum(2 * T * B * 4 * H * ((FEATURES if i == 0 else H) + H) for i in range(LAYERS))
+    te, op = med["torch eager"], med["onnxruntime LSTM op (native)"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, onnxruntime {ort.__version__}, torch "
+        f"{torch.__version__}, 1 thread",
+        "shape": {"batch": B, "time": T, "hidden": H, "layers": LAYERS, "input": FEATURES},
+        "median_us": {n: round(v * 1e6, 1) for n, v in med.items()},
+        "bound_us": {n: round(v * 1e6, 1) for n, v in bound_parts.items()},
+        "bound_total_us": round(bound * 1e6, 1),
+        "ratios": {
+            "LSTM op / bound": round(op / bound, 3),
+            "torch eager / LSTM op": round(te / op, 3),
+            "torch eager / bound (the most any onnxruntime graph can give)": round(te / bound, 3),
+        },
+        "gflops": {"LSTM op": round(flops / op / 1e9, 1), "torch eager": round(flops / te / 1e9, 1)},
+        "target_us (torch eager / 1.2)": round(te / 1.2 * 1e6, 1),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
