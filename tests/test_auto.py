@@ -141,3 +141,28 @@ def test_when_every_candidate_refuses_each_reason_is_named() -> None:
     assert type(e.value) is ExportError and "no strategy exports this model correctly" in str(e.value)
     assert "native: strategy 'native' supports opset 15-25; got 99" in str(e.value)
     assert "loop: strategy 'loop' supports opset 15-25; got 99" in str(e.value)
+
+
+class _Late(nn.Module):
+    """Reads step 120 of its output: it takes sequences of 121 steps or more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 8, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0][:, 120]
+
+
+def test_the_profile_shape_is_one_the_model_takes() -> None:
+    """The default profile length rises to min_len; a profile shape the model does not take is an export error
+    that says what to give, not onnxruntime's traceback."""
+    from edgernn.errors import ExportError
+
+    torch.manual_seed(0)
+    late = _Late().eval()
+    result = export(late, (torch.zeros(2, 130, 3),), None, min_len=130)
+    assert result.manifest.selection["profile_shape"] == [1, 130] and result.report.passed
+    with pytest.raises(ExportError, match=r"no candidate runs at the profile shape batch 1 x time 50") as e:
+        export(late, (torch.zeros(2, 130, 3),), None, min_len=130, profile_shape="1x50")
+    assert "native: does not run at batch 1 x time 50" in str(e.value) and "give --profile-shape" in str(e.value)

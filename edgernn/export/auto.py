@@ -89,10 +89,12 @@ def export_auto(
     options: dict[str, Any],
     manifest_extra: dict[str, Any] | None,
     rounds: int = ROUNDS,
+    min_len: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Export with each candidate (``export_one(strategy, manifest_extra=..., **options)``, nothing written),
     time the correct ones and return the chosen one's result (not yet written) with the ``selection`` record for
-    its manifest (see the module docstring)."""
+    its manifest (see the module docstring). ``min_len`` lifts the default profile length to the shortest the model
+    takes."""
     if not verify:
         raise ConfigError("strategy auto keeps the fastest *correct* strategy: it cannot skip the parity check")
     options = {k: v for k, v in options.items() if v is not None}  # None: not given
@@ -100,6 +102,8 @@ def export_auto(
     if unknown:
         raise ConfigError(f"strategy auto takes no {', '.join(sorted(unknown))} (options of one strategy)")
     batch, steps = profile_shape or DEFAULT_PROFILE
+    if profile_shape is None and min_len is not None:  # the default length, lifted to what the model takes
+        steps = max(steps, int(min_len))
     if options.get("seq_len") is not None:  # every candidate timed at the one length unroll can run
         steps = int(options["seq_len"])
     names = candidates(target, options)
@@ -128,7 +132,14 @@ def export_auto(
         steps=steps,
         seq_len=options.get("seq_len"),
         rounds=rounds,
+        failed=refused,
     )
+    if not timings:
+        why = "; ".join(f"{n}: {r}" for n, r in refused.items())
+        raise ExportError(
+            f"strategy auto: no candidate runs at the profile shape batch {batch} x time {steps} on onnxruntime "
+            f"({why}); give --profile-shape (profile_shape=) a shape the model takes, or name a strategy"
+        )
     best = choose(timings)
     fastest = min(timings, key=lambda n: timings[n])
     why = f"fastest of the correct strategies at batch {batch} x time {steps} on cpu"
@@ -164,10 +175,19 @@ def _every_one_refused(errors: list[EdgeRNNError], refused: dict[str, str], targ
 
 
 def time_models(
-    models: dict[str, bytes], *, batch: int, steps: int, seq_len: int | None, rounds: int = ROUNDS
+    models: dict[str, bytes],
+    *,
+    batch: int,
+    steps: int,
+    seq_len: int | None,
+    rounds: int = ROUNDS,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each model on onnxruntime CPU, 1 thread, on one seeded input at the profile
-    shape (a fixed-length model at its own length), interleaved round by round."""
+    shape (a fixed-length model at its own length), interleaved round by round. A model that does not run at that
+    shape is left out, its reason in ``failed``."""
+    import onnxruntime as ort
+
     from ..manifest import read_manifest
     from ..runtime.model import Model
     from ..runtime.validate import check_feed
@@ -194,10 +214,17 @@ def time_models(
             )
         checked = check_feed(model.inputs, feed)  # lengths (or a mask) filled in: every sequence full length
         session = model.session
-        runs[name] = lambda s=session, f=checked: s.run(None, f)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # a shape the model does not take is reported below, not logged
+        runs[name] = lambda s=session, f=checked, o=quiet: s.run(None, f, o)
+    for name, fn in list(runs.items()):
+        try:
+            fn()  # warm-up: the first call allocates
+        except Exception as e:  # onnxruntime's own error: the model does not take this shape
+            del runs[name]
+            if failed is not None:
+                failed[name] = f"does not run at batch {batch} x time {steps}: {str(e).strip().splitlines()[0][:200]}"
     samples: dict[str, list[float]] = {n: [] for n in runs}
-    for fn in runs.values():
-        fn()  # warm-up: the first call allocates
     for _ in range(rounds):
         for name, fn in runs.items():
             for _ in range(CALLS):

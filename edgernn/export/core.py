@@ -260,6 +260,7 @@ def export_module(
             profile_shape=profile,
             options=options,
             manifest_extra=manifest_extra,
+            min_len=min_len,
         )
         return chosen.write_to(path, ort_format=ort_format, golden=golden_at, selection=selection)
     if options.pop("profile_shape", None) is not None:
