@@ -2,6 +2,7 @@
 "auto at least 1.2x torch eager" target for the large LSTM.
 
     python benchmarks/lstm_ceiling.py [--rounds 15] [--json out.json]
+    python benchmarks/lstm_ceiling.py --streams 64     # the same for one streaming step of 64 streams at once
 
 An LSTM's work is its matrix products and its gates. Whatever ONNX graph carries the recurrence, onnxruntime
 runs those products with its own GEMM kernel and the gates with its own elementwise kernels; this times each
@@ -17,6 +18,12 @@ Their sum is a lower bound for *any* graph on onnxruntime (no loop, no copies, n
 side by side with onnxruntime's fused `LSTM` op (edgernn's `native` export, what `auto` picks here) and torch
 eager, in interleaved rounds; the ratios say how far the fused op is from the bound and whether 1.2x torch eager
 lies below it.
+
+``--streams N`` does the same for the streaming target (N streams stepped in one batched call against N separate
+calls): the model of ``benchmarks/streaming.py`` (LSTM, input 40, hidden 128, 2 layers, a linear head on every
+step), exported with ``step`` (chunk 1), run bare at batch 1 and batch N, against the sum of onnxruntime's
+kernels for one batch-N step (the four products of the two layers, the head, the gates). N x (batch-1 call) /
+(sum of the parts) is the most any batched caller could gain on this core with this runtime's kernels.
 """
 
 from __future__ import annotations
@@ -112,11 +119,67 @@ def timed(runs: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.0
     return out
 
 
+def streams(n: int, rounds: int) -> dict[str, Any]:
+    """One step of ``n`` streams in one call, against its kernels' sum and against the batch-1 call."""
+    import torch
+
+    from edgernn.export import export_model
+    from edgernn.model.zoo import ModelConfig, build_model
+
+    features, hidden = 40, 128
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell="lstm", input_size=features, hidden_size=hidden, num_layers=2, readout="all")
+    step = session(export_model(build_model(cfg).eval(), None, strategy="step", chunk=1).model_bytes)
+    rng = np.random.default_rng(0)
+
+    def feed(b: int) -> dict[str, np.ndarray]:
+        shapes = {i.name: [b if isinstance(d, str) else d for d in i.shape] for i in step.get_inputs()}
+        return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+
+    f1, fn = feed(1), feed(n)
+    parts: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray], int]] = {
+        "input product L0": (session(product(n, features, 4 * hidden)), {"x": fn["x"].reshape(n, features)}, 1),
+        "128-wide product": (session(product(n, hidden, 4 * hidden)), {"x": fn["h_in"][0]}, 3),
+        "head": (session(product(n, hidden, 1)), {"x": fn["h_in"][0]}, 1),
+        "gates": (
+            session(gates(n, hidden)),
+            {"z": rng.standard_normal((n, 4 * hidden)).astype(np.float32), "c0": fn["c_in"][0]},
+            2,
+        ),
+        "empty call": (session(empty(n, hidden)), {"x": fn["h_in"][0]}, 0),
+    }
+    runs: dict[str, Callable[[], Any]] = {
+        "step, batch 1": lambda: step.run(None, f1),
+        f"step, batch {n}": lambda: step.run(None, fn),
+    }
+    for name, (s, f, _) in parts.items():
+        runs[name] = lambda s=s, f=f: s.run(None, f)
+    med = {k: statistics.median(v) for k, v in timed(runs, rounds).items()}
+    bound = sum((med[k] - med["empty call"]) * m for k, (_, _, m) in parts.items())
+    one, many = med["step, batch 1"], med[f"step, batch {n}"]
+    return {
+        "streams": n,
+        "median_us": {k: round(v * 1e6, 1) for k, v in med.items()},
+        "sum_of_parts_us": round(bound * 1e6, 1),
+        "gain of the step graph (N x batch-1 / batch-N)": round(n * one / many, 2),
+        "most a batched call can gain (N x batch-1 / sum of parts)": round(n * one / bound, 2),
+        "batch-N step / sum of parts": round(many / bound, 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--streams", type=int, default=None, help="measure one step of this many streams instead")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
+    if args.streams is not None:
+        out = {"date": date.today().isoformat(), "onnxruntime": ort.__version__, **streams(args.streams, args.rounds)}
+        print(json.dumps(out, indent=2))
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(out, f, indent=2)
+        return
 
     import torch
     from torch import nn

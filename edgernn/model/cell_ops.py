@@ -28,6 +28,8 @@ def input_projection(kind: CellKind, x: Tensor, w: LayerWeights, d: int) -> Tens
     ``recurrent_step``, with ``recurrent_weights`` of the same ``kind``."""
     gh = w.W.shape[1]
     bias = w.B[d, :gh] + w.B[d, gh:] if folds_recurrent_bias(kind) else w.B[d, :gh]
+    if x.dim() == 2:  # one step (B, I): one Gemm
+        return torch.addmm(bias, x, w.W[d].T)
     return x @ w.W[d].T + bias
 
 
@@ -187,7 +189,9 @@ def run_stack(
         w: LayerWeights, d: int, inp: Tensor, h: Tensor, c: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         ys: list[Tensor] = [h] * steps
-        xw = input_projection(kind, inp, w, d)
+        # one step (a streaming export's chunk of 1): its projection as one Gemm, not a MatMul, an Add and a
+        # Gather of the only step
+        xw = [input_projection(kind, inp[0], w, d)] if steps == 1 else input_projection(kind, inp, w, d)
         rw = recurrent_weights(kind, w, d)
         for t in range(steps - 1, -1, -1) if d else range(steps):
             h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
