@@ -32,7 +32,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from datetime import date
@@ -42,17 +41,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from strategies import interleaved
+from strategies import session as _session
 
 B, T, H, LAYERS, FEATURES = 8, 200, 256, 2, 64
 
 
 def session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    """A plain one-thread CPU session (``benchmarks/strategies.py``'s), from a proto or bytes."""
+    return _session(model if isinstance(model, bytes) else model.SerializeToString())
 
 
 def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> onnx.ModelProto:
@@ -98,25 +95,8 @@ def gates(rows: int, h: int) -> onnx.ModelProto:
 
 
 def timed(runs: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.05) -> dict[str, list[float]]:
-    """Seconds per call of each, round by round (first contender rotating), each sample the mean of enough calls
-    to last ``sample_s``."""
-    calls = {}
-    for name, fn in runs.items():
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        calls[name] = max(1, int(sample_s / max(time.perf_counter() - t0, 1e-7)))
-    names = list(runs)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, k = runs[name], calls[name]
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            out[name].append((time.perf_counter() - t0) / k)
-    return out
+    """Seconds per call of each, round by round (``benchmarks/strategies.py``'s interleaving)."""
+    return interleaved(runs, rounds, sample_s)[0]
 
 
 def streams(n: int, rounds: int) -> dict[str, Any]:
