@@ -198,6 +198,7 @@ def export_module(
     **options: Any,
 ) -> ExportResult:
     """Export ``module`` (any nn.Module using torch or edgernn recurrent layers) with one strategy, for one target.
+    ``strategy`` None is ``edgernn.export.auto.default_strategy``'s choice (auto for a verified onnxruntime export).
 
     ``inputs`` name the graph's inputs in ``forward``'s order, with dynamic axes named "batch" and "time" and
     roles ("data", "lengths"). Fixed-length strategies (unroll, step) fix "time" to their length and cut or
