@@ -538,3 +538,28 @@ def test_an_earlier_static_export_does_not_freeze_a_later_dynamic_one() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-tanh"])
+def test_a_one_step_graph_projects_its_input_with_one_gemm(cell: str) -> None:
+    """A chunk of one step (streaming's common case) has no sequence to hoist the input projection over: each
+    layer's step is Gemm(x, W^T, b) and the recurrent Gemm, with no MatMul, Add and Gather of the only step."""
+    from torch import nn
+
+    from edgernn.export import export
+
+    torch.manual_seed(0)
+    layer = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn-tanh": nn.RNN}[cell](3, 8, num_layers=2, batch_first=True)
+
+    class Out(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    res = export(Out().eval(), (torch.zeros(2, 1, 3),), None, strategy="step", chunk=1)
+    ops = [n.op_type for n in _all_nodes(onnx.load_from_string(res.model_bytes).graph)]
+    assert ops.count("Gemm") == 4 and "MatMul" not in ops, ops
+    assert res.report.passed
