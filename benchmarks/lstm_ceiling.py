@@ -99,6 +99,26 @@ def timed(runs: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.0
     return interleaved(runs, rounds, sample_s)[0]
 
 
+Parts = dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray], int]]  # name: (session, feed, times needed)
+
+
+def time_with_parts(
+    runs: dict[str, Callable[[], Any]], parts: Parts, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call of ``runs`` and of each part (interleaved together), and each part's share of the
+    work: (its call less an empty call, the part named "empty call") x the times the model needs it."""
+    runs = {**runs, **{name: (lambda s=s, f=f: s.run(None, f)) for name, (s, f, _) in parts.items()}}
+    med = {k: statistics.median(v) for k, v in timed(runs, rounds).items()}
+    return med, {k: (med[k] - med["empty call"]) * m for k, (_, _, m) in parts.items() if m}
+
+
+def report(result: dict[str, Any], json_out: str | None) -> None:
+    print(json.dumps(result, indent=2))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def streams(n: int, rounds: int) -> dict[str, Any]:
     """One step of ``n`` streams in one call, against its kernels' sum and against the batch-1 call."""
     import torch
@@ -117,7 +137,7 @@ def streams(n: int, rounds: int) -> dict[str, Any]:
         return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
 
     f1, fn = feed(1), feed(n)
-    parts: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray], int]] = {
+    parts: Parts = {
         "input product L0": (session(product(n, features, 4 * hidden)), {"x": fn["x"].reshape(n, features)}, 1),
         "128-wide product": (session(product(n, hidden, 4 * hidden)), {"x": fn["h_in"][0]}, 3),
         "head": (session(product(n, hidden, 1)), {"x": fn["h_in"][0]}, 1),
@@ -128,14 +148,9 @@ def streams(n: int, rounds: int) -> dict[str, Any]:
         ),
         "empty call": (session(empty(n, hidden)), {"x": fn["h_in"][0]}, 0),
     }
-    runs: dict[str, Callable[[], Any]] = {
-        "step, batch 1": lambda: step.run(None, f1),
-        f"step, batch {n}": lambda: step.run(None, fn),
-    }
-    for name, (s, f, _) in parts.items():
-        runs[name] = lambda s=s, f=f: s.run(None, f)
-    med = {k: statistics.median(v) for k, v in timed(runs, rounds).items()}
-    bound = sum((med[k] - med["empty call"]) * m for k, (_, _, m) in parts.items())
+    runs = {"step, batch 1": lambda: step.run(None, f1), f"step, batch {n}": lambda: step.run(None, fn)}
+    med, shares = time_with_parts(runs, parts, rounds)
+    bound = sum(shares.values())
     one, many = med["step, batch 1"], med[f"step, batch {n}"]
     return {
         "streams": n,
@@ -147,20 +162,8 @@ def streams(n: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--streams", type=int, default=None, help="measure one step of this many streams instead")
-    ap.add_argument("--json", dest="json_out", default=None)
-    args = ap.parse_args()
-    if args.streams is not None:
-        out = {"date": date.today().isoformat(), "onnxruntime": ort.__version__, **streams(args.streams, args.rounds)}
-        print(json.dumps(out, indent=2))
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                json.dump(out, f, indent=2)
-        return
-
+def large_lstm(rounds: int) -> dict[str, Any]:
+    """The 2-layer LSTM at B x T x H: torch eager and the fused op against the sum of the parts."""
     import torch
     from torch import nn
 
@@ -193,7 +196,7 @@ def main() -> None:
 
     runs["torch eager"] = torch_eager
     runs["onnxruntime LSTM op (native)"] = lambda: s_native.run(None, feed_native)
-    parts: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray], int]] = {}
+    parts: Parts = {}
     for layer in range(LAYERS):
         k = FEATURES if layer == 0 else H
         parts[f"input projection L{layer}"] = (
@@ -215,15 +218,11 @@ def main() -> None:
         },
         LAYERS,
     )
-    for name, (s, feed, _) in parts.items():
-        runs[name] = lambda s=s, feed=feed: s.run(None, feed)
-    samples = timed(runs, args.rounds)
-    med = {n: statistics.median(v) for n, v in samples.items()}
-    empty_s = med["empty call"]
+    med, shares = time_with_parts(runs, parts, rounds)
     bound_parts = {
-        "input projections": sum(med[f"input projection L{i}"] - empty_s for i in range(LAYERS)),
-        "recurrent products": (med["recurrent product (one step)"] - empty_s) * T * LAYERS,
-        "gates": (med["gates (all steps at once)"] - empty_s) * LAYERS,
+        "input projections": sum(shares[f"input projection L{i}"] for i in range(LAYERS)),
+        "recurrent products": shares["recurrent product (one step)"],
+        "gates": shares["gates (all steps at once)"],
     }
     bound = sum(bound_parts.values())
     flops = sum(2 * T * B * 4 * H * ((FEATURES if i == 0 else H) + H) for i in range(LAYERS))
@@ -244,10 +243,24 @@ def main() -> None:
         "gflops": {"LSTM op": round(flops / op / 1e9, 1), "torch eager": round(flops / te / 1e9, 1)},
         "target_us (torch eager / 1.2)": round(te / 1.2 * 1e6, 1),
     }
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--streams", type=int, default=None, help="measure one step of this many streams instead")
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args()
+    if args.streams is not None:
+        result = {
+            "date": date.today().isoformat(),
+            "onnxruntime": ort.__version__,
+            **streams(args.streams, args.rounds),
+        }
+    else:
+        result = large_lstm(args.rounds)
+    report(result, args.json_out)
 
 
 if __name__ == "__main__":

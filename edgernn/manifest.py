@@ -111,6 +111,15 @@ class Manifest:
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 
+def ranking_note(selection: dict[str, Any]) -> str | None:
+    """Why strategy auto chose what it did, when that was not the fastest it timed (the ranking decided: see
+    ``edgernn.export.auto.choose``); None when the fastest won."""
+    times = selection.get("median_us") or {}
+    if not times or min(times, key=times.__getitem__) == selection.get("chosen"):
+        return None
+    return selection.get("why")
+
+
 def _tensor(d: Any) -> TensorSpec:
     if not isinstance(d, dict):
         raise ValueError(f"a tensor entry must be an object; got {type(d).__name__}")

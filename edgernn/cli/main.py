@@ -279,8 +279,11 @@ def export(
         times = ", ".join(f"{n} {us:g} us" for n, us in sorted(m.selection["median_us"].items(), key=lambda kv: kv[1]))
         b, t = m.selection["profile_shape"]
         click.echo(f"strategy auto chose {m.strategy}: {times} per call at batch {b} x time {t}")
-        if m.selection.get("why", "").startswith(f"{m.strategy} is within"):
-            click.echo(f"  ({m.selection['why']})")
+        from ..manifest import ranking_note
+
+        note = ranking_note(m.selection)
+        if note:
+            click.echo(f"  ({note})")
     click.echo(f"{'replaced' if replacing else 'wrote'} {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")

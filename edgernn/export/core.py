@@ -222,6 +222,7 @@ def export_module(
     was written, the parity cases' inputs and ``module``'s outputs on them for ``edgernn verify`` on the device
     (``edgernn.verify.golden``); it needs ``path`` and ``verify``.
     """
+    _package_needs_path(ort_format, path)  # before any export work
     if strategy is None:  # auto for onnxruntime, native elsewhere (edgernn.export.auto.default_strategy)
         from .auto import default_strategy
 
@@ -231,8 +232,6 @@ def export_module(
 
         profile = parse_profile_shape(options.pop("profile_shape", None))
         golden_at = _golden_target(golden, path, verify)
-        if ort_format and path is None:
-            raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
 
         def one(name: str, *, manifest_extra: dict[str, Any] | None, **opts: Any) -> ExportResult:
             return export_module(
@@ -472,10 +471,9 @@ def export_module(
         final = replace(manifest, **manifest_fields)
         write_manifest(proto, final)
         data = proto.SerializeToString(deterministic=True)
+        _package_needs_path(ort_format, dest)
         out = None
         pkg = None
-        if ort_format and dest is None:
-            raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
         if dest is not None:
             out = Path(dest)
             if ort_format:  # checked before anything is written, the .onnx last
@@ -495,6 +493,11 @@ def export_module(
         return result
 
     return write_to(path, ort_format=ort_format, golden=golden_out)
+
+
+def _package_needs_path(ort_format: bool, path: str | os.PathLike[str] | None) -> None:
+    if ort_format and path is None:
+        raise ExportError("ort_format needs a path: the .ort file and its operator config are written beside it")
 
 
 def _golden_target(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFormatError
-from ..manifest import MANIFEST_KEY, Manifest
+from ..manifest import MANIFEST_KEY, Manifest, ranking_note
 
 
 def _ops(graph: Any, hist: Counter[str]) -> None:
@@ -153,8 +153,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"strategy chosen by auto: {sel['chosen']} ({times} per call at batch {b} x time {t}, {sel['provider']})"
         )
-        if sel.get("why", "").startswith(f"{sel['chosen']} is within"):  # not the fastest: the ranking chose it
-            lines.append(f"  {sel['why']}")
+        note = ranking_note(sel)
+        if note:
+            lines.append(f"  {note}")
         for name, why in (sel.get("refused") or {}).items():
             lines.append(f"  {name} dropped out: {why}")
     prec = (man or {}).get("precision") or {}
