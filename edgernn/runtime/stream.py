@@ -382,6 +382,8 @@ class StreamingModel:
             raise InputError(f"input {self.data.name!r} has {bad} non-finite value(s) (NaN or inf)")
         b = self.axes.batch
         rows = a.reshape((len(a), *(d for i, d in enumerate(one.shape) if i != b)))
+        if b == 0:  # batch first: the frames are the batch as they stand (np.moveaxis alone costs ~3 us)
+            return np.ascontiguousarray(rows)
         return np.ascontiguousarray(np.moveaxis(rows, 0, b))  # type: ignore[arg-type]
 
     def run_sequence(self, x: Any) -> dict[str, np.ndarray]:
@@ -699,8 +701,7 @@ class StreamGroup:
         fixed = model.model.manifest.batch if model.model.manifest is not None else None
         if fixed is not None and fixed != n:
             raise ConfigError(f"this model was exported with a fixed batch of {fixed}: a group must have {fixed}")
-        for o in model.outputs:
-            _split_axis(o)
+        self._split = [_split_axis(o) for o in model.outputs]  # each output's member axis
         self.model = model
         self.n = n
         self._lock = threading.Lock()
@@ -737,7 +738,10 @@ class StreamGroup:
                 self._cur ^= 1
                 outs = bound.outs
             self.steps += 1
-            return [np.moveaxis(v, _split_axis(o), 0).copy() for o, v in zip(sm.outputs, outs, strict=True)]
+            return [
+                v.copy() if axis == 0 else np.moveaxis(v, axis, 0).copy()
+                for axis, v in zip(self._split, outs, strict=True)
+            ]
 
     def reset(self, member: int | None = None) -> None:
         """Back to the initial state: one member (its stream ended, a new one takes its place) or all."""
