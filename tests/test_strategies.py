@@ -542,8 +542,10 @@ def test_an_earlier_static_export_does_not_freeze_a_later_dynamic_one() -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-tanh"])
 def test_a_one_step_graph_projects_its_input_with_one_gemm(cell: str) -> None:
-    """A chunk of one step (streaming's common case) has no sequence to hoist the input projection over: each
-    layer's step is Gemm(x, W^T, b) and the recurrent Gemm, with no MatMul, Add and Gather of the only step."""
+    """A chunk of one step (streaming's common case) has no sequence to hoist the input projection over. An LSTM
+    or Elman RNN layer's step is one Gemm over the joined input [x, h]; a GRU layer's is Gemm(x, W^T, b) and the
+    recurrent Gemm (r scales R_h h alone). No MatMul, no Transpose between batch-first and time-major (the time
+    axis has length 1), no Squeeze/Unsqueeze pair that undoes itself."""
     from torch import nn
 
     from edgernn.export import export
@@ -560,6 +562,62 @@ def test_a_one_step_graph_projects_its_input_with_one_gemm(cell: str) -> None:
             return self.rnn(x)[0]
 
     res = export(Out().eval(), (torch.zeros(2, 1, 3),), None, strategy="step", chunk=1)
-    ops = [n.op_type for n in _all_nodes(onnx.load_from_string(res.model_bytes).graph)]
-    assert ops.count("Gemm") == 4 and "MatMul" not in ops, ops
+    graph = onnx.load_from_string(res.model_bytes).graph
+    ops = [n.op_type for n in _all_nodes(graph)]
+    assert ops.count("Gemm") == (4 if cell == "gru" else 2), ops
+    assert "MatMul" not in ops and "Transpose" not in ops, ops
+    made_by = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in graph.initializer}
+    for n in graph.node:
+        src = made_by.get(n.input[0]) if n.input else None
+        if src is not None and {n.op_type, src.op_type} == {"Squeeze", "Unsqueeze"}:
+            assert consts[n.input[1]] != consts[src.input[1]], (src.name, n.name)
     assert res.report.passed
+
+
+def test_squeeze_unsqueeze_pairs_that_undo_each_other_are_read_through() -> None:
+    """Squeeze(Unsqueeze(x, a), a) and Unsqueeze(Squeeze(x, a), a) are x; pairs over other axes, and a pair
+    whose result is a graph output, stay. The folded graph computes what the original does."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from edgernn.export.graph import cancel_squeeze_pairs
+
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "ax0"], ["u"]),
+        helper.make_node("Squeeze", ["u", "ax0"], ["back"]),  # cancels: back is x
+        helper.make_node("Squeeze", ["u", "ax1"], ["other"]),  # different axis: stays
+        helper.make_node("Squeeze", ["y", "ax1"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", "ax1"], ["y_again"]),  # cancels: y_again is y
+        helper.make_node("Add", ["back", "other"], ["sum"]),
+        helper.make_node("Add", ["sum", "y_again"], ["out"]),
+        helper.make_node("Unsqueeze", ["s", "ax1"], ["kept"]),  # a graph output: stays
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("kept", TensorProto.FLOAT, None),
+        ],
+        [onnx.numpy_helper.from_array(np.array([0]), "ax0"), onnx.numpy_helper.from_array(np.array([1]), "ax1")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    feed = {"x": np.arange(3, dtype=np.float32).reshape(1, 3), "y": np.ones((1, 1, 3), np.float32)}
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    model = ir.from_proto(proto)
+    cancel_squeeze_pairs(model)
+    ir.passes.common.RemoveUnusedNodesPass()(model)
+    folded = ir.to_proto(model)
+    kinds = {n.output[0]: n.op_type for n in folded.graph.node}
+    assert "back" not in kinds and "y_again" not in kinds, kinds
+    assert kinds.get("other") == "Squeeze" and kinds.get("kept") == "Unsqueeze", kinds
+    got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)

@@ -29,6 +29,7 @@ def fold(model: Any) -> None:
         # no size limits: onnxscript's defaults (8192 input elements) leave the transposes of larger weights to
         # run on every call, where quantisers, fp16 converters and OpenVINO's Scan import cannot follow them
         fold_constants_ir(model, onnx_shape_inference=True, input_size_limit=_NO_LIMIT, output_size_limit=_NO_LIMIT)
+        cancel_squeeze_pairs(model)
         passes.RemoveUnusedNodesPass()(model)
     for p in (
         passes.RemoveUnusedFunctionsPass(),
@@ -41,6 +42,33 @@ def fold(model: Any) -> None:
         passes.NameFixPass(),
     ):
         p(model)
+
+
+def cancel_squeeze_pairs(model: Any) -> None:
+    """Squeeze(Unsqueeze(x, a), a) and Unsqueeze(Squeeze(x, a), a) are x: their readers read x instead (the pair
+    is left to dead-node removal). Views that cancel in torch (a one-step layer's time axis taken out, put back
+    by the stack of its outputs, taken out again by the next layer) are ops in the graph, each a dispatch on every
+    call. Only axes given as constant inputs (opset 13 on) are compared; a pair that makes a graph output stays."""
+    import numpy as np
+    import onnx_ir as ir
+
+    def axes(node: Any) -> list[int] | None:
+        if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
+            return None
+        return [int(a) for a in np.asarray(node.inputs[1].const_value.numpy()).reshape(-1)]
+
+    undo = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type not in undo or node.domain not in ("", "ai.onnx"):
+            continue
+        src = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+        if src is None or src.op_type != undo[node.op_type] or src.domain not in ("", "ai.onnx"):
+            continue
+        mine, theirs = axes(node), axes(src)
+        out = node.outputs[0]
+        if mine is None or mine != theirs or out.is_graph_output() or src.inputs[0].graph is not out.graph:
+            continue
+        out.replace_all_uses_with(src.inputs[0])
 
 
 def normalise(proto: Any) -> None:

@@ -105,6 +105,24 @@ def recurrent_step(
     return h_new, c_new
 
 
+def lone_step(
+    kind: CellKind, x: Tensor, h: Tensor, c: Tensor | None, w: LayerWeights, d: int
+) -> tuple[Tensor, Tensor | None]:
+    """One step of direction ``d`` that shares no input projection with other steps (a streaming chunk of 1),
+    in the fewest Gemms the cell allows. An LSTM or Elman RNN reads h only through h R^T, so its whole
+    pre-activation is one Gemm over the joined input, [x, h] @ [W, R]^T + Wb + Rb: ``recurrent_step`` takes
+    [x, h] in place of h, [W, R]^T as its R^T and the summed biases as its input projection. One Gemm is cheaper
+    than two (one dispatch, no accumulator copy, one longer inner product). A GRU's r scales R_h h on its own, so
+    it keeps ``cell_step``'s two."""
+    if not folds_recurrent_bias(kind):
+        return cell_step(kind, x, h, c, w, d)
+    gh = w.W.shape[1]
+    bias = w.B[d, :gh] + w.B[d, gh:]
+    _, _, P, WrT = recurrent_weights(kind, w, d)
+    WRT = torch.cat([w.W[d], w.R[d]], dim=1).T
+    return recurrent_step(kind, bias, torch.cat([x, h], dim=1), c, WRT, None, P, WrT)
+
+
 def cell_step(
     kind: CellKind, x: Tensor, h: Tensor, c: Tensor | None, w: LayerWeights, d: int
 ) -> tuple[Tensor, Tensor | None]:
@@ -189,12 +207,14 @@ def run_stack(
         w: LayerWeights, d: int, inp: Tensor, h: Tensor, c: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         ys: list[Tensor] = [h] * steps
-        # one step (a streaming export's chunk of 1): its projection as one Gemm, not a MatMul, an Add and a
-        # Gather of the only step
-        xw = [input_projection(kind, inp[0], w, d)] if steps == 1 else input_projection(kind, inp, w, d)
-        rw = recurrent_weights(kind, w, d)
+        if steps > 1:
+            xw = input_projection(kind, inp, w, d)
+            rw = recurrent_weights(kind, w, d)
         for t in range(steps - 1, -1, -1) if d else range(steps):
-            h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
+            if steps > 1:
+                h_new, c_new = recurrent_step(kind, xw[t], h, c, *rw)
+            else:  # the only step taken by Squeeze (a view), not Gather (a copy)
+                h_new, c_new = lone_step(kind, inp.squeeze(0), h, c, w, d)
             if valid is None:
                 h, c = h_new, c_new
                 ys[t] = h_new
