@@ -77,7 +77,6 @@ def make_hook(
     final state back, instead of starting from ``hx`` or zeros.
     """
     ran: set[int] = set()
-    one_step = strategy.fixed_length() == 1
 
     def hook(layer: Any, input: Any, hx: Any, lengths: Tensor | None) -> Any:  # noqa: A002
         packed = input if isinstance(input, PackedSequence) else None
@@ -96,7 +95,7 @@ def make_hook(
         elif not isinstance(input, Tensor):
             raise ExportError(f"a recurrent layer was called with a {type(input).__name__}; it takes a tensor")
         else:
-            x = _swap_batch_and_time(input, 1 if one_step else None) if layer.batch_first else input
+            x = _swap_batch_and_time(input, time_axis=1) if layer.batch_first else input
         rows = layer.num_layers * layer.num_directions
         if states is not None:
             h0, c0 = states.take(layer, hx, lengths)
@@ -117,20 +116,21 @@ def make_hook(
                 h = _rows(h, packed.unsorted_indices)
                 c = None if c is None else _rows(c, packed.unsorted_indices)
         else:
-            out = _swap_batch_and_time(y, 0 if one_step else None) if layer.batch_first else y
+            out = _swap_batch_and_time(y, time_axis=0) if layer.batch_first else y
         return (out, (h, c)) if layer.cell_kind.has_cell_state else (out, h)
 
     hook.ran = ran  # type: ignore[attr-defined]
     return hook
 
 
-def _swap_batch_and_time(t: Tensor, time_axis: int | None) -> Tensor:
-    """Batch-first (B, T, ...) to time-major (T, B, ...), or back. With one step (a streaming chunk of 1: the
-    time axis, ``time_axis``, has length 1) the swap moves no data, so it is a Squeeze and an Unsqueeze (views)
-    instead of a Transpose (a copy)."""
-    if time_axis is None:
-        return t.transpose(0, 1)
-    return t.squeeze(time_axis).unsqueeze(1 - time_axis)
+def _swap_batch_and_time(t: Tensor, time_axis: int) -> Tensor:
+    """Batch-first (B, T, ...) to time-major (T, B, ...) (``time_axis`` 1), or back (0). When the time axis is
+    fixed to one step (a streaming chunk of 1) the swap moves no data: a Squeeze and an Unsqueeze (views) instead
+    of a Transpose (a copy). A time axis the exporter keeps dynamic is a symbol, not an int, and is transposed."""
+    steps = t.shape[time_axis]
+    if type(steps) is int and steps == 1:
+        return t.squeeze(time_axis).unsqueeze(1 - time_axis)
+    return t.transpose(0, 1)
 
 
 def _rows(t: Tensor, index: Tensor) -> Tensor:
