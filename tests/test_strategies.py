@@ -575,6 +575,36 @@ def test_a_one_step_graph_projects_its_input_with_one_gemm(cell: str) -> None:
     assert res.report.passed
 
 
+def test_a_one_step_export_whose_layer_sees_several_steps_still_matches_torch() -> None:
+    """A streaming chunk of one input step, which the module turns into three before its LSTM (each frame thrice):
+    the layer's time axis is 3, so batch and time are transposed, not squeezed, and the export matches torch."""
+    from torch import nn
+
+    from edgernn.export import export
+
+    torch.manual_seed(0)
+
+    class Repeat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x.repeat_interleave(3, dim=1))[0]
+
+    module = Repeat().eval()
+    res = export(module, (torch.zeros(2, 1, 3),), None, strategy="step", chunk=1)
+    assert res.report.passed
+    sess = ort.InferenceSession(res.model_bytes, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 1, 3)).astype(np.float32)
+    feed = {"x": x, "h_in": np.zeros((1, 4, 8), np.float32), "c_in": np.zeros((1, 4, 8), np.float32)}
+    got = sess.run(None, feed)[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert got.shape == (4, 3, 8)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 def test_squeeze_unsqueeze_pairs_that_undo_each_other_are_read_through() -> None:
     """Squeeze(Unsqueeze(x, a), a) and Unsqueeze(Squeeze(x, a), a) are x; pairs over other axes, and a pair
     whose result is a graph output, stay. The folded graph computes what the original does."""
