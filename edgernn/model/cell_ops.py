@@ -22,12 +22,17 @@ def folds_recurrent_bias(kind: CellKind) -> bool:
     return kind.torch_class != "GRU"
 
 
+def input_bias(kind: CellKind, w: LayerWeights, d: int) -> Tensor:
+    """The bias of direction ``d``'s input projection: Wb, plus Rb where it folds (``folds_recurrent_bias``)."""
+    gh = w.W.shape[1]
+    return w.B[d, :gh] + w.B[d, gh:] if folds_recurrent_bias(kind) else w.B[d, :gh]
+
+
 def input_projection(kind: CellKind, x: Tensor, w: LayerWeights, d: int) -> Tensor:
     """x @ W^T + Wb (+ Rb where it folds) for direction ``d``: it does not depend on the state, so callers compute
     it for every step at once (one large MatMul instead of one per step) and pass slices of it to
     ``recurrent_step``, with ``recurrent_weights`` of the same ``kind``."""
-    gh = w.W.shape[1]
-    bias = w.B[d, :gh] + w.B[d, gh:] if folds_recurrent_bias(kind) else w.B[d, :gh]
+    bias = input_bias(kind, w, d)
     if x.dim() == 2:  # one step (B, I): one Gemm
         return torch.addmm(bias, x, w.W[d].T)
     return x @ w.W[d].T + bias
@@ -116,11 +121,9 @@ def lone_step(
     it keeps ``cell_step``'s two."""
     if not folds_recurrent_bias(kind):
         return cell_step(kind, x, h, c, w, d)
-    gh = w.W.shape[1]
-    bias = w.B[d, :gh] + w.B[d, gh:]
     _, _, P, WrT = recurrent_weights(kind, w, d)
     WRT = torch.cat([w.W[d], w.R[d]], dim=1).T
-    return recurrent_step(kind, bias, torch.cat([x, h], dim=1), c, WRT, None, P, WrT)
+    return recurrent_step(kind, input_bias(kind, w, d), torch.cat([x, h], dim=1), c, WRT, None, P, WrT)
 
 
 def cell_step(
