@@ -8,10 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelFormatError
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every float that is NaN or infinite replaced by None: what strict JSON can hold."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """``json.dumps`` that never writes the non-JSON tokens NaN or Infinity (they become null); numpy scalars
+    and other objects are written as their ``str`` unless ``default`` says otherwise."""
+    options.setdefault("default", str)
+    return json.dumps(finite(_plain(data)), allow_nan=False, **options)
+
+
+def _plain(data: Any) -> Any:
+    """numpy floats as Python floats (so ``finite`` sees them), recursively."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    if type(data).__module__ == "numpy" and hasattr(data, "item"):
+        return data.item()
+    return data
 
 MANIFEST_KEY = "edgernn.manifest"
 FORMAT_VERSION = 1
@@ -71,7 +101,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return json_text(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

@@ -6,7 +6,6 @@ Imports click and edgernn's torch-free modules only, so runtime commands work on
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -167,4 +166,6 @@ def session_kwargs(
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    from ..manifest import json_text
+
+    click.echo(json_text(data, indent=2, sort_keys=True))

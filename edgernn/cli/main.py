@@ -6,7 +6,6 @@ Heavy imports (torch, onnxruntime) happen inside the commands, so `edgernn --hel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import click
 
 from ..errors import ConfigError
 from ..model.cells import cell_names
+from ..optimize.schemes import CPUS
 from .common import echo_json, handle_errors, set_debug
 from .compare import COMMANDS as COMPARE_COMMANDS
 from .edge import COMMANDS as EDGE_COMMANDS
@@ -182,6 +182,12 @@ def train(**o: Any) -> None:
     help="With --precision: the largest relative loss of the task metric allowed (default 0.01).",
 )
 @click.option(
+    "--cpu",
+    type=click.Choice(CPUS),
+    default=None,
+    help="With --precision: the CPU the file will run on (see edgernn quantize --cpu).",
+)
+@click.option(
     "--min-len",
     type=int,
     default=None,
@@ -199,7 +205,8 @@ def train(**o: Any) -> None:
 @click.option(
     "--golden",
     is_flag=True,
-    help="Also write MODEL.golden.npz: the parity inputs and torch's outputs, for `edgernn verify` on the device.",
+    help="Also write MODEL.golden.npz for `edgernn verify` on the device: the parity inputs and torch's outputs "
+    "(with --precision: the task's validation set, fp32 metric and budget).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and parity report as JSON.")
 @handle_errors
@@ -241,7 +248,7 @@ def export(
             err=True,
         )
     if module_spec is not None:
-        if o.pop("precision") or o.pop("max_metric_drop") is not None:
+        if o.pop("precision") or o.pop("max_metric_drop") is not None or o.pop("cpu") is not None:
             raise ConfigError("--precision needs a checkpoint's task to judge by; for --module, run edgernn quantize")
         o.pop("lengths")
         result = export_user_module(
@@ -265,7 +272,7 @@ def export(
                 "manifest": result.manifest.to_dict(),
                 "parity": result.report.to_dict() if result.report else None,
                 "package": result.package.to_dict() if result.package else None,
-                "precision": result.precision.report if result.precision else None,
+                "precision": result.precision.to_dict() if result.precision else None,
                 "golden": str(result.golden.path) if result.golden else None,
             }
         )
@@ -291,9 +298,13 @@ def export(
         n = len(result.golden.cases)
         click.echo(f"wrote {result.golden.path} ({n} case{'' if n == 1 else 's'})")
     if result.precision is not None:
-        from .optimize import format_precision
+        from .optimize import format_precision, format_speed
 
         click.echo(format_precision(result.precision.report))
+        for line in format_speed(result.precision.speed, result.precision.report["precision"]):
+            click.echo(line, err=line.startswith("warning"))
+        if result.precision.golden is not None:
+            click.echo(f"wrote {result.precision.golden} (the task's validation set, for edgernn verify)")
 
 
 @main.command()
@@ -314,10 +325,11 @@ def plot(run: str, out: str | None) -> None:
 def inspect(model: str, as_json: bool) -> None:
     """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
     states, file size and the parity result recorded at export."""
+    from ..manifest import json_text
     from ..verify.inspect import format_inspection, inspect_model
 
     info = inspect_model(model)
-    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
+    click.echo(json_text(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
 
 
 @main.command()

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..optimize.schemes import CPUS
 from .common import echo_json, handle_errors
 
 
@@ -20,6 +21,8 @@ def format_precision(report: dict[str, Any]) -> str:
         scheme = "per output channel" if how["per_channel"] else "per tensor"
         because = how.get("per_channel_because")
         lines.append(f"weights    one scale {scheme}" + (f" ({because})" if because else ""))
+    if how.get("scheme"):
+        lines.append(f"products   {how['scheme']} ({how['weights']} weights) for {how['cpu']} CPUs")
     if "drift" in report:
         lines.append(f"drift      max abs {report['drift']['max_abs']:.3g} against fp32 on the parity cases")
     long = report.get("long_drift")
@@ -38,7 +41,35 @@ def format_precision(report: dict[str, Any]) -> str:
         )
     elif "metric" in report:
         lines.append("task       not judged by a task metric (give --ckpt)")
+    judged = report.get("judged_on")
+    if judged:
+        lines.append(f"judged on  this {judged['cpu']} CPU ({judged['model']})")
+        if judged.get("note"):
+            lines.append(f"note       {judged['note']}")
     return "\n".join(lines)
+
+
+def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
+    """The speed line of a quantisation (and a warning line when the reduced file is slower)."""
+    if not speed:
+        return []
+    if not speed["measured"]:
+        return [f"speed      not measured: {speed['why']}"]
+    from ..verify.bench import ratio_words
+
+    f, r = speed["fp32_ms"], speed["reduced_ms"]
+    step, seq = (
+        ratio_words(speed["step_speed"], "faster", "slower"),
+        ratio_words(speed["sequence_speed"], "faster", "slower"),
+    )
+    lines = [
+        f"speed      {to} is {step} per step ({r['step']:.4g} vs {f['step']:.4g} ms fp32) and {seq} per sequence "
+        f"of {speed['seq_len']} ({r['sequence']:.4g} vs {f['sequence']:.4g} ms) on this {speed['cpu']} CPU, "
+        f"medians of {speed['rounds']} rounds in turns"
+    ]
+    if speed["slower"]:
+        lines.append(f"warning: the {to} file is SLOWER than fp32 on this CPU ({step} per step, {seq} per sequence)")
+    return lines
 
 
 @click.command("quantize")
@@ -65,6 +96,19 @@ def format_precision(report: dict[str, Any]) -> str:
     help="int8: one weight scale per output channel, or one per tensor. Default: per tensor, and for int8 "
     "(dynamic) judged by a task, per channel when per tensor is over --max-metric-drop.",
 )
+@click.option(
+    "--cpu",
+    type=click.Choice(CPUS),
+    default=None,
+    help="The CPU the file will run on; int8 uses the integer products right there (onnxruntime's guidance). "
+    "Default: arm64 for --target nnapi/coreml exports, else any (right on every CPU).",
+)
+@click.option(
+    "--golden",
+    is_flag=True,
+    help="Also write OUT.golden.npz: the task's validation set, fp32 metric and budget, for `edgernn verify` to "
+    "judge the file on the device itself.",
+)
 @click.option("--long-steps", type=click.IntRange(min=1), default=10_000, show_default=True, help="Long-run drift.")
 @click.option("--no-verify", is_flag=True, help="Write without judging (the manifest says so).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -83,7 +127,9 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
         echo_json(result.to_dict())
         return
     click.echo(format_precision(result.report))
-    click.echo(f"wrote {result.path}")
+    for line in format_speed(result.speed, to):
+        click.echo(line, err=line.startswith("warning"))
+    click.echo(f"wrote {result.path}" + (f" and {result.golden}" if result.golden else ""))
 
 
 COMMANDS: list[Any] = [quantize]

@@ -221,6 +221,7 @@ def bench(
 ) -> None:
     """Latency per step and per sequence (p50, p95), throughput and peak memory of MODEL on onnxruntime; with
     --ckpt, torch eager on the same inputs in the same run, as ratios."""
+    from ..manifest import json_text
     from ..verify.bench import bench as run_bench
     from ..verify.bench import bench_against, format_against
 
@@ -238,7 +239,7 @@ def bench(
             states=list(states),
             layout=layout,
         )
-        click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_against(result))
+        click.echo(json_text(result, indent=2, sort_keys=True) if as_json else format_against(result))
         return
     report = run_bench(
         model,

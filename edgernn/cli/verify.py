@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from ..errors import ParityError
+from ..errors import ConfigError, ParityError
+from ..manifest import json_text
 from .common import echo_json, handle_errors, provider_options, session_kwargs
 
 
@@ -38,7 +39,9 @@ def verify(
     recorded at export (a step export is streamed chunk by chunk). Needs numpy and onnxruntime only.
 
     Exits 0 when every case is within tolerance and 5 when any is not, or when the golden file was made from
-    other weights than MODEL's.
+    other weights than MODEL's. A task golden file (`edgernn quantize --golden`) judges a reduced file by its task
+    instead: the metric computed here against the fp32 metric recorded at export, exit 5 when the loss is over the
+    budget or the metric is not finite.
 
     \b
     edgernn verify model.onnx --golden model.golden.npz
@@ -46,8 +49,22 @@ def verify(
     """
     from ..runtime.model import Model
     from ..verify.golden import golden_path, read_golden, verify_golden
+    from ..verify.task_golden import format_verdict, is_task_golden, verify_task
 
-    golden = read_golden(golden_file if golden_file is not None else golden_path(model))
+    where = golden_file if golden_file is not None else golden_path(model)
+    if is_task_golden(where):  # a reduced file's task golden: the task metric here against the budget
+        if atol is not None or rtol is not None:
+            raise ConfigError("a task golden file is judged by its task metric and budget; drop --atol/--rtol")
+        verdict = verify_task(Model(model, **session_kwargs(**session)), where)
+        click.echo(
+            json_text({**verdict, "model": model, "golden": str(where)}, indent=2, sort_keys=True)
+            if as_json
+            else format_verdict(verdict)
+        )
+        if not verdict["passed"]:
+            raise click.exceptions.Exit(ParityError.exit_code)
+        return
+    golden = read_golden(where)
     m = Model(model, **session_kwargs(**session))
     report = verify_golden(m, golden, atol=atol, rtol=rtol)
     meta = golden.meta

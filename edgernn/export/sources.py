@@ -21,6 +21,7 @@ def export_checkpoint(
     precision: str | None = None,
     max_metric_drop: float | None = None,
     golden: bool = False,
+    cpu: str | None = None,
     **options: Any,
 ) -> Any:
     """Load a checkpoint safely and export it (see ``edgernn.export.export_model``).
@@ -28,7 +29,9 @@ def export_checkpoint(
     ``options`` are the strategy's own (seq_len, chunk, fused) and the target's (target, batch, ort_format);
     None means not given. ``precision`` (int8, int8-static, fp16) writes that version instead of the fp32 one,
     judged by the checkpoint's task (``edgernn.optimize.quantize``); the fp32 export is verified first.
-    ``golden`` writes ``NAME.golden.npz`` beside the model for ``edgernn verify`` (fp32 exports only).
+    ``golden`` writes ``NAME.golden.npz`` beside the model for ``edgernn verify``: the parity inputs and torch's
+    outputs for an fp32 export; the task's validation set, fp32 metric and budget for a reduced one. ``cpu``: the
+    CPU a reduced file will run on (``edgernn.optimize.schemes.CPUS``).
     """
     from ..train import checkpoint
     from . import export_model
@@ -40,12 +43,9 @@ def export_checkpoint(
     extra = {"manifest_extra": {"task": task}} if task else {}
     common = {"strategy": strategy, "lengths": lengths, "opset": opset, "verify": not no_verify}
     if precision is None:
+        if cpu is not None:
+            raise ConfigError("--cpu chooses a reduced file's integer products; it goes with --precision")
         return export_model(ck.model(), out_path, **common, **extra, golden=golden, **options)
-    if golden:
-        raise ConfigError(
-            "--golden records the fp32 model at the fp32 tolerance; export the fp32 model with --golden, and check a "
-            "reduced file against that golden file with `edgernn verify --atol/--rtol`"
-        )
     if options.get("ort_format"):
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
@@ -54,7 +54,7 @@ def export_checkpoint(
     result = export_model(ck.model(), None, **common, **extra, **options)
     budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop
     result.precision = quantize_bytes(
-        result.model_bytes, precision, out_path, max_metric_drop=budget, verify=not no_verify
+        result.model_bytes, precision, out_path, max_metric_drop=budget, verify=not no_verify, cpu=cpu, golden=golden
     )
     result.path = result.precision.path
     result.manifest = result.precision.manifest

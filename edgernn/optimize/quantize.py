@@ -23,6 +23,7 @@ judged by its validation metric against ``max_metric_drop``. Torch-free.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from ..errors import ConfigError, ModelFormatError, ParityError, TargetError
 from ..files import write_atomic
 from ..graphs import all_graphs
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest, write_manifest
+from .schemes import Scheme, scheme_for
 
 PRECISIONS = ("int8", "int8-static", "fp16")
 DEFAULT_MAX_METRIC_DROP = 0.01  # 1% relative
@@ -57,9 +59,12 @@ class QuantizeResult:
     model_bytes: bytes
     manifest: Manifest | None
     report: dict[str, Any] = field(default_factory=dict)  # what the manifest's "precision" entry holds
+    golden: Path | None = None  # the task golden file written beside the model, when asked for
+    speed: dict[str, Any] | None = None  # reduced vs fp32 on this CPU, timed in turns (not kept in the file)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path) if self.path else None, **self.report}
+        extra = {"golden": str(self.golden) if self.golden else None, "speed": self.speed}
+        return {"path": str(self.path) if self.path else None, **self.report, **extra}
 
 
 def quantize(
@@ -75,6 +80,9 @@ def quantize(
     per_channel: bool | None = None,
     long_steps: int | None = None,
     verify: bool = True,
+    cpu: str | None = None,
+    golden: bool | str | os.PathLike[str] = False,
+    timing: bool = True,
 ) -> QuantizeResult:
     """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
 
@@ -84,6 +92,11 @@ def quantize(
     own inputs; ``calibration`` (inputs by name) feeds int8-static. ``verify=False`` skips every judgement.
     ``per_channel``: one weight scale per output channel (True) or per tensor (False); None (the default) is per
     tensor, and for int8 judged by a task, per channel when per tensor is over the budget.
+    ``cpu``: the CPU the file will run on (``edgernn.optimize.schemes.CPUS``; None: from the manifest's target,
+    else ``any``, right on every CPU); the int8 scheme follows onnxruntime's guidance for it.
+    ``golden`` (True: ``OUT.golden.npz`` beside ``out``; or a path): the task's validation set, its fp32 metric and
+    the budget, for ``edgernn verify`` to judge the file on the device itself (needs a task).
+    ``timing``: time the reduced file against the fp32 one on this CPU (in turns) and report both.
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -93,6 +106,8 @@ def quantize(
     manifest = _manifest(proto)
     if manifest is not None and manifest.precision:
         raise ConfigError("this file is already reduced; quantise the fp32 export")
+    product = scheme_for(cpu, manifest.target if manifest is not None else None)
+    golden_at = _golden_target(golden, out, task, examples, manifest, verify)
     # int8 (dynamic) without a choice: per tensor, and per output channel when per tensor is over the budget
     fallback = to == "int8" and per_channel is None and verify and task is not None and examples is not None
     schemes = [False, True] if fallback else [bool(per_channel)]
@@ -112,6 +127,7 @@ def quantize(
                 max_metric_drop,
                 long_steps,
                 verify,
+                product,
             )
             break
         except _OverBudget as e:
@@ -135,11 +151,21 @@ def quantize(
         q = onnx.load_from_string(reduced)
         write_manifest(q, new_manifest)
         out_bytes = q.SerializeToString(deterministic=True)
+    # timed on this CPU at this moment: reported, never written into the file
+    speed = _speed(source, reduced, manifest) if timing and verify else None
     path = None
     if out is not None:
         path = Path(out)
         write_atomic(path, out_bytes)
-    return QuantizeResult(path, out_bytes, new_manifest, report)
+    result = QuantizeResult(path, out_bytes, new_manifest, report, speed=speed)
+    if golden_at is not None and new_manifest is not None:
+        from ..verify.task_golden import write_task_golden
+
+        metric = report["metric"]
+        result.golden = write_task_golden(
+            golden_at, new_manifest, task, examples, fp32_metric=metric["fp32"], budget=max_metric_drop
+        )
+    return result
 
 
 def _make_and_judge(
@@ -155,21 +181,99 @@ def _make_and_judge(
     max_metric_drop: float,
     long_steps: int | None,
     verify: bool,
+    scheme: Scheme,
 ) -> tuple[bytes, dict[str, Any]]:
     """The reduced file and its report; ``_OverBudget`` when its task metric is over the budget (other failures
     raise their own errors)."""
     if to == "int8":  # onnxruntime's own fusions only in a file made for onnxruntime (they are its contrib ops)
-        reduced, how = _int8_dynamic(proto, per_channel, fuse=manifest is None or manifest.target in (None, "ort"))
+        fuse = manifest is None or manifest.target in (None, "ort")
+        reduced, how = _int8_dynamic(proto, per_channel, fuse=fuse, scheme=scheme)
     elif to == "fp16":
         reduced, how = _fp16(proto)
     else:
-        reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel)
+        reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel, scheme)
     reduced = _shrink(_load(reduced)).SerializeToString()
     _loads_at_every_level(reduced)
     report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
     if verify:
         report.update(_judge(source, reduced, manifest, to, task, examples, data, max_metric_drop, long_steps))
+        report["judged_on"] = _judged_on(scheme if to != "fp16" else None)
     return reduced, report
+
+
+def _golden_target(
+    golden: bool | str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    task: Any,
+    examples: Sequence[Any] | None,
+    manifest: Manifest | None,
+    verify: bool,
+) -> Path | None:
+    """Where the task golden file goes (None: not asked for); ConfigError, before any work, when it cannot be
+    written: it records the task's validation set and the metric judged here."""
+    if golden is False or golden is None:
+        return None
+    if task is None or examples is None or manifest is None:
+        raise ConfigError(
+            "a golden file for a reduced model records the task it is judged by: give --ckpt (the checkpoint it was "
+            "exported from), or quantise an edgernn export that records its task"
+        )
+    if not verify:
+        raise ConfigError("a golden file records the metric judged before writing; drop --no-verify")
+    if golden is True:
+        if out is None:
+            raise ConfigError("golden=True writes beside the model; give the model a path (--out)")
+        from ..verify.golden import golden_path
+
+        return golden_path(out)
+    return Path(golden)
+
+
+def _judged_on(scheme: Scheme | None) -> dict[str, Any]:
+    """The CPU the judgement ran on, and a note when its integer products are not the device's."""
+    from ..runtime.cpu import host_cpu
+
+    cpu = host_cpu()
+    out: dict[str, Any] = {"cpu": cpu["class"], "model": cpu["model"]}
+    if scheme is not None and not scheme.exact_on(cpu["class"]):
+        out["note"] = (
+            f"this {cpu['class']} CPU can saturate {scheme.name} products, which the {scheme.cpu} device does not: "
+            "the metric judged here is not the device's; judge it there with a task golden file "
+            "(quantize --golden, then edgernn verify on the device)"
+        )
+    return out
+
+
+def _speed(source: bytes, reduced: bytes, manifest: Manifest | None) -> dict[str, Any]:
+    """The reduced file's speed against the fp32 one on this CPU, per step and per sequence, timed in turns (as
+    ``edgernn bench --against``); ``measured: False`` with the reason where bench cannot drive the model."""
+    from ..errors import EdgeRNNError
+    from ..runtime.cpu import host_cpu
+    from ..verify.bench import timed_in_turns
+
+    seq_len, batch = 100, 1
+    if manifest is not None:
+        seq_len = manifest.seq_len or seq_len
+        chunk = (manifest.chunk or 1) if manifest.states else 1
+        seq_len = max(chunk, seq_len - seq_len % chunk)
+        batch = manifest.batch or 1
+    try:
+        t = timed_in_turns(source, reduced, rounds=3, steps=50, repeats=5, warmup=5, seq_len=seq_len, batch=batch)
+    except EdgeRNNError as e:
+        return {"measured": False, "why": str(e)}
+    step, seq = t["ratios"]["step_speed"], t["ratios"]["sequence_speed"]
+    return {
+        "measured": True,
+        "cpu": host_cpu()["class"],
+        "rounds": t["rounds"],
+        "seq_len": seq_len,
+        "batch": batch,
+        "fp32_ms": {"step": t["model"]["step_p50_ms"], "sequence": t["model"]["sequence_p50_ms"]},
+        "reduced_ms": {"step": t["other"]["step_p50_ms"], "sequence": t["other"]["sequence_p50_ms"]},
+        "step_speed": step,  # > 1: the reduced file is faster
+        "sequence_speed": seq,
+        "slower": step < 1 or seq < 1,
+    }
 
 
 def _duplicate_initializers(graph: Any, keep: set[str]) -> dict[str, str]:
@@ -208,8 +312,8 @@ def check_budget(max_metric_drop: Any) -> None:
 # ------------------------------------------------------------------------------------------------ conversions
 
 
-def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool) -> tuple[bytes, dict[str, Any]]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool, scheme: Scheme) -> tuple[bytes, dict[str, Any]]:
+    from onnxruntime.quantization import quantize_dynamic
 
     from .scan_form import rewrite
 
@@ -223,13 +327,19 @@ def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool) -> tuple[bytes, dic
             src,
             dst,
             per_channel=per_channel,
-            weight_type=QuantType.QInt8,
+            weight_type=_weight_type(scheme),
             extra_options={"EnableSubgraph": True},
         )
         data = dst.read_bytes()
         if fuse:
             data = _fused_by_onnxruntime(data, Path(tmp) / "fused.onnx")
-    how = {"method": "onnxruntime quantize_dynamic", "per_channel": per_channel, "weights": "int8"}
+    how = {
+        "method": "onnxruntime quantize_dynamic",
+        "per_channel": per_channel,
+        "weights": scheme.weights,
+        "cpu": scheme.cpu,
+        "scheme": scheme.name,
+    }
     if fuse:
         how["fused"] = "onnxruntime's extended graph optimisations, saved in the file"
     if rewritten:
@@ -277,6 +387,7 @@ def _int8_static(
     calibration: Mapping[str, np.ndarray] | None,
     examples: Sequence[Any] | None,
     per_channel: bool,
+    scheme: Scheme,
 ) -> tuple[bytes, dict[str, Any]]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -303,17 +414,25 @@ def _int8_static(
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=_weight_type(scheme),
         )
         data = dst.read_bytes()
     how = {
         "method": "onnxruntime quantize_static (QDQ)",
         "per_channel": per_channel,
-        "weights": "int8",
+        "weights": scheme.weights,
+        "cpu": scheme.cpu,
+        "scheme": scheme.name,
         "activations": "uint8",
         "calibration_feeds": len(feeds),
     }
     return data, how
+
+
+def _weight_type(scheme: Scheme) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if scheme.weights == "uint8" else QuantType.QInt8
 
 
 def calibration_feeds(
@@ -540,6 +659,7 @@ def _judge(
         states=True,
     )
     out["drift"] = {"max_abs": par.max_abs, "cases": sorted({c.case for c in par.comparisons})}
+    _finite_or_refuse("the largest difference from the fp32 model on the parity cases", par.max_abs, to)
     if to == "fp16" and not par.passed:
         raise ParityError(
             f"the fp16 model differs from the fp32 one by {par.max_abs:.3g} (tolerance atol {par.atol:g}, rtol "
@@ -554,9 +674,15 @@ def _judge(
         }
     if manifest is not None:
         out["long_drift"] = long_drift(source, reduced, manifest, steps=long_steps or LONG_STEPS)
+        _finite_or_refuse("the long-run drift", out["long_drift"]["max_abs"], to)
     if task is not None and examples is not None and manifest is not None:
         fp32 = task_metric(source, task, examples, manifest)
         low = task_metric(reduced, task, examples, manifest)
+        if not (math.isfinite(fp32) and math.isfinite(low)):
+            raise ParityError(
+                f"the task's {task.metric} is not a finite number (fp32 {fp32}, {to} {low} on {len(examples)} "
+                "validation sequences): a drop cannot be judged from it; nothing was written"
+            )
         drop = metric_drop(task, fp32, low)
         out["metric"] = {
             "name": task.metric,
@@ -574,6 +700,11 @@ def _judge(
     elif to != "fp16":
         out["metric"] = None
     return out
+
+
+def _finite_or_refuse(what: str, value: float, to: str) -> None:
+    if not math.isfinite(value):
+        raise ParityError(f"{what} is {value}: the {to} model's outputs are not finite numbers; nothing was written")
 
 
 # ------------------------------------------------------------------------------------------------------ files

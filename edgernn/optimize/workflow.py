@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
 from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
+from .schemes import scheme_for
 
 
 def quantize_file(
@@ -25,6 +26,8 @@ def quantize_file(
     per_channel: bool | None = None,
     long_steps: int | None = None,
     no_verify: bool = False,
+    cpu: str | None = None,
+    golden: bool | str | os.PathLike[str] = False,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -43,6 +46,8 @@ def quantize_file(
         per_channel=per_channel,
         long_steps=long_steps,
         verify=not no_verify,
+        cpu=cpu,
+        golden=golden,
     )
 
 
@@ -57,9 +62,13 @@ def quantize_bytes(
     per_channel: bool | None = None,
     long_steps: int | None = None,
     verify: bool = True,
+    cpu: str | None = None,
+    golden: bool | str | os.PathLike[str] = False,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
+    if cpu is not None:
+        scheme_for(cpu)
     manifest = _manifest(model)
     task, examples = judge_task(manifest, ckpt)
     arrays = _npz(data) if data is not None else None
@@ -80,6 +89,8 @@ def quantize_bytes(
         per_channel=per_channel,
         long_steps=long_steps,
         verify=verify,
+        cpu=cpu,
+        golden=golden,
     )
 
 

@@ -132,7 +132,7 @@ def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
 
 
 def bench(
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | bytes,
     *,
     ckpt: str | os.PathLike[str] | None = None,
     provider: str = "cpu",
@@ -225,7 +225,7 @@ def bench(
         seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
     seq = Latency.of(seq_times)
     report = BenchReport(
-        model=os.fspath(model),
+        model="<in memory>" if isinstance(model, bytes) else os.fspath(model),
         provider=m.choice.to_dict(),
         threads=threads,
         streaming=sm is not None,
@@ -311,44 +311,62 @@ def _bench_torch(
             report.max_abs_diff = float(np.abs(ref - ort_out).max())
 
 
-def bench_against(
-    model: str | os.PathLike[str], other: str | os.PathLike[str], *, rounds: int = 3, **options: Any
+def timed_in_turns(
+    model: str | os.PathLike[str] | bytes, other: str | os.PathLike[str] | bytes, *, rounds: int = 3, **options: Any
 ) -> dict[str, Any]:
-    """Two files of one model (fp32 and int8, two strategies, ...) timed in turns in one process, ``rounds``
-    times each, with the same inputs and settings; the medians, and ``other``'s size and speed as ratios to
-    ``model``'s (speed > 1: ``other`` is faster), and how far their outputs differ on one sequence."""
-    from .drift import long_drift
-
+    """Two models timed in turns in one process, ``rounds`` times each, with the same inputs and settings (a
+    shared machine's load falls on both alike): each one's median step and sequence p50, and ``other``'s speed as
+    ratios to ``model``'s (> 1: ``other`` is faster)."""
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1; got {rounds}")
     options.pop("ckpt", None)
     runs: dict[str, list[BenchReport]] = {"model": [], "other": []}
-    for _ in range(rounds):  # in turns: a shared machine's load falls on both alike
+    for _ in range(rounds):
         runs["model"].append(bench(model, **options))
         runs["other"].append(bench(other, **options))
 
     def median(key: str, which: str) -> float:
         return float(np.median([getattr(r, key).p50_ms for r in runs[which]]))
 
-    out: dict[str, Any] = {"rounds": rounds, "machine": machine_info()}
-    for which, path in (("model", model), ("other", other)):
-        out[which] = {
-            "path": os.fspath(path),
-            "bytes": os.path.getsize(path),
-            "step_p50_ms": median("step", which),
-            "sequence_p50_ms": median("sequence", which),
-        }
+    out: dict[str, Any] = {"rounds": rounds}
+    for which in ("model", "other"):
+        out[which] = {"step_p50_ms": median("step", which), "sequence_p50_ms": median("sequence", which)}
     a, b = out["model"], out["other"]
     out["ratios"] = {
-        "size": a["bytes"] / b["bytes"],
         "step_speed": a["step_p50_ms"] / b["step_p50_ms"],
         "sequence_speed": a["sequence_p50_ms"] / b["sequence_p50_ms"],
     }
+    return out
+
+
+def bench_against(
+    model: str | os.PathLike[str], other: str | os.PathLike[str], *, rounds: int = 3, **options: Any
+) -> dict[str, Any]:
+    """Two files of one model (fp32 and int8, two strategies, ...) timed in turns (``timed_in_turns``); the
+    medians, ``other``'s size and speed as ratios to ``model``'s (speed > 1: ``other`` is faster), and how far
+    their outputs differ on one sequence."""
+    from .drift import long_drift
+
+    out = timed_in_turns(model, other, rounds=rounds, **options)
+    out["machine"] = machine_info()
+    for which, path in (("model", model), ("other", other)):
+        out[which].update(path=os.fspath(path), bytes=os.path.getsize(path))
+    out["ratios"]["size"] = out["model"]["bytes"] / out["other"]["bytes"]
     first = Model(model, threads=1)
     if first.manifest is not None:
         with open(model, "rb") as fa, open(other, "rb") as fb:
             out["drift"] = long_drift(fa.read(), fb.read(), first.manifest, steps=options.get("seq_len", 100))
     return out
+
+
+def ratio_words(ratio: float, more: str, less: str) -> str:
+    """A ratio (> 1: better) in the direction that reads naturally, three significant digits: ``ratio_words(0.002,
+    "faster", "slower")`` is "500x slower"; within 0.5% of 1 it is "1.00x (the same)"."""
+    if not np.isfinite(ratio) or ratio <= 0:
+        return f"not measured ({ratio})"
+    if abs(ratio - 1) < 0.005:
+        return "1.00x (the same)"
+    return f"{ratio:.3g}x {more}" if ratio > 1 else f"{1 / ratio:.3g}x {less}"
 
 
 def format_against(result: dict[str, Any]) -> str:
@@ -360,8 +378,10 @@ def format_against(result: dict[str, Any]) -> str:
             f"{d['sequence_p50_ms']:>12.3f}ms"
             for label, d in (("model", a), ("against", b))
         ),
-        f"against is {r['size']:.2f}x smaller, {r['step_speed']:.2f}x the speed per step, "
-        f"{r['sequence_speed']:.2f}x per sequence (medians of {result['rounds']} rounds in turns)",
+        f"against is {ratio_words(r['size'], 'smaller', 'larger')}, "
+        f"{ratio_words(r['step_speed'], 'faster', 'slower')} per step, "
+        f"{ratio_words(r['sequence_speed'], 'faster', 'slower')} per sequence "
+        f"(medians of {result['rounds']} rounds in turns)",
     ]
     if "drift" in result:
         lines.append(f"outputs differ by up to {result['drift']['max_abs']:.3g} over {result['drift']['steps']} steps")

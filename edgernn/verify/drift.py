@@ -13,12 +13,15 @@ Two ONNX files of one export (fp32 and int8 or fp16) are run side by side with o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..manifest import Manifest
+
+if TYPE_CHECKING:
+    from ..runtime.model import Model
 
 LONG_STEPS = 10_000
 CHECKPOINTS = 10  # points on the drift-against-time curve
@@ -88,16 +91,19 @@ def _checkpoints(n: int) -> list[int]:
     return sorted({max(1, round(n * (i + 1) / CHECKPOINTS)) for i in range(CHECKPOINTS)})
 
 
-def task_metric(model: bytes, task: Any, examples: Sequence[Any], manifest: Manifest) -> float:
+def task_metric(model: bytes | Model, task: Any, examples: Sequence[Any], manifest: Manifest) -> float:
     """The task's validation metric (lower is better for "mse", higher for "accuracy") computed through the
-    model file with onnxruntime: every example run as its own sequence of its own length (a fixed-length file
-    takes them padded to its length with their lengths; a streaming file is stepped through them)."""
+    model file (or a loaded ``Model``, on its provider) with onnxruntime: every example run as its own sequence
+    of its own length (a fixed-length file takes them padded to its length with their lengths; a streaming file
+    is stepped through them). ``task`` needs only ``head``, ``readout`` and ``metric``; an example ``x`` and
+    ``y``."""
     from ..runtime.model import Model
     from ..runtime.stream import StreamingModel
 
+    loaded = model if isinstance(model, Model) else None
     preds: list[np.ndarray] = []
     if manifest.states:
-        sm = StreamingModel(model, threads=1)
+        sm = StreamingModel(loaded) if loaded is not None else StreamingModel(model, threads=1)
         k = sm.chunk or 1
         for e in examples:
             steps = max(k, len(e.x) - len(e.x) % k)
@@ -105,7 +111,7 @@ def task_metric(model: bytes, task: Any, examples: Sequence[Any], manifest: Mani
             y = sm.run_sequence(x[None])[sm.primary][0]
             preds.append(y)
     else:
-        m = Model(model, threads=1)
+        m = loaded if loaded is not None else Model(model, threads=1)
         fixed = manifest.seq_len
         for e in examples:
             x = np.asarray(e.x, np.float32)

@@ -171,10 +171,18 @@ def format_inspection(info: dict[str, Any]) -> str:
         scheme = ""
         if prec["precision"] != "fp16" and "per_channel" in how:
             scheme = ", one scale per output channel" if how["per_channel"] else ", one scale per tensor"
+        if how.get("scheme"):
+            scheme += f", {how['scheme']} products for {how['cpu']} CPUs"
+        on = prec.get("judged_on") or {}
+        if on:
+            judged_cpu = f"; judged on {on['cpu']} ({on['model']})" + (
+                " - not the device's products" if on.get("note") else ""
+            )
         lines.append(
             f"precision: {prec['precision']} ({prec['size_ratio']:.2f}x smaller than fp32, "
             f"{prec['weights_reduced']:.0%} of weights reduced{scheme}); {judged}"
             + (f"; long-run drift {long['max_abs']:.3g} over {long['steps']} steps" if long else "")
+            + (judged_cpu if on else "")
         )
     par = info["parity"]
     if par is None:

@@ -1,0 +1,264 @@
+"""int8 that holds on the device it ships to: the integer products chosen for the device's CPU (`--cpu`), the CPU
+the file was judged on recorded, the task judged again on the device from a task golden file, the speed against
+fp32 told, and metrics or outputs that are not finite refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import edgernn.verify.drift as drift_mod
+from edgernn.cli import main
+from edgernn.errors import ConfigError, ParityError
+from edgernn.export import export_model
+from edgernn.manifest import json_text, read_manifest
+from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.optimize.quantize import quantize
+from edgernn.optimize.schemes import CPUS, SCHEMES, scheme_for
+from edgernn.runtime.cpu import CPU_CLASSES, host_cpu
+from edgernn.train.data import get_task, make_splits
+from edgernn.verify.task_golden import is_task_golden, read_task_golden, verify_task
+
+TASK = get_task("sine")
+RECORD = {"name": "sine", "n_train": 0, "n_val": 24, "min_len": 8, "max_len": 24, "seed": 5}
+
+
+def _strict(text: str) -> Any:
+    """json.loads that refuses NaN/Infinity, as a strict JSON parser does."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _fp32(tmp_path: Path, cell: str = "lstm", strategy: str = "step", hidden: int = 24, **kw: Any) -> Path:
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(cell=cell, input_size=1, hidden_size=hidden, num_layers=2)).eval()
+    if strategy == "step":
+        kw.setdefault("chunk", 2)
+    path = tmp_path / f"{cell}-{strategy}.onnx"
+    export_model(model, path, strategy=strategy, manifest_extra={"task": RECORD}, **kw)
+    return path
+
+
+def _examples() -> list:
+    return make_splits(TASK, n_train=0, n_val=24, min_len=8, max_len=24, seed=5)[1]
+
+
+def _weight_types(data: bytes) -> set[int]:
+    """The element types of the quantised weights (the integer initializers with more than one element)."""
+    m = onnx.load_from_string(data)
+    ints = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    from edgernn.graphs import all_graphs
+
+    return {
+        t.data_type
+        for g in all_graphs(m.graph)
+        for t in g.initializer
+        if t.data_type in ints and int(np.prod(t.dims)) > 1
+    }
+
+
+def test_the_scheme_follows_the_cpu_and_is_recorded(tmp_path: Path) -> None:
+    src = _fp32(tmp_path, "gru", "native").read_bytes()
+    judged = {"task": TASK, "examples": _examples(), "long_steps": 50, "timing": False, "max_metric_drop": 1.0}
+    want = {"any": onnx.TensorProto.UINT8, "x86-avx2": onnx.TensorProto.UINT8, "arm64": onnx.TensorProto.INT8}
+    for cpu, dtype in want.items():
+        q = quantize(src, "int8", cpu=cpu, **judged)
+        assert _weight_types(q.model_bytes) == {dtype}, cpu
+        how = read_manifest({p.key: p.value for p in onnx.load_from_string(q.model_bytes).metadata_props}).precision
+        assert how["how"]["cpu"] == cpu and how["how"]["scheme"] == SCHEMES[cpu].name
+        assert how["judged_on"]["cpu"] == host_cpu()["class"] and how["judged_on"]["model"]
+        # a note exactly when this CPU's products are not those of the device the file is made for
+        assert ("note" in how["judged_on"]) == (not SCHEMES[cpu].exact_on(host_cpu()["class"]))
+    with pytest.raises(ConfigError, match=r"unknown --cpu 'sparc'.*any, x86-avx2, x86-vnni, arm64"):
+        quantize(src, "int8", cpu="sparc", **judged)
+
+
+def test_default_cpu_is_any_and_arm64_for_phone_targets() -> None:
+    assert scheme_for(None).cpu == "any" and scheme_for(None, "ort").cpu == "any"
+    assert scheme_for(None, "portable").cpu == "any"
+    assert scheme_for(None, "nnapi").cpu == "arm64" and scheme_for(None, "coreml").cpu == "arm64"
+    assert set(CPUS) == {"any", "x86-avx2", "x86-vnni", "arm64"} and host_cpu()["class"] in CPU_CLASSES
+    # 'any' must be exact on every CPU class
+    assert all(SCHEMES["any"].exact_on(c) for c in CPU_CLASSES)
+    assert not SCHEMES["arm64"].exact_on("x86-avx2") and SCHEMES["arm64"].exact_on("arm64")
+
+
+def test_cli_shows_the_scheme_the_cpu_and_the_speed(tmp_path: Path) -> None:
+    src, out = _fp32(tmp_path, "lstm", "step"), tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "100"])
+    assert r.exit_code == 0, r.output
+    assert "products   U8U8 (uint8 weights) for any CPUs" in r.output
+    assert f"judged on  this {host_cpu()['class']} CPU" in r.output
+    assert "per step (" in r.output and "ms fp32)" in r.output and "medians of 3 rounds in turns" in r.output
+    text = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "U8U8 products for any CPUs" in text and f"judged on {host_cpu()['class']}" in text
+    r = CliRunner().invoke(
+        main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "100", "--json"]
+    )
+    rep = _strict(r.output)
+    assert rep["speed"]["measured"] is True and rep["speed"]["step_speed"] > 0 and "slower" in rep["speed"]
+    assert rep["speed"]["fp32_ms"]["sequence"] > 0 and rep["speed"]["reduced_ms"]["sequence"] > 0
+
+
+def test_a_slower_reduced_file_is_said_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgernn.verify.bench as bench_mod
+
+    def slow(*a: Any, **k: Any) -> dict[str, Any]:  # the GRU under load: 0.512 ms fp32, 254.9 ms int8
+        return {
+            "rounds": 3,
+            "model": {"step_p50_ms": 0.01, "sequence_p50_ms": 0.512},
+            "other": {"step_p50_ms": 0.5, "sequence_p50_ms": 254.9},
+            "ratios": {"step_speed": 0.02, "sequence_speed": 0.512 / 254.9},
+        }
+
+    monkeypatch.setattr(bench_mod, "timed_in_turns", slow)
+    src, out = _fp32(tmp_path, "gru", "native"), tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "50"])
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert warn == [
+        "warning: the int8 file is SLOWER than fp32 on this CPU (50x slower per step, 498x slower per sequence)"
+    ]
+    r = CliRunner().invoke(
+        main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "50", "--json"]
+    )
+    assert _strict(r.output)["speed"]["slower"] is True
+
+
+def test_bench_against_reads_naturally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgernn.verify.bench import format_against, ratio_words
+
+    assert ratio_words(0.512 / 254.9, "faster", "slower") == "498x slower"
+    assert ratio_words(3.426, "smaller", "larger") == "3.43x smaller"
+    assert ratio_words(1.002, "faster", "slower") == "1.00x (the same)"
+    assert ratio_words(float("nan"), "faster", "slower").startswith("not measured")
+    result = {
+        "rounds": 3,
+        "model": {"path": "a.onnx", "bytes": 4096, "step_p50_ms": 0.01, "sequence_p50_ms": 0.512},
+        "other": {"path": "b.onnx", "bytes": 1024, "step_p50_ms": 0.02, "sequence_p50_ms": 254.9},
+        "ratios": {"size": 4.0, "step_speed": 0.5, "sequence_speed": 0.512 / 254.9},
+    }
+    text = format_against(result)
+    assert "against is 4x smaller, 2x slower per step, 498x slower per sequence" in text
+    assert "0.00x" not in text
+
+
+def test_a_metric_that_is_not_finite_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, out = _fp32(tmp_path, "gru", "native"), tmp_path / "q.onnx"
+    calls = iter([float("inf"), 0.5])
+    monkeypatch.setattr(drift_mod, "task_metric", lambda *a, **k: next(calls))
+    with pytest.raises(ParityError, match=r"not a finite number \(fp32 inf, int8 0.5"):
+        quantize(src.read_bytes(), "int8", out, task=TASK, examples=_examples(), long_steps=50, per_channel=False)
+    assert not out.exists()
+    monkeypatch.setattr(drift_mod, "task_metric", lambda *a, **k: float("nan"))
+    r = CliRunner().invoke(main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--json"])
+    assert r.exit_code == 5 and "fp32 nan, int8 nan" in r.output and not out.exists()
+
+
+def test_json_output_never_holds_nan_or_infinity() -> None:
+    text = json_text({"a": float("nan"), "b": [float("inf"), 1.5, np.float32("-inf")], "c": {"d": np.float64(2.0)}})
+    assert _strict(text) == {"a": None, "b": [None, 1.5, None], "c": {"d": 2.0}}
+
+
+def test_task_golden_judges_the_reduced_file_where_it_runs(tmp_path: Path) -> None:
+    src, out = _fp32(tmp_path, "rnn-tanh", "native"), tmp_path / "q.onnx"
+    args = ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "50", "--golden"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    golden = tmp_path / "q.golden.npz"
+    assert f"wrote {out} and {golden}" in r.output and is_task_golden(golden)
+    g = read_task_golden(golden)
+    assert g.meta["metric"] == "mse" and g.meta["budget"] == 0.01 and len(g.examples) == 24
+    assert g.meta["made_for_cpu"] == "any" and g.meta["exported_on"]["cpu"] == host_cpu()["class"]
+    # the golden's inputs and targets are the task's validation set
+    for e, want in zip(g.examples, _examples(), strict=True):
+        np.testing.assert_array_equal(e.x, want.x)
+        np.testing.assert_array_equal(e.y, want.y)
+    verdict = verify_task(out, golden)
+    # computed here from the golden alone, equal to what quantize judged
+    assert verdict["here"] == pytest.approx(g.meta["exported_on"]["reduced_metric"], rel=1e-6)
+    assert verdict["passed"] and verdict["cpu"] == host_cpu()["class"]
+    r = CliRunner().invoke(main, ["verify", str(out), "--golden", str(golden), "--json"])
+    assert r.exit_code == 0, r.output
+    assert _strict(r.output)["passed"] is True
+    # a golden whose fp32 metric says the reduced file is far worse: exit 5
+    with np.load(golden, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    meta["fp32_metric"] = verdict["here"] / 2
+    arrays["meta"] = np.array(json.dumps(meta))
+    worse = tmp_path / "worse.golden.npz"
+    np.savez(worse, **arrays)
+    r = CliRunner().invoke(main, ["verify", str(out), "--golden", str(worse)])
+    assert r.exit_code == 5 and "100.00% worse" in r.output and "FAIL" in r.output
+    # the fp32 file is not the file this golden was made for... it has the same weights, so it is judged too
+    r = CliRunner().invoke(main, ["verify", str(src), "--golden", str(golden)])
+    assert r.exit_code == 0 and "PASS" in r.output
+    # other weights: refused before any number
+    (tmp_path / "other").mkdir()
+    other = _fp32(tmp_path / "other", "rnn-tanh", "native", hidden=16)
+    r = CliRunner().invoke(main, ["verify", str(other), "--golden", str(golden)])
+    assert r.exit_code == 5 and "other weights" in r.output
+
+
+def test_task_golden_needs_a_task_and_refuses_pickles(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="gru", input_size=1, hidden_size=8, num_layers=1)).eval()
+    plain = tmp_path / "plain.onnx"
+    export_model(model, plain, strategy="native")  # no task recorded
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((4, 10, 1)).astype(np.float32))
+    r = CliRunner().invoke(
+        main,
+        ["quantize", str(plain), "--to", "int8", "--data", str(data), "--out", str(tmp_path / "q.onnx"), "--golden"],
+    )
+    assert r.exit_code == 2 and "records the task it is judged by" in r.output
+    assert not (tmp_path / "q.onnx").exists()
+    bad = tmp_path / "bad.golden.npz"
+    np.savez(bad, meta=np.array([{"format": "edgernn-task-golden"}], dtype=object))
+    assert not is_task_golden(bad)
+    with pytest.raises(ConfigError, match="never unpickles"):
+        read_task_golden(bad)
+
+
+def test_export_precision_writes_the_task_golden(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run"
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--task",
+            "sine",
+            "--cell",
+            "gru",
+            "--hidden",
+            "16",
+            "--layers",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            str(ckpt),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.int8.onnx"
+    r = CliRunner().invoke(
+        main,
+        ["export", str(ckpt), "--strategy", "native", "--precision", "int8", "--golden", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    golden = tmp_path / "m.int8.golden.npz"
+    assert is_task_golden(golden)
+    r = CliRunner().invoke(main, ["verify", str(out)])  # the golden beside the model by default
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
