@@ -94,16 +94,20 @@ def export_models(out: Path, cells: Sequence[str], strategies: Sequence[str]) ->
     from edgernn.export import export_model
     from edgernn.model.zoo import ModelConfig, build_model
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models; the machine is shared
     made = []
-    for cell in cells:
-        torch.manual_seed(0)
-        cfg = ModelConfig(cell=cell, input_size=FEATURES, hidden_size=HIDDEN, num_layers=LAYERS, readout="all")
-        model = build_model(cfg).eval()
-        for strategy in strategies:
-            path = out / f"{cell}-{strategy}.onnx"
-            export_model(model, path, strategy=strategy, golden=True)
-            made.append((cell, strategy, path))
+    try:
+        for cell in cells:
+            torch.manual_seed(0)
+            cfg = ModelConfig(cell=cell, input_size=FEATURES, hidden_size=HIDDEN, num_layers=LAYERS, readout="all")
+            model = build_model(cfg).eval()
+            for strategy in strategies:
+                path = out / f"{cell}-{strategy}.onnx"
+                export_model(model, path, strategy=strategy, golden=True)
+                made.append((cell, strategy, path))
+    finally:
+        torch.set_num_threads(threads)
     return made
 
 

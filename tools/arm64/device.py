@@ -29,6 +29,7 @@ From Python::
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import fcntl
 import glob
@@ -398,6 +399,10 @@ def refresh_edgernn(root: str | os.PathLike[str] | None = None, source: Path | N
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(src, staging / "edgernn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if sys.version_info[:2] == tuple(int(v) for v in PYTHON_VERSION.split(".")):
+        # bytecode compiled here is valid there (one magic number per minor version): the emulated Python would
+        # otherwise compile edgernn on every run, the copy being new each time
+        compileall.compile_dir(staging, quiet=2, workers=1)
     # a distribution record, as an install would leave, for importlib.metadata (`edgernn --version` reads it)
     version = re.search(r'__version__\s*=\s*"([^"]+)"', (src / "_version.py").read_text())
     info = staging / f"edgernn-{version.group(1) if version else '0'}.dist-info"
