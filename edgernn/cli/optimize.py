@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..optimize.quantize import DEFAULT_MAX_DRIFT
 from ..optimize.schemes import CPUS
 from .common import echo_json, handle_errors
 
@@ -21,17 +22,29 @@ def format_precision(report: dict[str, Any]) -> str:
         scheme = "per output channel" if how["per_channel"] else "per tensor"
         because = how.get("per_channel_because")
         lines.append(f"weights    one scale {scheme}" + (f" ({because})" if because else ""))
+    if how.get("embeddings"):
+        lines.append(f"embedding  {how['embeddings']}")
     if how.get("scheme"):
         lines.append(f"products   {how['scheme']} ({how['weights']} weights) for {how['cpu']} CPUs")
     if "drift" in report:
         lines.append(f"drift      max abs {report['drift']['max_abs']:.3g} against fp32 on the parity cases")
     long = report.get("long_drift")
     if long:
-        how = {"stream": "streamed", "sequence": "one sequence", "fixed": "its fixed length"}[long["form"]]
+        how = {
+            "stream": "streamed",
+            "sequence": "one sequence",
+            "fixed": "its fixed length",
+            "inputs": "every input at once",
+        }[long["form"]]
         curve = ", ".join(f"{t}: {d:.2g}" for t, d in long["growth"][:: max(1, len(long["growth"]) // 5)])
         lines.append(f"long run   max abs {long['max_abs']:.3g} over {long['steps']} steps ({how}); by step: {curve}")
-    if report.get("data_drift"):
-        lines.append(f"your data  max abs {report['data_drift']['max_abs']:.3g} against fp32")
+    data = report.get("data_drift")
+    if data:
+        judged = f", budget {data['budget']:.2%}" if "budget" in data else ""
+        lines.append(
+            f"your data  max abs {data['max_abs']:.3g} against fp32 ({data.get('relative', 0):.2%} of the largest "
+            f"fp32 output{judged})"
+        )
     metric = report.get("metric")
     if metric:
         lines.append(
@@ -81,7 +94,8 @@ def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
     "--data",
     type=click.Path(dir_okay=False),
     default=None,
-    help=".npz of inputs by name: the drift on your data, and int8-static's calibration.",
+    help=".npz with one array per model input, named as the input (first axis: sequences): the drift on your "
+    "data (judged by --max-drift when there is no task), the long run's inputs, and int8-static's calibration.",
 )
 @click.option(
     "--max-metric-drop",
@@ -89,6 +103,14 @@ def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
     default=0.01,
     show_default=True,
     help="Largest relative loss of the task metric allowed; over it nothing is written (exit 5).",
+)
+@click.option(
+    "--max-drift",
+    type=float,
+    default=DEFAULT_MAX_DRIFT,
+    show_default=True,
+    help="Without a task (--data only): the largest difference from the fp32 outputs on your data, as a share of "
+    "their largest magnitude; over it nothing is written (exit 5).",
 )
 @click.option(
     "--per-channel/--per-tensor",

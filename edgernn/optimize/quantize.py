@@ -43,10 +43,10 @@ from .schemes import Scheme, scheme_for
 
 PRECISIONS = ("int8", "int8-static", "fp16")
 DEFAULT_MAX_METRIC_DROP = 0.01  # 1% relative
+# judged on the user's data when no task is known: the largest output difference from fp32, as a share of the
+# largest fp32 output magnitude on that data (5%: a logit or a regression value moved by a twentieth of the scale)
+DEFAULT_MAX_DRIFT = 0.05
 _BASE62 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-_ADVICE = "raise --max-metric-drop, or try --per-channel or another strategy"
 
 
 class _OverBudget(Exception):
@@ -83,6 +83,7 @@ def quantize(
     cpu: str | None = None,
     golden: bool | str | os.PathLike[str] = False,
     timing: bool = True,
+    max_drift: float = DEFAULT_MAX_DRIFT,
 ) -> QuantizeResult:
     """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
 
@@ -97,10 +98,13 @@ def quantize(
     ``golden`` (True: ``OUT.golden.npz`` beside ``out``; or a path): the task's validation set, its fp32 metric and
     the budget, for ``edgernn verify`` to judge the file on the device itself (needs a task).
     ``timing``: time the reduced file against the fp32 one on this CPU (in turns) and report both.
+    ``max_drift``: without a task, the reduced file's outputs on ``data`` may differ from the fp32 file's by at
+    most this share of the fp32 outputs' largest magnitude, or ``ParityError`` and nothing is written.
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
     check_budget(max_metric_drop)
+    check_budget(max_drift, "--max-drift")
     source = _read(model)
     proto = _load(source)
     manifest = _manifest(proto)
@@ -109,7 +113,8 @@ def quantize(
     product = scheme_for(cpu, manifest.target if manifest is not None else None)
     golden_at = _golden_target(golden, out, task, examples, manifest, verify)
     # int8 (dynamic) without a choice: per tensor, and per output channel when per tensor is over the budget
-    fallback = to == "int8" and per_channel is None and verify and task is not None and examples is not None
+    judged = (task is not None and examples is not None) or data is not None
+    fallback = to == "int8" and per_channel is None and verify and judged
     schemes = [False, True] if fallback else [bool(per_channel)]
     over: list[str] = []
     for scheme in schemes:
@@ -128,13 +133,17 @@ def quantize(
                 long_steps,
                 verify,
                 product,
+                max_drift,
             )
             break
         except _OverBudget as e:
             over.append(f"{_scheme(to, scheme)}{e}")
     else:
         # --per-channel is worth a try only where it was not tried (and means nothing for fp16)
-        advice = _ADVICE if to != "fp16" and schemes == [False] else "raise --max-metric-drop, or try another strategy"
+        budget = "--max-metric-drop" if task is not None and examples is not None else "--max-drift"
+        advice = f"raise {budget}, or " + (
+            "try --per-channel or another strategy" if to != "fp16" and schemes == [False] else "try another strategy"
+        )
         raise ParityError(f"the {to} model {'; '.join(over)}; nothing was written ({advice})")
     if over:
         report["how"]["per_channel_because"] = "per tensor " + over[0].removeprefix("(per tensor) ")
@@ -182,6 +191,7 @@ def _make_and_judge(
     long_steps: int | None,
     verify: bool,
     scheme: Scheme,
+    max_drift: float,
 ) -> tuple[bytes, dict[str, Any]]:
     """The reduced file and its report; ``_OverBudget`` when its task metric is over the budget (other failures
     raise their own errors)."""
@@ -192,11 +202,16 @@ def _make_and_judge(
         reduced, how = _fp16(proto)
     else:
         reduced, how = _int8_static(proto, manifest, calibration, examples, per_channel, scheme)
-    reduced = _shrink(_load(reduced)).SerializeToString()
+    shrunk = _shrink(_load(reduced))
+    tables = _embedding_tables(shrunk)
+    if tables:
+        how["embeddings"] = tables
+    reduced = shrunk.SerializeToString()
     _loads_at_every_level(reduced)
     report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
     if verify:
-        report.update(_judge(source, reduced, manifest, to, task, examples, data, max_metric_drop, long_steps))
+        judges = (task, examples, data, max_metric_drop, max_drift)
+        report.update(_judge(source, reduced, manifest, to, judges, long_steps))
         report["judged_on"] = _judged_on(scheme if to != "fp16" else None)
     return reduced, report
 
@@ -303,10 +318,10 @@ def _scheme(to: str, per_channel: bool) -> str:
     return "(per channel) " if per_channel else "(per tensor) "
 
 
-def check_budget(max_metric_drop: Any) -> None:
+def check_budget(value: Any, option: str = "--max-metric-drop") -> None:
     """ConfigError unless the budget is a relative change >= 0 (0.01 = 1%)."""
-    if not (isinstance(max_metric_drop, (int, float)) and 0 <= max_metric_drop < float("inf")):
-        raise ConfigError(f"--max-metric-drop is a relative change >= 0 (0.01 = 1%); got {max_metric_drop!r}")
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+        raise ConfigError(f"{option} is a relative change >= 0 (0.01 = 1%); got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------------ conversions
@@ -427,6 +442,28 @@ def _int8_static(
         "calibration_feeds": len(feeds),
     }
     return data, how
+
+
+def _embedding_tables(model: Any) -> str | None:
+    """What became of the model's embedding tables (a Gather reading rows of a 2-D weight), in words; None
+    when it has none. onnxruntime's dynamic quantiser stores a table in the weight type and dequantises the rows
+    it gathers; the static one and fp16 keep or convert it like any weight."""
+    import onnx
+
+    kinds = []
+    for g in all_graphs(model.graph):
+        weights = {t.name: t for t in g.initializer}
+        for n in g.node:
+            t = weights.get(n.input[0]) if n.op_type == "Gather" and n.input else None
+            if t is not None and len(t.dims) == 2:
+                kinds.append(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name)
+    if not kinds:
+        return None
+    return ", ".join(
+        f"{kinds.count(k)} table(s) stored in {k}"
+        + (", rows dequantised after the Gather" if k in ("int8", "uint8") else "")
+        for k in sorted(set(kinds))
+    )
 
 
 def _weight_type(scheme: Scheme) -> Any:
@@ -633,12 +670,12 @@ def _judge(
     reduced: bytes,
     manifest: Manifest | None,
     to: str,
-    task: Any,
-    examples: Sequence[Any] | None,
-    data: Mapping[str, np.ndarray] | None,
-    max_metric_drop: float,
+    judges: tuple[Any, Sequence[Any] | None, Mapping[str, np.ndarray] | None, float, float],
     long_steps: int | None,
 ) -> dict[str, Any]:
+    """Drift on the parity cases, on the user's data and over a long run, and the task metric; ``_OverBudget``
+    when the task metric (or, without a task, the drift on the data) is over its budget."""
+    task, examples, data, max_metric_drop, max_drift = judges
     from ..runtime.providers import make_session
     from ..verify.check import check_model_inputs
     from ..verify.drift import LONG_STEPS, long_drift, metric_drop, task_metric
@@ -666,16 +703,22 @@ def _judge(
             f"{par.rtol:g}) on the parity cases; nothing was written",
             par,
         )
+    has_task = task is not None and examples is not None and manifest is not None
     if data is not None:
-        feed = {k: np.asarray(v) for k, v in data.items()}
-        ya, yb = through(session_runner(a))(feed), through(session_runner(b))(feed)
-        out["data_drift"] = {
-            "max_abs": max(float(np.abs(u.astype(np.float64) - v).max()) for u, v in zip(ya, yb, strict=True))
-        }
+        out["data_drift"] = _data_drift(a, b, through, data)
+        _finite_or_refuse("the largest difference from the fp32 model on your data", out["data_drift"]["max_abs"], to)
+        if not has_task:
+            out["data_drift"]["budget"] = max_drift
+            if out["data_drift"]["relative"] > max_drift:
+                d = out["data_drift"]
+                raise _OverBudget(
+                    f"differs from the fp32 model by up to {d['max_abs']:.3g} on your data, {d['relative']:.2%} of "
+                    f"the largest fp32 output ({d['scale']:.3g}), over --max-drift {max_drift:.2%}"
+                )
     if manifest is not None:
-        out["long_drift"] = long_drift(source, reduced, manifest, steps=long_steps or LONG_STEPS)
+        out["long_drift"] = long_drift(source, reduced, manifest, steps=long_steps or LONG_STEPS, given=data)
         _finite_or_refuse("the long-run drift", out["long_drift"]["max_abs"], to)
-    if task is not None and examples is not None and manifest is not None:
+    if has_task:
         fp32 = task_metric(source, task, examples, manifest)
         low = task_metric(reduced, task, examples, manifest)
         if not (math.isfinite(fp32) and math.isfinite(low)):
@@ -700,6 +743,18 @@ def _judge(
     elif to != "fp16":
         out["metric"] = None
     return out
+
+
+def _data_drift(a: Any, b: Any, through: Any, data: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """How far session ``b``'s outputs are from ``a``'s on the user's inputs (every float output)."""
+    from ..verify.parity import session_runner
+
+    feed = {k: np.asarray(v) for k, v in data.items()}
+    ya, yb = through(session_runner(a))(feed), through(session_runner(b))(feed)
+    pairs = [(u.astype(np.float64), v) for u, v in zip(ya, yb, strict=True) if u.dtype.kind == "f"]
+    diff = max(float(np.abs(u - v).max()) for u, v in pairs)
+    scale = max(float(np.abs(u).max()) for u, _ in pairs)
+    return {"max_abs": diff, "scale": scale, "relative": diff / max(scale, 1e-12)}
 
 
 def _finite_or_refuse(what: str, value: float, to: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
-from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
+from .quantize import DEFAULT_MAX_DRIFT, DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
 from .schemes import scheme_for
 
 
@@ -28,6 +28,7 @@ def quantize_file(
     no_verify: bool = False,
     cpu: str | None = None,
     golden: bool | str | os.PathLike[str] = False,
+    max_drift: float = DEFAULT_MAX_DRIFT,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -48,6 +49,7 @@ def quantize_file(
         verify=not no_verify,
         cpu=cpu,
         golden=golden,
+        max_drift=max_drift,
     )
 
 
@@ -64,9 +66,11 @@ def quantize_bytes(
     verify: bool = True,
     cpu: str | None = None,
     golden: bool | str | os.PathLike[str] = False,
+    max_drift: float = DEFAULT_MAX_DRIFT,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
+    check_budget(max_drift, "--max-drift")
     if cpu is not None:
         scheme_for(cpu)
     manifest = _manifest(model)
@@ -74,8 +78,8 @@ def quantize_bytes(
     arrays = _npz(data) if data is not None else None
     if to == "int8" and verify and examples is None and arrays is None:
         raise ConfigError(
-            "int8 is judged by the task, not elementwise: give --ckpt (the checkpoint it was exported from), or "
-            "--data X.npz with inputs by name to measure its drift on them (or --no-verify to skip judging)"
+            "int8 is judged by the task: give --ckpt (the checkpoint it was exported from), or --data X.npz, "
+            f"judged by the drift on it (--max-drift): {npz_layout(model)} (or --no-verify to skip judging)"
         )
     return quantize(
         model,
@@ -91,7 +95,22 @@ def quantize_bytes(
         verify=verify,
         cpu=cpu,
         golden=golden,
+        max_drift=max_drift,
     )
+
+
+def npz_layout(model: bytes) -> str:
+    """What ``--data`` must hold for this model, in words: one array per input, named as the input."""
+    from ..runtime.model import Model
+
+    specs = [s for s in Model(model, threads=1).inputs if s.role in ("data", "lengths")]
+    arrays = []
+    for s in specs:
+        dims = [
+            "N" if d == "batch" else ("T" if isinstance(d, str) and d.startswith("time") else str(d)) for d in s.shape
+        ]
+        arrays.append(f"{s.name!r} ({', '.join(dims)}) {s.dtype}" + (" (optional)" if s.role == "lengths" else ""))
+    return f"an .npz with one array per input, named as the input, N sequences on the batch axis: {'; '.join(arrays)}"
 
 
 def judge_task(manifest: Manifest | None, ckpt: str | os.PathLike[str] | None) -> tuple[Any, list[Any] | None]:

@@ -12,13 +12,13 @@ Two ONNX files of one export (fp32 and int8 or fp16) are run side by side with o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..manifest import Manifest
+from ..manifest import Manifest, TensorSpec
 
 if TYPE_CHECKING:
     from ..runtime.model import Model
@@ -45,17 +45,27 @@ def long_drift(
     steps: int = LONG_STEPS,
     x: np.ndarray | None = None,
     seed: int = 0,
+    given: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The drift of ``candidate`` from ``reference`` over one long sequence (see the module docstring).
 
     ``x`` (T, F) is the sequence (default: standard normal, seeded). Returns the form used, the steps run, the
     largest absolute difference overall, and ``growth``: [step, max abs difference up to that step] pairs.
+    A dynamic-length model whose inputs are not one (batch, time, features) float tensor (several inputs, more
+    dimensions, token ids) is fed every input at once (``_feed_drift``), from ``given`` (inputs by name, first
+    axis the batch) where it has them.
     """
     from ..runtime.model import Model
 
     data = next((s for s in manifest.inputs if s.role == "data"), None)
-    if data is None or not isinstance(data.shape[-1], int):
-        raise ConfigError("long drift needs a data input with a fixed feature size")
+    if data is None:
+        raise ConfigError("long drift needs a model with a data input")
+    if not manifest.states and manifest.seq_len is None and not _one_plain_input(manifest):
+        return _feed_drift(reference, candidate, manifest, steps, given, seed)
+    if not isinstance(data.shape[-1], int) or not _one_plain_input(manifest):
+        raise ConfigError(
+            "long drift of a streaming or fixed-length file needs one float data input (batch, time, features)"
+        )
     features = int(data.shape[-1])
     fixed = manifest.seq_len
     if manifest.states:
@@ -85,6 +95,81 @@ def long_drift(
         worst = max(worst, float(np.abs(ref.run(xb).astype(np.float64) - cand.run(xb)).max()))
         growth.append([int(end), worst])
     return {"form": "sequence", "steps": int(steps), "max_abs": worst, "growth": growth}
+
+
+def _one_plain_input(manifest: Manifest) -> bool:
+    data = [s for s in manifest.inputs if s.role == "data"]
+    return len(data) == 1 and data[0].dtype.startswith("float") and len(data[0].shape) == 3
+
+
+def _feed_drift(
+    reference: bytes,
+    candidate: bytes,
+    manifest: Manifest,
+    steps: int,
+    given: Mapping[str, np.ndarray] | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Long drift of a dynamic-length model with any inputs: one long sequence per data input (the given
+    sequences joined end to end along time, repeated to ``steps``; float inputs without data drawn standard
+    normal), every output compared at growing lengths."""
+    from ..runtime.model import Model
+
+    long = {s.name: _long_input(s, steps, given, seed) for s in manifest.inputs if s.role == "data"}
+    ref, cand = Model(reference, threads=1), Model(candidate, threads=1)
+    time_axes = {s.name: _axes(s)[1] for s in manifest.inputs if s.role == "data"}
+    growth, worst = [], 0.0
+    for end in _checkpoints(steps):
+        feed = {
+            n: (a if time_axes[n] is None else np.take(a, np.arange(end), axis=time_axes[n])) for n, a in long.items()
+        }
+        ya, yb = ref.run_feed(feed), cand.run_feed(feed)
+        for name, a in ya.items():
+            if a.dtype.kind == "f":
+                worst = max(worst, float(np.abs(a.astype(np.float64) - yb[name]).max()))
+        growth.append([int(end), worst])
+    return {"form": "inputs", "steps": int(steps), "max_abs": worst, "growth": growth}
+
+
+def _axes(spec: TensorSpec) -> tuple[int | None, int | None]:
+    from ..runtime.layout import infer_axes
+
+    axes = infer_axes(spec.named_shape())
+    return (None, None) if axes is None else (axes.batch, axes.time)
+
+
+def _long_input(spec: TensorSpec, steps: int, given: Mapping[str, np.ndarray] | None, seed: int) -> np.ndarray:
+    """One sequence (batch 1) of ``steps`` steps for input ``spec``: from ``given`` or drawn."""
+    batch, time = _axes(spec)
+    if given is not None and spec.name in given:
+        a = np.asarray(given[spec.name])
+        if a.ndim != len(spec.shape):
+            raise ConfigError(
+                f"--data's {spec.name!r} has shape {a.shape}; the model takes {len(spec.shape)} dimensions "
+                f"{tuple(spec.shape)}"
+            )
+        if batch is None or time is None:  # no time axis: the first item as it is
+            return a if batch is None else np.take(a, [0], axis=batch)
+        seqs = [np.take(a, [i], axis=batch) for i in range(a.shape[batch])]
+        joined = np.concatenate(seqs, axis=time)
+        reps = -(-steps // max(1, joined.shape[time]))
+        return np.take(np.concatenate([joined] * reps, axis=time), np.arange(steps), axis=time)
+    if not spec.dtype.startswith("float"):
+        raise ConfigError(
+            f"the long-run drift needs values for the {spec.dtype} input {spec.name!r} (token ids cannot be drawn "
+            f"at random): give --data X.npz with an array {spec.name!r}"
+        )
+    shape = []
+    for i, d in enumerate(spec.shape):
+        if i == batch:
+            shape.append(1)
+        elif i == time:
+            shape.append(steps)
+        elif isinstance(d, int):
+            shape.append(d)
+        else:
+            raise ConfigError(f"input {spec.name!r} has a dynamic axis {d!r} besides batch and time: give --data")
+    return np.random.default_rng(seed).standard_normal(shape).astype(spec.dtype)
 
 
 def _checkpoints(n: int) -> list[int]:
