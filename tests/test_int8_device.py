@@ -353,3 +353,14 @@ def test_every_export_quantises_judged_by_the_drift_on_its_data(tmp_path: Path, 
     r = CliRunner().invoke(main, [*base, "--max-drift", str(d["relative"] / 10), "--per-tensor"])
     assert r.exit_code == 5 and "over --max-drift" in r.output and "raise --max-drift" in r.output, r.output
     assert not out.exists()
+
+
+def test_the_long_run_is_bounded_before_any_work(tmp_path: Path) -> None:
+    src, out = _fp32(tmp_path, "gru", "native"), tmp_path / "q.onnx"
+    r = CliRunner().invoke(
+        main, ["quantize", str(src), "--to", "int8", "--out", str(out), "--long-steps", "1000000000"]
+    )
+    assert r.exit_code == 2 and "--long-steps must be from 1 to 1,000,000" in r.output and "GiB" in r.output
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--long-steps must be from 1"):
+        quantize(src.read_bytes(), "int8", long_steps=0, verify=False)

@@ -131,7 +131,13 @@ def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
     help="Also write OUT.golden.npz: the task's validation set, fp32 metric and budget, for `edgernn verify` to "
     "judge the file on the device itself.",
 )
-@click.option("--long-steps", type=click.IntRange(min=1), default=10_000, show_default=True, help="Long-run drift.")
+@click.option(
+    "--long-steps",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Steps of the long-run drift (at most 1,000,000: the run is held in memory).",
+)
 @click.option("--no-verify", is_flag=True, help="Write without judging (the manifest says so).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors

@@ -105,6 +105,10 @@ def quantize(
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
     check_budget(max_metric_drop)
     check_budget(max_drift, "--max-drift")
+    if long_steps is not None:
+        from ..verify.drift import check_long_steps
+
+        check_long_steps(long_steps)
     source = _read(model)
     proto = _load(source)
     manifest = _manifest(proto)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
+from ..verify.drift import check_long_steps
 from .quantize import DEFAULT_MAX_DRIFT, DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
 from .schemes import scheme_for
 
@@ -71,6 +72,8 @@ def quantize_bytes(
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     check_budget(max_drift, "--max-drift")
+    if long_steps is not None:
+        check_long_steps(long_steps)
     if cpu is not None:
         scheme_for(cpu)
     manifest = _manifest(model)

@@ -24,7 +24,19 @@ if TYPE_CHECKING:
     from ..runtime.model import Model
 
 LONG_STEPS = 10_000
+# the longest run a user may ask for: its inputs and outputs are held in memory (about 4 bytes x (features +
+# 2 x outputs) a step, times a few for onnxruntime's buffers); a million steps of a 40-feature model is ~0.5 GB
+MAX_LONG_STEPS = 1_000_000
 CHECKPOINTS = 10  # points on the drift-against-time curve
+
+
+def check_long_steps(steps: Any) -> None:
+    """ConfigError, before any work, unless ``steps`` is a whole number from 1 to MAX_LONG_STEPS."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_LONG_STEPS:
+        estimate = ""
+        if isinstance(steps, int) and steps > MAX_LONG_STEPS:
+            estimate = f" (its inputs and outputs alone would take at least {steps * 12 / 2**30:.3g} GiB)"
+        raise ConfigError(f"--long-steps must be from 1 to {MAX_LONG_STEPS:,}; got {steps!r}{estimate}")
 
 
 def _stream_outputs(model: bytes, frames: np.ndarray) -> np.ndarray:
