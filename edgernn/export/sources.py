@@ -50,11 +50,17 @@ def export_checkpoint(
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
     from ..optimize.workflow import quantize_bytes
+    from .targets import recheck_structure
 
     result = export_model(ck.model(), None, **common, **extra, **options)
     budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop
     result.precision = quantize_bytes(
-        result.model_bytes, precision, out_path, max_metric_drop=budget, verify=not no_verify
+        result.model_bytes,
+        precision,
+        out_path,
+        max_metric_drop=budget,
+        verify=not no_verify,
+        target_check=recheck_structure,
     )
     result.path = result.precision.path
     result.manifest = result.precision.manifest

@@ -4,6 +4,7 @@ user's data, then ``quantize``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
 from .quantize import DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
+
+# (target, reduced model bytes) -> the target's check as the manifest records it, or None (nothing to record)
+TargetCheck = Callable[[str | None, bytes], dict[str, Any] | None]
 
 
 def quantize_file(
@@ -25,6 +29,7 @@ def quantize_file(
     per_channel: bool | None = None,
     long_steps: int | None = None,
     no_verify: bool = False,
+    target_check: TargetCheck | None = None,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -43,6 +48,7 @@ def quantize_file(
         per_channel=per_channel,
         long_steps=long_steps,
         verify=not no_verify,
+        target_check=target_check,
     )
 
 
@@ -57,8 +63,11 @@ def quantize_bytes(
     per_channel: bool | None = None,
     long_steps: int | None = None,
     verify: bool = True,
+    target_check: TargetCheck | None = None,
 ) -> QuantizeResult:
-    """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
+    """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
+    ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
+    the export room above passes it in)."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     manifest = _manifest(model)
     task, examples = judge_task(manifest, ckpt)
@@ -80,6 +89,7 @@ def quantize_bytes(
         per_channel=per_channel,
         long_steps=long_steps,
         verify=verify,
+        target_check=target_check,
     )
 
 

@@ -179,9 +179,9 @@ def _against_checkpoint(
     shapes: Any,
     tol: Tolerance,
 ) -> ParityReport:
+    from ..export.targets import target_runners
     from ..train import checkpoint
     from . import reference
-    from .check import target_runners
 
     manifest = _require_manifest(cand, "a check against a checkpoint")
     ck = checkpoint.load(ckpt)
