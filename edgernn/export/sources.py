@@ -30,7 +30,7 @@ def export_checkpoint(
     judged by the checkpoint's task (``edgernn.optimize.quantize``); the fp32 export is verified first.
     ``golden`` writes ``NAME.golden.npz`` beside the model for ``edgernn verify`` (fp32 exports only).
     """
-    from ..train import checkpoint
+    from ..model import checkpoint
     from . import export_model
 
     if out_path is not None and Path(out_path).resolve() == checkpoint.resolve(ckpt).resolve():
@@ -103,7 +103,7 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec!r} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
-        from ..train.checkpoint import safe_torch_load
+        from ..model.checkpoint import safe_torch_load
 
         state = safe_torch_load(weights)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

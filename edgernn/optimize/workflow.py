@@ -101,7 +101,7 @@ def judge_task(manifest: Manifest | None, ckpt: str | os.PathLike[str] | None) -
 
     record = None
     if ckpt is not None:
-        from ..train import checkpoint
+        from ..model import checkpoint
 
         record = checkpoint.task_record(checkpoint.load(ckpt).meta)
         if record is None:
