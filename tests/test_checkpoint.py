@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from edgernn.errors import CheckpointError
+from edgernn.model import checkpoint
 from edgernn.model.zoo import ModelConfig, build_model
-from edgernn.train import checkpoint
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def test_lstm_variants_from_the_cli(tmp_path: Path) -> None:
 
 
 def _torch_model(ckpt: Path) -> Any:
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
 
     return checkpoint.load(ckpt).model()
 
@@ -226,7 +226,7 @@ def _torch_out(ckpt: Path, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _oracle_out(ckpt: Path, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The numpy oracle (float64) on the checkpoint's own config and weights."""
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
     from edgernn.verify.reference import model_forward
 
     ck = checkpoint.load(ckpt)
@@ -266,7 +266,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def test_train_json_metric_is_the_checkpoints_validation_metric(task: str, tmp_path: Path) -> None:
     """The reported best metric is the saved model's metric on the validation split, computed here from the
     checkpoint: MSE with the numpy oracle for `sine`, accuracy of torch's argmax for `sign`."""
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
     from edgernn.train.data import collate, get_task, make_splits
 
     args = ["train", "--task", task, "--cell", "lstm", "--hidden", "6", "--epochs", "2", "--n-train", "64"]

@@ -227,8 +227,8 @@ def test_bench_with_checkpoint_compares_torch_eager(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch", reason="the torch comparison needs torch")
     from test_stream_models import from_zoo_model
 
+    from edgernn.model import checkpoint
     from edgernn.model.zoo import ModelConfig, build_model
-    from edgernn.train import checkpoint
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(cell="lstm", input_size=3, hidden_size=8, num_layers=2, readout="all")).eval()

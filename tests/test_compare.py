@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edgernn.errors import ConfigError
-from edgernn.train import checkpoint
-from edgernn.train.compare import compare, pareto_front
+from edgernn.model import checkpoint
+from edgernn.workflows.compare import compare, pareto_front
 
 BUDGET = {"epochs": 1, "n_train": 64, "n_val": 32, "batch_size": 32, "min_len": 10, "max_len": 10, "patience": 0}
 

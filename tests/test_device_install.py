@@ -52,8 +52,8 @@ BLOCKER = textwrap.dedent(
 def device(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Files made here with torch (a checkpoint, a sequence export, a step export), and a device environment."""
     from edgernn.export import export_model
+    from edgernn.model import checkpoint
     from edgernn.model.zoo import ModelConfig, build_model
-    from edgernn.train import checkpoint
 
     tmp = tmp_path_factory.mktemp("device")
     model = build_model(ModelConfig(cell="gru", input_size=1, hidden_size=8))

@@ -100,7 +100,7 @@ def unroll(run: tuple[Path, str]) -> Path:
 
 
 def test_run_an_unroll_export_at_its_length_without_lengths(unroll: Path, tmp_path: Path) -> None:
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
 
     x = np.random.default_rng(0).standard_normal((2, 12, 1)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

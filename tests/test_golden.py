@@ -51,7 +51,7 @@ def native(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
 
 def _torch_outputs(ckpt: Path, golden: Golden) -> list[np.ndarray]:
     """The checkpoint's eager model on each golden case's inputs, computed here."""
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
 
     model = checkpoint.load(ckpt).model().eval()
     out = []
@@ -203,7 +203,7 @@ def test_cli_golden_refused_with_no_verify(ckpt: Path, tmp_path: Path) -> None:
 
 def test_golden_from_other_weights_fails_before_any_number(native: dict[str, Any], ckpt: Path, tmp_path: Path) -> None:
     from edgernn.export import export_model
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
 
     model = checkpoint.load(ckpt).model()
     with torch.no_grad():

@@ -17,8 +17,8 @@ from edgernn.cli import main
 from edgernn.errors import ConfigError, InputError, ModelFormatError
 from edgernn.export import export_model
 from edgernn.manifest import MANIFEST_KEY, Manifest
+from edgernn.model import checkpoint
 from edgernn.model.zoo import ModelConfig, build_model
-from edgernn.train import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_parity_command_says_when_it_fell_back(tmp_path: Path) -> None:
     missing = next((p for p in ("cuda", "tensorrt", "openvino", "coreml", "nnapi") if p not in available()), None)
     if missing is None:
         pytest.skip("every accelerator provider is in this onnxruntime build: nothing to fall back from")
-    from edgernn.train import checkpoint
+    from edgernn.model import checkpoint
 
     model = build_model(ModelConfig(cell="lstm", input_size=1, hidden_size=4))
     ckpt = checkpoint.save(tmp_path / "model.ckpt", model)

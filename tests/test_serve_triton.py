@@ -148,7 +148,7 @@ def test_triton_export_without_tritonclient_names_the_extra(monkeypatch: pytest.
 
 def test_triton_report_judges_any_model() -> None:
     _tritonclient()
-    from edgernn.serve.triton import triton_report
+    from edgernn.export.targets.triton import triton_report
 
     ok = triton_report(_export("gru", 1).model_bytes)
     assert ok.target == "triton" and ok.passed is True and "h_in/h_out ['batch', 1, 8]" in ok.summary
@@ -508,7 +508,7 @@ def test_client_requests_carry_the_frame_and_the_sequence_flags(tmp_path: Path) 
 def cli_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`edgernn export CKPT --strategy step --target triton` as the docs run it."""
     pytest.importorskip("tritonclient.grpc", reason=NEEDS_TRITONCLIENT)
-    from edgernn.train.checkpoint import save
+    from edgernn.model.checkpoint import save
 
     d = tmp_path_factory.mktemp("cli")
     save(d / "model.ckpt", _model("lstm", 2))
@@ -522,7 +522,7 @@ def cli_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_export_refuses_other_strategies_for_triton(tmp_path: Path) -> None:
-    from edgernn.train.checkpoint import save
+    from edgernn.model.checkpoint import save
 
     save(tmp_path / "model.ckpt", _model("lstm", 1))
     args = ["export", str(tmp_path / "model.ckpt"), "--strategy", "native", "--target", "triton"]

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 from edgernn.cli import main
 from edgernn.errors import ConfigError, ExportError, ParityError, TargetError
 from edgernn.export import ExportResult, export_model, get_target, hygiene, target_names
+from edgernn.export.check import check_model
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.runtime import Model
-from edgernn.verify.check import check_model
 from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]
@@ -111,7 +111,8 @@ def test_native_with_lengths_is_refused_where_sequence_lens_is_ignored(target: s
 def test_openvino_and_onnx_reference_really_ignore_sequence_lens() -> None:
     """Why the refusal above exists: the same padded batch through an `ort` native export is wrong there."""
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from edgernn.verify.check import openvino_runner, reference_runner
+    from edgernn.export.targets.openvino import openvino_runner
+    from edgernn.export.targets.portable import reference_runner
 
     res = _export("lstm", "native", "ort")
     x = np.random.default_rng(1).standard_normal((3, T, 3)).astype(np.float32)
@@ -213,7 +214,7 @@ OPENVINO_CASES = [pytest.param(c, s, id=f"{c}-{s}") for c in CELLS for s in ("na
 @pytest.mark.parametrize(("cell", "strategy"), OPENVINO_CASES)
 def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, strategy: str) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from edgernn.verify.check import openvino_runner
+    from edgernn.export.targets.openvino import openvino_runner
 
     res = _export(cell, strategy, "openvino")
     parity = res.manifest.target_check["parity"]
@@ -241,7 +242,7 @@ def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, s
 @pytest.mark.slow
 def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    import edgernn.verify.check as check_mod
+    import edgernn.export.targets.openvino as check_mod
 
     real = check_mod.openvino_runner
 

@@ -17,7 +17,7 @@ import torch
 
 from edgernn.errors import InputError
 from edgernn.manifest import read_manifest
-from edgernn.train import checkpoint
+from edgernn.model import checkpoint
 from edgernn.train.dataset import load_dataset, normalization_stats, split_off
 from edgernn.train.workflow import train_to_dir
 

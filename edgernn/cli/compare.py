@@ -73,8 +73,8 @@ def compare(**o: Any) -> None:
     Runs are kept in OUT/<cell>-h<hidden>/: a rerun with the same settings reuses finished candidates (an
     interrupted compare resumes), while latencies are measured again so all of them come from one run.
     Writes OUT/compare.json and, with --plot, OUT/compare.png."""
-    from ..train.compare import compare as run_compare
-    from ..train.compare import plot_comparison
+    from ..workflows.compare import compare as run_compare
+    from ..workflows.compare import plot_comparison
 
     as_json, plot, out_dir = o.pop("as_json"), o.pop("plot"), o.pop("out_dir")
     training_settings(o)

@@ -61,8 +61,8 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     Exits 0 when every target checked passes, 9 when one does not; a target whose tool is not installed is
     reported, and fails the command only when it was asked for by name.
     """
+    from ..export.check import check_model, manifest_target
     from ..export.targets import target_names as all_targets
-    from ..verify.check import check_model, manifest_target
     from ..verify.parity import parse_shape
 
     asked = list(dict.fromkeys(target_names))

@@ -148,9 +148,10 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
 
     A model over the --max-metric-drop budget (or an fp16 one outside the fp16 tolerance) is not written: exit 5.
     """
+    from ..export.targets import recheck_structure
     from ..optimize.workflow import quantize_file
 
-    result = quantize_file(model, to, out, **o)
+    result = quantize_file(model, to, out, target_check=recheck_structure, **o)
     if as_json:
         echo_json(result.to_dict())
         return

@@ -92,7 +92,7 @@ def parity(
 
     Exits 0 when every comparison is within tolerance and 5 when any is not (or a problem is found).
     """
-    from ..verify.recheck import parity_check
+    from ..workflows.recheck import parity_check
 
     if not paths or len(paths) > 2:
         raise click.UsageError("give MODEL, or REFERENCE MODEL")
@@ -121,7 +121,7 @@ def parity(
     )
     loc = None
     if localize or plot_path:
-        from ..verify.recheck import localize_check
+        from ..workflows.recheck import localize_check
 
         loc = localize_check(
             reference,
@@ -149,7 +149,7 @@ def parity(
 
 
 def _long_run(reference: str | None, model: str, steps: int, provider: str, as_json: bool) -> None:
-    from ..verify.longrun import long_parity
+    from ..workflows.longrun import long_parity
 
     result = long_parity(reference, model, steps=steps, provider=provider)
     if as_json:

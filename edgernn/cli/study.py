@@ -45,7 +45,7 @@ def gradients(
 
     models = None
     if ckpts:
-        from ..train import checkpoint
+        from ..model import checkpoint
 
         models = {}
         for path in ckpts:

@@ -26,7 +26,6 @@ from ..manifest import Manifest, StateSpec, TensorSpec, write_manifest
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
 from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
-from ..verify.check import structure_report, target_runners
 from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
 from . import hygiene, packing
 from .graph import (
@@ -40,7 +39,7 @@ from .graph import (
 )
 from .registry import Strategy, get_strategy_class
 from .streaming import StateIO, StepModule, example_states, state_specs
-from .targets import get_target
+from .targets import get_target, structure_report, target_runners
 
 
 @dataclass

@@ -33,7 +33,7 @@ def export_checkpoint(
     outputs for an fp32 export; the task's validation set, fp32 metric and budget for a reduced one. ``cpu``: the
     CPU a reduced file will run on (``edgernn.optimize.schemes.CPUS``).
     """
-    from ..train import checkpoint
+    from ..model import checkpoint
     from . import export_model
 
     if out_path is not None and Path(out_path).resolve() == checkpoint.resolve(ckpt).resolve():
@@ -50,11 +50,19 @@ def export_checkpoint(
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
     from ..optimize.workflow import quantize_bytes
+    from .targets import recheck_structure
 
     result = export_model(ck.model(), None, **common, **extra, **options)
     budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop
     result.precision = quantize_bytes(
-        result.model_bytes, precision, out_path, max_metric_drop=budget, verify=not no_verify, cpu=cpu, golden=golden
+        result.model_bytes,
+        precision,
+        out_path,
+        max_metric_drop=budget,
+        verify=not no_verify,
+        cpu=cpu,
+        golden=golden,
+        target_check=recheck_structure,
     )
     result.path = result.precision.path
     result.manifest = result.precision.manifest
@@ -97,7 +105,7 @@ def load_user_module(spec: str, weights: str | Path | None = None) -> tuple[Any,
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec!r} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
-        from ..train.checkpoint import safe_torch_load
+        from ..model.checkpoint import safe_torch_load
 
         state = safe_torch_load(weights)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

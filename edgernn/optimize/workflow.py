@@ -4,6 +4,7 @@ user's data, then ``quantize``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from ..manifest import MANIFEST_KEY, Manifest, read_manifest
 from ..verify.drift import check_long_steps
 from .quantize import DEFAULT_MAX_DRIFT, DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
 from .schemes import scheme_for
+
+# (target, reduced model bytes) -> the target's check as the manifest records it, or None (nothing to record)
+TargetCheck = Callable[[str | None, bytes], dict[str, Any] | None]
 
 
 def quantize_file(
@@ -30,6 +34,7 @@ def quantize_file(
     cpu: str | None = None,
     golden: bool | str | os.PathLike[str] = False,
     max_drift: float = DEFAULT_MAX_DRIFT,
+    target_check: TargetCheck | None = None,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -51,6 +56,7 @@ def quantize_file(
         cpu=cpu,
         golden=golden,
         max_drift=max_drift,
+        target_check=target_check,
     )
 
 
@@ -68,8 +74,11 @@ def quantize_bytes(
     cpu: str | None = None,
     golden: bool | str | os.PathLike[str] = False,
     max_drift: float = DEFAULT_MAX_DRIFT,
+    target_check: TargetCheck | None = None,
 ) -> QuantizeResult:
-    """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz."""
+    """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
+    ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
+    the export room above passes it in)."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     check_budget(max_drift, "--max-drift")
     if long_steps is not None:
@@ -99,6 +108,7 @@ def quantize_bytes(
         cpu=cpu,
         golden=golden,
         max_drift=max_drift,
+        target_check=target_check,
     )
 
 
@@ -124,7 +134,7 @@ def judge_task(manifest: Manifest | None, ckpt: str | os.PathLike[str] | None) -
 
     record = None
     if ckpt is not None:
-        from ..train import checkpoint
+        from ..model import checkpoint
 
         record = checkpoint.task_record(checkpoint.load(ckpt).meta)
         if record is None:

@@ -415,30 +415,6 @@ def validate_config(config: Any, model: str | os.PathLike[str] | bytes | Any) ->
     return parse_config(config)
 
 
-def triton_report(model: str | os.PathLike[str] | bytes | Any) -> Any:
-    """What the `triton` target's check says of ``model`` (a ``edgernn.verify.check.TargetReport``): passed when
-    it is a step export with batch-first states and the Triton config made for it validates against its graph;
-    failed, saying why, otherwise; not checked (passed None) where tritonclient is not installed."""
-    from ..verify.check import TargetReport
-
-    try:
-        graph = read_graph(model)
-        states = servable_states(graph)
-        problems = config_problems(model_config(graph, name="model"), graph)
-    except MissingPackageError as e:
-        return TargetReport("triton", None, str(e))
-    except (ModelFormatError, ConfigError) as e:
-        return TargetReport("triton", False, str(e))
-    if problems:
-        return TargetReport("triton", False, "the Triton config made for it does not fit: " + "; ".join(problems))
-    pairs = ", ".join(f"{s.input}/{s.output} {s.shape}" for s in states)
-    return TargetReport(
-        "triton",
-        True,
-        f"its Triton config (sequence batcher, implicit state) validates; states batch-first: {pairs}",
-    )
-
-
 # ------------------------------------------------------------------------------------------------ the repository
 
 

@@ -44,7 +44,7 @@ def assert_parity(
     cases' shapes. ``atol``/``rtol`` override the fp32 tolerance. ``localize`` (torch references) adds the layer
     and step where the hidden state first drifts to the failure message.
     """
-    from ..verify.recheck import parity_check
+    from ..workflows.recheck import parity_check
 
     if isinstance(shapes, Mapping):
         shapes = [shapes]
@@ -111,7 +111,7 @@ def _localized(reference: Any, model: Any, report: Any, inputs: Any, provider: s
     if module is None and (_is_golden(reference) or isinstance(reference, bytes) or _is_onnx_path(reference)):
         return None
     from ..errors import EdgeRNNError
-    from ..verify.recheck import localize_check
+    from ..workflows.recheck import localize_check
 
     try:
         loc = localize_check(

@@ -1,2 +1,3 @@
-"""Training: built-in tasks and padded batches (``data``), the training loop (``loop``), safe checkpoints
-(``checkpoint``) and ``edgernn train`` as a function (``workflow``)."""
+"""Training: built-in tasks and padded batches (``data``), the training loop (``loop``) and ``edgernn train`` as a
+function (``workflow``). The checkpoints it writes are ``edgernn.model.checkpoint`` (``checkpoint`` here re-exports
+it for existing imports); comparing cells (train, export, bench) is ``edgernn.workflows.compare``."""

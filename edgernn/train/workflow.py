@@ -43,7 +43,7 @@ def train_to_dir(
     import torch
 
     from ..files import write_atomic
-    from . import checkpoint
+    from ..model import checkpoint
     from .data import get_task
     from .loop import TrainConfig, fit, model_config_for
 

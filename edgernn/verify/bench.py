@@ -264,7 +264,7 @@ def _bench_torch(
 ) -> None:
     import torch
 
-    from ..train import checkpoint
+    from ..model import checkpoint
 
     cp = checkpoint.load(ckpt)
     model = cp.model()

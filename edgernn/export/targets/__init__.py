@@ -3,16 +3,24 @@
 A *strategy* is the graph form of the recurrence; a *target* is the runtime that will execute it. Each target is
 one module here that registers a ``Target``: the strategies it takes, whether the batch axis must be fixed, how
 padded batches are expressed in ops it supports, the op forms it needs, the precision its runtime must be asked
-for, and the check its own tool runs on every export (``edgernn.verify.check``). The registry imports neither
-torch nor onnx, so ``edgernn targets`` and the CLI's choices are instant.
+for, and the check its own tool runs on every export: the target's ``structure_report`` (what the tool says of
+the graph) and ``runners`` (the target's runtime as parity candidates beside onnxruntime), which the export and
+``edgernn check`` (``edgernn.export.check``) reach through ``structure_report`` and ``target_runners`` here. A new
+engine target is one module here, with its check, and its tests. The registry imports neither torch nor onnx (nor
+numpy until a check runs), so ``edgernn targets`` and the CLI's choices are instant.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from ...verify.check import TargetReport
+    from ...verify.parity import Runner
 
 # How a target's runtime is told which steps of a padded batch are padding:
 #   "sequence_lens"  whatever the strategy emits: ONNX's sequence_lens (native) or Less/Where masking (the others)
@@ -33,7 +41,7 @@ class Target:
     fused_step: bool = True  # takes `step --fused` (ONNX RNN/LSTM/GRU ops)
     gather_as_slice: bool = False  # Gather with a constant scalar index rewritten as Slice + Squeeze
     precision_hint: str | None = None  # what the target's runtime must be told to compute fp32 in
-    check: str = "ort"  # the check edgernn.verify.check runs on every export for this target
+    check: str = "ort"  # the target whose check (structure_report, runners) runs on every export for this one
     needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
 
     def __post_init__(self) -> None:
@@ -74,6 +82,18 @@ class Target:
     def why_not(self, strategy: str) -> str:
         return WHY_NOT.get((self.name, strategy), "it is not supported")
 
+    def structure_report(self, model: Any) -> TargetReport:
+        """What the target's tool says of the graph ``model`` (bytes or onnx.ModelProto), before any number is
+        compared. Here: onnxruntime's, which loads it (a target with its own tool overrides this)."""
+        from ...verify.check import TargetReport
+
+        return TargetReport(self.name, True, "onnxruntime loads the model")
+
+    def runners(self, model: Any) -> dict[str, Runner]:
+        """Parity candidates the target adds beside onnxruntime CPU, by name (none here: the runtime is
+        onnxruntime's own kernels); TargetError when its runtime cannot take ``model`` or is not installed."""
+        return {}
+
 
 # reasons a target refuses a strategy, filled in by the target modules
 WHY_NOT: dict[tuple[str, str], str] = {}
@@ -108,3 +128,25 @@ def get_target(name: str) -> Target:
     if name not in _TARGETS:
         raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(names)}")
     return _TARGETS[name]
+
+
+def structure_report(target: str, model: Any) -> TargetReport:
+    """What target ``target``'s own tool says of the graph ``model``; ConfigError for an unknown target."""
+    return get_target(target).structure_report(model)
+
+
+def target_runners(target: str, model: Any) -> dict[str, Runner]:
+    """Parity candidates target ``target`` adds beside onnxruntime CPU (OpenVINO for openvino, onnx.reference for
+    portable; none for the others, and none for a target not registered here)."""
+    if target not in target_names():
+        return {}
+    return get_target(target).runners(model)
+
+
+def recheck_structure(target: str | None, model: bytes) -> dict[str, Any] | None:
+    """The target's check of a reduced (int8/fp16) version of one of its exports, as the manifest records it;
+    None for onnxruntime's (nothing to ask again) or a file with no known target. ``edgernn.optimize.quantize``
+    takes this as its ``target_check``."""
+    if target is None or target == "ort" or target not in target_names():
+        return None
+    return structure_report(target, model).to_dict()

@@ -11,21 +11,26 @@ The manifest's states say ``["batch", L, H]``, so ``edgernn.runtime``'s streams 
 Only `step` (a stream's state goes from call to call); the batch stays dynamic (Triton stacks the streams of a
 call along it). The check on every export: parity of the batch-first graph against torch (chained calls, its
 states transposed back to torch's layout for the comparison), onnxruntime loads it, and the Triton config
-generated for it (``edgernn.serve.triton``) validates against the graph. Triton itself is not run: its
+generated for it (``edgernn.serve.triton``) validates against the graph (``triton_report``, which
+``edgernn check --target triton`` runs on any file). Triton itself is not run: its
 onnxruntime backend ships only in the server container.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import ExportError
+from ...errors import ConfigError, ExportError, MissingPackageError, ModelFormatError
 from ...manifest import Manifest, StateSpec, TensorSpec
 from . import Target, register_target
+
+if TYPE_CHECKING:
+    from ...verify.check import TargetReport
 
 _STEP_ONLY = (
     "Triton's sequence batcher carries each stream's state from call to call, which only a step export takes as "
@@ -56,6 +61,12 @@ class TritonTarget(Target):
 
         config_pb2()
 
+    def structure_report(self, model: Any) -> TargetReport:
+        """``triton_report``: a step export with batch-first states whose Triton config validates."""
+        from ...verify.check import as_bytes
+
+        return triton_report(as_bytes(model))
+
     def rewrite(self, proto: Any, manifest: Manifest) -> tuple[Any, Manifest, Any, dict[str, Any]]:
         """The step graph ``proto`` with batch-first states, its manifest, the target's report (onnxruntime loads
         the graph; the Triton config made for it validates) and the parity runners that check the new graph
@@ -77,7 +88,6 @@ class TritonTarget(Target):
             line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             return out, new_manifest, TargetReport(self.name, False, f"onnxruntime cannot load it: {line}"), {}
         from ...manifest import write_manifest
-        from ...serve.triton import triton_report
 
         with_manifest = type(out)()
         with_manifest.CopyFrom(out)
@@ -87,6 +97,31 @@ class TritonTarget(Target):
         if not report.passed:
             return out, new_manifest, report, {}
         return out, new_manifest, report, {"triton-layout:onnxruntime:cpu": _torch_layout_runner(session, axes)}
+
+
+def triton_report(model: str | os.PathLike[str] | bytes | Any) -> TargetReport:
+    """What the `triton` target's check says of ``model``: passed when it is a step export with batch-first states
+    and the Triton config made for it (``edgernn.serve.triton``) validates against its graph; failed, saying why,
+    otherwise; not checked (passed None) where tritonclient is not installed."""
+    from ...serve.triton import config_problems, model_config, read_graph, servable_states
+    from ...verify.check import TargetReport
+
+    try:
+        graph = read_graph(model)
+        states = servable_states(graph)
+        problems = config_problems(model_config(graph, name="model"), graph)
+    except MissingPackageError as e:
+        return TargetReport("triton", None, str(e))
+    except (ModelFormatError, ConfigError) as e:
+        return TargetReport("triton", False, str(e))
+    if problems:
+        return TargetReport("triton", False, "the Triton config made for it does not fit: " + "; ".join(problems))
+    pairs = ", ".join(f"{s.input}/{s.output} {s.shape}" for s in states)
+    return TargetReport(
+        "triton",
+        True,
+        f"its Triton config (sequence batcher, implicit state) validates; states batch-first: {pairs}",
+    )
 
 
 def batch_first(proto: Any, manifest: Manifest) -> tuple[Any, Manifest, dict[str, int]]:

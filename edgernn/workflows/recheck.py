@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFormatError
 from ..manifest import Manifest, TensorSpec
-from .parity import Case, ParityReport, Tolerance, given_inputs, tolerance
+from ..verify.parity import Case, ParityReport, Tolerance, given_inputs, tolerance
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _tolerance(atol: float | None, rtol: float | None) -> Tolerance:
 
 def _cases(inputs: Mapping[str, Any] | None, shapes: Sequence[Mapping[str, Sequence[int]]] | None, specs: Any) -> Any:
     """The user's inputs as one case, or cases at the user's shapes, or None (the defaults)."""
-    from .parity import case_from_shapes
+    from ..verify.parity import case_from_shapes
 
     if inputs is not None and shapes:
         raise ConfigError("give inputs or shapes, not both")
@@ -179,9 +179,9 @@ def _against_checkpoint(
     shapes: Any,
     tol: Tolerance,
 ) -> ParityReport:
-    from ..train import checkpoint
-    from . import reference
-    from .check import target_runners
+    from ..export.targets import target_runners
+    from ..model import checkpoint
+    from ..verify import reference
 
     manifest = _require_manifest(cand, "a check against a checkpoint")
     ck = checkpoint.load(ckpt)
@@ -223,7 +223,7 @@ def _against_torch(
     extra: Any = None,
 ) -> ParityReport:
     """The eager ``module`` against the file: chained step calls for a streaming export, else whole sequences."""
-    from .against_torch import stream_cases, verify_parity, verify_stream
+    from ..verify.against_torch import stream_cases, verify_parity, verify_stream
 
     manifest = cand.manifest
     if manifest is None:
@@ -339,7 +339,7 @@ def _between_files(
 ) -> ParityReport:
     """``ref`` on ``ref_provider`` against ``cand`` on each provider: the whole sequence through each (a
     stateful file streams it chunk by chunk from its initial state)."""
-    from .parity import Comparison, cases_for, compare, first_excess, make_inputs, other_axes
+    from ..verify.parity import Comparison, cases_for, compare, first_excess, make_inputs, other_axes
 
     ref_specs, cand_specs = _specs(ref), _specs(cand)
     problems = _io_problems(ref, cand, ref_specs, cand_specs)
@@ -465,8 +465,8 @@ def localize_check(
     tolerance against the torch reference (a checkpoint, or ``module``), on ``inputs``, on seeded inputs of
     ``shape`` (``{"x": (2, 30, 3)}``), or on a seeded padded batch of ``LOCALIZE_STEPS`` steps (the export's
     fixed length or whole chunks where it has one). Returns a ``edgernn.verify.localize.Localization``."""
-    from .localize import localize
-    from .parity import make_inputs
+    from ..verify.localize import localize
+    from ..verify.parity import make_inputs
 
     cand = load_model(model)
     manifest = _require_manifest(cand, "--localize")
@@ -474,7 +474,7 @@ def localize_check(
     if module is None:
         if reference is None or _is_onnx(reference):
             raise ConfigError("--localize follows the torch model's hidden states: give a checkpoint or --module")
-        from ..train import checkpoint
+        from ..model import checkpoint
 
         ck = checkpoint.load(reference)
         module = ck.model()
@@ -488,7 +488,7 @@ def localize_check(
 
         inputs = read_inputs(inputs, next(s.name for s in specs if s.role == "data"))
     if inputs is None and shape:
-        from .parity import case_from_shapes
+        from ..verify.parity import case_from_shapes
 
         inputs = make_inputs(specs, case_from_shapes(specs, shape, option="shape"), np.random.default_rng(0))
     if inputs is None:

@@ -60,8 +60,8 @@ def long_parity(
         label = Path(ref.path).name
         want = _file_steps(ref, x, provider, at)
     else:
-        from ..train import checkpoint
-        from .reference import model_steps
+        from ..model import checkpoint
+        from ..verify.reference import model_steps
 
         ck = checkpoint.load(reference)
         state = {n: v.detach().cpu().numpy() for n, v in ck.model().state_dict().items()}

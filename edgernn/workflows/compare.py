@@ -223,7 +223,7 @@ def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
     import time
 
     from ..files import write_atomic
-    from . import checkpoint
+    from ..model import checkpoint
 
     record_path = run / "candidate.json"
     if record_path.is_file():
@@ -238,7 +238,7 @@ def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
             and (run / checkpoint.DEFAULT_NAME).is_file()
         ):
             return {**record["made"], "reused": True}
-    from .workflow import train_to_dir
+    from ..train.workflow import train_to_dir
 
     t0 = time.perf_counter()
     summary = train_to_dir(
@@ -308,7 +308,7 @@ def _fingerprint(path: str) -> dict[str, Any]:
 
 
 def _longest(data: str, data_options: dict[str, Any]) -> int:
-    from .dataset import load_dataset
+    from ..train.dataset import load_dataset
 
     keys = ("head", "readout", "target_columns", "classes")
     d = load_dataset(data, **{k: data_options.get(k) for k in keys})

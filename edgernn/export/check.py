@@ -1,0 +1,81 @@
+"""``edgernn check`` as a library function: will a model (edgernn's or not) run on each target? Each target's own
+check (``edgernn.export.targets``: its tool's verdict on the graph, and its runtime's outputs against
+onnxruntime CPU where the runtime is here), asked without torch.
+
+- ``nnapi`` / ``coreml``: onnxruntime's mobile usability checker, in process: partitions, coverage, each node left
+  out and why (``edgernn.export.targets.mobile``).
+- ``openvino``: the model is read and compiled by OpenVINO (with the fp32 precision hint; its CPU plugin computes
+  in bf16 otherwise) and its outputs compared with onnxruntime's.
+- ``portable``: onnx's checker (full) and onnx's reference implementation, which follows the specification,
+  compared with onnxruntime.
+- ``triton``: a step export with batch-first states whose Triton config validates.
+- ``ort``: onnxruntime loads and runs the model.
+
+Outputs are compared on random inputs at the manifest's shapes (or the ones given), with the fp32 tolerances.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from ..errors import TargetError
+from ..manifest import MANIFEST_KEY, read_manifest
+from ..verify.check import TargetReport, check_model_inputs, read_bytes
+from ..verify.parity import check, session_runner
+from .targets import get_target, structure_report, target_runners
+
+
+def manifest_target(model: str | os.PathLike[str] | bytes) -> str | None:
+    """The target an edgernn export was made for (None for other models); read through onnxruntime."""
+    from ..runtime.providers import make_session
+
+    session, _ = make_session(read_bytes(model), "cpu", threads=1)
+    meta = session.get_modelmeta().custom_metadata_map
+    return read_manifest(meta).target if MANIFEST_KEY in meta else None
+
+
+def check_model(
+    model: str | os.PathLike[str] | bytes,
+    targets: Sequence[str],
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> list[TargetReport]:
+    """A compatibility report for any ONNX file: per target, the tool's verdict on the graph and the outputs
+    against onnxruntime CPU on random inputs (the manifest's shapes, or ``shapes`` by input name)."""
+    from ..runtime.providers import make_session
+
+    data = read_bytes(model)
+    for t in targets:
+        get_target(t)  # ConfigError naming the targets, before any work
+    session, _ = make_session(data, "cpu", threads=1)
+    specs, cases, through_checks = check_model_inputs(session, shapes)
+    outputs = [o.name for o in session.get_outputs()]
+    reports = []
+    for t in targets:
+        report = structure_report(t, data)
+        try:
+            runners = target_runners(t, data)
+        except TargetError as e:
+            not_installed = "not installed" in str(e)
+            reports.append(TargetReport(t, None if not_installed else False, str(e)))
+            continue
+        if runners:
+            par = check(
+                through_checks(session_runner(session)),
+                {name: through_checks(run) for name, run in runners.items()},
+                specs,
+                outputs,
+                cases,
+                seed=seed,
+                states=True,
+            )
+            report.parity = par.summary()
+            if not par.passed:
+                report.passed = False
+                report.summary += f"; outputs differ from onnxruntime's (max abs {par.max_abs:.3g})"
+            else:
+                report.summary += f"; outputs match onnxruntime's (max abs {par.max_abs:.2e})"
+        reports.append(report)
+    return reports
