@@ -112,7 +112,10 @@ def write_task_golden(
 def is_task_golden(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a task golden file (rather than an export's golden file); False for anything else."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # one array (.npy): not an archive at all
+            return False
+        with loaded as z:
             raw = z[META_KEY] if META_KEY in z.files else None
             if raw is None or raw.shape != () or raw.dtype.kind != "U":
                 return False
@@ -128,7 +131,10 @@ def read_task_golden(path: str | os.PathLike[str]) -> TaskGolden:
     if not p.is_file():
         raise ConfigError(f"no golden file at {str(p)!r}")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        loaded = np.load(p, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ConfigError(f"{what}: it holds one array, not an .npz archive")
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
         raise ConfigError(f"{what}: {str(e).splitlines()[0][:200]}; edgernn never unpickles a golden file") from None
