@@ -23,8 +23,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from edgernn.errors import ExportError
 from edgernn.export import ExportResult, export_model, get_strategy_class, get_target, travel
-from edgernn.export.targets.tract import tract_available, tract_error, tract_report, tract_runner
+from edgernn.export.targets.tract import tract_available, tract_error, tract_report, tract_runner, tract_structure
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.verify.parity import TOLERANCES, compare
 
@@ -181,6 +182,10 @@ def test_tract_report_without_tract_names_the_extra(monkeypatch: pytest.MonkeyPa
 
 
 def test_tract_error_keeps_the_root_cause_and_the_node() -> None:
+    one = 'Translating node #15 "node_GRU_18" GRU ToTypedTranslator\n\nCaused by:\n'
+    one += "    Non constant seq_len is not supported"
+    assert tract_error(RuntimeError(one)) == 'Non constant seq_len is not supported (at node #15 "node_GRU_18" GRU)'
+    assert tract_error(RuntimeError("just one line")) == "just one line"
     text = (
         'Failed analyse for node #37 "node_scan__1" Scan\n\nCaused by:\n    0: Infering facts\n'
         "    1: Unifying shapes s2,16 and 3,16\n    2: Impossible to unify Sym(s2) with Val(3).\n\n"
@@ -234,3 +239,80 @@ def test_passes_leave_their_argument_untouched() -> None:
     copy.CopyFrom(raw)
     travel.for_bound_shapes(raw)
     assert raw == copy
+
+
+# ------------------------------------------------------------------------------------ the target as data
+
+
+def test_tract_target_masks_padding_and_refuses_native_with_lengths() -> None:
+    target = get_target("tract")
+    assert target.strategies == ("native", "loop", "unroll", "step")
+    assert target.padding == "masking" and target.check == "tract" and target.needs == "tract"
+    assert target.bound_shapes and not target.static_batch
+    with pytest.raises(ExportError, match="does not honour ONNX's sequence_lens"):
+        target.validate("native", lengths=True)
+    target.validate("native", lengths=False)
+
+
+@needs_tract
+def test_tract_structure_loads_the_travelled_file_and_names_the_node_of_a_refused_one() -> None:
+    good = tract_structure(_travelled("gru", "loop"))
+    assert good.passed is True and "x 2,5,3,f32" in good.summary, good.summary
+    bad = tract_structure(_raw("gru", "loop"))
+    assert bad.passed is False and "Impossible to unify Sym(" in bad.summary and "node #" in bad.summary
+
+
+@needs_tract
+def test_native_with_a_runtime_sequence_lens_is_refused_by_tract() -> None:
+    """Why the tract target masks padding in plain ops: tract refuses ONNX's GRU with a runtime sequence_lens."""
+    res = export_model(_model("gru"), None, strategy="native", target="ort", lengths=True, verify=False)
+    report = tract_structure(travel.for_bound_shapes(onnx.load_from_string(res.model_bytes)))
+    assert report.passed is False and "Non constant seq_len is not supported" in report.summary, report.summary
+
+
+def _one_node(
+    node: onnx.NodeProto,
+    x: list[int | str],
+    y: list[int | str],
+    elem: int,
+    inits: list[onnx.TensorProto],
+    opsets: dict[str, int],
+) -> bytes:
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", elem, x)],
+        [onnx.helper.make_tensor_value_info("y", elem, y)],
+        inits,
+    )
+    ops = [onnx.helper.make_opsetid(d, v) for d, v in opsets.items()]
+    return onnx.helper.make_model(graph, opset_imports=ops).SerializeToString()
+
+
+@needs_tract
+def test_tract_limits_recorded_in_docs_still_hold() -> None:
+    """docs/engines/tract.md's reproductions (tract 0.23): if one starts to load, the doc and the target's
+    choices are out of date."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f16 = np.float16
+    gemm = _one_node(
+        helper.make_node("Gemm", ["x", "W", "B"], ["y"]),
+        [2, 3],
+        [2, 4],
+        TensorProto.FLOAT16,
+        [numpy_helper.from_array(np.ones((3, 4), f16), "W"), numpy_helper.from_array(np.zeros(4, f16), "B")],
+        {"": 17},
+    )
+    contrib = _one_node(
+        helper.make_node("DynamicQuantizeMatMul", ["x", "W", "S"], ["y"], domain="com.microsoft"),
+        [2, 3],
+        [2, 4],
+        TensorProto.FLOAT,
+        [numpy_helper.from_array(np.ones((3, 4), np.int8), "W"), numpy_helper.from_array(np.ones(1, np.float32), "S")],
+        {"": 17, "com.microsoft": 1},
+    )
+    expected = {"expected 2,4,F16 got 2,4,F32": gemm, "Unimplemented(DynamicQuantizeMatMul)": contrib}
+    for message, model in expected.items():
+        report = tract_structure(model)
+        assert report.passed is False and message in report.summary, report.summary

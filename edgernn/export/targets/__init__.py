@@ -35,6 +35,7 @@ class Target:
     precision_hint: str | None = None  # what the target's runtime must be told to compute fp32 in
     check: str = "ort"  # the check edgernn.verify.check runs on every export for this target
     needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
+    bound_shapes: bool = False  # its engine binds concrete shapes: written in edgernn.export.travel's form
 
     def __post_init__(self) -> None:
         if self.padding not in PADDING_FORMS:

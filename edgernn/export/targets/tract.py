@@ -35,6 +35,7 @@ TARGET = register_target(
         padding="masking",
         check="tract",
         needs="tract",
+        bound_shapes=True,
     )
 )
 
@@ -68,9 +69,10 @@ def tract_error(e: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         return type(e).__name__
-    causes = [re.sub(r"^\d+:\s*", "", ln) for ln in lines if re.match(r"^\d+:", ln)]
+    below = lines.index("Caused by:") + 1 if "Caused by:" in lines else len(lines)
+    causes = [re.sub(r"^\d+:\s*", "", ln) for ln in lines[below:]]
     root = causes[-1] if causes else lines[0]
-    node = next((m.group(0) for ln in lines if (m := re.search(r'node #\d+ "[^"]*"(?: \w+)?', ln))), None)
+    node = next((m.group(0) for ln in lines if (m := re.search(r'node #\d+ "[^"]*"(?: \S+)?', ln))), None)
     return (f"{root} (at {node})" if node and node not in root else root)[:400]
 
 
@@ -153,6 +155,54 @@ def tract_runner(model: bytes | Any) -> Runner:
         return engine.run(feed)
 
     return run
+
+
+def _probe(model: Any) -> dict[str, np.ndarray]:
+    """Zeros at concrete shapes for each graph input: a batch-named dim 2, a time-named one 5, others 1."""
+    from onnx import helper
+
+    from ...runtime.layout import BATCH_NAMES, TIME_NAMES
+
+    weights = {t.name for t in model.graph.initializer}
+    feed: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        dims = []
+        for d in tensor.shape.dim:
+            name = d.dim_param.lower()
+            dims.append(
+                d.dim_value if d.HasField("dim_value") else 2 if name in BATCH_NAMES else 5 if name in TIME_NAMES else 1
+            )
+        feed[value.name] = np.zeros(dims, helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    return feed
+
+
+def tract_structure(model: bytes | Any, shapes: Mapping[str, Sequence[int]] | None = None) -> TargetReport:
+    """Does tract load ``model`` as written at concrete input shapes (``shapes`` by input name, else a batch of 2
+    and 5 steps for the dims named so, 1 for other named dims)? The tract target's structure check: passed None
+    when tract is not installed (the summary names the pip extra), False with tract's own first error line and
+    the node it names."""
+    import onnx
+
+    from ...verify.check import TargetReport
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
+    feed = _probe(proto)
+    for name, shape in (shapes or {}).items():
+        if name in feed:
+            feed[name] = np.zeros(tuple(int(d) for d in shape), feed[name].dtype)
+    try:
+        engine = _Tract(proto)
+        missing = [n for n in engine.inputs if n not in feed]
+        if missing:
+            raise TargetError(f"tract reads inputs the graph does not declare: {', '.join(missing)}")
+        engine.runnable([feed[n] for n in engine.inputs])
+    except TargetError as e:
+        return TargetReport("tract", None if str(e) == NOT_INSTALLED else False, str(e))
+    at = ", ".join(f"{n} {_fact(v)}" for n, v in feed.items())
+    return TargetReport("tract", True, f"tract loads the model at concrete shapes ({at})")
 
 
 def tract_report(
