@@ -117,7 +117,7 @@ class _Tract:
         self.close()
 
     def runnable(self, feed: Sequence[np.ndarray]) -> Any:
-        key = tuple((str(v.dtype), *(int(d) for d in v.shape)) for v in feed)
+        key: tuple[tuple[str | int, ...], ...] = tuple((str(v.dtype), *(int(d) for d in v.shape)) for v in feed)
         if key not in self._loaded:
             try:
                 model = self._tract.onnx().load(self.path)
