@@ -43,6 +43,7 @@ class Target:
     precision_hint: str | None = None  # what the target's runtime must be told to compute fp32 in
     check: str = "ort"  # the target whose check (structure_report, runners) runs on every export for this one
     needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
+    bound_shapes: bool = False  # its engine binds concrete shapes: written in edgernn.export.travel's form
 
     def __post_init__(self) -> None:
         if self.padding not in PADDING_FORMS:
@@ -100,7 +101,7 @@ WHY_NOT: dict[tuple[str, str], str] = {}
 
 _TARGETS: dict[str, Target] = {}
 
-BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton")  # the order `edgernn targets` lists them in
+BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "tract")  # `edgernn targets` order
 
 
 def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:
