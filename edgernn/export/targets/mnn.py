@@ -70,7 +70,7 @@ CONVERTER_FLAGS = ("--useOriginRNNImpl",)
 # The child process that runs the converter: the compiled extension only (never MNN.tools, see above), with an
 # audit hook that ends it before any socket is opened or process started. argv: source .onnx, destination .mnn,
 # then converter flags.
-_CONVERT = """
+_GUARD = """
 import os, sys
 def _guard(event, args):
     if event.startswith(("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn")):
@@ -78,11 +78,16 @@ def _guard(event, args):
         sys.stderr.flush()
         os._exit(70)
 sys.addaudithook(_guard)
+"""
+_CONVERT = (
+    _GUARD
+    + """
 import _tools
 src, dst = sys.argv[1], sys.argv[2]
 _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", src, "--MNNModel", dst, "--bizCode", "edgernn",
                    *sys.argv[3:]])
 """
+)
 
 # MNN converter output lines that mean the .mnn is missing or computes something else than the .onnx
 _FAILURE = re.compile(r"Not Support|not support|Don't support|failed|Failed|tried .*; stopped")
@@ -159,12 +164,13 @@ class Converted:
 def run_converter(
     model: bytes | Any,
     workdir: str | os.PathLike[str],
-    flags: Sequence[str] = CONVERTER_FLAGS,
+    flags: Sequence[str] | None = None,
     *,
     timeout: float = 300.0,
 ) -> Converted:
     """MNN's converter on ``model`` (ONNX bytes or a ModelProto) in ``workdir`` (``model.onnx`` -> ``model.mnn``),
-    judged by nothing: what it wrote, its exit status and its output (``to_mnn`` judges them).
+    judged by nothing: what it wrote, its exit status and its output (``to_mnn`` judges them). ``flags``: the
+    converter's options, ``CONVERTER_FLAGS`` when None.
 
     It runs in a child process through the wheel's compiled extension (``_tools.mnnconvert``), never the
     ``mnnconvert`` console script nor ``MNN.tools``: those install and call a logging SDK that sends a usage log
@@ -181,7 +187,7 @@ def run_converter(
         dst.unlink()
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _CONVERT, str(src), str(dst), *flags],
+            [sys.executable, "-c", _CONVERT, str(src), str(dst), *(CONVERTER_FLAGS if flags is None else flags)],
             capture_output=True,
             text=True,
             timeout=timeout,
