@@ -356,5 +356,5 @@ def test_mnn_target_masks_padding_and_refuses_loop_and_native_with_lengths() -> 
     with pytest.raises(ExportError, match="does not honour ONNX's sequence_lens"):
         target.validate("native", lengths=True)
     target.validate("native", lengths=False)
-    with pytest.raises(ExportError, match=r"no ONNX Scan .* use unroll or step"):
+    with pytest.raises(ExportError, match=r"no ONNX Scan .*Use one of the strategies native, unroll, step"):
         target.validate("loop", lengths=True)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ...verify.check import TargetReport
     from ...verify.parity import Runner, Tolerance
 
-_NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan"); use unroll or step'
+_NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan")'
 
 TARGET = register_target(
     Target(
