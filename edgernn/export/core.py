@@ -28,6 +28,7 @@ from ..model.layout import LayerWeights, onnx_weights
 from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
 from . import hygiene, packing
+from .travel import for_bound_shapes
 from .graph import (
     check_dynamic_axes,
     default_opset,
@@ -351,6 +352,8 @@ def export_module(
     normalise(proto)
     hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
     hygiene.require_clean(proto)
+    if tgt.bound_shapes:  # engines that bind concrete shapes (tract) unify every shape the file states
+        proto = for_bound_shapes(proto)
     validate_graph(proto)
     check_dynamic_axes(proto, graph_inputs)
 

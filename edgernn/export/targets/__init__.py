@@ -101,7 +101,7 @@ WHY_NOT: dict[tuple[str, str], str] = {}
 
 _TARGETS: dict[str, Target] = {}
 
-BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "tract")  # `edgernn targets` order
+BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "tract", "mnn")  # `edgernn targets` order
 
 
 def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:

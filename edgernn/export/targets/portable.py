@@ -1,9 +1,10 @@
 """Target `portable`: only what the ONNX specification guarantees, for runtimes edgernn does not know.
 
 Padded batches are masked in plain ops (several runtimes, and onnx's own reference implementation, ignore the
-``sequence_lens`` input of ONNX's recurrent ops), so `native` is taken only without lengths. The check on every
-export: onnx's reference implementation (``onnx.reference``), which follows the specification, computes what
-onnxruntime computes.
+``sequence_lens`` input of ONNX's recurrent ops), so `native` is taken only without lengths. The file is written in
+the form engines that bind concrete shapes load (``edgernn.export.travel``). The check on every export: onnx's
+reference implementation (``onnx.reference``), which follows the specification, and every edge engine installed
+here that takes the graph's form (OpenVINO, tract, MNN) compute what torch computes.
 """
 
 from __future__ import annotations
@@ -56,18 +57,45 @@ class PortableTarget(Target):
         return TargetReport(self.name, True, "onnx checker (full) and strict shape inference pass")
 
     def runners(self, model: Any) -> dict[str, Runner]:
-        """onnx's reference implementation, which follows the specification."""
+        """onnx's reference implementation, which follows the specification, and every other engine installed
+        here that takes the graph's form (``engine_runners``): portable means the file runs on each of them."""
         from ...verify.check import as_proto
 
-        return {"onnx.reference": reference_runner(as_proto(model))}
+        return {"onnx.reference": reference_runner(as_proto(model)), **engine_runners(model)}
+
+
+def engine_runners(model: Any) -> dict[str, Runner]:
+    """A parity runner for each edge engine installed here whose target takes this graph's form: OpenVINO and
+    tract (every strategy), MNN (no Scan: not `loop` files). An engine that is not installed is left out (the
+    export's report names the runners that ran); one that is installed and refuses the file raises TargetError."""
+    import importlib.util
+
+    from ...verify.check import as_bytes, as_proto
+
+    out: dict[str, Runner] = {}
+    if importlib.util.find_spec("openvino") is not None:
+        from .openvino import openvino_runner
+
+        out["openvino:cpu"] = openvino_runner(as_bytes(model))
+    if importlib.util.find_spec("tract") is not None:
+        from .tract import tract_runner
+
+        out["tract"] = tract_runner(model)
+    scan = any(n.op_type in ("Scan", "Loop") for n in as_proto(model).graph.node)
+    if importlib.util.find_spec("MNN") is not None and not scan:
+        from .mnn import mnn_runner
+
+        out["mnn"] = mnn_runner(as_bytes(model))
+    return out
 
 
 TARGET = register_target(
     PortableTarget(
         name="portable",
-        summary="any ONNX runtime: masking in plain ops, checked against onnx's reference implementation",
+        summary="any ONNX runtime: masking in plain ops, checked on onnx.reference and every engine installed",
         strategies=("native", "loop", "unroll", "step"),
         padding="masking",
         check="portable",
+        bound_shapes=True,
     )
 )

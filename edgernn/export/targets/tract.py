@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,8 +28,19 @@ if TYPE_CHECKING:
     from ...verify.check import TargetReport
     from ...verify.parity import Runner, Tolerance
 
+@dataclass(frozen=True)
+class TractTarget(Target):
+    def structure_report(self, model: Any) -> TargetReport:
+        """tract loads the file at the model's own shapes (dynamic axes at small sizes)."""
+        return tract_structure(model)
+
+    def runners(self, model: Any) -> dict[str, Runner]:
+        """tract, loaded at each parity case's concrete input shapes."""
+        return {"tract": tract_runner(model)}
+
+
 TARGET = register_target(
-    Target(
+    TractTarget(
         name="tract",
         summary="Sonos tract (Rust, embedded): every strategy (native only without lengths), loaded at concrete shapes",
         strategies=("native", "loop", "unroll", "step"),
