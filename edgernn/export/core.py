@@ -28,7 +28,6 @@ from ..model.layout import LayerWeights, onnx_weights
 from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
 from . import hygiene, packing
-from .travel import for_bound_shapes
 from .graph import (
     check_dynamic_axes,
     default_opset,
@@ -41,6 +40,7 @@ from .graph import (
 from .registry import Strategy, get_strategy_class
 from .streaming import StateIO, StepModule, example_states, state_specs
 from .targets import get_target, structure_report, target_runners
+from .travel import for_bound_shapes
 
 
 @dataclass
