@@ -43,6 +43,7 @@ def _plain(data: Any) -> Any:
         return data.item()
     return data
 
+
 MANIFEST_KEY = "edgernn.manifest"
 FORMAT_VERSION = 1
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 _NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan")'
 
+
 @dataclass(frozen=True)
 class MnnTarget(Target):
     def structure_report(self, model: Any) -> TargetReport:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ...verify.check import TargetReport
     from ...verify.parity import Runner, Tolerance
 
+
 @dataclass(frozen=True)
 class TractTarget(Target):
     def structure_report(self, model: Any) -> TargetReport:
