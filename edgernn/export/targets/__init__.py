@@ -80,7 +80,7 @@ WHY_NOT: dict[tuple[str, str], str] = {}
 
 _TARGETS: dict[str, Target] = {}
 
-BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton")  # the order `edgernn targets` lists them in
+BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "ncnn")  # `edgernn targets` order
 
 
 def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:
