@@ -140,7 +140,12 @@ def _bytes(model: bytes | Any) -> bytes:
 def _elem(elem_type: int) -> str:
     from onnx import TensorProto
 
-    names = {TensorProto.FLOAT: "f32", TensorProto.INT64: "i64", TensorProto.INT32: "i32", TensorProto.FLOAT16: "f16"}
+    names: dict[int, str] = {
+        int(TensorProto.FLOAT): "f32",
+        int(TensorProto.INT64): "i64",
+        int(TensorProto.INT32): "i32",
+        int(TensorProto.FLOAT16): "f16",
+    }
     if elem_type not in names:
         raise TargetError(f"ncnn: pnnx takes no input of ONNX element type {elem_type}")
     return names[elem_type]
