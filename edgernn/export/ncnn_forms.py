@@ -9,8 +9,9 @@ lowering each of those to an ncnn layer. An operator pnnx rewrites but cannot lo
 The `ncnn` target exports the forms NNAPI takes (static batch 1, no recurrent ops, no control flow, padding as a
 float ``mask`` input multiplied in: no ``Less``/``Where``/``Cast`` on lengths); the passes here change what pnnx
 still cannot lower in those files. Each is a pure function: it returns a new ``ModelProto`` and leaves its
-argument untouched; each keeps the graph's inputs, outputs and the values onnxruntime computes (bit for bit: the
-passes move data, they do no arithmetic). Torch-free; onnx only.
+argument untouched; each keeps the graph's inputs and outputs, and the values onnxruntime computes up to float
+rounding (an addend added after a product instead of inside the Gemm; within 1e-6, tested). Torch-free; onnx
+only.
 
 Measured with pnnx 20261020 and ncnn 1.0.20261020 (see docs/engines/ncnn.md):
 
