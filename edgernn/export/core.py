@@ -40,7 +40,6 @@ from .graph import (
 from .registry import Strategy, get_strategy_class
 from .streaming import StateIO, StepModule, example_states, state_specs
 from .targets import get_target, structure_report, target_runners
-from .travel import for_bound_shapes
 
 
 @dataclass
@@ -352,8 +351,7 @@ def export_module(
     normalise(proto)
     hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
     hygiene.require_clean(proto)
-    if tgt.bound_shapes:  # engines that bind concrete shapes (tract) unify every shape the file states
-        proto = for_bound_shapes(proto)
+    proto = tgt.graph_form(proto)  # what the target's engine needs beyond hygiene (tract: no bound symbols)
     validate_graph(proto)
     check_dynamic_axes(proto, graph_inputs)
 

@@ -83,6 +83,16 @@ class Target:
     def why_not(self, strategy: str) -> str:
         return WHY_NOT.get((self.name, strategy), "it is not supported")
 
+    def graph_form(self, proto: Any) -> Any:
+        """The exported graph (an onnx.ModelProto, after hygiene) in the form this target's engine loads: for an
+        engine that binds concrete shapes, ``edgernn.export.travel.for_bound_shapes``; a target whose engine needs
+        more overrides this. Returns the model to write (may be ``proto`` itself)."""
+        if not self.bound_shapes:
+            return proto
+        from ..travel import for_bound_shapes
+
+        return for_bound_shapes(proto)
+
     def structure_report(self, model: Any) -> TargetReport:
         """What the target's tool says of the graph ``model`` (bytes or onnx.ModelProto), before any number is
         compared. Here: onnxruntime's, which loads it (a target with its own tool overrides this)."""
@@ -101,7 +111,17 @@ WHY_NOT: dict[tuple[str, str], str] = {}
 
 _TARGETS: dict[str, Target] = {}
 
-BUILTIN = ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "tract", "mnn")  # `edgernn targets` order
+BUILTIN = (
+    "ort",
+    "nnapi",
+    "coreml",
+    "openvino",
+    "portable",
+    "triton",
+    "tract",
+    "mnn",
+    "ncnn",
+)  # `edgernn targets` order
 
 
 def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:
