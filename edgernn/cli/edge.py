@@ -94,16 +94,33 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Directory (default: beside MODEL)."
 )
+@click.option(
+    "--target",
+    default="ort",
+    show_default=True,
+    type=click.Choice(["ort", "nnapi", "coreml", "mnn", "ncnn"]),
+    help="The engine whose format to write: ort/nnapi/coreml (.ort), mnn (.mnn), ncnn (.ncnn.param/.bin).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def package(model: str, out_dir: str | None, as_json: bool) -> None:
-    """Write MODEL.ort and MODEL.required_operators.config for onnxruntime Mobile (a reduced build takes the
-    config), after checking that the .ort file computes what the .onnx file computes."""
-    from ..optimize.ort_format import package as make_package
+def package(model: str, out_dir: str | None, target: str, as_json: bool) -> None:
+    """Write MODEL in an engine's own format, after checking that the engine computes on the written files what
+    onnxruntime computes on the .onnx (exit 9 and nothing written otherwise): MODEL.ort and
+    MODEL.required_operators.config for onnxruntime Mobile (a reduced build takes the config), MODEL.mnn for MNN,
+    MODEL.ncnn.param/.bin for ncnn. OpenVINO and tract read the .onnx itself.
+    """
+    from ..export.package import EnginePackage, package_for
 
-    pkg = make_package(model, out_dir)
+    pkg = package_for(model, target, out_dir)
     if as_json:
         echo_json(pkg.to_dict())
+        return
+    if isinstance(pkg, EnginePackage):
+        sizes = ", ".join(f"{name} {size / 1024:.1f} KiB" for name, size in pkg.sizes.items())
+        click.echo(
+            f"wrote {sizes} for {pkg.target} (the .onnx is {pkg.onnx_size / 1024:.1f} KiB); {pkg.target} on these "
+            f"files matches onnxruntime on the .onnx (max abs {pkg.parity['max_abs']:.2e})"
+        )
         return
     click.echo(
         f"wrote {pkg.ort_path} ({pkg.ort_size / 1024:.1f} KiB; the .onnx is {pkg.onnx_size / 1024:.1f} KiB) and "

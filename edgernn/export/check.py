@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from ..errors import TargetError
 from ..manifest import MANIFEST_KEY, read_manifest
 from ..verify.check import TargetReport, check_model_inputs, read_bytes
-from ..verify.parity import check, session_runner
+from ..verify.parity import ParityReport, Runner, check, session_runner
 from .targets import get_target, structure_report, target_runners
 
 
@@ -44,14 +44,10 @@ def check_model(
 ) -> list[TargetReport]:
     """A compatibility report for any ONNX file: per target, the tool's verdict on the graph and the outputs
     against onnxruntime CPU on random inputs (the manifest's shapes, or ``shapes`` by input name)."""
-    from ..runtime.providers import make_session
 
     data = read_bytes(model)
     for t in targets:
         get_target(t)  # ConfigError naming the targets, before any work
-    session, _ = make_session(data, "cpu", threads=1)
-    specs, cases, through_checks = check_model_inputs(session, shapes)
-    outputs = [o.name for o in session.get_outputs()]
     reports = []
     for t in targets:
         report = structure_report(t, data)
@@ -62,15 +58,7 @@ def check_model(
             reports.append(TargetReport(t, None if not_installed else False, str(e)))
             continue
         if runners:
-            par = check(
-                through_checks(session_runner(session)),
-                {name: through_checks(run) for name, run in runners.items()},
-                specs,
-                outputs,
-                cases,
-                seed=seed,
-                states=True,
-            )
+            par = compare_with_onnxruntime(data, runners, shapes=shapes, seed=seed)
             report.parity = par.summary()
             if not par.passed:
                 report.passed = False
@@ -79,3 +67,27 @@ def check_model(
                 report.summary += f"; outputs match onnxruntime's (max abs {par.max_abs:.2e})"
         reports.append(report)
     return reports
+
+
+def compare_with_onnxruntime(
+    model: str | os.PathLike[str] | bytes,
+    runners: Mapping[str, Runner],
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """``runners`` (other runtimes of ``model``) against onnxruntime CPU on random inputs at the manifest's (or
+    the graph's, or ``shapes``') shapes, behind the runtime's input checks, at the fp32 tolerance."""
+    from ..runtime.providers import make_session
+
+    session, _ = make_session(read_bytes(model), "cpu", threads=1)
+    specs, cases, through_checks = check_model_inputs(session, shapes)
+    return check(
+        through_checks(session_runner(session)),
+        {name: through_checks(run) for name, run in runners.items()},
+        specs,
+        [o.name for o in session.get_outputs()],
+        cases,
+        seed=seed,
+        states=True,
+    )

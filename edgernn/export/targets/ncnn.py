@@ -323,7 +323,7 @@ def ncnn_net(param: str | os.PathLike[str], weights: str | os.PathLike[str]) -> 
 class _Ncnn:
     """One model converted by pnnx and loaded in ncnn; runs feeds by ONNX input name."""
 
-    def __init__(self, model: bytes | Any) -> None:
+    def __init__(self, model: bytes | Any, converted: Any = None) -> None:
         if importlib.util.find_spec("ncnn") is None or pnnx_path() is None:
             raise TargetError(NOT_INSTALLED)
         proto = _proto(model)
@@ -331,6 +331,10 @@ class _Ncnn:
         self.inputs = [v.name for v in proto.graph.input if v.name not in weights]
         self.outputs = [v.name for v in proto.graph.output]
         self.output_shapes = [[d.dim_value or None for d in v.type.tensor_type.shape.dim] for v in proto.graph.output]
+        if converted is not None:  # files ``convert`` wrote from this model already (what a package ships)
+            self.files = converted
+            self.net = ncnn_net(self.files.param, self.files.bin)
+            return
         with tempfile.TemporaryDirectory(prefix="edgernn-ncnn-") as tmp:
             self.files = convert(proto, tmp)
             self.net = ncnn_net(self.files.param, self.files.bin)
@@ -390,12 +394,12 @@ def _as_onnx_shape(value: np.ndarray, shape: Sequence[int | None]) -> np.ndarray
     return value.reshape(target)
 
 
-def ncnn_runner(model: bytes | Any) -> Runner:
+def ncnn_runner(model: bytes | Any, converted: Any = None) -> Runner:
     """ncnn on ``model`` (bytes or an onnx.ModelProto, converted by pnnx as written) as a parity runner: feeds by
     ONNX input name, outputs in the graph's output order and shapes. ``TargetError`` with pnnx's or ncnn's own
     first error line when the model does not convert, load or run; ``TargetError(NOT_INSTALLED)`` naming the
-    extras when ncnn or pnnx is not installed."""
-    engine = _Ncnn(model)
+    extras when ncnn or pnnx is not installed. ``converted``: what ``convert`` wrote from ``model`` already."""
+    engine = _Ncnn(model, converted)
 
     def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return engine.run(feed)
