@@ -190,10 +190,15 @@ def _checkpoints(n: int) -> list[int]:
 
 def task_metric(model: bytes | Model, task: Any, examples: Sequence[Any], manifest: Manifest) -> float:
     """The task's validation metric (lower is better for "mse", higher for "accuracy") computed through the
-    model file (or a loaded ``Model``, on its provider) with onnxruntime: every example run as its own sequence
-    of its own length (a fixed-length file takes them padded to its length with their lengths; a streaming file
-    is stepped through them). ``task`` needs only ``head``, ``readout`` and ``metric``; an example ``x`` and
-    ``y``."""
+    model file (or a loaded ``Model``, on its provider) with onnxruntime, on ``task_predictions``. ``task`` needs
+    only ``head``, ``readout`` and ``metric``; an example ``x`` and ``y``."""
+    return _metric(task, task_predictions(model, examples, manifest), examples)
+
+
+def task_predictions(model: bytes | Model, examples: Sequence[Any], manifest: Manifest) -> list[np.ndarray]:
+    """The model's primary output for each example, as the task metric sees it: every example run as its own
+    sequence of its own length (a fixed-length file takes them padded to its length with their lengths; a
+    streaming file is stepped through them)."""
     from ..runtime.model import Model
     from ..runtime.stream import StreamingModel
 
@@ -223,7 +228,7 @@ def task_metric(model: bytes | Model, task: Any, examples: Sequence[Any], manife
                 preds.append(m.run(padded, lengths)[0])
             else:
                 preds.append(m.run(x[None])[0])
-    return _metric(task, preds, examples)
+    return preds
 
 
 def _takes_lengths(manifest: Manifest) -> bool:
