@@ -8,6 +8,7 @@ each sequence run alone in eager torch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -261,7 +262,9 @@ def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pyte
 def test_portable_exports_match_onnx_reference() -> None:
     res = _export("gru", "loop", "portable")
     parity = res.manifest.target_check["parity"]
-    assert parity["passed"] and parity["candidates"] == ["onnx.reference"]
+    engines = {"openvino:cpu": "openvino", "tract": "tract"}  # MNN has no Scan: not run on a loop file
+    want = {"onnx.reference"} | {name for name, mod in engines.items() if importlib.util.find_spec(mod) is not None}
+    assert parity["passed"] and set(parity["candidates"]) == want
     assert "B=3 T=17 padded" in parity["cases"]
 
 
@@ -382,7 +385,10 @@ def test_check_json_reports_partitions_and_reasons_for_any_file(tmp_path: Path) 
     reasons = {u["op"]: u["reasons"] for u in nnapi["unsupported"]}
     assert "NNAPI does not support Scan" in reasons["Scan"]
     assert any("has no fixed shape" in r for r in reasons["Transpose"])
-    assert portable["passed"] is True and portable["parity"]["passed"] is True
+    if importlib.util.find_spec("tract") is None:
+        assert portable["passed"] is True and portable["parity"]["passed"] is True
+    else:  # portable means every engine installed: tract refuses the symbolic shapes an `ort` export states
+        assert portable["passed"] is False and "Impossible to unify Sym(" in portable["summary"]
 
     good = tmp_path / "step.onnx"
     good.write_bytes(_export("gru", "step", "nnapi").model_bytes)
