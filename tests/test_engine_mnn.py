@@ -358,3 +358,30 @@ def test_mnn_target_masks_padding_and_refuses_loop_and_native_with_lengths() -> 
     target.validate("native", lengths=False)
     with pytest.raises(ExportError, match=r"no ONNX Scan .*Use one of the strategies native, unroll, step"):
         target.validate("loop", lengths=True)
+
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "lstm", "gru"])
+def test_bidirectional_last_step_readout_runs_on_mnn(cell: str) -> None:
+    """MNN 3.6 returns a wrong reverse-direction Y_h (a bidirectional GRU's last-step readout was off by 0.25);
+    the mnn target reads the final states from the output sequence instead, and the export's own check on MNN
+    passes against torch. The pass leaves onnxruntime's outputs as they were."""
+    import onnxruntime as ort
+
+    from edgernn.export.travel import final_state_from_sequence
+
+    torch.manual_seed(7)
+    cfg = ModelConfig(cell=cell, input_size=3, hidden_size=8, num_layers=2, bidirectional=True)
+    model = build_model(cfg).eval()
+    result = export_model(model, None, strategy="native", target="mnn")
+    assert result.report.passed and "mnn" in {c.candidate for c in result.report.comparisons}
+    assert result.report.max_abs <= 1e-5
+    plain = export_model(model, None, strategy="native", target="ort", lengths=False, verify=False).model_bytes
+    moved = final_state_from_sequence(onnx.load_from_string(plain)).SerializeToString()
+    x = np.random.default_rng(0).standard_normal((2, 13, 3)).astype(np.float32)
+    a = ort.InferenceSession(plain, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    b = ort.InferenceSession(moved, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-6)
+    assert [n.op_type for n in onnx.load_from_string(moved).graph.node].count("Gather") > [
+        n.op_type for n in onnx.load_from_string(plain).graph.node
+    ].count("Gather")

@@ -134,3 +134,56 @@ def bound_shape_problems(model: ModelProto) -> list[str]:
             if io:
                 problems.append(f"{where} names symbolic dims on its inputs/outputs, e.g. {io[0]!r}")
     return problems
+
+
+def final_state_from_sequence(model: ModelProto) -> ModelProto:
+    """Each bidirectional ``RNN``/``GRU``/``LSTM`` node without ``sequence_lens`` whose final hidden state
+    ``Y_h`` is read gets it from its output sequence instead: the forward direction's from the last step of ``Y``,
+    the reverse direction's from the first (where the reverse scan ends). By the specification the two are equal.
+
+    MNN 3.6 returns the wrong ``Y_h`` for the reverse direction of a bidirectional GRU (off by up to 0.25 on a
+    last-step readout, docs/engines/mnn.md); reading the sequence it does get right avoids it. A node with
+    ``sequence_lens`` is left alone: its padded rows end earlier than the last step.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    out = _copy(model)
+    graph = out.graph
+    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    nodes = []
+    for i, node in enumerate(graph.node):
+        nodes.append(node)
+        direction = next((a.s for a in node.attribute if a.name == "direction"), b"forward")
+        lens = len(node.input) > 4 and node.input[4]
+        if node.op_type not in ("RNN", "GRU", "LSTM") or direction != b"bidirectional" or lens:
+            continue
+        if len(node.output) < 2 or not node.output[1] or node.output[1] not in read:
+            continue
+        if not node.output[0]:
+            node.output[0] = f"final_state_seq_{i}"
+        y, y_h = node.output[0], node.output[1]
+        # Y is (time, 2, batch, hidden): forward state = Y[-1, 0:1], reverse state = Y[0, 1:2]
+        consts = {
+            f"fs{i}_last": [-1],
+            f"fs{i}_first": [0],
+            f"fs{i}_d0": [0],
+            f"fs{i}_d1": [1],
+            f"fs{i}_d2": [2],
+            f"fs{i}_ax0": [0],
+            f"fs{i}_ax1": [1],
+        }
+        for name, value in consts.items():
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        node.output[1] = f"fs{i}_unused"
+        nodes += [
+            helper.make_node("Gather", [y, f"fs{i}_last"], [f"fs{i}_at_end"], axis=0),  # (1, 2, B, H)
+            helper.make_node("Gather", [y, f"fs{i}_first"], [f"fs{i}_at_start"], axis=0),
+            helper.make_node("Slice", [f"fs{i}_at_end", f"fs{i}_d0", f"fs{i}_d1", f"fs{i}_ax1"], [f"fs{i}_fw"]),
+            helper.make_node("Slice", [f"fs{i}_at_start", f"fs{i}_d1", f"fs{i}_d2", f"fs{i}_ax1"], [f"fs{i}_bw"]),
+            helper.make_node("Concat", [f"fs{i}_fw", f"fs{i}_bw"], [f"fs{i}_both"], axis=1),  # (1, 2, B, H)
+            helper.make_node("Squeeze", [f"fs{i}_both", f"fs{i}_ax0"], [y_h]),  # (2, B, H)
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out

@@ -51,6 +51,13 @@ _NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan
 
 @dataclass(frozen=True)
 class MnnTarget(Target):
+    def graph_form(self, proto: Any) -> Any:
+        """A bidirectional recurrent op's final state read from its output sequence (MNN gets the reverse
+        direction's Y_h wrong: ``edgernn.export.travel.final_state_from_sequence``)."""
+        from ..travel import final_state_from_sequence
+
+        return final_state_from_sequence(proto)
+
     def structure_report(self, model: Any) -> TargetReport:
         """MNN's converter writes the .mnn and MNN loads it."""
         return mnn_structure(model)

@@ -44,6 +44,12 @@ def reference_runner(model: Any) -> Runner:
 
 @dataclass(frozen=True)
 class PortableTarget(Target):
+    def graph_form(self, proto: Any) -> Any:
+        """The bound-shape form (tract), and bidirectional final states read from the output sequence (MNN)."""
+        from ..travel import final_state_from_sequence
+
+        return final_state_from_sequence(super().graph_form(proto))
+
     def structure_report(self, model: Any) -> TargetReport:
         """onnx's checker, in full (strict shape inference included)."""
         import onnx
