@@ -7,8 +7,11 @@ For rnn-tanh, LSTM, GRU (2 layers) and a bidirectional GRU where the strategy ex
 - `native` (batch 1, no lengths: the target takes none): 20 steps, and 7 steps through the same converted file;
 - `step` (plain and ``--fused``): a 20-frame stream, one ncnn call per frame with the state fed back from ncnn's
   own outputs, against one torch call on the whole sequence (and its final state).
-Parity is against torch, never against onnxruntime. The pass the target applies (``ncnn_forms.for_ncnn``) is
-checked to be needed (the raw file fails in ncnn) and to leave onnxruntime's outputs as they were.
+With the zoo's default ``readout="last"`` (the head reads the recurrent op's final state), `native` and the fused
+step of each model (and 1-layer LSTM and bidirectional GRU) are exported through ``target="ncnn"`` itself, whose
+own check runs ncnn against torch. Parity is against torch, never against onnxruntime. The passes the target
+applies (``ncnn_forms.for_ncnn``) are checked to be needed (the raw file fails in ncnn) and to leave
+onnxruntime's outputs as they were.
 
 Exports are made in the forms the ncnn target claims, through targets that make the same forms today (the export
 pipeline does not run the ncnn check yet): `nnapi` for unroll and the plain step (static batch 1, float mask),
@@ -38,6 +41,7 @@ from edgernn.export.targets.ncnn import (
     pnnx_error,
     to_ncnn,
 )
+from edgernn.export.travel import for_bound_shapes
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.verify.parity import Runner as RunnerType
 from edgernn.verify.parity import Tolerance, compare
@@ -243,6 +247,104 @@ def test_the_pass_scales_the_addend_by_beta() -> None:
     want = 0.5 * feed["a"] @ w.T + 2.0 * feed["c"]
     (got,) = ort.InferenceSession(done.SerializeToString()).run(None, feed)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- readout "last", through the target
+
+LAST = {  # id -> (cell, bidirectional, layers)
+    "rnn-tanh": ("rnn-tanh", False, 2),
+    "lstm": ("lstm", False, 2),
+    "gru": ("gru", False, 2),
+    "gru-bi": ("gru", True, 2),
+    "lstm-1layer": ("lstm", False, 1),
+    "gru-bi-1layer": ("gru", True, 1),
+}
+
+
+@cache
+def _last(name: str) -> RecurrentModel:
+    """The zoo's default readout: the top layer's final state (Y_h of the recurrent op), then the head."""
+    cell, bi, layers = LAST[name]
+    torch.manual_seed(10 + list(LAST).index(name))
+    cfg = ModelConfig(cell=cell, input_size=3, hidden_size=16, num_layers=layers, bidirectional=bi)
+    assert cfg.readout == "last"
+    return build_model(cfg).eval()
+
+
+def _raw_last(name: str, strategy: str) -> onnx.ModelProto:
+    """The export in the form the ncnn target makes, before its graph pass (``for_ncnn``)."""
+    options = {"lengths": False} if strategy == "native" else {"chunk": 1, "fused": True}
+    res = export_model(_last(name), None, strategy=strategy, target="portable", verify=False, batch=1, **options)
+    return for_bound_shapes(onnx.load_from_string(res.model_bytes))  # what NcnnTarget.graph_form does first
+
+
+LAST_CASES = [pytest.param(n, "native", id=f"native-{n}") for n in LAST] + [
+    pytest.param(n, "step-fused", id=f"step-fused-{n}") for n in LAST if not LAST[n][1]
+]
+
+
+@needs_ncnn
+@pytest.mark.parametrize(("name", "strategy"), LAST_CASES)
+def test_readout_last_exports_for_ncnn_and_matches_torch(name: str, strategy: str) -> None:
+    """The export's own check: pnnx converts, ncnn loads, and ncnn's outputs on the parity cases match torch."""
+    options = {"fused": True} if strategy == "step-fused" else {}
+    res = export_model(_last(name), None, strategy=strategy.split("-")[0], target="ncnn", **options)
+    ours = [c for c in res.report.comparisons if c.candidate == "ncnn"]
+    assert res.report.passed is True and ours, res.report.summary
+    err = max(c.max_abs for c in ours)
+    assert err <= TOL.atol
+    print(f"{strategy} {name} (readout last): ncnn max abs {err:.2e} over {len(ours)} comparisons")
+
+
+@needs_ncnn
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru-bi"])
+def test_readout_last_without_the_pass_fails_in_ncnn(name: str) -> None:
+    """pnnx leaves the op whose Y is unused (and an LSTM with two of its three outputs) unlowered."""
+    report = ncnn_structure(_raw_last(name, "native").SerializeToString())
+    assert report.passed is False and "load_param" in report.summary and "failed" in report.summary, report.summary
+
+
+@needs_ncnn
+def test_a_lower_bidirectional_layers_own_y_h_gives_wrong_numbers_in_ncnn() -> None:
+    """Why the pass takes every read Y_h from Y, not only the top layer's: with the lower layer's Y_h read from
+    the op (as exported), ncnn loads the file but the readout's Concat joins that 3-D Mat with the 2-D slices."""
+    done = ncnn_forms.final_state_from_sequence(_raw_last("gru-bi", "native"))
+    lower = next(n for n in done.graph.node if n.op_type == "GRU")
+    made = next(n for n in done.graph.node if n.op_type == "Concat" and n.name.startswith(f"{lower.name}_Y_h"))
+    lower.output.append(made.output[0])  # the op's own Y_h again, in place of the slices' Concat
+    done.graph.node.remove(made)
+    model = done.SerializeToString()
+    x = _x(6)
+    with torch.no_grad():
+        want = _last("gru-bi")(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ort.InferenceSession(model).run(None, {"x": x})[0], want, atol=1e-5)
+    (got,) = ncnn_runner(model)({"x": x})
+    assert np.abs(got.reshape(want.shape) - want).max() > 1e-3
+
+
+@pytest.mark.parametrize(("name", "strategy"), [("gru-bi", "native"), ("lstm", "native"), ("lstm", "step")])
+def test_final_state_pass_keeps_onnxruntimes_outputs_bit_for_bit(name: str, strategy: str) -> None:
+    raw = _raw_last(name, strategy)
+    done = ncnn_forms.final_state_from_sequence(raw)
+    onnx.checker.check_model(done, full_check=True)
+    assert [i.name for i in raw.graph.input] == [i.name for i in done.graph.input]
+    assert [o.name for o in raw.graph.output] == [o.name for o in done.graph.output]
+    recurrent = [n for n in done.graph.node if n.op_type in ("RNN", "GRU", "LSTM")]
+    readers = {i for n in done.graph.node for i in n.input} | {o.name for o in done.graph.output}
+    for node in recurrent:  # Y is read; Y_h never is (it comes from Y); an LSTM outputs Y alone or all three
+        assert node.output[0] in readers and (len(node.output) < 2 or node.output[1] not in readers)
+        assert len(node.output) in (1, 3)
+    feed = {
+        i.name: np.random.default_rng(7)
+        .standard_normal([d.dim_value or T for d in i.type.tensor_type.shape.dim])
+        .astype(np.float32)
+        for i in raw.graph.input
+    }
+    want = ort.InferenceSession(raw.SerializeToString()).run(None, feed)
+    got = ort.InferenceSession(done.SerializeToString()).run(None, feed)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(n.op_type in ("GRU", "LSTM") and len(n.output) > 1 and n.output[1] for n in raw.graph.node)  # untouched
 
 
 # ------------------------------------------------------------------------------------ the check and its errors

@@ -6,7 +6,8 @@ ncnn does not read ONNX: pnnx converts the ``.onnx`` to ncnn's ``.param`` (the g
 weights). What converts and runs, measured with pnnx 20261020 and ncnn 1.0.20261020 (docs/engines/ncnn.md):
 
 - `native` without lengths: pnnx lowers ONNX RNN/GRU/LSTM (bidirectional too) to ncnn's own RNN/GRU/LSTM
-  layers; with ``sequence_lens`` nothing honours the lengths, so `native` is taken only without them;
+  layers, once ``for_ncnn`` has sliced each final state the model reads (``readout="last"``) out of the op's
+  output sequence; with ``sequence_lens`` nothing honours the lengths, so `native` is taken only without them;
 - `unroll` and `step` (the plain step and ``--fused``) in the forms NNAPI takes: batch fixed to 1 (ncnn has no
   batch axis), padding as a float ``mask`` input multiplied in (pnnx lowers no ``Less``: ``torch.lt not
   exists``), with ``edgernn.export.ncnn_forms.for_ncnn`` applied (a Gemm's runtime addend as an Add);
@@ -59,8 +60,9 @@ _NO_SCAN = "pnnx crashes (SIGSEGV) converting any ONNX Scan; use native (without
 @dataclass(frozen=True)
 class NcnnTarget(Target):
     def graph_form(self, proto: Any) -> Any:
-        """No symbolic shapes beyond the inputs (pnnx reads the annotations as shapes to keep), and a Gemm whose
-        added term is computed at run time as Gemm + Add (pnnx leaves it as F.linear)."""
+        """No symbolic shapes beyond the inputs (pnnx reads the annotations as shapes to keep), each final state a
+        recurrent op's reader takes sliced out of its output sequence (pnnx lowers the op only with that sequence
+        read), and a Gemm whose added term is computed at run time as Gemm + Add (pnnx leaves it as F.linear)."""
         from ..ncnn_forms import for_ncnn
         from ..travel import for_bound_shapes
 
