@@ -53,8 +53,8 @@ _NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan
 class MnnTarget(Target):
     def graph_form(self, proto: Any) -> Any:
         """A bidirectional recurrent op's final state read from its output sequence (MNN gets the reverse
-        direction's Y_h wrong: ``edgernn.export.travel.final_state_from_sequence``)."""
-        from ..travel import final_state_from_sequence
+        direction's Y_h wrong: ``edgernn.export.ncnn_forms.final_state_from_sequence``, made for ncnn)."""
+        from ..ncnn_forms import final_state_from_sequence
 
         return final_state_from_sequence(proto)
 

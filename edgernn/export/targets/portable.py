@@ -46,7 +46,7 @@ def reference_runner(model: Any) -> Runner:
 class PortableTarget(Target):
     def graph_form(self, proto: Any) -> Any:
         """The bound-shape form (tract), and bidirectional final states read from the output sequence (MNN)."""
-        from ..travel import final_state_from_sequence
+        from ..ncnn_forms import final_state_from_sequence
 
         return final_state_from_sequence(super().graph_form(proto))
 
