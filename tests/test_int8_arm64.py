@@ -5,7 +5,7 @@ models at H32 and H256).
 
 Runs where the machine allows it (see tests/test_arm64.py); skips with the reason otherwise. Untrained weights with
 a task record (2 layers, H32, the sine task's validation set of 24 sequences), native exports: about two minutes on
-2 shared cores. The fused LSTM does not hold yet (see LSTM_IS_U8S8): those cases are strict xfails."""
+2 shared cores."""
 
 from __future__ import annotations
 
@@ -39,15 +39,9 @@ RECORD = {"name": "sine", "n_train": 0, "n_val": 24, "min_len": 8, "max_len": 24
 # order 1): below it two errors are the same number computed by two CPUs' kernels. Every int8 error measured here is
 # of order 1e-2, four orders above it, so the floor never decides a real case.
 ERROR_FLOOR = 1e-6
-# What does not hold yet, measured (onnxruntime 1.32.0 on both sides, this AVX2 x86 without VNNI): onnxruntime's LSTM
-# quantiser (onnxruntime/quantization/operators/lstm.py) stores DynamicQuantizeLSTM's weights as int8 whatever
-# weight_type asks ("TensorProto.INT8, # self.quantizer.weight_qType?"), so the fused LSTM of a --cpu any file is
-# U8S8, not U8U8, and its products saturate on x86 without VNNI: its error against fp32 was 0.0038 here against
-# 0.00064 on aarch64 (6.0x). Strict: these start failing (XPASS) once the file is really U8U8.
-LSTM_IS_U8S8 = pytest.mark.xfail(
-    strict=True, reason="onnxruntime's DynamicQuantizeLSTM weights are int8 (U8S8) whatever --cpu any asks"
-)
-PER_CELL = [pytest.param(c, marks=LSTM_IS_U8S8) if c == "lstm" else c for c in CELLS]
+# onnxruntime's LSTM quantiser (onnxruntime/quantization/operators/lstm.py) stores DynamicQuantizeLSTM's weights as
+# int8 whatever weight_type asks, so a --cpu any file writes the LSTM as a Scan (edgernn.optimize.scan_form) whose
+# products are really U8U8 (with the fused op its error against fp32 was 0.0038 here against 0.00064 on aarch64).
 
 
 def _need_device() -> None:
@@ -129,13 +123,13 @@ def test_verify_golden_passes_in_the_aarch64_root(made: dict[str, Any]) -> None:
         assert f["int8_arm_metric"] == pytest.approx(v["here"], rel=1e-6), cell
 
 
-@pytest.mark.parametrize("cell", PER_CELL)
+@pytest.mark.parametrize("cell", CELLS)
 def test_any_stores_uint8_weights_only(made: dict[str, Any], cell: str) -> None:
-    """U8U8 means uint8 weights in every integer product, the fused LSTM's included."""
+    """U8U8 means uint8 weights in every integer product, the LSTM's included (a Scan, not the fused op)."""
     assert _weight_types(made[cell]["int8"]) == {onnx.TensorProto.UINT8}
 
 
-@pytest.mark.parametrize("cell", PER_CELL)
+@pytest.mark.parametrize("cell", CELLS)
 def test_x86_error_is_at_most_twice_the_aarch64_error(made: dict[str, Any], cell: str) -> None:
     f = made[cell]
     # the fp32 file gives the same predictions on both CPUs (tools/arm64/check.py's bound)

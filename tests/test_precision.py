@@ -74,7 +74,8 @@ def test_every_cell_and_strategy_quantises_and_is_judged(cell: str, strategy: st
     if to == "int8":  # the products run as integer ops
         bodies = {n.op_type for g in proto.graph.node for a in g.attribute if a.g.ByteSize() for n in a.g.node}
         assert ops & INTEGER_OPS
-        if strategy in ("loop", "native") and cell != "lstm":  # inside the Scan bodies too
+        # inside the Scan bodies too (a native LSTM is a Scan for the default uint8 weights: scan_form)
+        if strategy == "native" or (strategy == "loop" and cell != "lstm"):
             assert bodies & INTEGER_OPS
     # inputs and outputs stay fp32
     assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in proto.graph.input)
@@ -83,11 +84,15 @@ def test_every_cell_and_strategy_quantises_and_is_judged(cell: str, strategy: st
 @pytest.mark.slow
 def test_gru_and_rnn_ops_rewritten_as_scans_compute_what_the_ops_do() -> None:
     rng = np.random.default_rng(0)
-    for cell in ("gru", "rnn-relu"):
-        res = _export(cell, "native")
+    # edgernn's native LSTM with peepholes, both directions (tests/test_scan_form.py checks every LSTM variant)
+    torch.manual_seed(3)
+    config = ModelConfig(cell="lstm", input_size=1, hidden_size=24, num_layers=2, bidirectional=True, peephole=True)
+    lstm = export_model(build_model(config).eval(), None, strategy="native")
+    for cell, res in (("gru", _export("gru", "native")), ("rnn-relu", _export("rnn-relu", "native")), ("lstm", lstm)):
         proto = onnx.load_from_string(res.model_bytes)
-        assert rewrite(proto) == 2  # two stacked layers
-        assert not {n.op_type for n in proto.graph.node} & {"GRU", "RNN"}
+        op = {"gru": "GRU", "rnn-relu": "RNN", "lstm": "LSTM"}[cell]
+        assert rewrite(proto, ("GRU", "RNN", "LSTM")) == {op: 2}  # two stacked layers
+        assert not {n.op_type for n in proto.graph.node} & {"GRU", "RNN", "LSTM"}
         x = rng.standard_normal((3, 17, 1)).astype(np.float32)
         feed = {"x": x, "lengths": np.array([17, 9, 1])}
         a = ort.InferenceSession(res.model_bytes).run(None, feed)[0]

@@ -2,12 +2,13 @@
 by the task and by drift over a long sequence, and refused (nothing written) when over budget.
 
 - ``int8`` (dynamic): ``onnxruntime.quantization.quantize_dynamic`` with subgraphs enabled, so the recurrent
-  product inside a ``Scan`` body is quantised too. LSTM ops become ``DynamicQuantizeLSTM``; onnxruntime has no
-  integer GRU or RNN op, so those ops are first written as a Scan around the cell (``scan_form``), whose
-  MatMuls become ``MatMulInteger``. Weights int8, activations quantised per call. A file made for onnxruntime
-  (target ``ort``) is saved as onnxruntime's CPU session optimises it (its fusions into ``DynamicQuantizeMatMul``
-  are in the file); for other targets the standard ops stay. Per tensor, or per output channel when per tensor
-  is over the task's budget.
+  product inside a ``Scan`` body is quantised too. onnxruntime has no integer GRU or RNN op, so those ops are
+  first written as a Scan around the cell (``scan_form``), whose MatMuls become ``MatMulInteger``. LSTM ops
+  become ``DynamicQuantizeLSTM`` for int8 weights; for uint8 weights they are written as a Scan too (that op
+  stores int8 weights whatever is asked). Weights int8 or uint8 (``schemes``), activations quantised per call.
+  A file made for onnxruntime (target ``ort``) is saved as onnxruntime's CPU session optimises it (its fusions
+  into ``DynamicQuantizeMatMul`` are in the file); for other targets the standard ops stay. Per tensor, or per
+  output channel when per tensor is over the task's budget.
 - ``int8-static`` (QDQ): ``quantize_static`` with ranges calibrated on real inputs (``--data`` or the
   checkpoint's task), the recurrent state's included: a streaming file is stepped through the calibration
   sequences and the states it passes along are calibration inputs too. What NPU delegates (NNAPI, QNN) consume.
@@ -338,7 +339,8 @@ def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool, scheme: Scheme) -> 
     from .scan_form import rewrite
 
     work = _compact(proto)
-    rewritten = rewrite(work, ("GRU", "RNN"))
+    # onnxruntime's DynamicQuantizeLSTM stores int8 weights whatever weight_type asks: for uint8 (U8U8), a Scan
+    rewritten = rewrite(work, ("GRU", "RNN", "LSTM") if scheme.weights == "uint8" else ("GRU", "RNN"))
     with tempfile.TemporaryDirectory(prefix="edgernn-q-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(work.SerializeToString())
@@ -363,7 +365,7 @@ def _int8_dynamic(proto: Any, per_channel: bool, fuse: bool, scheme: Scheme) -> 
     if fuse:
         how["fused"] = "onnxruntime's extended graph optimisations, saved in the file"
     if rewritten:
-        how["rewritten_as_scan"] = rewritten  # GRU/RNN ops written as a Scan so their MatMuls quantise
+        how["rewritten_as_scan"] = rewritten  # ops written as a Scan so their MatMuls quantise: {"GRU": 2}
     return data, how
 
 
