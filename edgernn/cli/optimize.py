@@ -15,7 +15,8 @@ def format_precision(report: dict[str, Any]) -> str:
     """The human-readable lines of a quantisation report (also printed by ``export --precision``)."""
     lines = [
         f"{report['precision']}: {report['bytes'] / 1024:.1f} KiB, {report['size_ratio']:.2f}x smaller than fp32; "
-        f"{report['weights_reduced']:.0%} of the weight elements stored in {report['precision'].split('-')[0]}"
+        f"{report['weights_reduced']:.0%} of the weight elements stored in "
+        f"{(report.get('how') or {}).get('weights') or report['precision'].split('-')[0]}"
     ]
     how = report.get("how") or {}
     if report["precision"] != "fp16" and "per_channel" in how:
