@@ -29,7 +29,7 @@ ENGINES = {
     "portable": ("onnx.reference + every engine installed", None),
     "tract": ("tract", "tract"),
     "mnn": ("MNN", "MNN"),
-    "ncnn": ("ncnn (pnnx)", "ncnn"),
+    "ncnn": ("ncnn via pnnx", "ncnn"),
 }
 MODELS = {"rnn-tanh": ("rnn-tanh", False), "lstm": ("lstm", False), "gru": ("gru", False), "gru-bi": ("gru", True)}
 STRATEGIES = ("native", "loop", "unroll", "step")
