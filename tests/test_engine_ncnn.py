@@ -274,7 +274,8 @@ def _last(name: str) -> RecurrentModel:
 def _raw_last(name: str, strategy: str) -> onnx.ModelProto:
     """The export in the form the ncnn target makes, before its graph pass (``for_ncnn``)."""
     options = {"lengths": False} if strategy == "native" else {"chunk": 1, "fused": True}
-    res = export_model(_last(name), None, strategy=strategy, target="portable", verify=False, batch=1, **options)
+    # openvino's target: the masking form with no engine pass (portable's form has the final-state pass already)
+    res = export_model(_last(name), None, strategy=strategy, target="openvino", verify=False, batch=1, **options)
     return for_bound_shapes(onnx.load_from_string(res.model_bytes))  # what NcnnTarget.graph_form does first
 
 
