@@ -45,9 +45,12 @@ def check_model(
     """A compatibility report for any ONNX file: per target, the tool's verdict on the graph and the outputs
     against onnxruntime CPU on random inputs (the manifest's shapes, or ``shapes`` by input name)."""
 
+    from ..runtime.providers import make_session
+
     data = read_bytes(model)
     for t in targets:
         get_target(t)  # ConfigError naming the targets, before any work
+    check_model_inputs(make_session(data, "cpu", threads=1)[0], shapes)  # a bad --shape fails before any tool runs
     reports = []
     for t in targets:
         report = structure_report(t, data)

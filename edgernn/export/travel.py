@@ -134,4 +134,3 @@ def bound_shape_problems(model: ModelProto) -> list[str]:
             if io:
                 problems.append(f"{where} names symbolic dims on its inputs/outputs, e.g. {io[0]!r}")
     return problems
-
