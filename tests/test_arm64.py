@@ -19,6 +19,10 @@ sys.path.insert(0, str(ROOT / "tools" / "arm64"))
 import check  # noqa: E402
 import device  # noqa: E402
 
+pytestmark = (
+    pytest.mark.slow
+)  # the quick run (-m 'not slow') leaves it out: an emulated aarch64 root: minutes under qemu
+
 
 def _need_device() -> None:
     ok, why = device.machine_status()

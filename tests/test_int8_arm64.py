@@ -31,6 +31,10 @@ from edgernn.model.zoo import ModelConfig, build_model  # noqa: E402
 from edgernn.optimize.quantize import DEFAULT_MAX_METRIC_DROP, quantize  # noqa: E402
 from edgernn.train.data import get_task, make_splits  # noqa: E402
 
+pytestmark = (
+    pytest.mark.slow
+)  # the quick run (-m 'not slow') leaves it out: an emulated aarch64 root: minutes under qemu
+
 CELLS = ("rnn-tanh", "lstm", "gru")
 TASK = get_task("sine")
 RECORD = {"name": "sine", "n_train": 0, "n_val": 24, "min_len": 8, "max_len": 24, "seed": 5}
