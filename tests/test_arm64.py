@@ -19,9 +19,8 @@ sys.path.insert(0, str(ROOT / "tools" / "arm64"))
 import check  # noqa: E402
 import device  # noqa: E402
 
-pytestmark = (
-    pytest.mark.slow
-)  # the quick run (-m 'not slow') leaves it out: an emulated aarch64 root: minutes under qemu
+# the quick run (-m "not slow") leaves these out: an emulated aarch64 root takes minutes under qemu
+pytestmark = pytest.mark.slow
 
 
 def _need_device() -> None:

@@ -31,9 +31,8 @@ from edgernn.model.zoo import ModelConfig, build_model  # noqa: E402
 from edgernn.optimize.quantize import DEFAULT_MAX_METRIC_DROP, quantize  # noqa: E402
 from edgernn.train.data import get_task, make_splits  # noqa: E402
 
-pytestmark = (
-    pytest.mark.slow
-)  # the quick run (-m 'not slow') leaves it out: an emulated aarch64 root: minutes under qemu
+# the quick run (-m "not slow") leaves these out: an emulated aarch64 root takes minutes under qemu
+pytestmark = pytest.mark.slow
 
 CELLS = ("rnn-tanh", "lstm", "gru")
 TASK = get_task("sine")
