@@ -124,7 +124,7 @@ def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
     type=click.Choice(CPUS),
     default=None,
     help="The CPU the file will run on; int8 uses the integer products right there (onnxruntime's guidance). "
-    "Default: arm64 for --target nnapi/coreml exports, else any (right on every CPU).",
+    "Default: any (uint8 weights, right on every CPU).",
 )
 @click.option(
     "--golden",

@@ -95,8 +95,8 @@ def quantize(
     own inputs; ``calibration`` (inputs by name) feeds int8-static. ``verify=False`` skips every judgement.
     ``per_channel``: one weight scale per output channel (True) or per tensor (False); None (the default) is per
     tensor, and for int8 judged by a task, per channel when per tensor is over the budget.
-    ``cpu``: the CPU the file will run on (``edgernn.optimize.schemes.CPUS``; None: from the manifest's target,
-    else ``any``, right on every CPU); the int8 scheme follows onnxruntime's guidance for it.
+    ``cpu``: the CPU the file will run on (``edgernn.optimize.schemes.CPUS``; None: ``any``, right on every CPU);
+    the int8 scheme follows onnxruntime's guidance for it.
     ``golden`` (True: ``OUT.golden.npz`` beside ``out``; or a path): the task's validation set, its fp32 metric and
     the budget, for ``edgernn verify`` to judge the file on the device itself (needs a task).
     ``timing``: time the reduced file against the fp32 one on this CPU (in turns) and report both.
@@ -116,7 +116,7 @@ def quantize(
     manifest = _manifest(proto)
     if manifest is not None and manifest.precision:
         raise ConfigError("this file is already reduced; quantise the fp32 export")
-    product = scheme_for(cpu, manifest.target if manifest is not None else None)
+    product = scheme_for(cpu)
     golden_at = _golden_target(golden, out, task, examples, manifest, verify)
     # int8 (dynamic) without a choice: per tensor, and per output channel when per tensor is over the budget
     judged = (task is not None and examples is not None) or data is not None
