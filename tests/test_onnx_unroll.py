@@ -319,9 +319,9 @@ def test_scan_inside_an_if_branch_is_unrolled_there() -> None:
 # ------------------------------------------------------------------------------------------------ reversals
 
 
-def _flip(data: str, out: str, axis: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+def _flip(data: str, out: str, axis: int, start: int = -1) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     consts = [
-        numpy_helper.from_array(np.array([-1], np.int64), f"{out}_start"),
+        numpy_helper.from_array(np.array([start], np.int64), f"{out}_start"),
         numpy_helper.from_array(np.array([INT64_MIN], np.int64), f"{out}_end"),
         numpy_helper.from_array(np.array([axis], np.int64), f"{out}_axis"),
         numpy_helper.from_array(np.array([-1], np.int64), f"{out}_step"),
@@ -330,11 +330,14 @@ def _flip(data: str, out: str, axis: int) -> tuple[onnx.NodeProto, list[onnx.Ten
     return node, consts
 
 
-def _flipped_model(steps: int, axis: int = 0, expose: bool = False) -> onnx.ModelProto:
+def _flipped_model(
+    steps: int, axis: int = 0, expose: bool = False, in_axis: int | None = None, out_start: int = -1
+) -> onnx.ModelProto:
     """torch's pattern for a reverse scan: flip the input, scan forward, flip the output back (``axis`` 0, the
-    scan axis; another axis is a flip that the scan does not see)."""
-    f_in, c_in = _flip("x1", "x1_flipped", axis=axis)
-    f_out, c_out = _flip("Y1", "Y1_back", axis=axis - 3)
+    scan axis; another axis is a flip that the scan does not see). ``in_axis`` spells the input flip's axis
+    otherwise (-3 is axis 0 counted from the end); ``out_start`` 0 makes the output Slice keep one step only."""
+    f_in, c_in = _flip("x1", "x1_flipped", axis=axis if in_axis is None else in_axis)
+    f_out, c_out = _flip("Y1", "Y1_back", axis=axis - 3, start=out_start)
     scan = helper.make_node(
         "Scan", ["s0", "x1_flipped", "x2"], ["s_T", "Y1", "Y2"], body=_cell_body(), num_scan_inputs=2
     )
@@ -361,6 +364,43 @@ def test_reversals_are_absorbed_into_the_directions(steps: int) -> None:
     assert _slices(unrolled) == 0  # read and stacked in reverse: no negative-step Slice left
     names = {t.name for t in unrolled.graph.initializer}
     assert not names & {"x1_flipped_start", "Y1_back_end"}  # the bounds went with the Slices
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    read = {o.name for o in graph.output}
+    for node in graph.node:
+        read.update(node.input)
+        for a in node.attribute:
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                read |= _read_names(g)
+    return read
+
+
+def test_absorbed_reversals_leave_no_initializer_behind() -> None:
+    """Every bound, axis and step of both removed Slices goes with them: the unrolled graph reads every
+    initializer it holds (onnxruntime warns about each one it does not)."""
+    unrolled = unroll_scans(_flipped_model(5))
+    assert _slices(unrolled) == 0
+    unread = {t.name for t in unrolled.graph.initializer} - _read_names(unrolled.graph)
+    assert not unread
+
+
+def test_a_reversal_on_a_negative_axis_is_absorbed() -> None:
+    """The input flip names the scan axis from the end (-3 of a rank-3 input): the same reversal, absorbed."""
+    model = _flipped_model(5, in_axis=-3)
+    unrolled = unroll_scans(model)
+    _assert_same(model, unrolled, 5)
+    assert _slices(unrolled) == 0
+
+
+def test_a_slice_that_keeps_one_step_is_not_a_reversal() -> None:
+    """starts=[0] with step -1 keeps only the first step (ONNX clamps the start to 0): not a whole reversal,
+    so it stays, and the output keeps its one step."""
+    model = _flipped_model(5, out_start=0)
+    unrolled = unroll_scans(model)
+    _assert_same(model, unrolled, 5)
+    assert _slices(unrolled) == 1
+    assert _run(unrolled, _feeds(model, 2, 5))[1].shape == (1, 2, H)
 
 
 def test_other_or_shared_reversals_are_kept() -> None:
