@@ -113,3 +113,22 @@ def test_against_says_when_the_two_overlap() -> None:
     assert "measured: load 16 on 2 CPUs at 2026-12-07T06:00:00Z; timings belong to the machine" in text
     old = {k: v for k, v in result.items() if k not in ("overlap", "load")}  # a result saved before these
     assert "measured: load not recorded" in format_against(old)
+
+
+def test_compare_records_each_latency_with_its_range_and_the_load(tmp_path: Path) -> None:
+    from edgernn.workflows.compare import compare
+
+    budget = {"epochs": 1, "n_train": 32, "n_val": 16, "batch_size": 32, "min_len": 6, "max_len": 6, "patience": 0}
+    result = compare(tmp_path / "cmp", cells=["gru"], hiddens=[4], task="adding", strategy="native",
+                     train_options=budget)  # fmt: skip
+    (c,) = result.candidates
+    ns = 1e-6  # the ranges are kept to the nanosecond
+    low, high = c.sequence_ms_range
+    assert 0 < low <= high and low - ns / 2 <= c.sequence_ms <= high + ns / 2  # the median lies within the rounds
+    assert c.step_us_range is not None and c.step_us_range[0] - 5e-4 <= c.step_us <= c.step_us_range[1] + 5e-4
+    assert result.rounds == 5 and result.load["cpus"] == os.cpu_count()
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["candidates"][0]["sequence_ms_range"] == [low, high] and saved["load"] == result.load
+    assert "belong to the machine and moment" in saved["timings_note"]
+    table = result.table()
+    assert f"on {os.cpu_count()} CPUs" in table and "the median of 5 rounds" in table
