@@ -160,15 +160,19 @@ TIMINGS_NOTE = (
 def load_words(load: dict[str, Any] | None) -> str:
     """``load 3.1 on 2 CPUs at 2026-12-07T06:58:21Z`` from a record of ``edgernn.verify.bench.machine_load``;
     "load not recorded" for a report or manifest from before it was."""
-    if not load:
+    if not load or not isinstance(load, dict):
         return "load not recorded"
     one = load.get("load_1m")
-    words = f"load {one:g}" if isinstance(one, (int, float)) and not isinstance(one, bool) else "load unknown"
+    words = f"load {one:g}" if _number(one) else "load unknown"
     if load.get("cpus"):
         words += f" on {load['cpus']} CPUs"
     if load.get("at"):
         words += f" at {load['at']}"
     return words
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def selection_lines(selection: dict[str, Any]) -> list[str]:
@@ -181,8 +185,11 @@ def selection_lines(selection: dict[str, Any]) -> list[str]:
     spreads = sel.get("spread_us") or {}
     times = []
     for name, us in sorted((sel.get("median_us") or {}).items(), key=lambda kv: kv[1]):
-        s = spreads.get(name)
-        times.append(f"{name} {us:g} us" + (f" ({s['low']:g}-{s['high']:g})" if s else ""))
+        s = spreads.get(name) if isinstance(spreads, dict) else None
+        if isinstance(s, dict) and _number(s.get("low")) and _number(s.get("high")):
+            times.append(f"{name} {us:g} us ({s['low']:g}-{s['high']:g})")
+        else:
+            times.append(f"{name} {us:g} us")
     lines = [f"strategy chosen by auto: {sel['chosen']} ({', '.join(times)} per call at batch {b} x time {t}, "
              f"{sel['provider']})"]  # fmt: skip
     note = ranking_note(sel)
@@ -190,14 +197,14 @@ def selection_lines(selection: dict[str, Any]) -> list[str]:
         lines.append(f"  {note}")
     measured = sel.get("measured")
     if spreads:
-        rounds = max((s.get("rounds", 0) for s in spreads.values()), default=0)
+        rounds = sel.get("rounds") if _number(sel.get("rounds")) else "the"
         lines.append(
             f"  median per call and (in brackets) the fastest-slowest of {rounds} interleaved rounds; "
             f"measured: {load_words(measured)}"
         )
     else:
-        lines.append("  medians of one run; no spread or load was recorded (a file from an older edgernn)")
-    lines.append(f"  {(measured or {}).get('note') or TIMINGS_NOTE}")
+        lines.append("  medians only: no spread or load was recorded (a file from an older edgernn)")
+    lines.append(f"  {(measured if isinstance(measured, dict) else {}).get('note') or TIMINGS_NOTE}")
     for name, why in (sel.get("refused") or {}).items():
         lines.append(f"  {name} dropped out: {why}")
     return lines

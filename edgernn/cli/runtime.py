@@ -231,8 +231,8 @@ def bench(
     --ckpt, torch eager on the same inputs in the same run, as ratios. Each figure comes with its spread (the
     fastest and slowest round) and the machine's load: timings belong to this machine at this moment."""
     from ..manifest import json_text
+    from ..verify.bench import ROUNDS, bench_against, format_against
     from ..verify.bench import bench as run_bench
-    from ..verify.bench import bench_against, format_against
 
     if against is not None:
         if ckpt is not None:
@@ -261,7 +261,7 @@ def bench(
         repeats=repeats,
         states=list(states),
         layout=layout,
-        **({"rounds": rounds} if rounds else {}),
+        rounds=rounds or ROUNDS,
     )
     if as_json:
         echo_json(report.to_dict())

@@ -210,7 +210,8 @@ def compare(
             step_us=step_us,
             reused=made["reused"],
             run_dir=str(out / name),
-            **ranges,
+            sequence_ms_range=ranges["sequence_ms_range"],
+            step_us_range=ranges["step_us_range"],
         )
         results.append(c)
         if echo is not None:
