@@ -151,6 +151,65 @@ def ranking_note(selection: dict[str, Any]) -> str | None:
     return selection.get("why")
 
 
+TIMINGS_NOTE = (
+    "timings belong to the machine and moment they were taken, not to the file: under another load, or on "
+    "another machine, the figures and their ranking change"
+)
+
+
+def load_words(load: dict[str, Any] | None) -> str:
+    """``load 3.1 on 2 CPUs at 2026-12-07T06:58:21Z`` from a record of ``edgernn.verify.bench.machine_load``;
+    "load not recorded" for a report or manifest from before it was."""
+    if not load or not isinstance(load, dict):
+        return "load not recorded"
+    one = load.get("load_1m")
+    words = f"load {one:g}" if _number(one) else "load unknown"
+    if load.get("cpus"):
+        words += f" on {load['cpus']} CPUs"
+    if load.get("at"):
+        words += f" at {load['at']}"
+    return words
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def selection_lines(selection: dict[str, Any]) -> list[str]:
+    """What strategy auto measured, in words (``edgernn inspect``): the chosen strategy, each candidate's median
+    and its spread over the rounds, why a simpler one was kept, when and under what load it was measured (with
+    ``TIMINGS_NOTE``), and why any dropped out. A manifest from before spreads and load were recorded shows its
+    medians and says so."""
+    sel = selection
+    b, t = sel["profile_shape"]
+    spreads = sel.get("spread_us") or {}
+    times = []
+    for name, us in sorted((sel.get("median_us") or {}).items(), key=lambda kv: kv[1]):
+        s = spreads.get(name) if isinstance(spreads, dict) else None
+        if isinstance(s, dict) and _number(s.get("low")) and _number(s.get("high")):
+            times.append(f"{name} {us:g} us ({s['low']:g}-{s['high']:g})")
+        else:
+            times.append(f"{name} {us:g} us")
+    lines = [f"strategy chosen by auto: {sel['chosen']} ({', '.join(times)} per call at batch {b} x time {t}, "
+             f"{sel['provider']})"]  # fmt: skip
+    note = ranking_note(sel)
+    if note:
+        lines.append(f"  {note}")
+    measured = sel.get("measured")
+    if spreads:
+        rounds = sel.get("rounds") if _number(sel.get("rounds")) else "the"
+        lines.append(
+            f"  median per call and (in brackets) the fastest-slowest of {rounds} interleaved rounds; "
+            f"measured: {load_words(measured)}"
+        )
+    else:
+        lines.append("  medians only: no spread or load was recorded (a file from an older edgernn)")
+    lines.append(f"  {(measured if isinstance(measured, dict) else {}).get('note') or TIMINGS_NOTE}")
+    for name, why in (sel.get("refused") or {}).items():
+        lines.append(f"  {name} dropped out: {why}")
+    return lines
+
+
 def _tensor(d: Any) -> TensorSpec:
     if not isinstance(d, dict):
         raise ValueError(f"a tensor entry must be an object; got {type(d).__name__}")

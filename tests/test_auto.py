@@ -3,6 +3,7 @@ within the margin) written with the measurements in its manifest; the default fo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from edgernn.cli.main import main
 from edgernn.errors import ConfigError
 from edgernn.export import auto, export, export_model
 from edgernn.runtime import Model
+from edgernn.verify.bench import Spread
 
 
 def test_zoo_model_gets_the_fastest_correct_strategy(tmp_path: Path) -> None:
@@ -24,8 +26,13 @@ def test_zoo_model_gets_the_fastest_correct_strategy(tmp_path: Path) -> None:
     sel = result.manifest.selection
     assert sel is not None and set(sel["median_us"]) == {"native", "loop"}
     assert all(v > 0 for v in sel["median_us"].values())
-    assert sel["chosen"] == auto.choose(sel["median_us"]) == result.manifest.strategy
+    assert sel["chosen"] == auto.choose(auto.spreads_of(sel)) == result.manifest.strategy
     assert sel["profile_shape"] == [2, 40] and result.report.passed
+    for name, s in sel["spread_us"].items():  # the median of the rounds, within the fastest and slowest round
+        assert s["rounds"] == sel["rounds"] == auto.ROUNDS and s["low"] <= s["median"] <= s["high"]
+        assert s["median"] == sel["median_us"][name]
+    measured = sel["measured"]
+    assert measured["cpus"] == os.cpu_count() and "belong to the machine and moment" in measured["note"]
     on_disk = Model(tmp_path / "m.onnx").manifest
     assert on_disk.strategy == sel["chosen"] and on_disk.selection == sel
 
@@ -166,3 +173,36 @@ def test_the_profile_shape_is_one_the_model_takes() -> None:
     with pytest.raises(ExportError, match=r"no candidate runs at the profile shape batch 1 x time 50") as e:
         export(late, (torch.zeros(2, 130, 3),), None, min_len=130, profile_shape="1x50")
     assert "native: does not run at batch 1 x time 50" in str(e.value) and "give --profile-shape" in str(e.value)
+
+
+def test_overlapping_candidates_keep_the_simpler_graph() -> None:
+    """A later-ranked strategy wins only when it is faster beyond the margin *and* its rounds' range is clear of
+    the simpler one's: ranges that overlap mean the runs did not tell the two apart."""
+    noisy_native = Spread(median=200.0, low=150.0, high=400.0, rounds=5)
+    assert auto.choose({"native": noisy_native, "loop": Spread(100.0, 90.0, 160.0, 5)}) == "native"  # 2x, overlapping
+    assert auto.choose({"native": noisy_native, "loop": Spread(100.0, 90.0, 140.0, 5)}) == "loop"  # clear of it
+    assert auto.choose({"native": Spread(105.0, 104.0, 106.0, 5), "loop": Spread(100.0, 99.0, 101.0, 5)}) == "native"
+    assert not auto.ties(Spread(100.0, 90.0, 140.0, 5), Spread(10.0, 5.0, 89.0, 5))
+    assert auto.ties(Spread(100.0, 90.0, 140.0, 5), Spread(10.0, 5.0, 90.0, 5))  # touching ranges overlap
+    three = {"native": noisy_native, "loop": Spread(100.0, 95.0, 145.0, 5), "unroll": Spread(50.0, 40.0, 98.0, 5)}
+    assert auto.choose(three) == "loop"  # unroll overlaps loop, loop is clear of native
+    assert auto.choose({"loop": 100.0, "native": 111.0}) == "loop"  # bare medians: a spread of one round
+
+
+def test_overlap_is_recorded_said_and_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spreads = {"native": Spread(2e-4, 1.5e-4, 4e-4, 5), "loop": Spread(1e-4, 0.9e-4, 1.6e-4, 5)}
+    monkeypatch.setattr(auto, "time_models", lambda models, **kw: {n: spreads[n] for n in models})
+    model = build_model(ModelConfig(cell="rnn-tanh", input_size=2, hidden_size=8))
+    result = export_model(model, tmp_path / "m.onnx", strategy="auto")
+    sel = result.manifest.selection
+    assert result.manifest.strategy == sel["chosen"] == "native"  # loop's median is 2x faster, within the spread
+    assert sel["why"].startswith("native and loop overlap within their spread")
+    assert sel["spread_us"]["loop"] == {"median": 100.0, "low": 90.0, "high": 160.0, "rounds": 5}
+    assert auto.spreads_of(sel) == {"native": Spread(200.0, 150.0, 400.0, 5), "loop": Spread(100.0, 90.0, 160.0, 5)}
+    assert Model(tmp_path / "m.onnx").manifest.selection == sel  # written and read back whole
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "loop 100 us (90-160), native 200 us (150-400) per call" in r.output
+    assert "native and loop overlap within their spread" in r.output
+    assert f"on {os.cpu_count()} CPUs" in r.output and "fastest-slowest of 5 interleaved rounds" in r.output
+    assert "timings belong to the machine and moment they were taken" in r.output

@@ -81,3 +81,67 @@ def test_opset_range_ends(strategy: str) -> None:
         assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
     with pytest.raises(ExportError, match="opset"):
         export_model(model, None, strategy=strategy, opset=caps.opset_min - 1, **opts)
+
+
+OLD_SELECTION = {  # what strategy auto recorded before spreads and load were kept
+    "chosen": "native",
+    "profile_shape": [1, 100],
+    "provider": "cpu",
+    "threads": 1,
+    "median_us": {"native": 68.2, "loop": 95570.4},
+    "refused": {},
+    "why": "fastest of the correct strategies at batch 1 x time 100 on cpu",
+}
+
+
+def _with_selection(path: Path, selection: dict) -> None:
+    import dataclasses
+
+    from edgernn.manifest import read_manifest, write_manifest
+
+    proto = onnx.load(path)
+    manifest = read_manifest({p.key: p.value for p in proto.metadata_props})
+    write_manifest(proto, dataclasses.replace(manifest, selection=selection))
+    onnx.save(proto, path)
+
+
+def test_a_manifest_from_before_spreads_loads_and_says_so(tmp_path: Path) -> None:
+    from edgernn.manifest import Manifest
+
+    export_model(_model(), tmp_path / "m.onnx", strategy="native")
+    _with_selection(tmp_path / "m.onnx", OLD_SELECTION)
+    info = inspect_model(tmp_path / "m.onnx")
+    assert Manifest.from_json(json.dumps(info["manifest"])).selection == OLD_SELECTION  # round trip, as written
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "strategy chosen by auto: native (native 68.2 us, loop 95570.4 us per call at batch 1 x time 100" in r.output
+    assert "no spread or load was recorded (a file from an older edgernn)" in r.output
+    assert "timings belong to the machine and moment they were taken" in r.output
+
+
+def test_a_manifest_with_spreads_round_trips_and_shows_them(tmp_path: Path) -> None:
+    from edgernn.manifest import Manifest
+
+    selection = {
+        **OLD_SELECTION,
+        "spread_us": {
+            "native": {"median": 68.2, "low": 60.1, "high": 90.5, "rounds": 5},
+            "loop": {"median": 95570.4, "low": 3000.0, "high": 194314.0, "rounds": 5},
+        },
+        "rounds": 5,
+        "calls_per_round": 5,
+        "measured": {"load_1m": 37.2, "load_5m": 30.0, "load_15m": 20.0, "cpus": 16, "at": "2026-12-07T06:00:00Z",
+                     "note": "timings belong to the machine and moment they were taken, not to the file"},
+    }  # fmt: skip
+    export_model(_model(), tmp_path / "m.onnx", strategy="native")
+    _with_selection(tmp_path / "m.onnx", selection)
+    info = inspect_model(tmp_path / "m.onnx")
+    assert info["manifest"]["selection"] == selection
+    assert Manifest.from_json(json.dumps(info["manifest"])).selection == selection
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "native 68.2 us (60.1-90.5), loop 95570.4 us (3000-194314) per call" in r.output
+    assert "the fastest-slowest of 5 interleaved rounds; measured: load 37.2 on 16 CPUs at 2026-12-07T06:00:00Z" in (
+        r.output
+    )
+    assert "not to the file" in r.output and "no spread or load was recorded" not in r.output

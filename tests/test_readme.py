@@ -96,3 +96,22 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
             ran += 1
     assert ran >= 20  # the walk-through, targets, precision and Python blocks all ran
     assert (tmp_path / "mine.onnx").is_file() and (tmp_path / "ort-mobile" / "sine.ort").is_file()
+
+
+def test_own_data_example_learns_beyond_its_baseline(tmp_path: Path) -> None:
+    """The own-data example's data line and train line, as written: the model beats the input-blind baseline
+    (the majority share) by a clear margin, so the example shows what learning looks like."""
+    block = next(text for kind, text in _blocks() if kind == "bash" and "mydata.npz" in text)
+    lines = [c for c, _ in _commands(block) if c.startswith("python -c") or c.startswith("edgernn train --data")]
+    assert len(lines) == 2, lines
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = ""
+    for command in lines:
+        p = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"`{command}` exited {p.returncode}:\n{p.stderr[-1500:]}"
+        out = p.stdout + p.stderr
+    found = re.search(r"best accuracy ([\d.]+) at epoch \d+ \(input-blind baseline ([\d.]+)\)", out)
+    assert found, out[-1500:]
+    best, baseline = float(found.group(1)), float(found.group(2))
+    assert 0.4 <= baseline <= 0.6  # two classes drawn evenly: the majority share of the validation split
+    assert best >= baseline + 0.2, f"the README's own-data example does not learn: {best} vs baseline {baseline}"

@@ -243,3 +243,54 @@ def test_memory_is_learned_by_a_gated_cell() -> None:
     cfg = TrainConfig(epochs=12, batch_size=32, lr=1e-2, n_train=512, n_val=128, min_len=12, max_len=12, seed=0)
     _, hist = fit(model_config_for(task, cell="gru", hidden_size=16), task, cfg, progress=False)
     assert hist.best_metric > 0.9  # chance is 0.25
+
+
+def _labelled(labels: np.ndarray, per_step: bool = False) -> Any:
+    from edgernn.train.data import Example
+    from edgernn.train.dataset import Dataset
+
+    k = int(labels.max()) + 1
+    examples = [
+        Example(np.zeros((4, 1), np.float32), np.full(4, y, np.int64) if per_step else np.array(y, np.int64))
+        for y in labels
+    ]
+    return Dataset(examples, 1, k, "classification", "all" if per_step else "last", "labels")
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_input_blind_baseline_is_never_below_chance_on_balanced_data(classes: int) -> None:
+    """Balanced labels, held out at random: the training split's majority is the class validation holds fewest
+    of, and scoring it there gave 0.146 on four classes; the baseline must be at least one over the classes."""
+    from edgernn.train.dataset import split_off
+    from edgernn.train.loop import baseline_metric
+
+    labels = np.repeat(np.arange(classes), 20)
+    below_with_training_majority = 0
+    for seed in range(30):
+        train, val = split_off(_labelled(labels), 0.2, seed)
+        score = baseline_metric(train.task(), train.examples, val.examples)
+        assert score >= 1 / classes, (seed, score)
+        val_labels = np.array([int(e.y) for e in val.examples])
+        assert score == np.bincount(val_labels, minlength=classes).max() / len(val_labels)
+        majority = np.bincount([int(e.y) for e in train.examples]).argmax()
+        below_with_training_majority += np.mean(val_labels == majority) < 1 / classes
+    assert below_with_training_majority > 0  # the trap is real on these splits
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_input_blind_baseline_is_the_majority_share_on_imbalanced_data(per_step: bool) -> None:
+    from edgernn.train.loop import baseline_metric
+
+    train = _labelled(np.array([0] * 30 + [1] * 60 + [2] * 10), per_step)
+    val = _labelled(np.array([0] * 6 + [1] * 12 + [2] * 2), per_step)
+    assert baseline_metric(train.task(), train.examples, val.examples) == pytest.approx(12 / 20)
+
+
+def test_input_blind_baseline_for_regression_answers_the_training_mean() -> None:
+    from edgernn.train.data import Example
+    from edgernn.train.loop import baseline_metric
+
+    task = get_task("adding")
+    train = [Example(np.zeros((3, 2), np.float32), np.array([v], np.float32)) for v in (1.0, 3.0)]  # mean 2
+    val = [Example(np.zeros((3, 2), np.float32), np.array([v], np.float32)) for v in (2.0, 5.0)]
+    assert baseline_metric(task, train, val) == pytest.approx((0.0 + 9.0) / 2)

@@ -196,6 +196,13 @@ def run(
 @click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True, help="Steps per sequence.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per call.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed sequences.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1, max=100),
+    default=None,
+    help="Rounds for the spread: the calls split into this many (default 5); with --against, turns of each file "
+    "(default 3).",
+)
 @click.option("--state", "states", multiple=True, metavar="IN:OUT:SHAPE", help=STATE_HELP)
 @click.option("--layout", default=None, help=LAYOUT_HELP)
 @click.option(
@@ -214,16 +221,18 @@ def bench(
     seq_len: int,
     batch: int,
     repeats: int,
+    rounds: int | None,
     states: tuple[str, ...],
     layout: str | None,
     as_json: bool,
     **session: Any,
 ) -> None:
     """Latency per step and per sequence (p50, p95), throughput and peak memory of MODEL on onnxruntime; with
-    --ckpt, torch eager on the same inputs in the same run, as ratios."""
+    --ckpt, torch eager on the same inputs in the same run, as ratios. Each figure comes with its spread (the
+    fastest and slowest round) and the machine's load: timings belong to this machine at this moment."""
     from ..manifest import json_text
+    from ..verify.bench import ROUNDS, bench_against, format_against
     from ..verify.bench import bench as run_bench
-    from ..verify.bench import bench_against, format_against
 
     if against is not None:
         if ckpt is not None:
@@ -238,6 +247,7 @@ def bench(
             repeats=repeats,
             states=list(states),
             layout=layout,
+            **({"rounds": rounds} if rounds else {}),
         )
         click.echo(json_text(result, indent=2, sort_keys=True) if as_json else format_against(result))
         return
@@ -251,6 +261,7 @@ def bench(
         repeats=repeats,
         states=list(states),
         layout=layout,
+        rounds=rounds or ROUNDS,
     )
     if as_json:
         echo_json(report.to_dict())

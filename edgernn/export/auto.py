@@ -2,16 +2,27 @@
 
 Every whole-sequence strategy the target takes is exported and checked for parity as usual (a strategy that
 refuses the model, or fails parity, drops out with its reason); the survivors are timed in this process on the
-chosen provider at the profile shape (batch x time; default 1 x 100), in interleaved rounds so that a busy
-machine slows each alike; the chosen one (below) is written to the path asked for, with the measurements in
-its manifest (``selection``: the shape, provider, median microseconds per call of each, why the others dropped out,
-the winner). ``unroll`` takes part when a ``seq_len`` is given (the caller accepts a fixed length then), and
-times at that length; ``step`` serves streams and is not a candidate.
+chosen provider at the profile shape (batch x time; default 1 x 100), in interleaved rounds
+(``edgernn.verify.bench.in_turns``) so that a busy machine slows each alike; the chosen one (below) is written to
+the path asked for, with the measurements in its manifest (``selection``: the shape, provider, median
+microseconds per call of each and its spread (``spread_us``: the median, fastest and slowest of the per-round
+medians, and the rounds), the machine's load when measured (``measured``), why the others dropped out, the
+winner). ``unroll`` takes part when a ``seq_len`` is given (the caller accepts a fixed length then), and times
+at that length; ``step`` serves streams and is not a candidate.
 
-The choice is made to be reproducible: the strategies are ranked native, loop, unroll (the simpler and more
-widely run graph first), and the first one within ``MARGIN`` of the fastest median wins. Two forms that are
-equally fast on the machine then give the same file on every run; only a form clearly faster (Elman RNNs'
-``loop`` on onnxruntime CPU: 1.5-3x) displaces the simpler one.
+The timings belong to the machine and the moment they were taken (``measured`` says which, with
+``TIMINGS_NOTE``): on onnxruntime CPU a Scan's per-iteration cost collapses under CPU contention (``loop`` was
+5x slower than ``native`` at a load of 16 and 62x at 37 on one machine, for one file), so one run's ratio is not a
+property of the file.
+
+The choice is made to be reproducible: the strategies are ranked by the machinery a runtime needs to run them,
+the simpler graph first (``RANKING``): ``native`` (one fused recurrent op per layer), ``loop`` (control flow: a
+Scan with a cell body, any length), ``unroll`` (flat, but fixed to one length and growing with it). A
+later-ranked strategy displaces an earlier one only when it is clearly faster: its median more than ``MARGIN``
+faster *and* its range of per-round medians clear of the earlier one's (``choose``). Two forms the machine
+does not tell apart (their ranges overlap) then give the simpler file on every run, and the manifest says they
+overlapped; only a form faster beyond the noise (Elman RNNs' ``loop`` on an idle onnxruntime CPU: 1.5-3x)
+displaces the simpler one.
 
 It is the default strategy for onnxruntime (target ``ort``) when the export is verified; ``native`` is the
 default for other targets, ``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
@@ -22,18 +33,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, EdgeRNNError, ExportError
+
+if TYPE_CHECKING:
+    from ..verify.bench import Spread
 
 AUTO = "auto"
 DEFAULT_PROFILE: tuple[int, int] = (1, 100)
 ROUNDS = 5  # interleaved rounds; each times every candidate
 CALLS = 5  # calls per candidate per round (after one warm-up call)
 MARGIN = 1.10  # a later-ranked strategy must be more than this much faster than an earlier one to be chosen
-RANKING = ("native", "loop", "unroll")
+RANKING = ("native", "loop", "unroll")  # the simpler graph first (see the module docstring)
 STEP_OPTIONS = ("chunk", "fused")  # options that name the streaming strategy
 
 
@@ -50,11 +64,40 @@ def default_strategy(target: str | None, verify: bool, options: dict[str, Any] |
     return "native"
 
 
-def choose(timings: dict[str, float], margin: float = MARGIN) -> str:
-    """The first strategy in ``RANKING`` whose median is within ``margin`` of the fastest one's."""
-    fastest = min(timings.values())
-    ranked = sorted(timings, key=lambda n: RANKING.index(n) if n in RANKING else len(RANKING))
-    return next(n for n in ranked if timings[n] <= fastest * margin)
+def _spread(t: Spread | float) -> Spread:
+    """A timing as a Spread (a bare median, as older callers give it, is a spread of one round)."""
+    from ..verify.bench import Spread
+
+    return t if isinstance(t, Spread) else Spread(float(t), float(t), float(t), 1)
+
+
+def ties(candidate: Spread | float, fastest: Spread | float, margin: float = MARGIN) -> bool:
+    """True when ``candidate`` is not clearly slower than ``fastest``: its median within ``margin`` of the
+    fastest median, or its range of per-round medians overlapping the fastest one's."""
+    a, f = _spread(candidate), _spread(fastest)
+    return a.median <= f.median * margin or a.overlaps(f)
+
+
+def choose(timings: dict[str, Spread] | dict[str, float], margin: float = MARGIN) -> str:
+    """The first strategy in ``RANKING`` that ``ties`` with the fastest (by median): a later-ranked one wins only
+    when it is faster beyond both the margin and the spread of the rounds."""
+    spreads = {n: _spread(t) for n, t in timings.items()}
+    fastest = min(spreads, key=lambda n: spreads[n].median)
+    ranked = sorted(spreads, key=lambda n: RANKING.index(n) if n in RANKING else len(RANKING))
+    return next(n for n in ranked if ties(spreads[n], spreads[fastest], margin))
+
+
+def spreads_of(selection: dict[str, Any]) -> dict[str, Spread]:
+    """The timings a ``selection`` record holds, as Spreads (microseconds); a record from before spreads were
+    kept gives each median as a spread of one round."""
+    from ..verify.bench import Spread
+
+    kept = selection.get("spread_us") or {}
+    out: dict[str, Spread] = {}
+    for name, median in (selection.get("median_us") or {}).items():
+        s = kept.get(name)
+        out[name] = Spread(s["median"], s["low"], s["high"], s["rounds"]) if s else _spread(median)
+    return out
 
 
 def parse_profile_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -140,24 +183,54 @@ def export_auto(
             f"strategy auto: no candidate runs at the profile shape batch {batch} x time {steps} on onnxruntime "
             f"({why}); give --profile-shape (profile_shape=) a shape the model takes, or name a strategy"
         )
-    best = choose(timings)
-    fastest = min(timings, key=lambda n: timings[n])
-    why = f"fastest of the correct strategies at batch {batch} x time {steps} on cpu"
-    if fastest != best:
-        why = (
-            f"{best} is within {round((MARGIN - 1) * 100)}% of the fastest ({fastest}) at batch {batch} x time "
-            f"{steps} on cpu, and ranks before it (native, loop, unroll: the simpler graph first)"
-        )
+    from ..verify.bench import TIMINGS_NOTE, machine_load
+
+    load = machine_load()
+    spreads = {n: _spread(t) for n, t in timings.items()}
+    best = choose(spreads)
     selection = {
         "chosen": best,
         "profile_shape": [batch, steps],
         "provider": "cpu",
         "threads": 1,
-        "median_us": {n: round(t * 1e6, 1) for n, t in timings.items()},
+        "median_us": {n: round(t.median * 1e6, 1) for n, t in spreads.items()},
+        "spread_us": {n: t.scaled(1e6) for n, t in spreads.items()},
+        "rounds": rounds,
+        "calls_per_round": CALLS,
+        "measured": {**load, "note": TIMINGS_NOTE},
         "refused": refused,
-        "why": why,
+        "why": why_chosen(spreads, best, batch, steps),
     }
     return results[best], selection
+
+
+def why_chosen(spreads: dict[str, Spread], best: str, batch: int, steps: int) -> str:
+    """Why ``best`` won, in words: the fastest, or the simpler graph that the faster one did not beat beyond the
+    margin and the spread; naming the strategies whose rounds overlapped the winner's."""
+    fastest = min(spreads, key=lambda n: spreads[n].median)
+    at = f"at batch {batch} x time {steps} on cpu"
+    overlapping = [n for n in spreads if n != best and spreads[n].overlaps(spreads[best])]
+    if fastest == best:
+        why = f"fastest of the correct strategies {at}"
+    elif spreads[best].overlaps(spreads[fastest]):
+        return (
+            f"{best} and {fastest} overlap within their spread {at} ({_range(best, spreads[best])}, "
+            f"{_range(fastest, spreads[fastest])}): the runs do not tell them apart, so {best}, the simpler graph "
+            "(native, loop, unroll), is kept"
+        )
+    else:
+        return (
+            f"{best} is within {round((MARGIN - 1) * 100)}% of the fastest ({fastest}) {at}, and ranks before it "
+            "(native, loop, unroll: the simpler graph first)"
+        )
+    if overlapping:
+        ranges = ", ".join(_range(n, spreads[n]) for n in [best, *overlapping])
+        why += f"; {', '.join(overlapping)} overlapped it within the spread ({ranges}), and it is the simpler graph"
+    return why
+
+
+def _range(name: str, s: Spread) -> str:
+    return f"{name} {s.low * 1e6:.1f}-{s.high * 1e6:.1f} us over {s.rounds} rounds"
 
 
 def _every_one_refused(errors: list[EdgeRNNError], refused: dict[str, str], target: str) -> EdgeRNNError:
@@ -182,9 +255,10 @@ def time_models(
     seq_len: int | None,
     rounds: int = ROUNDS,
     failed: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each model on onnxruntime CPU, 1 thread, on one seeded input at the profile
-    shape (a fixed-length model at its own length), interleaved round by round. A model that does not run at that
+) -> dict[str, Spread]:
+    """Seconds per call of each model on onnxruntime CPU, 1 thread, on one seeded input at the profile shape (a
+    fixed-length model at its own length), interleaved round by round: the median of each round's ``CALLS``
+    calls, and over the rounds their median, fastest and slowest (``Spread``). A model that does not run at that
     shape is left out, its reason in ``failed``."""
     import onnxruntime as ort
 
@@ -224,11 +298,18 @@ def time_models(
             del runs[name]
             if failed is not None:
                 failed[name] = f"does not run at batch {batch} x time {steps}: {str(e).strip().splitlines()[0][:200]}"
-    samples: dict[str, list[float]] = {n: [] for n in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
+    from ..verify.bench import Spread, in_turns
+
+    def calls(fn: Callable[[], Any]) -> Callable[[], float]:
+        def one_round() -> float:
+            times = []
             for _ in range(CALLS):
                 t0 = time.perf_counter()
                 fn()
-                samples[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in samples.items()}
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        return one_round
+
+    per_round = in_turns({n: calls(fn) for n, fn in runs.items()}, rounds)
+    return {n: Spread.of(v) for n, v in per_round.items()}

@@ -150,14 +150,21 @@ def evaluate(model: RecurrentModel, task: Task, examples: list[Any], batch_size:
 
 
 def baseline_metric(task: Task, train_set: list[Any], val_set: list[Any]) -> float:
-    """The validation metric of a model that ignores its input and always answers the training split's mean
-    target (regression: for the adding problem about 0.167, the variance of the sum) or its most common class
-    (classification: for ``memory`` about 0.25). A model must beat this to have learnt anything from the sequence."""
+    """The validation metric of a model that ignores its input: regression, always answering the training split's
+    mean target (for the adding problem about 0.167, the variance of the sum); classification, always answering the
+    most common class, which scores that class's share of the validation labels (for ``memory`` about 0.25; on
+    imbalanced data the majority share). A model must beat this to have learnt anything from the sequence.
+
+    The class is the validation split's most common one, which the training split's majority is wherever the
+    classes are imbalanced. On balanced data a held-out split holds fewer of whichever class the training split
+    happens to hold most, so the training majority would score below chance there (0.146 on four balanced
+    classes) and make a model that learnt nothing look as if it had; the most common class never scores below
+    chance (one over the number of classes)."""
     if task.head == "classification":
-        labels = np.concatenate([np.atleast_1d(e.y).reshape(-1) for e in train_set])
-        majority = int(np.bincount(labels).argmax())
-        val = np.concatenate([np.atleast_1d(e.y).reshape(-1) for e in val_set])
-        return float(np.mean(val == majority))
+        val = np.concatenate([np.atleast_1d(e.y).reshape(-1) for e in val_set]).astype(np.int64)
+        if val.size == 0:
+            return math.nan
+        return float(np.bincount(val).max() / val.size)
     if task.readout == "all":
         mean = np.concatenate([e.y.reshape(-1, e.y.shape[-1]) for e in train_set]).mean(axis=0)
         return float(np.mean(np.concatenate([((e.y - mean) ** 2).mean(-1) for e in val_set])))

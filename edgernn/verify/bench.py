@@ -4,6 +4,13 @@ Latency per step and per sequence (p50, p95), throughput, and peak memory, on on
 provider; with a checkpoint, torch eager on the same inputs in the same process, reported as ratios. The
 onnxruntime part imports no torch (and is measured first, so its peak memory is the runtime's alone); torch is
 imported only for ``ckpt``.
+
+Timings belong to the machine and the moment they were taken: on a shared CPU one form's cost can collapse
+under contention while another's barely moves (onnxruntime's Scan: 5x slower than the fused op at a load of 16,
+62x at 37), so a single run's figure or ratio is not a property of the file. Every report therefore gives the
+spread as well as the median (``Spread``: the fastest and slowest of the per-round medians, and the number of
+rounds) and the load it was measured under (``machine_load``); ``in_turns`` interleaves several things to time
+round by round, so that a change of load falls on each alike.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import ConfigError, ModelFormatError
+from ..manifest import TIMINGS_NOTE, load_words
 from ..runtime.io import data_axes, streaming_model
 from ..runtime.model import Model
 from ..runtime.states import StatePair
@@ -36,6 +44,73 @@ class Latency:
     def of(cls, seconds: Sequence[float]) -> Latency:
         a = np.asarray(seconds, dtype=np.float64) * 1e3
         return cls(float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.mean()), len(a))
+
+
+ROUNDS = 5  # rounds a bench's calls are split into, for the spread
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One measurement with its spread: the median of the per-round medians, the fastest and the slowest of
+    them, and how many rounds there were (seconds, or whatever unit the rounds were in)."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    @classmethod
+    def of(cls, per_round: Sequence[float]) -> Spread:
+        a = np.asarray(per_round, dtype=np.float64)
+        if a.size == 0:
+            raise ValueError("a spread needs at least one round")
+        return cls(float(np.median(a)), float(a.min()), float(a.max()), int(a.size))
+
+    @classmethod
+    def of_calls(cls, seconds: Sequence[float], rounds: int = ROUNDS) -> Spread:
+        """The calls, in the order they ran, split into ``rounds`` consecutive rounds (fewer when there are
+        fewer calls)."""
+        parts = np.array_split(np.asarray(seconds, dtype=np.float64), max(1, min(rounds, len(seconds))))
+        return cls.of([float(np.median(p)) for p in parts])
+
+    def overlaps(self, other: Spread) -> bool:
+        """True when the two ranges share a value: the runs do not tell the two apart."""
+        return self.low <= other.high and other.low <= self.high
+
+    def scaled(self, factor: float, digits: int = 1) -> dict[str, Any]:
+        """The record a report keeps: ``{"median", "low", "high", "rounds"}`` in the unit ``factor`` gives."""
+        r = lambda v: round(v * factor, digits)  # noqa: E731
+        return {"median": r(self.median), "low": r(self.low), "high": r(self.high), "rounds": self.rounds}
+
+
+def machine_load() -> dict[str, Any]:
+    """How busy the machine was: the 1, 5 and 15-minute load averages (None where the platform keeps none),
+    the CPU count, and the time (UTC, ISO 8601). A load near or above the CPU count means the timings were taken
+    under contention."""
+    try:
+        loads: list[float | None] = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):  # Windows
+        loads = [None, None, None]
+    return {
+        "load_1m": loads[0],
+        "load_5m": loads[1],
+        "load_15m": loads[2],
+        "cpus": os.cpu_count(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def in_turns(runs: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """Call each of ``runs`` once per round, in turn, ``rounds`` times: each one's results in round order. A
+    shared machine's load, which changes from second to second, then falls on every one alike."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1; got {rounds}")
+    out: dict[str, list[T]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            out[name].append(fn())
+    return out
 
 
 @dataclass
@@ -57,6 +132,10 @@ class BenchReport:
     ratios: dict[str, float] = field(default_factory=dict)  # torch time / onnxruntime time (> 1: onnxruntime faster)
     max_abs_diff: float | None = None  # torch vs onnxruntime on the sequence input, when shapes match
     machine: dict[str, str] = field(default_factory=dict)
+    # the p50 of each of ``rounds`` consecutive rounds of calls: {"step": {median, low, high, rounds}, "sequence"}
+    spread_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)  # machine_load() when measured
+    timings_note: str = TIMINGS_NOTE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +158,14 @@ class BenchReport:
             f"throughput {self.frames_per_s:,.0f} steps/s, {self.sequences_per_s:,.1f} sequences/s",
             f"peak RSS   {self.peak_rss_mb:.1f} MB" if self.peak_rss_mb is not None else "peak RSS   n/a",
         ]
+        if self.spread_ms:
+            st, sq = self.spread_ms["step"], self.spread_ms["sequence"]
+            lines.insert(
+                5,
+                f"spread     step {st['low']:.4f}-{st['high']:.4f} ms over {st['rounds']} rounds, sequence "
+                f"{sq['low']:.3f}-{sq['high']:.3f} ms over {sq['rounds']} (the fastest and slowest round's p50)",
+            )
+        lines.append(f"measured   {load_words(self.load)}; {self.timings_note}")
         if self.torch:
             t = self.torch
             lines += [
@@ -149,9 +236,13 @@ def bench(
     states: Sequence[StatePair | str] | None = None,
     layout: str | None = None,
     seed: int = 0,
+    rounds: int = ROUNDS,
 ) -> BenchReport:
-    """Measure ``model`` (and the checkpoint's torch model on the same inputs); see the module docstring."""
-    for name, v in (("steps", steps), ("seq_len", seq_len), ("batch", batch), ("repeats", repeats)):
+    """Measure ``model`` (and the checkpoint's torch model on the same inputs); see the module docstring. The
+    calls are split into ``rounds`` consecutive rounds for the spread."""
+    for name, v in (
+        ("steps", steps), ("seq_len", seq_len), ("batch", batch), ("repeats", repeats), ("rounds", rounds)
+    ):  # fmt: skip
         if v < 1:
             raise ConfigError(f"{name} must be at least 1; got {v}")
     m = Model(
@@ -239,6 +330,11 @@ def bench(
         sequences_per_s=batch / (seq.p50_ms / 1e3),
         peak_rss_mb=peak_rss_mb(),
         machine=machine_info(),
+        spread_ms={
+            "step": Spread.of_calls(step_times, rounds).scaled(1e3, 6),
+            "sequence": Spread.of_calls(seq_times, rounds).scaled(1e3, 6),
+        },
+        load=machine_load(),
     )
     if ckpt is not None:
         _bench_torch(report, ckpt, x, chunk, threads, steps, repeats, warmup, ort_out)
@@ -314,28 +410,36 @@ def _bench_torch(
 def timed_in_turns(
     model: str | os.PathLike[str] | bytes, other: str | os.PathLike[str] | bytes, *, rounds: int = 3, **options: Any
 ) -> dict[str, Any]:
-    """Two models timed in turns in one process, ``rounds`` times each, with the same inputs and settings (a
-    shared machine's load falls on both alike): each one's median step and sequence p50, and ``other``'s speed as
-    ratios to ``model``'s (> 1: ``other`` is faster)."""
+    """Two models timed in turns in one process (``in_turns``), ``rounds`` times each, with the same inputs and
+    settings (a shared machine's load falls on both alike): each one's median step and sequence p50 over the
+    rounds with their spread, ``other``'s speed as ratios to ``model``'s (> 1: ``other`` is faster), whether the
+    two overlap within their spread, and the load."""
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1; got {rounds}")
     options.pop("ckpt", None)
-    runs: dict[str, list[BenchReport]] = {"model": [], "other": []}
-    for _ in range(rounds):
-        runs["model"].append(bench(model, **options))
-        runs["other"].append(bench(other, **options))
+    runs = in_turns({"model": lambda: bench(model, **options), "other": lambda: bench(other, **options)}, rounds)
 
-    def median(key: str, which: str) -> float:
-        return float(np.median([getattr(r, key).p50_ms for r in runs[which]]))
+    def per_round(key: str, which: str) -> Spread:
+        return Spread.of([getattr(r, key).p50_ms for r in runs[which]])
 
     out: dict[str, Any] = {"rounds": rounds}
     for which in ("model", "other"):
-        out[which] = {"step_p50_ms": median("step", which), "sequence_p50_ms": median("sequence", which)}
+        step, seq = per_round("step", which), per_round("sequence", which)
+        out[which] = {
+            "step_p50_ms": step.median,
+            "sequence_p50_ms": seq.median,
+            "spread_ms": {"step": step.scaled(1, 6), "sequence": seq.scaled(1, 6)},
+        }
     a, b = out["model"], out["other"]
     out["ratios"] = {
         "step_speed": a["step_p50_ms"] / b["step_p50_ms"],
         "sequence_speed": a["sequence_p50_ms"] / b["sequence_p50_ms"],
     }
+    out["overlap"] = {  # True: the rounds' ranges overlap, the runs do not tell the two apart
+        key: per_round(key, "model").overlaps(per_round(key, "other")) for key in ("step", "sequence")
+    }
+    out["load"] = machine_load()
+    out["timings_note"] = TIMINGS_NOTE
     return out
 
 
@@ -383,6 +487,13 @@ def format_against(result: dict[str, Any]) -> str:
         f"{ratio_words(r['sequence_speed'], 'faster', 'slower')} per sequence "
         f"(medians of {result['rounds']} rounds in turns)",
     ]
+    same = [k for k, v in (result.get("overlap") or {}).items() if v]
+    if same:
+        lines.append(
+            f"per {' and per '.join(same)} the two overlap within their spread (the fastest and slowest round): "
+            "the runs do not tell them apart"
+        )
+    lines.append(f"measured: {load_words(result.get('load'))}; {result.get('timings_note', TIMINGS_NOTE)}")
     if "drift" in result:
         lines.append(f"outputs differ by up to {result['drift']['max_abs']:.3g} over {result['drift']['steps']} steps")
     return "\n".join(lines)

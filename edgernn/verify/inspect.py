@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFormatError
-from ..manifest import MANIFEST_KEY, Manifest, ranking_note
+from ..manifest import MANIFEST_KEY, Manifest, selection_lines
 
 
 def _ops(graph: Any, hist: Counter[str]) -> None:
@@ -148,16 +148,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         )
     sel = (man or {}).get("selection") or {}
     if sel:
-        b, t = sel["profile_shape"]
-        times = ", ".join(f"{n} {us:g} us" for n, us in sorted(sel["median_us"].items(), key=lambda kv: kv[1]))
-        lines.append(
-            f"strategy chosen by auto: {sel['chosen']} ({times} per call at batch {b} x time {t}, {sel['provider']})"
-        )
-        note = ranking_note(sel)
-        if note:
-            lines.append(f"  {note}")
-        for name, why in (sel.get("refused") or {}).items():
-            lines.append(f"  {name} dropped out: {why}")
+        lines += selection_lines(sel)
     prec = (man or {}).get("precision") or {}
     if prec:
         metric = prec.get("metric")

@@ -43,6 +43,9 @@ class Candidate:
     reused: bool  # trained and exported by an earlier run with the same settings
     pareto: bool = False
     run_dir: str = ""
+    # the fastest and slowest of the bench's rounds (edgernn.verify.bench.Spread): [low, high] in the unit above
+    sequence_ms_range: list[float] | None = None
+    step_us_range: list[float] | None = None
 
     @property
     def name(self) -> str:
@@ -60,6 +63,9 @@ class Comparison:
     candidates: list[Candidate]
     machine: dict[str, str]
     seconds: float
+    rounds: int = 0  # each latency's calls split into this many rounds for its range
+    load: dict[str, Any] | None = None  # edgernn.verify.bench.machine_load() after the last latency
+    timings_note: str = ""  # timings belong to the machine and moment they were taken
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,9 +88,20 @@ class Comparison:
         baseline = self.candidates[0].baseline if self.candidates else math.nan
         rows.append(
             f"* on the Pareto front (no candidate both faster and better); input-blind baseline {self.metric} "
-            f"{baseline:.4g}; latency: {self.provider}, batch 1, {self.bench_len} steps per sequence"
+            f"{baseline:.4g}; latency: {self.provider}, batch 1, {self.bench_len} steps per sequence" + self._measured()
         )
         return "\n".join(rows)
+
+    def _measured(self) -> str:
+        """How the latencies were measured, for the table's last line ("" for a comparison from before it)."""
+        if self.load is None:
+            return ""
+        from ..manifest import load_words
+
+        return (
+            f", the median of {self.rounds} rounds (the fastest and slowest round in compare.json); measured: "
+            f"{load_words(self.load)}; {self.timings_note}"
+        )
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool) -> list[bool]:
@@ -131,8 +148,9 @@ def compare(
     import time
 
     from ..files import write_atomic
+    from ..manifest import TIMINGS_NOTE
     from ..model.cells import cell_names
-    from ..verify.bench import machine_info
+    from ..verify.bench import ROUNDS, machine_info, machine_load
 
     if not cells or not hiddens:
         raise ConfigError("give at least one cell and one hidden size to compare")
@@ -177,7 +195,7 @@ def compare(
         made = _made(out / name, settings)
         metric_name = made["metric"]
         higher_better = metric_name == "accuracy"
-        seq_ms, step_us = _latency(out / name, made, provider, bench_len)
+        seq_ms, step_us, ranges = _latency(out / name, made, provider, bench_len)
         c = Candidate(
             cell=cell,
             hidden=hidden,
@@ -192,6 +210,8 @@ def compare(
             step_us=step_us,
             reused=made["reused"],
             run_dir=str(out / name),
+            sequence_ms_range=ranges["sequence_ms_range"],
+            step_us_range=ranges["step_us_range"],
         )
         results.append(c)
         if echo is not None:
@@ -213,6 +233,9 @@ def compare(
         candidates=results,
         machine=machine_info(),
         seconds=time.perf_counter() - started,
+        rounds=ROUNDS,
+        load=machine_load(),
+        timings_note=TIMINGS_NOTE,
     )
     write_atomic(out / "compare.json", json.dumps(comparison.to_dict(), indent=2).encode())
     return comparison
@@ -283,16 +306,24 @@ def _export(run: Path, settings: dict[str, Any]) -> str:
     return str(result.manifest.strategy)
 
 
-def _latency(run: Path, made: dict[str, Any], provider: str, bench_len: int) -> tuple[float, float | None]:
-    """p50 ms per sequence (model.onnx, batch 1) and p50 us per streaming step (step.onnx), one thread."""
+def _latency(
+    run: Path, made: dict[str, Any], provider: str, bench_len: int
+) -> tuple[float, float | None, dict[str, list[float] | None]]:
+    """p50 ms per sequence (model.onnx, batch 1) and p50 us per streaming step (step.onnx), one thread, with
+    the fastest and slowest round of each (``sequence_ms_range``, ``step_us_range``)."""
     from ..verify.bench import bench
 
     seq = bench(run / "model.onnx", provider=provider, threads=1, steps=1, seq_len=bench_len, repeats=20, warmup=3)
+    ranges: dict[str, list[float] | None] = {
+        "sequence_ms_range": [seq.spread_ms["sequence"]["low"], seq.spread_ms["sequence"]["high"]],
+        "step_us_range": None,
+    }
     step_us = None
     if made.get("streams"):
         st = bench(run / "step.onnx", provider=provider, threads=1, steps=300, seq_len=1, repeats=1, warmup=30)
         step_us = st.step.p50_ms * 1e3
-    return seq.sequence.p50_ms, step_us
+        ranges["step_us_range"] = [round(st.spread_ms["step"][k] * 1e3, 3) for k in ("low", "high")]
+    return seq.sequence.p50_ms, step_us, ranges
 
 
 def _fingerprint(path: str) -> dict[str, Any]:
