@@ -177,7 +177,7 @@ def run_tests(package_parent: Path, tests: list[str], timeout: float) -> str:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     for cache in package_parent.rglob("__pycache__"):
         shutil.rmtree(cache)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]  # every parameter set: no -m
     cmd += ["--rootdir", str(ROOT), *(str(ROOT / t) for t in tests)]
     try:  # run from the copy's folder: `python -m` puts the working folder first on sys.path
         proc = subprocess.run(cmd, cwd=package_parent, env=env, capture_output=True, timeout=timeout, check=False)
