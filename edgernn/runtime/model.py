@@ -166,12 +166,8 @@ def index_limits(model: str | bytes, names: list[str]) -> dict[str, int]:
     try:
         import onnx
 
-        proto = (
-            onnx.load_from_string(model)
-            if isinstance(model, bytes)
-            else onnx.load(model, load_external_data=False)
-        )
-    except Exception:  # noqa: BLE001  # an onnx too old or missing, a graph it cannot parse: no limits known
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    except Exception:  # an onnx too old or missing, a graph it cannot parse: no limits known
         return {}
     from ..graphs import all_graphs
 
