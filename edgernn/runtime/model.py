@@ -81,8 +81,9 @@ class Model:
         self.graph_inputs = {s.name: s for s in graph_in}
         self.graph_outputs = {s.name: s for s in graph_out}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        # integer inputs that index a constant table (token ids into an Embedding's Gather): name -> its rows
-        integer = [s.name for s in graph_in if np.dtype(s.dtype).kind in "iu"]
+        # integer inputs that index a constant table (token ids into an Embedding's Gather): name -> its rows. Only
+        # a model with integer data reads its graph for them (an edgernn export's lengths are not ids)
+        integer = [s.name for s in self.inputs if np.dtype(s.dtype).kind in "iu" and s.role not in ("lengths", "mask")]
         self.index_limits: dict[str, int] = index_limits(model, integer) if integer else {}
         if self.manifest and {s.name for s in self.manifest.inputs} != set(self.graph_inputs):
             raise ModelFormatError(
