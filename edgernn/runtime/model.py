@@ -144,12 +144,20 @@ def check_protobuf_size(model: str | bytes) -> None:
     """An .onnx file (or bytes) of 2 GiB or more cannot be one protobuf: say so before onnxruntime fails on it with
     a bare ``narrowing_error``."""
     size = len(model) if isinstance(model, bytes) else os.path.getsize(model)
-    if size > PROTOBUF_LIMIT:
+    if size > PROTOBUF_LIMIT and not _ort_format(model):
         where = "these bytes" if isinstance(model, bytes) else repr(model)
         raise ModelFormatError(
             f"{where} is {size / 2**30:.2f} GiB, over protobuf's 2 GiB limit for one ONNX file: save the weights as "
             "external data beside it (onnx.save(model, path, save_as_external_data=True)) and load it by path"
         )
+
+
+def _ort_format(model: str | bytes) -> bool:
+    """An ORT-format file (a flatbuffer, ``ORTM`` at bytes 4..8), which protobuf's limit does not concern."""
+    if isinstance(model, bytes):
+        return model[4:8] == b"ORTM"
+    with open(model, "rb") as f:
+        return f.read(8)[4:8] == b"ORTM"
 
 
 # ops that pass an integer tensor's values on unchanged (an id reaches its Gather through them)
