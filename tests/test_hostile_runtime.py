@@ -21,6 +21,7 @@ from torch import nn
 from edgernn.cli import main
 from edgernn.errors import ConfigError, InputError, ModelFormatError
 from edgernn.export import export_model
+from edgernn.model import checkpoint
 from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.runtime import Model, StreamingModel
 
@@ -89,6 +90,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, modules: tuple[Tokens, Look
     torch.manual_seed(0)
     zoo = build_model(ModelConfig(cell="gru", input_size=2, hidden_size=32))
     export_model(zoo, d / "native.onnx", strategy="native")
+    checkpoint.save(d / "run" / "model.ckpt", zoo, {"task": "sine"})
     (d / "ext").mkdir()  # the same model with its weights as external data beside it
     onnx.save(
         onnx.load(str(d / "native.onnx")), str(d / "ext" / "m.onnx"), save_as_external_data=True, location="m.data"
@@ -245,7 +247,7 @@ def test_parity_loads_external_data_beside_the_model(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # elsewhere: the external data is found beside the model, not in the working folder
     ext, native = str(folder / "ext" / "m.onnx"), str(folder / "native.onnx")
-    for args in ([ext, native], [native, ext]):
+    for args in ([ext, native], [native, ext], [str(folder / "run" / "model.ckpt"), ext, "--localize"]):
         r = CliRunner().invoke(main, ["parity", *args])
         assert r.exit_code == 0 and "parity PASS" in r.stdout, r.output
     assert list(tmp_path.iterdir()) == []
