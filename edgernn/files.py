@@ -17,7 +17,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.edgernn-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.edgernn-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only folder: name the folder and the file, not the temporary name
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, f"{e.strerror} (cannot write {path.name} in this folder)", str(path.parent)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

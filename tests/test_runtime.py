@@ -158,3 +158,50 @@ def test_streams_on_cuda_equal_cpu() -> None:
         batch = sm.step_many([sm.stream(), sm.stream()], [x[0], x[0]])
         np.testing.assert_allclose(batch[0], ys[p][0], atol=1e-6)
     np.testing.assert_allclose(ys["cuda"], ys["cpu"], rtol=0, atol=1e-5)
+
+
+def _gather_model() -> bytes:
+    """ids -> Cast(int32) -> Unsqueeze -> Gather(table of 9 rows) and ids -> Gather(table of 5 rows, axis 1 of a
+    (2, 5) Constant), summed; ``pos`` -> Gather from a computed (not constant) tensor: no table the graph shows."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    big = numpy_helper.from_array(np.arange(9 * 2, dtype=np.float32).reshape(9, 2), "big")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    nodes = [
+        helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+        helper.make_node("Unsqueeze", ["ids32", "axes"], ["ids2"]),
+        helper.make_node("Gather", ["big", "ids2"], ["a"]),
+        helper.make_node(
+            "Constant", [], ["small"], value=numpy_helper.from_array(np.ones((2, 5), np.float32), "small")
+        ),
+        helper.make_node("Gather", ["small", "ids"], ["b"], axis=1),  # (2, n)
+        helper.make_node("Transpose", ["b"], ["bt"]),  # (n, 2)
+        helper.make_node("Unsqueeze", ["bt", "axes"], ["b2"]),
+        helper.make_node("Add", ["a", "b2"], ["y"]),
+        helper.make_node("Relu", ["big"], ["computed"]),
+        helper.make_node("Gather", ["computed", "pos"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gathers",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("pos", TensorProto.INT64, ["m"]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 2]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["m", 2]),
+        ],
+        [big, axes],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_index_limits_follow_ids_to_every_constant_table_they_read() -> None:
+    m = Model(_gather_model())
+    assert m.index_limits == {"ids": 5}  # the smaller of 9 rows (through Cast, Unsqueeze) and 5 columns (axis 1)
+    m.run_feed({"ids": np.array([0, 4]), "pos": np.array([-1])})  # pos reads a computed tensor: ONNX's own rules
+    for bad in ([5], [-1], [0, 8]):
+        with pytest.raises(InputError, match=r"ids must be in 0\.\.4"):
+            m.run_feed({"ids": np.array(bad), "pos": np.array([0])})
+    assert Model(lengths_model()).index_limits == {}  # lengths are not ids: the graph is not read for them

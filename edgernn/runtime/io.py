@@ -208,7 +208,11 @@ def run_file(
     steps. A stateful model runs the whole sequence from its initial state, chunk by chunk
     (``StreamingModel.run_sequence``)."""
     sm = streaming_model(model, states, layout)
-    data = sm.data if sm is not None else _single_data(model)
+    named = input_path is not None and os.fspath(input_path).lower().endswith(".npz")
+    if sm is None and named and len(model.data_inputs()) > 1:  # a .npz names each of several data inputs
+        data = model.data_inputs()[0]
+    else:
+        data = sm.data if sm is not None else _single_data(model)
     if input_path is None:
         steps = random_steps or 20
         if sm is not None and sm.axes.time is not None:  # a whole sequence run in chunks: a multiple of the chunk
@@ -245,7 +249,7 @@ def run_file(
         outputs = sm.run_sequence(x)
         primary = sm.primary
     else:
-        if data.name in feed:
+        if data.name in feed and len(model.data_inputs()) == 1:
             feed[data.name] = complete_batch(np.asarray(feed[data.name]), data, data_axes(data, layout))
         outputs = model.run_feed(feed)
         primary = model.output_names[0]

@@ -42,6 +42,7 @@ from ..manifest import TensorSpec
 from .layout import BATCH_NAMES, Axes, infer_axes, parse_layout
 from .model import Model
 from .states import StatePair, StatePool, resolve_states
+from .validate import check_ids
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class StreamingModel:
         self._check_constant_names(given)
         self.data: TensorSpec = self._pick_data(given)
         self.dtype = np.dtype(self.data.dtype)
+        # token ids index the Embedding's table: 0..limit-1 (None: the graph does not show a table)
+        self.id_limit: int | None = self.model.index_limits.get(self.data.name)
         if self.dtype.kind not in "fiu":
             raise ModelFormatError(
                 f"data input {self.data.name!r} is {self.dtype}; streams take floating point frames or integer ids"
@@ -227,6 +230,8 @@ class StreamingModel:
             info = np.iinfo(want)
             if a.size and (a.min() < info.min or a.max() > info.max):
                 raise InputError(f"constant {name!r} has values outside {want}'s range {info.min}..{info.max}")
+            if name in self.model.index_limits:
+                check_ids(name, a, self.model.index_limits[name], "constant")
         elif want.kind == "f":
             with np.errstate(over="ignore", invalid="ignore"):
                 if not np.isfinite(a.astype(want)).all():
@@ -276,7 +281,9 @@ class StreamingModel:
 
     def group(self, n: int) -> StreamGroup:
         """``n`` new streams that advance together, one call per step on pre-bound batch buffers (see
-        ``StreamGroup``): for streams that stay together, faster than ``step_many`` over separate streams."""
+        ``StreamGroup``): for streams that stay together, faster than ``step_many`` over separate streams.
+        ``n`` is at most ``StreamGroup.MAX_MEMBERS`` (65,536), and the group's state buffers at most
+        ``StreamGroup.MAX_STATE_BYTES`` (4 GiB); a larger group is refused (ConfigError) before any allocation."""
         return StreamGroup(self, n)
 
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
@@ -377,6 +384,8 @@ class StreamingModel:
             raise InputError("frames of one batched call must share a shape") from None
         a = self._convert(a)
         one = self._as_input(a[0])  # shape checks (and their error messages) are those of one stream
+        if self.id_limit is not None:
+            check_ids(self.data.name, a, self.id_limit)
         if self.dtype.kind == "f" and not self._finite(a.reshape(-1)):
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise InputError(f"input {self.data.name!r} has {bad} non-finite value(s) (NaN or inf)")
@@ -394,6 +403,8 @@ class StreamingModel:
         a = self._convert(np.asarray(x))
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise InputError(f"input {self.data.name!r} has non-finite values (NaN or inf)")
+        if self.id_limit is not None:
+            check_ids(self.data.name, a, self.id_limit)
         stacked_time = self.axes.time is None
         t_axis = 0 if self.axes.time is None else self.axes.time
         rank = self.axes.rank + (1 if stacked_time else 0)
@@ -450,6 +461,8 @@ class StreamingModel:
         if self.dtype.kind == "f" and not self._finite(a.reshape(-1)):
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise InputError(f"input {self.data.name!r} has {bad} non-finite value(s) (NaN or inf)")
+        if self.id_limit is not None:
+            check_ids(self.data.name, a, self.id_limit)
         return a.reshape(target)
 
     def _convert(self, a: np.ndarray) -> np.ndarray:
@@ -671,9 +684,17 @@ class Stream:
         arrs = []
         for st in sm.states:
             a = np.asarray(state[st.input])
-            if a.shape != st.shape or a.dtype.kind != "f" or not np.isfinite(a).all():
+            if a.shape != st.shape or a.dtype.kind != "f":
                 raise InputError(
                     f"state {st.input!r} must be finite floats of shape {st.shape}; got {a.dtype} {a.shape}"
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                a = a.astype(st.dtype)  # checked after the cast: 1e39 is finite as float64, inf as float32
+            if not np.isfinite(a).all():
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                raise InputError(
+                    f"state {st.input!r} has {bad} value(s) that are not finite as {st.dtype} (NaN, inf, or beyond "
+                    f"+-{np.finfo(st.dtype).max:g}); a state must be finite {st.dtype} values"
                 )
             arrs.append(a)
         with self._lock:
@@ -691,9 +712,19 @@ class StreamGroup:
     ``i`` restarts with ``reset(i)`` when its sequence ends and another takes its place.
     """
 
+    MAX_MEMBERS = 1 << 16
+    MAX_STATE_BYTES = 4 << 30
+
     def __init__(self, model: StreamingModel, n: int) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"a stream group has at least one member; got {n!r}")
+        # two state buffers of n members each, allocated up front: bounded before any allocation
+        need = 2 * n * sum(math.prod(st.shape) * st.dtype.itemsize for st in model.states)
+        if n > self.MAX_MEMBERS or need > self.MAX_STATE_BYTES:
+            raise ConfigError(
+                f"a group of {n:,} streams would need {_bytes(need)} of state buffers; a group has at most "
+                f"{self.MAX_MEMBERS:,} members and {_bytes(self.MAX_STATE_BYTES)} of state: make several groups"
+            )
         if model.axes.batch is None or any(s.batch_axis is None for s in model.states):
             raise ModelFormatError(
                 "this model's data or states have no batch axis, so streams cannot be grouped; use one Stream each"
@@ -795,6 +826,10 @@ def _drop_batch(a: np.ndarray, batch_axis: int | None) -> np.ndarray:
     if batch_axis is None or a.ndim <= batch_axis:
         return a
     return np.squeeze(a, axis=batch_axis)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _fmt(shape: Sequence[Any]) -> str:

@@ -12,9 +12,16 @@ from ..manifest import TensorSpec
 
 
 def check_feed(
-    specs: Sequence[TensorSpec], feed: Mapping[str, Any], *, fill_lengths: bool = True
+    specs: Sequence[TensorSpec],
+    feed: Mapping[str, Any],
+    *,
+    fill_lengths: bool = True,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Validate and convert ``feed`` against the model's input specs; returns arrays of the graph's dtypes.
+
+    ``limits`` bounds integer inputs that index a table (token ids: ``Model.index_limits``): each value must be in
+    ``0..limit-1``, as torch's Embedding demands, where ONNX's Gather would count a negative id from the end.
 
     A missing ``lengths`` input (role ``lengths``) is filled with the full length of each sequence. A model that
     takes its padding as a float mask (role ``mask``: exports for NNAPI and CoreML) may be fed ``lengths`` like
@@ -39,6 +46,8 @@ def check_feed(
                 continue
             raise InputError(f"missing input {spec.name!r} (shape {_fmt(spec.shape)}, {spec.dtype})")
         arr = _convert(spec, feed[spec.name])
+        if limits and spec.name in limits:
+            check_ids(spec.name, arr, limits[spec.name])
         if arr.ndim != len(spec.shape):
             raise InputError(
                 f"input {spec.name!r} must have {len(spec.shape)} dimensions {_fmt(spec.shape)}; got shape {arr.shape}"
@@ -96,12 +105,30 @@ def _convert(spec: TensorSpec, value: Any) -> np.ndarray:
                 f"input {spec.name!r} has values beyond the range of {spec.dtype} (|x| > {np.finfo(want).max:g})"
             )
         return np.ascontiguousarray(cast)
+    if want.kind == "b":  # bool: True/False, or whole numbers 0/1 (what text and JSON give)
+        if arr.dtype.kind == "b":
+            return np.ascontiguousarray(arr)
+        if arr.dtype.kind not in "iu" or not np.isin(arr, (0, 1)).all():
+            raise InputError(f"input {spec.name!r} is bool: give True/False (or 1/0); got {arr.dtype}")
+        return np.ascontiguousarray(arr.astype(want))
     if arr.dtype.kind not in "iu":
         raise InputError(f"input {spec.name!r} must be integer ({spec.dtype}); got {arr.dtype}")
     info = np.iinfo(want)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):  # a cast would wrap around, silently
         raise InputError(f"input {spec.name!r} has values outside {spec.dtype}'s range {info.min}..{info.max}")
     return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def check_ids(name: str, ids: np.ndarray, limit: int, what: str = "input") -> None:
+    """Token ids (an integer input that indexes a table of ``limit`` rows) must be in ``0..limit-1``."""
+    if ids.size and (ids.min() < 0 or ids.max() >= limit):
+        bad = ids[(ids < 0) | (ids >= limit)].reshape(-1)
+        raise InputError(
+            f"{what} {name!r} indexes a table of {limit} rows (an Embedding's vocabulary): ids must be in "
+            f"0..{limit - 1}; got {int(bad[0])}"
+            + (f" and {bad.size - 1} more" if bad.size > 1 else "")
+            + (" (ONNX would count a negative id from the end, silently)" if (bad < 0).any() else "")
+        )
 
 
 def _check_lengths(lengths: np.ndarray, dims: dict[str, tuple[int, str]]) -> None:

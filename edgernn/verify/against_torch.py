@@ -7,6 +7,7 @@ sequence. The reference is always the module the user trained, never an exported
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,7 +48,7 @@ def stream_cases(batch: int | None = None) -> list[Case]:
 
 
 def _runtimes(
-    data: bytes, providers: Sequence[str], extra: Mapping[str, Runner] | None, graph_specs: Sequence[TensorSpec]
+    data: bytes | str, providers: Sequence[str], extra: Mapping[str, Runner] | None, graph_specs: Sequence[TensorSpec]
 ) -> dict[str, Runner]:
     """onnxruntime on each provider, then the target's own runtimes (``extra``), each behind the runtime's input
     checks (which make a float-mask model's mask from the feed's lengths, as on a device)."""
@@ -63,6 +64,13 @@ def _runtimes(
     for name, run in (extra or {}).items():
         out[name] = graph_runner(graph_specs, run)
     return out
+
+
+def _session_source(model: Any) -> bytes | str:
+    """What onnxruntime loads: a path as it is (its external data is found beside it), bytes, or a proto's bytes."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return model if isinstance(model, bytes) else model.SerializeToString()
 
 
 def _renamed(run: Runner, lengths_name: str | None) -> Runner:
@@ -90,13 +98,14 @@ def verify_parity(
     int_high: int = 2,
     tol: Tolerance | None = None,
 ) -> ParityReport:
-    """Eager torch ``module`` against onnxruntime on ``proto`` (each provider), the target's runtimes
-    (``extra``) and the optional numpy oracle.
+    """Eager torch ``module`` against onnxruntime on ``proto`` (a ModelProto, its bytes, or the file's path:
+    a path keeps external data beside the model loadable) on each provider, the target's runtimes (``extra``)
+    and the optional numpy oracle.
 
     ``torch_specs`` are the inputs ``module`` takes (default: the graph's); they differ from the graph's when the
     graph takes a float mask where the module takes lengths (named ``lengths_name``).
     """
-    data = proto.SerializeToString() if not isinstance(proto, bytes) else proto
+    data = _session_source(proto)
     specs = list(torch_specs or manifest.inputs)
     mask = manifest.input("mask")
     candidates = {
@@ -257,7 +266,7 @@ def verify_stream(
     ``specs`` are the data inputs with their "time" axis still named (the graph fixes it to ``chunk``);
     ``graph_specs`` the graph's inputs, states included (default: read from ``proto``'s manifest-free graph).
     """
-    data = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    data = _session_source(proto)
     if graph_specs is None:
         from ..runtime.model import graph_spec
         from ..runtime.providers import make_session

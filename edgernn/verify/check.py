@@ -91,6 +91,9 @@ def read_bytes(model: str | os.PathLike[str] | bytes) -> bytes:
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ModelFormatError(f"no model file at {path!r}")
+    from ..runtime.model import check_protobuf_size
+
+    check_protobuf_size(path)
     with open(path, "rb") as f:
         return f.read()
 

@@ -50,6 +50,9 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelFormatError(f"no model file at {str(path)!r}")
     if p.stat().st_size == 0:  # onnx reads an empty file as an empty model, without a word
         raise ModelFormatError(f"{str(path)!r} is empty (0 bytes): not an ONNX model")
+    from ..runtime.model import check_protobuf_size
+
+    check_protobuf_size(str(p))
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except Exception as e:

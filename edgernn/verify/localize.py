@@ -910,14 +910,25 @@ def _slice_time(specs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray], sta
     return out
 
 
-def _read(model: str | os.PathLike[str] | bytes) -> bytes:
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise ModelFormatError(f"no model file at {path!r}")
-    with open(path, "rb") as f:
-        return f.read()
+def _load(model: str | os.PathLike[str] | bytes) -> Any:
+    """The model's proto; a file is read by path, so its external data (weights beside it) comes with it."""
+    import onnx
+
+    from ..runtime.model import check_protobuf_size
+
+    try:
+        if isinstance(model, (bytes, bytearray)):
+            check_protobuf_size(bytes(model))
+            return onnx.load_from_string(bytes(model))
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ModelFormatError(f"no model file at {path!r}")
+        check_protobuf_size(path)
+        return onnx.load(path)
+    except ModelFormatError:
+        raise
+    except Exception as e:  # onnx raises many kinds on a damaged file
+        raise ModelFormatError(f"not a readable ONNX model: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------ localize
@@ -949,11 +960,7 @@ def localize(
     from ..runtime.providers import make_session
 
     tol = Tolerance(float(atol), float(rtol))
-    data = _read(model)
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as e:
-        raise ModelFormatError(f"not a readable ONNX model: {e}") from None
+    proto = _load(model)
     manifest = read_manifest({p.key: p.value for p in proto.metadata_props})
     specs = list(torch_specs)
     missing = [s.name for s in specs if s.name not in feed and s.role not in ("lengths", "mask")]

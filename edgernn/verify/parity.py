@@ -7,6 +7,7 @@ batch when the model takes lengths. One tolerance table, keyed by dtype, decides
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -140,6 +141,7 @@ def case_from_shapes(
             continue
         if len(given) != len(s.shape):
             raise ConfigError(f"{option} {s.name}: {len(given)} dims given, the input has {len(s.shape)}")
+        check_input_size(s.name, given, option)
         for d, n in zip(s.shape, given, strict=True):
             if isinstance(d, int) and d != n:
                 raise ConfigError(f"{option} {s.name}: the input's size {d} is fixed; got {n}")
@@ -174,7 +176,25 @@ def parse_shape(text: str, *, option: str = "--shape") -> tuple[str, list[int]]:
             raise ValueError
     except ValueError:
         raise ConfigError(f"{option} must look like NAME:1x50x3 (sizes >= 1); got {text!r}") from None
+    check_input_size(name, shape, option)
     return name, shape
+
+
+MAX_INPUT_VALUES = 1 << 28  # values in one made-up input: 1 GiB of float32
+
+
+def check_input_size(name: str, shape: Sequence[Any], option: str = "--shape") -> None:
+    """A shape random inputs are made at (given, or the model's fixed sizes): whole sizes >= 1, and at most
+    ``MAX_INPUT_VALUES`` values, checked before anything is allocated."""
+    if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+        raise ConfigError(f"{option} {name}: sizes must be whole numbers >= 1; got {list(shape)}")
+    values = math.prod(int(d) for d in shape)
+    if values > MAX_INPUT_VALUES:
+        size = "x".join(str(d) for d in shape)
+        raise ConfigError(
+            f"{option} {name}: shape {size} is {values:,} values (~{values * 4 / 2**30:,.1f} GiB as float32); "
+            f"inputs made for a comparison hold at most {MAX_INPUT_VALUES:,}: give smaller sizes"
+        )
 
 
 def make_inputs(
@@ -195,6 +215,7 @@ def make_inputs(
         if s.role == "state" and not states:
             continue
         shape = tuple(sizes.get(d, 1) if isinstance(d, str) else d for d in s.shape)
+        check_input_size(s.name, shape, "input")
         if s.role in ("lengths", "mask"):
             batch, steps = (shape[0], shape[1]) if s.role == "mask" else (shape[0], case.length)
             lengths = np.full(batch, steps)

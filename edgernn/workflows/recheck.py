@@ -32,11 +32,17 @@ class Loaded:
     manifest: Manifest | None
     proto: Any
 
+    @property
+    def source(self) -> str | bytes:
+        """What a session loads: the path of a file (its external data is found beside it), else the bytes."""
+        return self.data if self.path == "<bytes>" else self.path
+
 
 def load_model(model: str | os.PathLike[str] | bytes) -> Loaded:
     import onnx
 
     from ..manifest import read_manifest
+    from ..runtime.model import check_protobuf_size
 
     if isinstance(model, bytes):
         data, path = model, "<bytes>"
@@ -44,6 +50,7 @@ def load_model(model: str | os.PathLike[str] | bytes) -> Loaded:
         path = str(model)
         if not Path(path).is_file():
             raise ModelFormatError(f"no model file at {path!r}")
+        check_protobuf_size(path)  # over 2 GiB: one line on external data, not protobuf's own error
         data = Path(path).read_bytes()
     try:
         proto = onnx.load_from_string(data)
@@ -158,7 +165,7 @@ def _specs(m: Loaded) -> list[TensorSpec]:
     from ..runtime.model import graph_spec
     from ..runtime.providers import make_session
 
-    sess, _ = make_session(m.data, "cpu", threads=None)
+    sess, _ = make_session(m.source, "cpu", threads=None)
     return [graph_spec(a) for a in sess.get_inputs()]
 
 
@@ -232,7 +239,7 @@ def _against_torch(
         outputs = [o.name for o in manifest.outputs if o.role != "state"]
         return verify_stream(
             module,
-            cand.proto,
+            cand.source,
             torch_specs,
             manifest.states,
             outputs,
@@ -246,7 +253,7 @@ def _against_torch(
         )
     return verify_parity(
         module,
-        cand.proto,
+        cand.source,
         manifest,
         torch_specs=torch_specs,
         cases=cases,
@@ -427,7 +434,7 @@ def _sequence_runner(m: Loaded, provider: str) -> Any:
     stateful file streamed over the sequence from its initial state."""
     from ..runtime.model import Model
 
-    model = Model(m.data, provider=provider, threads=None)
+    model = Model(m.source, provider=provider, threads=None)
     if m.manifest is not None and m.manifest.states:
         from ..runtime.stream import StreamingModel
 
@@ -496,7 +503,9 @@ def localize_check(
         batch = manifest.batch or 2
         padded = any(s.role == "lengths" for s in specs) and batch > 1
         inputs = make_inputs(specs, Case(batch, steps, padded=padded), np.random.default_rng(0))
-    return localize(module, cand.data, dict(inputs), torch_specs=specs, atol=tol.atol, rtol=tol.rtol, provider=provider)
+    return localize(
+        module, cand.source, dict(inputs), torch_specs=specs, atol=tol.atol, rtol=tol.rtol, provider=provider
+    )
 
 
 def _torch_specs(specs: Sequence[TensorSpec], manifest: Manifest | None) -> list[TensorSpec]:
