@@ -189,7 +189,11 @@ def parse_time_axis(text: str) -> tuple[str, int]:
 
 
 def time_axes(
-    parsed: list[InputSpec], given: tuple[str, ...], example: tuple[Any, ...], lengths_input: str | None, time_major: bool
+    parsed: list[InputSpec],
+    given: tuple[str, ...],
+    example: tuple[Any, ...],
+    lengths_input: str | None,
+    time_major: bool,
 ) -> dict[str, dict[int, str]] | None:
     """Every input's dynamic axes when a time axis was named (``T`` in a shape, ``--time-axis``); None when none
     was (the defaults: batch 0 and time 1, or time 0 and batch 1 with ``time_major``)."""
@@ -282,7 +286,10 @@ def export_user_module(
         )
     if names is None:
         names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["x"]
-        parsed = [InputSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, example)]
+        parsed = [
+            InputSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+            for n, t in zip(names, example, strict=True)
+        ]
     if lengths_input is not None and lengths_input not in names:
         raise ConfigError(f"--lengths-input {lengths_input!r}: no input is named so (inputs: {', '.join(names)})")
     dyn = time_axes(parsed, time_axis, example, lengths_input, time_major)
