@@ -196,6 +196,9 @@ def test_time_axis_mistakes_are_told(libmods: Any, tmp_path: Path) -> None:
     ):
         r = CliRunner().invoke(main, [*base, *args])
         assert r.exit_code == ConfigError.exit_code and said in r.output, r.output
+    r = CliRunner().invoke(main, [*base, "--input", "mels:2x10x9"])  # time taken as axis 1, the features
+    assert r.exit_code == ExportError.exit_code, r.output
+    assert "--time-axis mels:AXIS" in r.output and "mels:2x10xT" in r.output and "edgernn bug" not in r.output
     r = CliRunner().invoke(main, ["export", "ckpt", "--out", str(out), "--time-axis", "x:2"])
     assert r.exit_code == ConfigError.exit_code and "go with --module" in r.output
     assert not out.exists()

@@ -411,7 +411,11 @@ def export_module(
         if alone is not None:
             raise alone from None
         raise
-    check_dynamic_axes(proto, graph_inputs)
+    try:
+        check_dynamic_axes(proto, graph_inputs)
+    except ExportError:
+        _time_not_dynamic(proto, graph_inputs)
+        raise
 
     graph_outputs = {o.name for o in proto.graph.output}
     missing = [n for n in output_names if n not in graph_outputs]
@@ -804,3 +808,27 @@ def _torch_alone(
         f"To reproduce it with torch alone: {call}. Change the module's code that torch's exporter mistranslates "
         "(e.g. a squeeze of an axis that is not always 1), or report it to torch"
     )
+
+
+def _time_not_dynamic(proto: Any, specs: Sequence[TensorSpec]) -> None:
+    """When torch's exporter fixed an axis named "time": the module used it as a fixed size (a channels-first
+    model's features), so it is not the module's time axis; an ExportError that says how to name the right one."""
+    graph = {i.name: i for i in proto.graph.input}
+    for s in specs:
+        if "time" not in s.shape or s.name not in graph:
+            continue
+        axis = s.shape.index("time")
+        dims = graph[s.name].type.tensor_type.shape.dim
+        if axis < len(dims) and not dims[axis].dim_param:
+            marked = (
+                f" (e.g. {s.name}:2x{dims[1].dim_value}xT for (batch, {dims[1].dim_value}, time))"
+                if len(dims) == 3 and axis == 1
+                else ""
+            )
+            raise ExportError(
+                f"torch's exporter fixed axis {axis} of input {s.name!r}, taken as its time axis, to "
+                f"{dims[axis].dim_value}: the module uses that axis as a fixed size (as a channels-first model, "
+                f"(batch, features, time), uses its features), so it is not the time axis. Name the time axis: "
+                f"--time-axis {s.name}:AXIS, or a T in --input's shape{marked}; "
+                'from Python, dynamic_axes={"' + s.name + '": {0: "batch", AXIS: "time"}}'
+            )
