@@ -414,7 +414,7 @@ def export_module(
     try:
         check_dynamic_axes(proto, graph_inputs)
     except ExportError:
-        _time_not_dynamic(proto, graph_inputs)
+        _time_not_dynamic(proto, original, inputs, specs, example)
         raise
 
     graph_outputs = {o.name for o in proto.graph.output}
@@ -810,25 +810,37 @@ def _torch_alone(
     )
 
 
-def _time_not_dynamic(proto: Any, specs: Sequence[TensorSpec]) -> None:
-    """When torch's exporter fixed an axis named "time": the module used it as a fixed size (a channels-first
-    model's features), so it is not the module's time axis; an ExportError that says how to name the right one."""
+def _time_not_dynamic(
+    proto: Any, module: nn.Module, inputs: Sequence[TensorSpec], specs: Sequence[TensorSpec], example: Sequence[Tensor]
+) -> None:
+    """When torch's exporter fixed an axis named "time" and the module itself refuses another size there (a
+    channels-first model's features axis), that axis is not the module's time axis: an ExportError that says how
+    to name the right one. Nothing when the module takes other sizes (torch's exporter state: the caller's
+    message says so)."""
+    feed = _torch_example(inputs, specs, example)
+    if feed is None:
+        return
     graph = {i.name: i for i in proto.graph.input}
-    for s in specs:
+    for k, s in enumerate(specs):
         if "time" not in s.shape or s.name not in graph:
             continue
         axis = s.shape.index("time")
         dims = graph[s.name].type.tensor_type.shape.dim
-        if axis < len(dims) and not dims[axis].dim_param:
-            marked = (
-                f" (e.g. {s.name}:2x{dims[1].dim_value}xT for (batch, {dims[1].dim_value}, time))"
-                if len(dims) == 3 and axis == 1
-                else ""
-            )
-            raise ExportError(
-                f"torch's exporter fixed axis {axis} of input {s.name!r}, taken as its time axis, to "
-                f"{dims[axis].dim_value}: the module uses that axis as a fixed size (as a channels-first model, "
-                f"(batch, features, time), uses its features), so it is not the time axis. Name the time axis: "
-                f"--time-axis {s.name}:AXIS, or a T in --input's shape{marked}; "
-                'from Python, dynamic_axes={"' + s.name + '": {0: "batch", AXIS: "time"}}'
-            )
+        if axis >= len(dims) or dims[axis].dim_param:
+            continue
+        longer = list(feed)
+        longer[k] = torch.cat([feed[k], feed[k].narrow(axis, 0, 1)], dim=axis)
+        if call_error(module, tuple(longer)) is None:
+            continue
+        marked = (
+            f" (e.g. {s.name}:2x{dims[1].dim_value}xT for (batch, {dims[1].dim_value}, time))"
+            if len(dims) == 3 and axis == 1
+            else ""
+        )
+        raise ExportError(
+            f"torch's exporter fixed axis {axis} of input {s.name!r}, taken as its time axis, to "
+            f"{dims[axis].dim_value}: the module uses that axis as a fixed size (as a channels-first model, "
+            f"(batch, features, time), uses its features), so it is not the time axis. Name the time axis: "
+            f"--time-axis {s.name}:AXIS, or a T in --input's shape{marked}; "
+            'from Python, dynamic_axes={"' + s.name + '": {0: "batch", AXIS: "time"}}'
+        )
