@@ -115,7 +115,21 @@ def train(**o: Any) -> None:
     help="With --module: an example input, e.g. x:2x5x3 or tokens:2x5:int64 (repeat per input).",
 )
 @click.option("--time-major", is_flag=True, help="With --module: inputs are (time, batch, ...) not (batch, time, ...).")
+@click.option(
+    "--time-axis",
+    "time_axis",
+    multiple=True,
+    metavar="NAME:AXIS",
+    help="With --module: the time axis of input NAME, e.g. feats:2 for (batch, features, time); or mark it in "
+    "--input's shape: feats:1x40xT98 (repeat per input).",
+)
 @click.option("--lengths-input", default=None, help="With --module: the input that holds sequence lengths.")
+@click.option(
+    "--lengths-relative",
+    is_flag=True,
+    help="With --module: the module takes --lengths-input as fractions of the padded length (speechbrain); the "
+    "exported model's lengths input still takes absolute int64 lengths.",
+)
 @click.option(
     "--output-name",
     "output_names",
@@ -218,7 +232,9 @@ def export(
     weights: str | None,
     inputs: tuple[str, ...],
     time_major: bool,
+    time_axis: tuple[str, ...],
     lengths_input: str | None,
+    lengths_relative: bool,
     output_names: tuple[str, ...],
     ort_format: bool,
     min_len: int | None,
@@ -239,6 +255,8 @@ def export(
     replacing = Path(out_path).is_file()
     if output_names and module_spec is None:
         raise ConfigError("--output-name goes with --module (a checkpoint's model has one output, y)")
+    if (time_axis or lengths_relative) and module_spec is None:
+        raise ConfigError("--time-axis and --lengths-relative go with --module (a checkpoint's model knows its axes)")
     if (min_len is not None or parity_shapes) and module_spec is None:
         raise ConfigError("--min-len and --parity-shape go with --module (a checkpoint's model takes any length)")
     if module_spec is not None and weights is None:
@@ -257,7 +275,9 @@ def export(
             weights=weights,
             inputs=inputs,
             time_major=time_major,
+            time_axis=time_axis,
             lengths_input=lengths_input,
+            lengths_relative=lengths_relative,
             output_names=list(output_names) or None,
             min_len=min_len,
             parity_shapes=parity_shapes,

@@ -38,7 +38,7 @@ from .graph import (
     validate_graph,
 )
 from .registry import Strategy, get_strategy_class
-from .streaming import StateIO, StepModule, example_states, state_specs
+from .streaming import Probe, StateIO, StepModule, example_states, probe, state_specs
 from .targets import get_target, structure_report, target_runners
 
 
@@ -64,6 +64,48 @@ def weights_sha256(module: nn.Module) -> str:
         h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+class Facade(nn.Module):
+    """A user's module seen through a thin adapter; its weights (state_dict, and so weights_sha256) stay the
+    module's own, under their own names."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.state_dict(*args, **kwargs)
+
+
+class RelativeLengths(Facade):
+    """A module that takes its lengths as fractions of the padded length (speechbrain's convention), seen from
+    outside as one that takes absolute integer lengths: ``lengths / T`` is computed in the graph, T read from
+    axis ``time_axis`` of input ``time_from``."""
+
+    def __init__(self, module: nn.Module, lengths_index: int, time_from: int, time_axis: int) -> None:
+        super().__init__(module)
+        self.lengths_index = lengths_index
+        self.time_from = time_from
+        self.time_axis = time_axis
+
+    def forward(self, *args: Tensor) -> Any:
+        data = args[self.time_from]
+        rel = args[self.lengths_index].to(data.dtype) / data.shape[self.time_axis]
+        return self.module(*args[: self.lengths_index], rel, *args[self.lengths_index + 1 :])
+
+
+class WithoutOutputs(Facade):
+    """A module's flattened outputs less those at ``drop`` (the final states a step export returns itself)."""
+
+    def __init__(self, module: nn.Module, drop: Sequence[int]) -> None:
+        super().__init__(module)
+        self.drop = frozenset(drop)
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        from ..verify.parity import flat_outputs
+
+        return tuple(o for i, o in enumerate(flat_outputs(self.module(*args))) if i not in self.drop)
 
 
 def make_hook(
@@ -313,9 +355,16 @@ def export_module(
     states: list[StateSpec] = []
     if caps.streaming:
         io = StateIO()
+        feed = _torch_example(inputs, specs, example)
+        found = probe(original, feed) if feed is not None else Probe()
+        io.zero_start = found.zero_start
+        if found.state_outputs:  # the module returns its layers' final states: the step's state outputs are those
+            original = WithoutOutputs(original, found.state_outputs)
+            output_names = [n for i, n in enumerate(output_names) if i not in found.state_outputs]
+            names_out = list(output_names)
         dtype = next(layers[0][1].parameters()).dtype
         state_in, state_out, states = state_specs(layers, str(torch.empty(0, dtype=dtype).numpy().dtype), static_batch)
-        traced = StepModule(work, layers, len(example), io)
+        traced = StepModule(work, layers, len(example), io, drop=found.state_outputs)
         example += tuple(example_states(layers, static_batch or _batch_of(example, specs), dtype))
         names_out += [s.name for s in state_out]
     graph_inputs = specs + state_in
@@ -343,17 +392,30 @@ def export_module(
         own = _own_error(e)  # edgernn's refusal from inside the trace, wrapped by torch's exporter
         if own is not None:
             raise own from None
+        alone = _torch_alone(original, inputs, specs, example)
+        if alone is not None:
+            raise alone from None
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
     _require_routed(layers, hook.ran)  # type: ignore[attr-defined]
-    proto = set_opset(strat.postprocess(program.model_proto), opset)
-    normalise(proto)
-    hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
-    hygiene.require_clean(proto)
-    proto = tgt.graph_form(proto)  # what the target's engine needs beyond hygiene (tract: no bound symbols)
-    validate_graph(proto)
-    check_dynamic_axes(proto, graph_inputs)
+    try:
+        proto = set_opset(strat.postprocess(program.model_proto), opset)
+        normalise(proto)
+        hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
+        hygiene.require_clean(proto)
+        proto = tgt.graph_form(proto)  # what the target's engine needs beyond hygiene (tract: no bound symbols)
+        validate_graph(proto)
+    except ExportError:
+        alone = _torch_alone(original, inputs, specs, example)  # torch's own export of the module fails too?
+        if alone is not None:
+            raise alone from None
+        raise
+    try:
+        check_dynamic_axes(proto, graph_inputs)
+    except ExportError:
+        _time_not_dynamic(proto, original, inputs, specs, example)
+        raise
 
     graph_outputs = {o.name for o in proto.graph.output}
     missing = [n for n in output_names if n not in graph_outputs]
@@ -694,3 +756,91 @@ def _root_cause(e: BaseException) -> str:
             return line[:400]
     lines = str(e).splitlines()
     return f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
+
+
+def _torch_alone(
+    module: nn.Module, inputs: Sequence[TensorSpec], specs: Sequence[TensorSpec], example: Sequence[Tensor]
+) -> ExportError | None:
+    """When an export fails: does torch's exporter alone, on the module as it is (no edgernn in the call),
+    fail too, or write a graph onnx's checker refuses? Then the failure is torch's: an ExportError saying so,
+    with the minimal call that shows it. None when torch's own export is sound (or cannot be tried)."""
+    feed = _torch_example(inputs, specs, example)
+    if feed is None:
+        return None
+    import onnx
+
+    dims = _by_parameter(module, _dims(inputs))
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                module, tuple(feed), dynamo=True, input_names=[s.name for s in inputs], dynamic_shapes=dims
+            )
+    except Exception as e:
+        if _own_error(e) is not None:
+            return None
+        why = f"torch.onnx.export fails: {_root_cause(e)}"
+    else:
+        if program is None or program.model_proto.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF:
+            return None
+        try:
+            onnx.checker.check_model(program.model_proto, full_check=True)
+            onnx.shape_inference.infer_shapes(program.model_proto, check_type=True, strict_mode=True)
+            return None
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = f"torch.onnx.export writes an invalid graph: {' '.join(lines)[:400]}"
+    args = ", ".join(
+        f"torch.zeros({', '.join(str(int(n)) for n in t.shape)}"
+        + (f", dtype=torch.{str(t.dtype).removeprefix('torch.')})" if t.dtype != torch.float32 else ")")
+        for t in feed
+    )
+    shapes = ", ".join(
+        "{" + ", ".join(f"{i}: Dim({d!r})" for i, d in enumerate(s.shape) if isinstance(d, str)) + "}" for s in inputs
+    )
+    call = (
+        f"p = torch.onnx.export(module, ({args},), dynamo=True, input_names={[s.name for s in inputs]!r}, "
+        f"dynamic_shapes=({shapes},)); onnx.checker.check_model(p.model_proto, full_check=True); "
+        "onnx.shape_inference.infer_shapes(p.model_proto, check_type=True, strict_mode=True) "
+        "(Dim is torch.export.Dim)"
+    )
+    return ExportError(
+        f"torch's exporter cannot export this module, with or without edgernn: {why}. "
+        f"To reproduce it with torch alone: {call}. Change the module's code that torch's exporter mistranslates "
+        "(e.g. a squeeze of an axis that is not always 1), or report it to torch"
+    )
+
+
+def _time_not_dynamic(
+    proto: Any, module: nn.Module, inputs: Sequence[TensorSpec], specs: Sequence[TensorSpec], example: Sequence[Tensor]
+) -> None:
+    """When torch's exporter fixed an axis named "time" and the module itself refuses another size there (a
+    channels-first model's features axis), that axis is not the module's time axis: an ExportError that says how
+    to name the right one. Nothing when the module takes other sizes (torch's exporter state: the caller's
+    message says so)."""
+    feed = _torch_example(inputs, specs, example)
+    if feed is None:
+        return
+    graph = {i.name: i for i in proto.graph.input}
+    for k, s in enumerate(specs):
+        if "time" not in s.shape or s.name not in graph:
+            continue
+        axis = s.shape.index("time")
+        dims = graph[s.name].type.tensor_type.shape.dim
+        if axis >= len(dims) or dims[axis].dim_param:
+            continue
+        longer = list(feed)
+        longer[k] = torch.cat([feed[k], feed[k].narrow(axis, 0, 1)], dim=axis)
+        if call_error(module, tuple(longer)) is None:
+            continue
+        marked = (
+            f" (e.g. {s.name}:2x{dims[1].dim_value}xT for (batch, {dims[1].dim_value}, time))"
+            if len(dims) == 3 and axis == 1
+            else ""
+        )
+        raise ExportError(
+            f"torch's exporter fixed axis {axis} of input {s.name!r}, taken as its time axis, to "
+            f"{dims[axis].dim_value}: the module uses that axis as a fixed size (as a channels-first model, "
+            f"(batch, features, time), uses its features), so it is not the time axis. Name the time axis: "
+            f"--time-axis {s.name}:AXIS, or a T in --input's shape{marked}; "
+            'from Python, dynamic_axes={"' + s.name + '": {0: "batch", AXIS: "time"}}'
+        )

@@ -28,16 +28,19 @@ class StateIO:
 
     inputs: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
     outputs: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
+    # layers the module hands an all-zeros hx (flair's API wants one): the stream's start state, so the state
+    # fed in takes its place (``probe`` finds them)
+    zero_start: set[int] = field(default_factory=set)
 
     def take(self, layer: Any, hx: Any, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The state a layer starts the chunk from; ExportError for calls a stream cannot carry."""
         name = getattr(layer, "edgernn_name", type(layer).__name__)
-        if hx is not None:
+        if hx is not None and layer_slot(layer) not in self.zero_start:
             raise ExportError(
                 f"the step strategy carries each recurrent layer's state from call to call, but this module gives "
                 f"layer {name!r} a state of its own (hx: a learned initial state, an encoder's state, a decoder "
                 "feeding itself). Export it with native, loop or unroll (the whole sequence in one call), or call "
-                "the layer without hx"
+                "the layer without hx (an all-zeros hx is taken as the stream's start state)"
             )
         if lengths is not None:
             raise ExportError("the step strategy takes no lengths: every stream advances by the same chunk")
@@ -77,12 +80,20 @@ def state_specs(
 class StepModule(nn.Module):
     """``module`` with every recurrent layer's state as extra inputs (after the data) and extra outputs."""
 
-    def __init__(self, module: nn.Module, layers: Sequence[tuple[str, Any]], n_data: int, io: StateIO) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: Sequence[tuple[str, Any]],
+        n_data: int,
+        io: StateIO,
+        drop: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.module = module
         self.layers = [layer for _, layer in layers]
         self.n_data = n_data
         self.io = io
+        self.drop = frozenset(drop)  # the module's outputs that are its layers' final states (``probe``)
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
         it = iter(args[self.n_data :])
@@ -92,7 +103,7 @@ class StepModule(nn.Module):
             h = next(it)
             self.io.inputs[layer_slot(layer)] = (h, next(it) if layer.cell_kind.has_cell_state else None)
         out = self.module(*args[: self.n_data])
-        outs = flat_outputs(out)
+        outs = [o for i, o in enumerate(flat_outputs(out)) if i not in self.drop]
         for layer in self.layers:
             if layer_slot(layer) not in self.io.outputs:
                 raise ExportError("a recurrent layer of this module does not run in its forward; it cannot be streamed")
@@ -111,3 +122,53 @@ def example_states(layers: Sequence[tuple[str, Any]], batch: int, dtype: torch.d
         if layer.cell_kind.has_cell_state:
             out.append(torch.zeros(rows, batch, layer.hidden_size, dtype=dtype))
     return out
+
+
+@dataclass
+class Probe:
+    """What one eager run of the user's module tells a step export before it traces: the layers (by slot) the
+    module hands an all-zeros initial state, and the module's outputs (flattened, by index) that are a layer's
+    own final state (speechbrain's wrappers return ``(output, hidden)``): the step's state outputs stand for
+    those."""
+
+    zero_start: set[int] = field(default_factory=set)
+    state_outputs: list[int] = field(default_factory=list)
+
+
+def probe(module: nn.Module, example: Sequence[Tensor]) -> Probe:
+    """Run ``module`` eagerly on ``example`` with its float inputs drawn at random (a zero input could give an
+    encoder's state as zeros too), watching its torch recurrent layers (in ``named_modules`` order, the export's
+    slots). A module that fails here is left to the export to report."""
+    layers = [m for m in module.modules() if isinstance(m, nn.RNNBase)]
+    seen: dict[int, tuple[Any, Any]] = {}
+
+    def watch(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        seen.setdefault(id(layer), (hx, out[1]))
+
+    gen = torch.Generator().manual_seed(0)
+    feed = [torch.randn(t.shape, generator=gen, dtype=t.dtype) if t.is_floating_point() else t for t in example]
+    handles = [m.register_forward_hook(watch, with_kwargs=True) for m in layers]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(*feed)
+    except Exception:
+        return Probe()
+    finally:
+        module.train(was_training)
+        for hnd in handles:
+            hnd.remove()
+    found = Probe()
+    finals: set[int] = set()
+    for slot, layer in enumerate(layers):
+        if id(layer) not in seen:
+            continue
+        hx, final = seen[id(layer)]
+        parts = hx if isinstance(hx, tuple) else (hx,)
+        if hx is not None and all(isinstance(p, Tensor) and not bool(p.any()) for p in parts):
+            found.zero_start.add(slot)
+        finals.update(id(t) for t in (final if isinstance(final, tuple) else (final,)))
+    found.state_outputs = [i for i, o in enumerate(flat_outputs(out)) if id(o) in finals]
+    return found
