@@ -1,8 +1,8 @@
 """The rooms of the house, lowest first, written once: a room imports only rooms of a lower tier, never one of its
 own tier or a higher one, not even inside a function (``tests/test_house.py`` reads every import and says so).
 
-A room is a subpackage ``edgernn/<room>/``; the top-level modules (errors, manifest, files, graphs, _version,
-the package's ``__init__``) are ``base``, and ``__main__`` is the CLI's. The order is what the code needs:
+A room is a subpackage ``edgernn/<room>/``; the top-level modules (errors, manifest, files, graphs, progress,
+_version, the package's ``__init__``) are ``base``, and ``__main__`` is the CLI's. The order is what the code needs:
 
 - ``model`` (cells, layers, zoo, cell math, weight layout, the checkpoint file) and ``runtime`` (numpy and
   onnxruntime only) stand on base alone: the torch side and the device side, neither knowing the other.
