@@ -169,3 +169,48 @@ def echo_json(data: Any) -> None:
     from ..manifest import json_text
 
     click.echo(json_text(data, indent=2, sort_keys=True))
+
+
+def with_progress(command: click.Command, name: str | None = None, *, watch: bool = True) -> click.Command:
+    """``--quiet`` and ``--verbose`` on ``command`` (a click command already made), and progress on stderr while
+    it runs: stage lines prefixed with the command's ``name``, at least every 10 s off a terminal, a status line on
+    one (``edgernn.progress``). ``watch`` (default) lets the heartbeat speak for the command as a whole before any
+    stage; a command that waits for its user (a server, a stream read from stdin) is not watched. stdout (the
+    result, ``--json``) is never written to."""
+    if any(p.name in ("quiet", "verbose") for p in command.params):
+        return command  # already wrapped
+    name = name or command.name or ""
+    command.params.extend(
+        [
+            click.Option(["--quiet"], is_flag=True, help="Only errors and the result: no progress on stderr."),
+            click.Option(["--verbose"], is_flag=True, help="More progress on stderr: each stage with its timing."),
+        ]
+    )
+    callback = command.callback
+    if callback is None:
+        return command
+
+    @functools.wraps(callback)
+    def run(*args: Any, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Any:
+        from .. import progress
+
+        if quiet and verbose:
+            raise click.UsageError("--quiet and --verbose contradict each other; give one of them")
+        level = progress.level_for(quiet, verbose)
+        with progress.reporting(level, prefix=f"{name}: " if name else "", label=name if watch else None):
+            return callback(*args, **kwargs)
+
+    command.callback = run
+    return command
+
+
+def leaf_commands(group: click.Group, path: str = "") -> list[tuple[str, click.Command]]:
+    """Every command under ``group`` that runs (not a group), with its name as typed (``serve triton``)."""
+    out: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        full = f"{path} {name}".strip()
+        if isinstance(command, click.Group):
+            out.extend(leaf_commands(command, full))
+        else:
+            out.append((full, command))
+    return out

@@ -14,7 +14,7 @@ import click
 from ..errors import ConfigError
 from ..model.cells import cell_names
 from ..optimize.schemes import CPUS
-from .common import echo_json, handle_errors, set_debug
+from .common import echo_json, handle_errors, leaf_commands, set_debug, with_progress
 from .compare import COMMANDS as COMPARE_COMMANDS
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
@@ -394,3 +394,8 @@ for _command in (
 ):
     main.add_command(_command)
 main.add_command(verify_command)
+
+# --quiet and --verbose on every command, and progress on stderr while it runs (after every add_command above);
+# a server and a stream read from stdin wait for their user, so the heartbeat does not speak for them as a whole
+for _name, _command in leaf_commands(main):
+    with_progress(_command, _name, watch=_name not in ("run", "serve ray"))
