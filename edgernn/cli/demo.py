@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..progress import stage
+
 
 def demo(
     out_dir: Path, *, cell: str = "lstm", epochs: int = 6, strategy: str = "native", echo: Callable[[str], None] = print
@@ -40,6 +42,7 @@ def demo(
     echo(result.report.table())
     echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1024:.1f} KiB)")
     echo("[3/4] running the ONNX model with onnxruntime on held-out sequences of mixed lengths")
+    stage("running the ONNX model with onnxruntime on held-out sequences")
     task = get_task("sine")
     _, held_out = make_splits(task, n_train=0, n_val=64, min_len=8, max_len=48, seed=1234)
     batch = collate(held_out)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, EdgeRNNError, ExportError
+from ..progress import counter, stage
 
 if TYPE_CHECKING:
     from ..verify.bench import Spread
@@ -158,7 +159,9 @@ def export_auto(
     results: dict[str, Any] = {}
     refused: dict[str, str] = {}
     errors: list[EdgeRNNError] = []
+    candidate = counter("strategy auto: candidate", names)
     for name in names:
+        candidate.next(name)
         opts = {"seq_len": options["seq_len"]} if name == "unroll" else {}
         try:
             results[name] = export_one(name, manifest_extra=manifest_extra, **opts)
@@ -169,6 +172,7 @@ def export_auto(
             errors.append(e)
     if not results:
         raise _every_one_refused(errors, refused, target)
+    stage(f"strategy auto: timing {', '.join(results)} at batch {batch} x time {steps} ({rounds} rounds)")
     timings = time_models(
         {n: r.model_bytes for n, r in results.items()},
         batch=batch,

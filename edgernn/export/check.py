@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import TargetError
 from ..manifest import MANIFEST_KEY, read_manifest
+from ..progress import stage
 from ..verify.check import TargetReport, check_model_inputs, read_bytes
 from ..verify.parity import ParityReport, Runner, check, session_runner
 from .targets import get_target, structure_report, target_runners
@@ -50,9 +51,11 @@ def check_model(
     data = read_bytes(model)
     for t in targets:
         get_target(t)  # ConfigError naming the targets, before any work
+    stage(f"reading the model into onnxruntime ({len(data) / 1e6:.1f} MB)")
     check_model_inputs(make_session(data, "cpu", threads=1)[0], shapes)  # a bad --shape fails before any tool runs
     reports = []
     for t in targets:
+        stage(f"target {t}: its tool's check")
         report = structure_report(t, data)
         try:
             runners = target_runners(t, data)
@@ -61,6 +64,7 @@ def check_model(
             reports.append(TargetReport(t, None if not_installed else False, str(e)))
             continue
         if runners:
+            stage(f"target {t}: its outputs against onnxruntime's")
             try:
                 par = compare_with_onnxruntime(data, runners, shapes=shapes, seed=seed)
             except TargetError as e:  # an engine that loads lazily (tract, at concrete shapes) refused it there

@@ -25,6 +25,7 @@ from ..files import write_atomic
 from ..manifest import Manifest, StateSpec, TensorSpec, write_manifest
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
+from ..progress import stage
 from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
 from . import hygiene, packing
@@ -329,6 +330,7 @@ def export_module(
     tgt.validate(strategy, lengths=lengths_spec is not None, fused=bool(getattr(strat, "fused", False)))
     static_batch = tgt.batch(batch)
 
+    stage(f"preparing the {strategy} export for {tgt.name}")
     original = module
     work = enn.convert(copy.deepcopy(module)).eval()
     layers = enn.recurrent_layers(work)
@@ -370,6 +372,7 @@ def export_module(
     graph_inputs = specs + state_in
     dims = _by_parameter(traced, _dims(graph_inputs))
     hook = make_hook(strat, weights, io)
+    stage(f"tracing with torch's exporter ({strategy}, opset {opset})")
     try:
         with _quiet(), torch.no_grad(), enn.export_hook(hook), packing.traced_packing():
             program = torch.onnx.export(
@@ -399,6 +402,7 @@ def export_module(
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
     _require_routed(layers, hook.ran)  # type: ignore[attr-defined]
+    stage(f"cleaning the {strategy} graph")
     try:
         proto = set_opset(strat.postprocess(program.model_proto), opset)
         normalise(proto)
@@ -448,6 +452,7 @@ def export_module(
         edgernn_version=__version__,
         **(manifest_extra or {}),
     )
+    stage(f"target {tgt.name}'s check of the {strategy} graph")
     structure = structure_report(tgt.check, proto)
     if not structure.passed:
         raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
@@ -461,6 +466,7 @@ def export_module(
             raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
     report = None
     if verify:
+        stage(f"parity of the {strategy} export against torch")
         if caps.streaming:  # whole chunks: the reference runs on the same steps as the chained calls
             k = int(fixed or 1)
             run_cases = [replace(c, length=-(-c.length // k) * k) for c in given_cases or stream_cases(static_batch)]
@@ -510,6 +516,7 @@ def export_module(
             )
         report.notes.extend(notes)
         if oracle is None:  # a user's module: each recurrent layer against the numpy oracle as well
+            stage("each recurrent layer against the numpy oracle")
             report.comparisons.extend(
                 layer_oracle_check(original, list(inputs), run_cases, int_high=int_high, notes=report.notes)
             )
@@ -548,6 +555,7 @@ def export_module(
         pkg = None
         if dest is not None:
             out = Path(dest)
+            stage(f"writing {out}")
             if ort_format:  # checked before anything is written, the .onnx last
                 from ..optimize.ort_format import package_bytes
 
@@ -555,6 +563,7 @@ def export_module(
             write_atomic(out, data)
         written = None
         if golden is not None and report is not None:
+            stage("writing the golden file")
             from ..verify.golden import write_golden
 
             written = write_golden(

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError, ModelFormatError, TargetError
 from ..files import write_atomic
+from ..progress import stage
 from .check import compare_with_onnxruntime
 from .targets import get_target
 
@@ -57,10 +58,12 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
     if dest.exists() and not dest.is_dir():
         raise ConfigError(f"{str(dest)!r} is a file; give a directory for the package")
     if target in ORT_MOBILE:
+        stage(f"converting {src.name} to onnxruntime's .ort format for {target}")
         from ..optimize.ort_format import package
 
         return package(src, dest)
     data = src.read_bytes()
+    stage(f"converting {src.name} for {target}")
     with tempfile.TemporaryDirectory(prefix=f"edgernn-{target}-") as tmp:
         if target == "mnn":
             from .targets.mnn import mnn_runner, to_mnn
@@ -74,12 +77,14 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
             converted = convert(data, tmp)
             runner = ncnn_runner(data, converted=converted)
             files = {f"{src.stem}.ncnn.param": Path(converted.param), f"{src.stem}.ncnn.bin": Path(converted.bin)}
+        stage(f"{target} on the converted files against onnxruntime on {src.name}")
         parity = compare_with_onnxruntime(data, {target: runner})
         if not parity.passed:
             raise TargetError(
                 f"the {target} files of {src.name} do not compute what the .onnx computes (max abs "
                 f"{parity.max_abs:.3g}, tolerance {parity.atol:g}); nothing was written"
             )
+        stage(f"writing the {target} files to {dest}")
         written = []
         for name, path in files.items():
             write_atomic(dest / name, Path(path).read_bytes())

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
+from ..progress import stage
 from ..verify.drift import check_long_steps
 from .quantize import DEFAULT_MAX_DRIFT, DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
 from .schemes import scheme_for
@@ -85,14 +86,19 @@ def quantize_bytes(
         check_long_steps(long_steps)
     if cpu is not None:
         scheme_for(cpu)
+    stage(f"reading the model ({len(model) / 1e6:.1f} MB)")
     manifest = _manifest(model)
+    stage("finding the task to judge by" + (f" in {ckpt}" if ckpt is not None else ""))
     task, examples = judge_task(manifest, ckpt)
+    if data is not None:
+        stage(f"reading {data}")
     arrays = _npz(data) if data is not None else None
     if to == "int8" and verify and examples is None and arrays is None:
         raise ConfigError(
             "int8 is judged by the task: give --ckpt (the checkpoint it was exported from), or --data X.npz, "
             f"judged by the drift on it (--max-drift): {npz_layout(model)} (or --no-verify to skip judging)"
         )
+    stage(f"quantizing to {to}" + (" and judging the result" if verify else ""))
     return quantize(
         model,
         to,

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..model.nn import recurrent_layers
 from ..model.zoo import ModelConfig, RecurrentModel, build_model
+from ..progress import quieted, stage, tick
 from .data import Batch, Task, batches, get_task, make_splits
 
 INITS = ("default", "xavier", "he", "orthogonal", "identity")
@@ -199,6 +200,7 @@ def fit(
     import click
 
     task = get_task(task) if isinstance(task, str) else task
+    progress = progress and not quieted()  # --quiet: no bar, no epoch lines
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no GPU here (a CPU build of torch, or no driver); use cpu")
     device = torch.device(config.device)
@@ -208,6 +210,7 @@ def fit(
     if splits is not None:
         train_set, val_set = splits
     else:
+        stage(f"making {config.n_train} training and {config.n_val} validation sequences of {task.name}")
         train_set, val_set = make_splits(
             task,
             n_train=config.n_train,
@@ -239,6 +242,7 @@ def fit(
         file=sys.stderr if tty else _Null(),
         item_show_func=lambda s: s,
     )
+    stage(f"{config.epochs} epoch(s) of {steps_per_epoch} batch(es)")
     with bar:
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
@@ -256,6 +260,9 @@ def fit(
                 opt.step()
                 losses.append(loss.item())
                 bar.update(1, f"epoch {epoch}/{config.epochs} loss {np.mean(losses):.4f}")
+                if not tty:  # a bar on a terminal; a line every 10 s in a log
+                    tick(f"epoch {epoch}/{config.epochs}, batch {len(losses)}/{steps_per_epoch}, loss {losses[-1]:.4g}")
+            tick(f"epoch {epoch}/{config.epochs}: validating on {len(val_set)} sequences")
             metric = evaluate(model, task, val_set)
             hist.train_loss.append(float(np.mean(losses)))
             hist.val_metric.append(metric)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..progress import stage
 
 
 def gradient_norms(model: Any, task: Any, examples: Sequence[Any]) -> np.ndarray:
@@ -85,6 +86,7 @@ def study_gradients(
             models[cell] = m
     curves: dict[str, list[float]] = {}
     for name, m in models.items():
+        stage(f"gradients of {name} at {seq_len} steps ({batch} sequences)")
         norms = gradient_norms(m, t, examples)
         curves[name] = norms[::-1].tolist()  # by lag: lag 0 is the last step
     lags = list(range(seq_len))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..progress import stage
 
 
 def train_to_dir(
@@ -52,6 +53,7 @@ def train_to_dir(
     if data is not None:
         if task is not None:
             raise ConfigError("train on a built-in task or on --data, not both; drop --task")
+        stage(f"reading {data}" + (f" and {val}" if val else ""))
         t, splits, data_record = _user_data(data, val, head, readout, target_columns, classes, val_fraction,
                                             seed=train_options.get("seed", 0))  # fmt: skip
         model_opts: dict[str, Any] = {"normalize": normalize}
@@ -95,6 +97,7 @@ def train_to_dir(
     meta = {"task": task, "train_config": dataclasses.asdict(tcfg), "history": hist.to_dict()}
     if data_record is not None:
         config["data"] = meta["data"] = data_record
+    stage(f"writing {ckpt_path} and the history")
     ckpt = checkpoint.save(ckpt_path, model, meta)
     write_atomic(out / "history.json", json.dumps(hist.to_dict(), indent=2).encode())
     write_atomic(out / "history.csv", _history_csv(hist).encode())

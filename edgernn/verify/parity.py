@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..manifest import TensorSpec
+from ..progress import counter, tick
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,9 @@ def check(
     tol = tol or tolerance(dtype)
     report = ParityReport(dtype, tol.atol, tol.rtol)
     rng = np.random.default_rng(seed)
+    numbered = counter("parity case", cases)
     for case in cases:
+        numbered.next(case.label)
         feed = make_inputs(specs, case, rng, int_high, states=states)
         want = reference(feed)
         for cname, run in candidates.items():
@@ -526,6 +529,7 @@ def check_chained(
     rng = np.random.default_rng(seed)
     names = [*output_names, *(s.output for s in states)]
     shape_notes: dict[str, str] = {}
+    numbered = counter("parity case", cases)
     for case in cases:
         if isinstance(case, GivenInputs):  # the caller's sequence, in whole chunks
             n_chunks = max(1, case.length // chunk)
@@ -537,11 +541,13 @@ def check_chained(
             total = n_chunks * chunk
             label = f"B={case.batch} T={total} chained K={chunk}"
             feed = make_inputs(specs, Case(case.batch, total), rng, int_high)
+        numbered.next(label)
         state = {
             s.input: np.zeros([case.batch if d == "batch" else d for d in s.shape], dtype=np.float32) for s in states
         }
         worst: dict[str, tuple[float, float, bool]] = {}
         for j in range(n_chunks):
+            tick(f"parity case {numbered.done}: chunk {j + 1}/{n_chunks}")
             done = (j + 1) * chunk
             got = list(step({**_slice_time(feed, specs, j * chunk, done), **state}))
             want = list(reference(_slice_time(feed, specs, 0, done)))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..progress import stage
 
 FORMAT = "edgernn-compare"
 
@@ -177,6 +178,7 @@ def compare(
     metric_name, higher_better = "mse", False
     for i, (cell, hidden) in enumerate(grid):
         name = f"{cell}-h{hidden}"
+        stage(f"candidate {i + 1}/{len(grid)} ({name})")
         if progress is not None:
             progress(i, name)
         settings = {
@@ -237,6 +239,7 @@ def compare(
         load=machine_load(),
         timings_note=TIMINGS_NOTE,
     )
+    stage(f"writing {out / 'compare.json'}")
     write_atomic(out / "compare.json", json.dumps(comparison.to_dict(), indent=2).encode())
     return comparison
 
@@ -263,6 +266,7 @@ def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
             return {**record["made"], "reused": True}
     from ..train.workflow import train_to_dir
 
+    stage(f"{run.name}: training")
     t0 = time.perf_counter()
     summary = train_to_dir(
         task=settings["task"],
@@ -277,6 +281,7 @@ def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
         **settings["train_options"],
     )
     train_seconds = time.perf_counter() - t0
+    stage(f"{run.name}: exporting")
     strategy = _export(run, settings)
     ck = checkpoint.load(run)
     made = {
@@ -313,6 +318,7 @@ def _latency(
     the fastest and slowest round of each (``sequence_ms_range``, ``step_us_range``)."""
     from ..verify.bench import bench
 
+    stage(f"{run.name}: timing on {provider}")
     seq = bench(run / "model.onnx", provider=provider, threads=1, steps=1, seq_len=bench_len, repeats=20, warmup=3)
     ranges: dict[str, list[float] | None] = {
         "sequence_ms_range": [seq.spread_ms["sequence"]["low"], seq.spread_ms["sequence"]["high"]],

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFormatError
 from ..manifest import Manifest, TensorSpec
+from ..progress import counter, stage
 from ..verify.parity import Case, ParityReport, Tolerance, given_inputs, tolerance
 
 
@@ -111,6 +112,7 @@ def parity_check(
     if not providers:
         raise ConfigError("give at least one provider")
     tol = _tolerance(atol, rtol)
+    stage(f"reading {model if isinstance(model, (str, os.PathLike)) else 'the model'}")
     cand = load_model(model)
     if isinstance(inputs, (str, os.PathLike)):
         from ..runtime.io import read_inputs
@@ -191,12 +193,14 @@ def _against_checkpoint(
     from ..verify import reference
 
     manifest = _require_manifest(cand, "a check against a checkpoint")
+    stage(f"reading the checkpoint {ckpt}")
     ck = checkpoint.load(ckpt)
     model = ck.model()
     cfg = ck.config
     problems = _architecture_problems(cfg.to_dict(), manifest) or _weights_problems(model, manifest, "checkpoint")
     if problems:
         return ParityReport("fp32", tol.atol, tol.rtol, problems=problems)
+    stage("comparing with torch and the numpy oracle")
     oracle = reference.model_oracle(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
     # the zoo model's own inputs: x and, for a padded export, lengths (the graph may take them as a float mask)
     x = TensorSpec("x", "float32", ["batch", "time", cfg.input_size])
@@ -373,7 +377,9 @@ def _between_files(
     }
     rng = np.random.default_rng(0)
     names = [o for o in _output_names(ref)]
+    numbered = counter("parity case", cases)
     for case in cases:
+        numbered.next(case.label)
         feed = make_inputs(specs, case, rng)
         want = reference(feed)
         for cname, run in runners.items():
@@ -503,6 +509,7 @@ def localize_check(
         batch = manifest.batch or 2
         padded = any(s.role == "lengths" for s in specs) and batch > 1
         inputs = make_inputs(specs, Case(batch, steps, padded=padded), np.random.default_rng(0))
+    stage("following the hidden states layer by layer, step by step")
     return localize(
         module, cand.source, dict(inputs), torch_specs=specs, atol=tol.atol, rtol=tol.rtol, provider=provider
     )
