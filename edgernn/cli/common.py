@@ -175,8 +175,8 @@ def with_progress(command: click.Command, name: str | None = None, *, watch: boo
     """``--quiet`` and ``--verbose`` on ``command`` (a click command already made), and progress on stderr while
     it runs: stage lines prefixed with the command's ``name``, at least every 10 s off a terminal, a status line on
     one (``edgernn.progress``). ``watch`` (default) lets the heartbeat speak for the command as a whole before any
-    stage; a command that waits for its user (a server, a stream read from stdin) is not watched. stdout (the
-    result, ``--json``) is never written to."""
+    stage (``still running (N s)``); a command that waits for its user (a server, a stream read from stdin) is not
+    watched. stdout (the result, ``--json``) is never written to."""
     if any(p.name in ("quiet", "verbose") for p in command.params):
         return command  # already wrapped
     name = name or command.name or ""
@@ -197,7 +197,7 @@ def with_progress(command: click.Command, name: str | None = None, *, watch: boo
         if quiet and verbose:
             raise click.UsageError("--quiet and --verbose contradict each other; give one of them")
         level = progress.level_for(quiet, verbose)
-        with progress.reporting(level, prefix=f"{name}: " if name else "", label=name if watch else None):
+        with progress.reporting(level, prefix=f"{name}: " if name else "", label="running" if watch else None):
             return callback(*args, **kwargs)
 
     command.callback = run
