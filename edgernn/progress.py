@@ -10,7 +10,7 @@ have passed since the last line, and a heartbeat thread writes ``still <stage> (
 export, an engine's conversion) runs longer than that without a line: a line at least every ``INTERVAL``
 seconds. On a terminal the same lines rewrite one status line, cleared before anything else is printed.
 
-``EDGERNN_PROGRESS=0`` turns the lines off as ``--quiet`` does (``--verbose`` still turns them on).
+``EDGERNN_PROGRESS=0`` leaves progress off for commands too (``--quiet`` and ``--verbose`` still apply).
 
 Torch-free, numpy-free: the base room.
 """
@@ -208,12 +208,16 @@ def quieted() -> bool:
     return bool(_current) and _current[-1].level < NORMAL
 
 
-def level_for(quiet: bool = False, verbose: bool = False) -> int:
-    """The level ``--quiet``/``--verbose`` ask for; neither: normal, or quiet where ``EDGERNN_PROGRESS=0``."""
+def level_for(quiet: bool = False, verbose: bool = False) -> int | None:
+    """The level ``--quiet``/``--verbose`` ask for; neither: normal, or None where ``EDGERNN_PROGRESS=0`` (progress
+    not turned on at all: no stage lines, and the library's own output, such as training's epoch lines, as from
+    Python)."""
     if verbose:
         return VERBOSE
-    if quiet or os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+    if quiet:
         return QUIET
+    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        return None
     return NORMAL
 
 

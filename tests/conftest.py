@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-# the CLI's progress lines go to stderr, which CliRunner's `output` mixes in: off for the suite, as
-# EDGERNN_PROGRESS=0 turns them off for a user; tests/test_progress.py turns them back on
+# the CLI's progress lines go to stderr, which CliRunner's `output` mixes in: left off for the suite
+# (EDGERNN_PROGRESS=0, as a user may set it); tests/test_progress.py turns them back on
 os.environ.setdefault("EDGERNN_PROGRESS", "0")
 
 

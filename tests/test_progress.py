@@ -216,10 +216,21 @@ def test_quiet_silences_progress_and_verbose_times_each_stage(run_dir: tuple[Pat
     assert "wrote" in r.stdout and "export:" not in r.stdout
 
 
-def test_the_environment_can_turn_progress_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """EDGERNN_PROGRESS=0 (a CI that wants bare logs) is --quiet; --verbose still asks for it."""
+def test_the_environment_can_leave_progress_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGERNN_PROGRESS=0 (a CI that wants the old logs): no stage lines, training's epoch lines as before;
+    --quiet and --verbose still apply."""
+    args = ["train", "--task", "sine", "--hidden", "4", "--epochs", "1", "--n-train", "16"]
     monkeypatch.setenv(progress.ENV, "0")
-    assert progress.level_for() == progress.QUIET
-    assert progress.level_for(verbose=True) == progress.VERBOSE
+    with CliRunner().isolated_filesystem():
+        r = CliRunner().invoke(main, [*args, "--out", "a"])
+        assert r.exit_code == 0, r.output
+        assert "train:" not in r.stderr and r.stderr.startswith("epoch 1/1: loss ")
+        r = CliRunner().invoke(main, [*args, "--out", "b", "--quiet"])
+        assert r.exit_code == 0, r.output
+        assert r.stderr == "" and r.stdout.startswith("trained ")
+        r = CliRunner().invoke(main, [*args, "--out", "c", "--verbose"])
+        assert r.exit_code == 0, r.output
+        assert "train: 1 epoch(s) of 1 batch(es)\n" in r.stderr and "epoch 1/1: loss " in r.stderr
+    assert progress.level_for() is None and progress.level_for(quiet=True) == progress.QUIET
     monkeypatch.delenv(progress.ENV)
-    assert progress.level_for() == progress.NORMAL and progress.level_for(quiet=True) == progress.QUIET
+    assert progress.level_for() == progress.NORMAL

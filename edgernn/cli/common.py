@@ -197,6 +197,8 @@ def with_progress(command: click.Command, name: str | None = None, *, watch: boo
         if quiet and verbose:
             raise click.UsageError("--quiet and --verbose contradict each other; give one of them")
         level = progress.level_for(quiet, verbose)
+        if level is None:  # EDGERNN_PROGRESS=0: progress left off, as for a Python caller
+            return callback(*args, **kwargs)
         with progress.reporting(level, prefix=f"{name}: " if name else "", label="running" if watch else None):
             return callback(*args, **kwargs)
 
