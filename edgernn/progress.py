@@ -29,7 +29,7 @@ from typing import Any, TextIO
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 INTERVAL = 10.0  # seconds: the longest a running command stays silent on stderr off a terminal
 TTY_REFRESH = 0.5  # seconds: how often a tick may rewrite the status line on a terminal
-ENV = "EDGERNN_PROGRESS"  # "0" (or off, no, false): no progress lines unless --verbose asks
+ENV = "EDGERNN_PROGRESS"  # "0" (or off, no, false): commands leave progress off unless asked (--verbose)
 
 
 class Reporter:
@@ -86,12 +86,6 @@ class Reporter:
             if now - self._last >= (TTY_REFRESH if self.tty else self.interval):
                 self._write(text, now)
 
-    def detail(self, text: str) -> None:
-        """A line only ``--verbose`` shows."""
-        if self.level >= VERBOSE:
-            with self._lock:
-                self._write(text, self.clock(), keep=True)
-
     def beat(self) -> None:
         """The heartbeat: ``still <what runs> (N s)`` when ``interval`` seconds passed without a line."""
         if self.level < NORMAL:
@@ -106,14 +100,14 @@ class Reporter:
         with self._lock:
             return max(0.05, min(self.interval, self._last + self.interval - self.clock()))
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """The last stage's timing (``--verbose``), and the status line cleared."""
         with self._lock:
             if self.level >= VERBOSE:
                 now = self.clock()
                 self._timing(now)
                 self._stage = None
-                self._write(f"done in {now - self._began:.1f} s", now, keep=True)
+                self._write(f"{'stopped after' if failed else 'done in'} {now - self._began:.1f} s", now, keep=True)
             self.clear()
 
     def clear(self) -> None:
@@ -187,12 +181,6 @@ def tick(text: str) -> None:
     """Where a loop is (see ``Reporter.tick``); nothing while progress is off."""
     if _current:
         _current[-1].tick(text)
-
-
-def detail(text: str) -> None:
-    """A line for ``--verbose`` only."""
-    if _current:
-        _current[-1].detail(text)
 
 
 def counter(what: str, items: Any) -> Counter:
@@ -275,8 +263,12 @@ def reporting(
             wrapped.append((name, getattr(sys, name)))
             setattr(sys, name, _ClearFirst(getattr(sys, name), reporter, touch=name == "stderr"))
     _current.append(reporter)
+    failed = False
     try:
         yield reporter
+    except BaseException:
+        failed = True
+        raise
     finally:
         _current.remove(reporter)
         if beat is not None:
@@ -284,7 +276,7 @@ def reporting(
         for name, original in reversed(wrapped):
             if isinstance(getattr(sys, name), _ClearFirst):
                 setattr(sys, name, original)
-        reporter.close()
+        reporter.close(failed)
 
 
 class _ClearFirst:
