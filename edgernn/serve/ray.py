@@ -26,6 +26,11 @@
   requests go to any replica (Serve's default router), and rescaling loses nothing. An LSTM's state is
   layers x hidden x 2 floats: 2 x 16 x 2 x 4 bytes = 256 bytes per request for the test model.
 
+* Bounds (docs/scale-out.md): a stateful replica keeps at most ``max_streams`` streams (a new one beyond: HTTP 429,
+  ``TooManyStreamsError``; no live stream is evicted for it), a stream id has at most ``max_id_chars`` characters
+  (an integer id: 64 bits), an HTTP body at most ``max_body_bytes`` (HTTP 413; JSON nested too deep: 400). A
+  refused request's response is ``{"stream", "error", "code", "status"}`` (exit code, HTTP status).
+
 Python callers use the handle ``serve.run`` returns: ``handle.remote({"stream": "a", "frame": [0.1]}).result()``
 (numpy arrays in, numpy arrays out, exact), or ``StreamClient(app_name)``, which routes each request to its replica
 itself and saves the hop through the ingress (about twice the frames per second on 2 cores); HTTP clients POST the
