@@ -355,8 +355,8 @@ class StreamTable:
                     if new and len(self._streams) >= self.max_streams:
                         self.counts["refused_full"] += 1
                         raise TooManyStreamsError(
-                            f"this replica holds its most live streams ({self.max_streams:,}, about "
-                            f"{_size(self.max_streams * self.state_bytes)} of state); a new stream is refused and no "
+                            f"this replica holds its most live streams ({self.max_streams:,}, "
+                            f"{self.max_streams * self.state_bytes:,} bytes of state); a new stream is refused and no "
                             'live one is dropped for it: close finished streams ("close": true), let idle ones '
                             "expire (ttl), or serve with more replicas or a larger --max-streams"
                         )
@@ -490,14 +490,6 @@ def _array(value: Any, what: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise InputError(f"{what} must be an array of numbers of one shape ({str(e)[:120]})") from None
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} TiB"
 
 
 def to_json(response: Mapping[str, Any]) -> dict[str, Any]:

@@ -647,17 +647,9 @@ def _at_most(what: str, value: int, limit: int, why: str, per_unit: int = 0) -> 
     """``value`` if it is at most ``limit``, else a ConfigError naming the bound (and, with ``per_unit`` bytes per
     unit, the memory the value would take)."""
     if value > limit:
-        estimate = f" (about {_size(value * per_unit)} per instance)" if per_unit else ""
+        estimate = f" ({value * per_unit:,} bytes of state per instance)" if per_unit else ""
         raise ConfigError(f"{what} is at most {limit:,} ({why}); got {value:,}{estimate}")
     return value
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if n < 1024 or unit == "EiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _state_bytes(graph: StreamGraph, states: Sequence[StateSpec]) -> int:
