@@ -179,6 +179,26 @@ def test_run_ray_gives_up_after_its_timeout_and_says_how_long_it_waited(folder: 
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_run_ray_starts_a_local_cluster_that_lives_as_long_as_the_command(folder: Path, tmp_path: Path) -> None:
+    """ray.init runs in init_ray's helper thread; the local cluster's processes die with the thread that started
+    them (PR_SET_PDEATHSIG), so that thread must outlive the start: the run finishes and equals a run without Ray."""
+    pytest.importorskip("ray.data", reason="run --ray needs ray[data]: pip install 'edgernn[ray]'")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = "import sys; from edgernn.cli import main; main(sys.argv[1:])"
+    base = ["run", str(folder / "plain.onnx"), "--input", str(folder / "shards"), "--output"]
+    p = subprocess.run(
+        [sys.executable, "-c", code, *base, str(tmp_path / "ray"), "--ray", "--ray-timeout", "300"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert CliRunner().invoke(main, [*base, str(tmp_path / "local")]).exit_code == 0
+    assert np.array_equal(np.load(tmp_path / "ray" / "a.npy"), np.load(tmp_path / "local" / "a.npy"))
+
+
 def test_init_ray_refuses_a_bad_timeout_before_touching_ray() -> None:
     class NoRay:
         def init(self, **kwargs: Any) -> None:

@@ -114,7 +114,8 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
     (exit code 1) saying what failed and how long it waited, instead of waiting forever on a cluster that does not
     answer (Ray retries its connection without end) or failing with Ray's own exception. A ``HOST:PORT`` address
     (given, or in ``RAY_ADDRESS``) that refuses connections is refused at once. ``ray.init`` runs in a helper
-    thread; after a time-out that thread is left behind (a command exits; a library caller should too)."""
+    thread, which then stays parked for the life of the process (the local cluster's processes end with the thread
+    that started them); after a time-out it is left behind (a command exits; a library caller should too)."""
     import logging
     import socket
 
@@ -131,12 +132,18 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
                 "give the address `ray status` prints"
             ) from None
     box: dict[str, BaseException] = {}
+    done = threading.Event()
 
     def start() -> None:
         try:
             ray.init(address=address, **kwargs)
         except BaseException as e:  # handed to the caller's thread
             box["error"] = e
+        finally:
+            done.set()
+        # Ray starts a local cluster's processes with PR_SET_PDEATHSIG, which fires when the *thread* that started
+        # them ends: this thread stays (parked, a daemon) for as long as the process lives
+        _PARKED.wait()
 
     class _Quiet(logging.Filter):  # ray.init off the main thread warns that it sets no SIGTERM handler
         def filter(self, record: logging.LogRecord) -> bool:
@@ -149,10 +156,10 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
     thread = threading.Thread(target=start, name="edgernn-ray-init", daemon=True)
     try:
         thread.start()
-        thread.join(timeout_s)
+        finished = done.wait(timeout_s)
     finally:
         worker_log.removeFilter(quiet)
-    if thread.is_alive():
+    if not finished:
         raise RayStartError(
             f"could not {what}: Ray did not finish starting within {timeout_s:g} s; check that the cluster is up "
             "(`ray status`), or give it longer (--ray-timeout)"
@@ -166,6 +173,9 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
             f"could not {what}: {type(failure).__name__}: {first} (after {time.monotonic() - t0:.1f} s of "
             f"--ray-timeout {timeout_s:g} s)"
         ) from None
+
+
+_PARKED = threading.Event()  # never set: where init_ray's thread waits once Ray has started
 
 
 def check_ray_timeout(timeout_s: Any) -> float:
