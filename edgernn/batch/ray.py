@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError, ModelFormatError
-from ..serve.ray import require_ray
+from ..serve.ray import DEFAULT_RAY_TIMEOUT_S, check_ray_timeout, init_ray, require_ray
 from .shards import DirectoryRun, ShardRunner, check_directories, list_shards
 
 MODES = ("auto", "sequence", "step")
@@ -276,11 +276,14 @@ def run_directory_ray(
     states: Sequence[str] = (),
     layout: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    ray_timeout_s: float = DEFAULT_RAY_TIMEOUT_S,
 ) -> DirectoryRun:
     """Every shard of ``input_dir`` through a Ray Data pipeline of ``concurrency`` actors (one shard per call;
     each actor reserves as many CPUs as its onnxruntime threads, ``session["threads"]``, at least 1). Uses the Ray
     cluster this process is connected to, or starts a local one. ``progress`` is called with each shard's entry as
-    results come back."""
+    results come back. Starting (or reaching) Ray may take ``ray_timeout_s`` seconds; then ``RayStartError``
+    (exit code 1) says what failed."""
+    check_ray_timeout(ray_timeout_s)
     ray = require_ray("data")
     from ray.data import DataContext
 
@@ -294,9 +297,9 @@ def run_directory_ray(
     with open(model, "rb") as f:
         data = f.read()
     Model(data, **session)  # the session options fail here, once, rather than in every actor
-    os.makedirs(output_dir, exist_ok=True)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        init_ray(ray, timeout_s=ray_timeout_s, include_dashboard=False, logging_level="WARNING")
+    os.makedirs(output_dir, exist_ok=True)  # after Ray started: a failed start leaves nothing behind
     context = DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, False  # the caller draws its own
     try:

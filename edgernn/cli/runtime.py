@@ -81,6 +81,12 @@ CONST_HELP = (
     default=None,
     help="With --ray: actors in the pool (default 1); each reserves --threads CPUs.",
 )
+@click.option(
+    "--ray-timeout",
+    type=float,
+    default=None,
+    help="With --ray: seconds to wait for Ray to start (or for the cluster to answer); default 120, at most 3600.",
+)
 @provider_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (stderr with --stream).")
 @handle_errors
@@ -98,6 +104,7 @@ def run(
     consts: tuple[str, ...],
     use_ray: bool,
     actors: int | None,
+    ray_timeout: float | None,
     as_json: bool,
     **session: Any,
 ) -> None:
@@ -122,10 +129,16 @@ def run(
                 "an input directory runs each shard as a file; drop --stream/--random/--lengths/--const (a shard's "
                 "lengths go in it: a .npz with x and lengths)"
             )
-        _run_directory(model, input_path, output_path, use_ray, actors, states, layout, as_json, session)
+        if ray_timeout is not None:
+            if not use_ray:
+                raise ConfigError("--ray-timeout goes with --ray")
+            from ..serve.ray import check_ray_timeout
+
+            check_ray_timeout(ray_timeout)
+        _run_directory(model, input_path, output_path, use_ray, actors, states, layout, as_json, session, ray_timeout)
         return
-    if use_ray or actors is not None:
-        raise ConfigError("--ray and --actors run a directory of shards: --input DIR --output DIR")
+    if use_ray or actors is not None or ray_timeout is not None:
+        raise ConfigError("--ray, --actors and --ray-timeout run a directory of shards: --input DIR --output DIR")
     if stream and (input_path or output_path or lengths_path or random_steps):
         raise ConfigError("--stream reads stdin and writes stdout; drop --input/--random/--output/--lengths")
     if binary and not stream:
@@ -279,6 +292,7 @@ def _run_directory(
     layout: str | None,
     as_json: bool,
     session: dict[str, Any],
+    ray_timeout: float | None = None,
 ) -> None:
     """``edgernn run --input DIR --output DIR [--ray]``: every shard, one output each, a progress bar on a terminal;
     shards the model refuses are listed and the command exits with the first one's code (the others are written)."""
@@ -319,6 +333,7 @@ def _run_directory(
                 states=states,
                 layout=layout,
                 progress=advance,
+                **({} if ray_timeout is None else {"ray_timeout_s": ray_timeout}),
             )
         else:
             from ..batch.shards import run_directory

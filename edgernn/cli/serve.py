@@ -26,9 +26,11 @@ def serve() -> None:
     "--max-batch-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Streams per model call (default 64).",
+    help="Streams per model call (default 64, at most 65536).",
 )
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
+@click.option(
+    "--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (at most 256)."
+)
 @click.option("--gpu", is_flag=True, help="Run the instances on GPUs (KIND_GPU) instead of CPUs.")
 @click.option(
     "--strategy",
@@ -42,15 +44,16 @@ def serve() -> None:
     type=click.IntRange(min=1),
     default=5000,
     show_default=True,
-    help="A sequence idle this long is ended by Triton (its state is freed).",
+    help="A sequence idle this long is ended by Triton (its state is freed); at most one day (86400000).",
 )
 @click.option(
     "--max-queue-delay-us",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="How long a batch waits for more streams' requests (0: run what is there).",
+    help="How long a batch waits for more streams' requests (0: run what is there; at most 10000000).",
 )
+@click.option("--force", is_flag=True, help="Replace a model of the same name already in the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @handle_errors
 def triton(
@@ -63,16 +66,20 @@ def triton(
     strategy: str,
     idle_ms: int,
     max_queue_delay_us: int,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Write MODEL (a `step` export made with --target triton) into Triton model repository REPO as
     REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx: Triton's sequence batcher keeps each stream's state
     (implicit state, zeros at a sequence's start) and batches the streams' steps. The config is validated
-    against the model before anything is written. Needs tritonclient (pip install 'edgernn[triton]'; exit 10
-    without it).
+    against the model before anything is written; a model NAME already in REPO is kept unless --force. Needs
+    tritonclient (pip install 'edgernn[triton]'; exit 10 without it).
     """
-    from ..serve.triton import write_repository
+    from ..errors import ConfigError
+    from ..serve.triton import MAX_IDLE_US, write_repository
 
+    if idle_ms * 1000 > MAX_IDLE_US:
+        raise ConfigError(f"--idle-ms is at most {MAX_IDLE_US // 1000:,} (one day); got {idle_ms:,}")
     written = write_repository(
         model,
         repo,
@@ -83,6 +90,7 @@ def triton(
         strategy=strategy,
         idle_us=idle_ms * 1000,
         max_queue_delay_us=max_queue_delay_us,
+        force=force,
     )
     info = written.to_dict()
     if as_json:

@@ -34,7 +34,7 @@ from .common import handle_errors
     type=click.IntRange(min=1),
     default=32,
     show_default=True,
-    help="Most requests (from different streams) one replica runs in one onnxruntime call.",
+    help="Most requests (from different streams) one replica runs in one onnxruntime call (at most 4096).",
 )
 @click.option(
     "--batch-wait-ms",
@@ -52,6 +52,35 @@ from .common import handle_errors
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads per replica."
+)
+@click.option(
+    "--max-streams",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Live streams one replica keeps (stateful mode; at most 10000000): a new stream beyond it is refused "
+    "(HTTP 429), no live one is dropped for it.",
+)
+@click.option(
+    "--max-id-chars",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Characters of a stream id (at most 65536; integer ids: within 64 bits); a longer one is refused (HTTP 400).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=int,
+    default=1 << 20,
+    show_default=True,
+    help="Bytes of one HTTP request (1024 to 67108864); a larger one is refused (HTTP 413).",
+)
+@click.option(
+    "--ray-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for Ray to start, or for the cluster of --address to answer (at most 3600).",
 )
 @click.option(
     "--address",
@@ -78,30 +107,50 @@ def ray_command(
     batch_wait_ms: float,
     ttl: float,
     threads: int,
+    max_streams: int,
+    max_id_chars: int,
+    max_body_bytes: int,
+    ray_timeout: float,
     address: str | None,
     num_cpus: int | None,
 ) -> None:
     """Serve the streams of MODEL (a `step` export) on Ray Serve: each replica holds one onnxruntime session and
     batches frames of different streams into one call; a stream's frames all go to one replica (consistent
-    hashing on its id), or with --stateless its state travels with each request. Runs until Ctrl-C.
+    hashing on its id), or with --stateless its state travels with each request. Runs until Ctrl-C. What a
+    client sends is bounded (--max-streams, --max-id-chars, --max-body-bytes): beyond a bound a request gets an
+    HTTP 4xx with a JSON error.
 
     \b
     edgernn serve ray step.onnx --replicas 2
     edgernn serve ray step.onnx --replicas 4 --stateless --port 8080
     edgernn serve ray step.onnx --address auto          # on a cluster started with `ray start --head`
     """
-    from ..serve.ray import check_stream_model, require_ray, stream_deployment
+    from ..serve.ray import (
+        MAX_BATCH_LIMIT,
+        check_bounds,
+        check_ray_timeout,
+        check_stream_model,
+        init_ray,
+        require_ray,
+        stream_deployment,
+    )
 
     if not route.startswith("/"):
         raise ConfigError(f"--route must start with /; got {route!r}")
     if address is not None and num_cpus is not None:
         raise ConfigError("--num-cpus sizes a local cluster; a cluster given with --address has its own")
+    if max_batch_size > MAX_BATCH_LIMIT:
+        raise ConfigError(f"--max-batch-size is at most {MAX_BATCH_LIMIT:,}; got {max_batch_size:,}")
+    check_bounds(max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
+    check_ray_timeout(ray_timeout)
     frame = check_stream_model(model)  # before Ray starts: a model that cannot stream is refused at once
     ray = require_ray("serve")
     from ray import serve
 
     own_cluster = address is None
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+    init_ray(
+        ray, address=address, timeout_s=ray_timeout, num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING"
+    )
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         app = stream_deployment(
@@ -112,6 +161,9 @@ def ray_command(
             ttl_s=ttl,
             stateless=stateless,
             threads=threads,
+            max_streams=max_streams,
+            max_id_chars=max_id_chars,
+            max_body_bytes=max_body_bytes,
         )
         serve.run(app, name=app_name, route_prefix=route)
         click.echo(_how_to(model, frame, replicas, stateless, ttl, f"http://{host}:{port}{route}", app_name), err=True)

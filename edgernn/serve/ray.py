@@ -26,6 +26,11 @@
   requests go to any replica (Serve's default router), and rescaling loses nothing. An LSTM's state is
   layers x hidden x 2 floats: 2 x 16 x 2 x 4 bytes = 256 bytes per request for the test model.
 
+* Bounds (docs/scale-out.md): a stateful replica keeps at most ``max_streams`` streams (a new one beyond: HTTP 429,
+  ``TooManyStreamsError``; no live stream is evicted for it), a stream id has at most ``max_id_chars`` characters
+  (an integer id: 64 bits), an HTTP body at most ``max_body_bytes`` (HTTP 413; JSON nested too deep: 400). A
+  refused request's response is ``{"stream", "error", "code", "status"}`` (exit code, HTTP status).
+
 Python callers use the handle ``serve.run`` returns: ``handle.remote({"stream": "a", "frame": [0.1]}).result()``
 (numpy arrays in, numpy arrays out, exact), or ``StreamClient(app_name)``, which routes each request to its replica
 itself and saves the hop through the ingress (about twice the frames per second on 2 cores); HTTP clients POST the
@@ -55,6 +60,40 @@ from ..errors import ConfigError, EdgeRNNError, InputError, MissingPackageError,
 CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 RAY_EXTRA = "pip install 'edgernn[ray]'"
 
+# bounds of what a client controls (documented in docs/scale-out.md and docs/security.md)
+DEFAULT_MAX_STREAMS = 10_000  # live streams one replica keeps (stateful mode); --max-streams
+MAX_STREAMS_LIMIT = 10_000_000  # the most --max-streams may be
+DEFAULT_MAX_ID_CHARS = 256  # characters of a stream id (an integer id: within 64 bits); --max-id-chars
+MAX_ID_CHARS_LIMIT = 65_536
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # bytes of one HTTP request body; --max-body-bytes
+MAX_BODY_BYTES_LIMIT = 64 << 20
+DEFAULT_RAY_TIMEOUT_S = 120.0  # how long `ray.init` may take (start a local cluster, or connect to one)
+MAX_RAY_TIMEOUT_S = 3600.0
+MAX_BATCH_LIMIT = 4096  # requests one replica runs in one onnxruntime call; --max-batch-size
+
+
+class TooManyStreamsError(InputError):
+    """A stateful replica holds its most streams: a new one is refused (HTTP 429), none is evicted for it."""
+
+    http_status = 429
+
+
+class BodyTooLargeError(InputError):
+    """An HTTP request body beyond the deployment's byte bound (HTTP 413)."""
+
+    http_status = 413
+
+
+class RayStartError(EdgeRNNError):
+    """Ray did not start (or could not be reached) within the time given to it."""
+
+    exit_code = 1
+
+
+def http_status(e: EdgeRNNError) -> int:
+    """The HTTP status a refused request gets: 429 for a full replica, 413 for a body too large, else 400."""
+    return int(getattr(e, "http_status", 400))
+
 
 def require_ray(part: str = "") -> Any:
     """``import ray`` (and ``ray.serve`` / ``ray.data`` for ``part``), or ``MissingPackageError`` naming the extra."""
@@ -68,6 +107,95 @@ def require_ray(part: str = "") -> Any:
         what = f"ray[{part}]" if part else "ray"
         raise MissingPackageError(f"this needs {what}, which is not installed here ({e}): {RAY_EXTRA}") from None
     return ray
+
+
+def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT_RAY_TIMEOUT_S, **kwargs: Any) -> None:
+    """``ray.init(address=address, **kwargs)`` that gives up after ``timeout_s`` seconds with ``RayStartError``
+    (exit code 1) saying what failed and how long it waited, instead of waiting forever on a cluster that does not
+    answer (Ray retries its connection without end) or failing with Ray's own exception. A ``HOST:PORT`` address
+    (given, or in ``RAY_ADDRESS``) that refuses connections is refused at once. ``ray.init`` runs in a helper
+    thread, which then stays parked for the life of the process (the local cluster's processes end with the thread
+    that started them); after a time-out it is left behind (a command exits; a library caller should too)."""
+    import logging
+    import socket
+
+    check_ray_timeout(timeout_s)
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    what = f"connect to the Ray cluster at {target}" if target else "start a local Ray cluster"
+    host_port = _host_port(target)
+    if host_port is not None:
+        try:
+            socket.create_connection(host_port, timeout=min(timeout_s, 10.0)).close()
+        except OSError as e:
+            raise RayStartError(
+                f"could not {what}: nothing answers there ({e.strerror or e}); start it (`ray start --head`) or "
+                "give the address `ray status` prints"
+            ) from None
+    box: dict[str, BaseException] = {}
+    done = threading.Event()
+
+    def start() -> None:
+        try:
+            ray.init(address=address, **kwargs)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+        # Ray starts a local cluster's processes with PR_SET_PDEATHSIG, which fires when the *thread* that started
+        # them ends: this thread stays (parked, a daemon) for as long as the process lives
+        _PARKED.wait()
+
+    class _Quiet(logging.Filter):  # ray.init off the main thread warns that it sets no SIGTERM handler
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "SIGTERM handler is not set" not in record.getMessage()
+
+    worker_log = logging.getLogger("ray._private.worker")
+    quiet = _Quiet()
+    worker_log.addFilter(quiet)
+    t0 = time.monotonic()
+    thread = threading.Thread(target=start, name="edgernn-ray-init", daemon=True)
+    try:
+        thread.start()
+        finished = done.wait(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if not finished:
+        raise RayStartError(
+            f"could not {what}: Ray did not finish starting within {timeout_s:g} s; check that the cluster is up "
+            "(`ray status`), or give it longer (--ray-timeout)"
+        )
+    if "error" in box:
+        failure = box["error"]
+        if isinstance(failure, EdgeRNNError):
+            raise failure
+        first = (str(failure).strip().splitlines() or [""])[0][:200]
+        raise RayStartError(
+            f"could not {what}: {type(failure).__name__}: {first} (after {time.monotonic() - t0:.1f} s of "
+            f"--ray-timeout {timeout_s:g} s)"
+        ) from None
+
+
+_PARKED = threading.Event()  # never set: where init_ray's thread waits once Ray has started
+
+
+def check_ray_timeout(timeout_s: Any) -> float:
+    """``timeout_s`` if it is a number of seconds in (0, MAX_RAY_TIMEOUT_S], else ConfigError."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_RAY_TIMEOUT_S:
+        raise ConfigError(
+            f"the Ray start-up time-out (--ray-timeout) is more than 0 and at most {MAX_RAY_TIMEOUT_S:g} seconds; "
+            f"got {timeout_s!r}"
+        )
+    return float(timeout_s)
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a plain ``HOST:PORT`` cluster address; None for none, ``auto``, ``local`` or ``ray://``."""
+    if not address or "://" in address or address in ("auto", "local"):
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
 
 
 # ------------------------------------------------------------------------------------------- one replica's streams
@@ -101,21 +229,34 @@ class StreamTable:
         stateless: bool = False,
         threads: int | None = 1,
         provider: str = "cpu",
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        max_id_chars: int = DEFAULT_MAX_ID_CHARS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from ..runtime.stream import StreamingModel
 
-        if ttl_s is not None and ttl_s <= 0:
-            raise ConfigError(f"ttl_s must be positive seconds (or None: never evict); got {ttl_s}")
+        check_bounds(ttl_s=ttl_s, max_streams=max_streams, max_id_chars=max_id_chars)
         self.model = StreamingModel(model, threads=threads, provider=provider)
         self.stateless = stateless
         self.ttl_s = ttl_s
+        self.max_streams = max_streams
+        self.max_id_chars = max_id_chars
+        # bytes of state one stream holds (dynamic axes counted as 1): for the message of a full replica
+        self.state_bytes = sum(int(np.prod(st.shape)) * np.dtype(st.dtype).itemsize for st in self.model.states)
         self._clock = clock
         self._lock = threading.Lock()
         # stream key -> (Stream, last use); oldest use first, so eviction stops at the first stream still live
         self._streams: collections.OrderedDict[str, tuple[Any, float]] = collections.OrderedDict()
         self._scratch: list[Any] = []  # stateless mode: streams lent to one batch, their state set from the request
-        self.counts = {"requests": 0, "batches": 0, "calls": 0, "errors": 0, "evicted": 0, "closed": 0}
+        self.counts = {
+            "requests": 0,
+            "batches": 0,
+            "calls": 0,
+            "errors": 0,
+            "evicted": 0,
+            "closed": 0,
+            "refused_full": 0,
+        }
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -149,7 +290,13 @@ class StreamTable:
     def stats(self) -> dict[str, Any]:
         """Live streams and counters: requests, batches, onnxruntime calls, errors, evicted and closed streams."""
         with self._lock:
-            return {"streams": len(self._streams), "stateless": self.stateless, "ttl_s": self.ttl_s, **self.counts}
+            return {
+                "streams": len(self._streams),
+                "stateless": self.stateless,
+                "ttl_s": self.ttl_s,
+                "max_streams": self.max_streams,
+                **self.counts,
+            }
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -169,10 +316,10 @@ class StreamTable:
     def _parse(self, index: int, raw: Any) -> _Request:
         if not isinstance(raw, Mapping):
             raise InputError(f"a request is a mapping with 'stream' and 'frame'; got {type(raw).__name__}")
-        key = stream_key(raw)
+        key = stream_key(raw, self.max_id_chars)
         if "frame" not in raw:
             raise InputError(f"request for stream {key!r} has no 'frame'")
-        frame = np.asarray(raw["frame"])
+        frame = _array(raw["frame"], f"stream {key!r}: 'frame'")
         if frame.dtype.kind not in "fiu":
             raise InputError(f"stream {key!r}: 'frame' must be numbers; got {frame.dtype}")
         if frame.dtype.kind == "f" and self.model.dtype.kind == "f":
@@ -192,7 +339,9 @@ class StreamTable:
     def _error(self, raw: Any, e: EdgeRNNError) -> dict[str, Any]:
         self.counts["errors"] += 1
         sid = raw.get("stream") if isinstance(raw, Mapping) else None
-        return {"stream": sid, "error": str(e), "code": e.exit_code}
+        if isinstance(sid, str) and len(sid) > self.max_id_chars:
+            sid = None  # an oversized id is not echoed back
+        return error_response(sid, e)
 
     def _run_round(self, reqs: list[_Request], results: list[dict[str, Any] | None], now: float) -> None:
         """Requests of distinct streams: one ``step_many`` call per frame shape."""
@@ -208,11 +357,19 @@ class StreamTable:
                     if req.reset or req.state is None:
                         s.reset()
                     else:
-                        s.set_state({k: _as_state(v) for k, v in req.state.items()})
+                        s.set_state(self._states(req))
                     ready.append((req, s, False))
                 else:
                     entry = self._streams.get(req.key)
                     new = entry is None
+                    if new and len(self._streams) >= self.max_streams:
+                        self.counts["refused_full"] += 1
+                        raise TooManyStreamsError(
+                            f"this replica holds its most live streams ({self.max_streams:,}, "
+                            f"{self.max_streams * self.state_bytes:,} bytes of state); a new stream is refused and no "
+                            'live one is dropped for it: close finished streams ("close": true), let idle ones '
+                            "expire (ttl), or serve with more replicas or a larger --max-streams"
+                        )
                     s = self.model.stream() if entry is None else entry[0]
                     if req.reset and not new:
                         s.reset()
@@ -254,20 +411,95 @@ class StreamTable:
                         self.counts["closed"] += 1
                 results[req.index] = out
 
+    def _states(self, req: _Request) -> dict[str, np.ndarray]:
+        """A stateless request's state, each array in its state input's dtype and checked finite after that cast
+        (1e39 is a finite float64 and an infinite float32); ``Stream.set_state`` checks names and shapes."""
+        assert req.state is not None
+        specs = {st.input: st for st in self.model.states}
+        out = {}
+        for name, value in req.state.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise InputError(f"stream {req.key!r}: a state needs exactly {', '.join(sorted(specs))}; got {name!r}")
+            a = _array(value, f"stream {req.key!r}: state {name!r}")
+            if a.dtype.kind not in "fiu":
+                raise InputError(f"stream {req.key!r}: state {name!r} must be an array of numbers; got {a.dtype}")
+            want = np.dtype(spec.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = a.astype(want)
+            if want.kind == "f" and not np.isfinite(cast).all():
+                raise InputError(
+                    f"stream {req.key!r}: state {name!r} has values that are not finite as {want} (NaN, inf, or "
+                    f"beyond +-{np.finfo(want).max:.4g}); send back the state a response returned"
+                )
+            out[name] = cast
+        return out
 
-def stream_key(request: Mapping[str, Any]) -> str:
-    """The routing key of a request: its ``stream`` id (a non-empty string or an integer) as a string."""
+
+def error_response(stream_id: Any, e: EdgeRNNError) -> dict[str, Any]:
+    """What a refused request gets back: ``{"stream", "error", "code", "status"}`` (exit code, HTTP status)."""
+    return {"stream": stream_id, "error": str(e), "code": e.exit_code, "status": http_status(e)}
+
+
+def stream_key(request: Mapping[str, Any], max_chars: int = DEFAULT_MAX_ID_CHARS) -> str:
+    """The routing key of a request: its ``stream`` id (a non-empty string of at most ``max_chars`` characters, or
+    an integer within 64 bits) as a string."""
     sid = request.get("stream")
     if isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == "":
-        raise InputError(f"a request needs 'stream': a non-empty string or an integer id; got {sid!r}")
-    return str(sid)
+        raise InputError(f"a request needs 'stream': a non-empty string or an integer id; got {sid!r:.80}")
+    if isinstance(sid, int):
+        if not -(1 << 63) <= sid < (1 << 64):
+            raise InputError("an integer stream id must fit in 64 bits; use a string id")
+        return str(sid)
+    if len(sid) > max_chars:
+        raise InputError(f"a stream id is at most {max_chars:,} characters; got one of {len(sid):,}")
+    return sid
 
 
-def _as_state(value: Any) -> np.ndarray:
-    a = np.asarray(value)
-    if a.dtype.kind not in "fiu":
-        raise InputError(f"a state must be an array of numbers; got {a.dtype}")
-    return a.astype(np.float32) if a.dtype.kind != "f" else a
+def parse_body(body: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Mapping[str, Any]:
+    """One HTTP request body as the request it holds: at most ``max_bytes`` bytes (BodyTooLargeError, HTTP 413),
+    one JSON object (InputError, HTTP 400, also for nesting too deep for the parser)."""
+    import json
+
+    if len(body) > max_bytes:
+        raise BodyTooLargeError(f"the body is {len(body):,} bytes; this deployment takes at most {max_bytes:,}")
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise InputError("the body is nested too deeply to be a request: send one flat JSON object") from None
+    except ValueError as e:  # bad JSON, bad UTF-8, an integer of too many digits
+        raise InputError(f"the body must be one JSON object: {str(e)[:200]}") from None
+    if not isinstance(value, Mapping):
+        raise InputError(f"the body must be one JSON object; got {type(value).__name__}")
+    return value
+
+
+def check_bounds(
+    *,
+    ttl_s: float | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> None:
+    """ConfigError for a bound outside its documented range (docs/scale-out.md)."""
+    if ttl_s is not None and not (isinstance(ttl_s, (int, float)) and 0 < ttl_s < float("inf")):
+        raise ConfigError(f"ttl_s must be positive seconds (or None: never evict); got {ttl_s}")
+    for what, value, lo, hi in (
+        ("max_streams", max_streams, 1, MAX_STREAMS_LIMIT),
+        ("max_id_chars", max_id_chars, 1, MAX_ID_CHARS_LIMIT),
+        ("max_body_bytes", max_body_bytes, 1024, MAX_BODY_BYTES_LIMIT),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            flag = "--" + what.replace("_", "-")
+            raise ConfigError(f"{what} ({flag}) must be an integer in {lo:,}..{hi:,}; got {value!r}")
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    """``np.asarray(value)``, a ragged or otherwise unusable value refused as InputError."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise InputError(f"{what} must be an array of numbers of one shape ({str(e)[:120]})") from None
 
 
 def to_json(response: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,8 +543,18 @@ def _deployments() -> tuple[Any, Any]:
             provider: str,
             max_batch_size: int,
             batch_wait_timeout_s: float,
+            max_streams: int = DEFAULT_MAX_STREAMS,
+            max_id_chars: int = DEFAULT_MAX_ID_CHARS,
         ) -> None:
-            self.table = StreamTable(model, ttl_s=ttl_s, stateless=stateless, threads=threads, provider=provider)
+            self.table = StreamTable(
+                model,
+                ttl_s=ttl_s,
+                stateless=stateless,
+                threads=threads,
+                provider=provider,
+                max_streams=max_streams,
+                max_id_chars=max_id_chars,
+            )
             self.stateless = stateless
             self.replica = serve.get_replica_context().replica_id.unique_id
             self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # serve.batch's setters
@@ -322,9 +564,9 @@ def _deployments() -> tuple[Any, Any]:
             """One frame of one stream; refused unless it was routed by its stream id (stateful mode)."""
             if not self.stateless and isinstance(request, Mapping):
                 try:
-                    key = stream_key(request)
+                    key = stream_key(request, self.table.max_id_chars)
                 except InputError as e:
-                    return {"stream": None, "error": str(e), "code": e.exit_code, "replica": self.replica}
+                    return {**error_response(None, e), "replica": self.replica}
                 # the routing key this request came with (a private accessor of ray 2.60, which edgernn pins)
                 routed = serve.context._get_serve_request_context().session_id
                 if routed != key:
@@ -334,6 +576,7 @@ def _deployments() -> tuple[Any, Any]:
                         "requests must be routed by its id (send them through the app's ingress, or call this "
                         "deployment with handle.options(session_id=str(stream)))",
                         "code": 2,
+                        "status": 400,
                         "replica": self.replica,
                     }
             return await self._batched(request)
@@ -359,9 +602,18 @@ def _deployments() -> tuple[Any, Any]:
     class StreamIngress:
         """Parses a request (a dict from a handle, JSON over HTTP) and sends it to the replicas, routed by stream."""
 
-        def __init__(self, replicas: Any, *, stateless: bool) -> None:
+        def __init__(
+            self,
+            replicas: Any,
+            *,
+            stateless: bool,
+            max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+            max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        ) -> None:
             self.replicas = replicas
             self.stateless = stateless
+            self.max_id_chars = max_id_chars
+            self.max_body_bytes = max_body_bytes
 
         async def __call__(self, request: Any) -> Any:
             from starlette.requests import Request
@@ -372,24 +624,47 @@ def _deployments() -> tuple[Any, Any]:
                     raise InputError(f"a request is a dict with 'stream' and 'frame'; got {type(request).__name__}")
                 result = await self._route(request)
                 if "error" in result:
-                    raise InputError(f"stream {result.get('stream')!r}: {result['error']}")
+                    raise refusal(result)
                 return result
             try:
-                body = await request.json()
-            except ValueError as e:
-                return JSONResponse({"error": f"the body must be one JSON object: {e}"}, status_code=400)
-            if not isinstance(body, Mapping):
-                return JSONResponse({"error": "the body must be one JSON object"}, status_code=400)
+                body = parse_body(await self._read(request), self.max_body_bytes)
+            except InputError as e:
+                return JSONResponse(error_response(None, e), status_code=http_status(e))
             result = await self._route(body)
-            return JSONResponse(to_json(result), status_code=400 if "error" in result else 200)
+            status = int(result.get("status", 400)) if "error" in result else 200
+            try:
+                return JSONResponse(to_json(result), status_code=status)
+            except ValueError:  # NaN or inf in an output: JSON has no such numbers
+                nan = InputError(
+                    f"stream {result.get('stream')!r}: the model computed values that are not finite for this "
+                    "frame (NaN or inf), which JSON cannot carry; check the frame and the state sent"
+                )
+                return JSONResponse(error_response(None, nan), status_code=422)
+
+        async def _read(self, request: Any) -> bytes:
+            """The body, read no further than ``max_body_bytes`` (+1, so that a longer one is told apart)."""
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                raise BodyTooLargeError(
+                    f"the body is {int(length):,} bytes; this deployment takes at most {self.max_body_bytes:,}"
+                )
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise BodyTooLargeError(
+                        f"the body is over {self.max_body_bytes:,} bytes, the most this deployment takes"
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
 
         async def _route(self, body: Mapping[str, Any]) -> dict[str, Any]:
+            try:
+                key = stream_key(body, self.max_id_chars)
+            except InputError as e:
+                return error_response(None, e)
             if self.stateless:
                 return await self.replicas.step.remote(body)
-            try:
-                key = stream_key(body)
-            except InputError as e:
-                return {"stream": None, "error": str(e), "code": e.exit_code}
             return await self.replicas.options(session_id=key).step.remote(body)
 
     return StreamReplica, StreamIngress
@@ -429,8 +704,15 @@ class _Pending:
         """The response; a request the replica refused raises ``InputError`` with its message."""
         out = self._response.result(timeout_s=timeout_s)
         if "error" in out:
-            raise InputError(f"stream {out.get('stream')!r}: {out['error']}")
+            raise refusal(out)
         return out
+
+
+def refusal(response: Mapping[str, Any]) -> InputError:
+    """The typed error of a refused request's response (TooManyStreamsError for a full replica)."""
+    cls = {429: TooManyStreamsError, 413: BodyTooLargeError}.get(int(response.get("status", 400)), InputError)
+    sid = response.get("stream")
+    return cls(f"stream {sid!r:.80}: {response['error']}" if sid is not None else str(response["error"]))
 
 
 def stream_deployment(
@@ -446,6 +728,9 @@ def stream_deployment(
     provider: str = "cpu",
     virtual_nodes: int = 100,
     ingress_replicas: int = 1,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Any:
     """A Ray Serve application serving the streams of the ``step`` export at ``model_path`` (see the module
     docstring); run it with ``serve.run(app, name=...)``, which returns the handle to send requests to.
@@ -455,18 +740,20 @@ def stream_deployment(
     ``@serve.batch``. ``ttl_s``: forget a stream idle that long (None: never). ``stateless``: the state travels
     with each request. ``virtual_nodes``: points per replica on the consistent-hash ring (stateful mode).
     ``ingress_replicas``: replicas of the (stateless, CPU-free) ingress that parses and routes requests.
+    Bounds of what clients send (docs/scale-out.md): ``max_streams`` live streams per replica (a new one beyond
+    it: HTTP 429, ``TooManyStreamsError``; no live stream is evicted for it), ``max_id_chars`` characters of a
+    stream id (HTTP 400), ``max_body_bytes`` bytes of an HTTP body (HTTP 413; JSON nested too deep: HTTP 400).
 
     The model is read here and shipped to the replicas as bytes (no shared file system needed), after a check that
     it is a stateful model that can stream.
     """
     if replicas < 1 or ingress_replicas < 1:
         raise ConfigError(f"replicas and ingress_replicas must be at least 1; got {replicas}, {ingress_replicas}")
-    if max_batch_size < 1:
-        raise ConfigError(f"max_batch_size must be at least 1; got {max_batch_size}")
+    if not 1 <= max_batch_size <= MAX_BATCH_LIMIT:
+        raise ConfigError(f"max_batch_size must be in 1..{MAX_BATCH_LIMIT:,}; got {max_batch_size:,}")
     if batch_wait_timeout_s < 0:
         raise ConfigError(f"batch_wait_timeout_s must be >= 0; got {batch_wait_timeout_s}")
-    if ttl_s is not None and ttl_s <= 0:
-        raise ConfigError(f"ttl_s must be positive seconds (or None: never evict); got {ttl_s}")
+    check_bounds(ttl_s=ttl_s, max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
     path = Path(model_path)
     if not path.is_file():
         raise ModelFormatError(f"no model file at {os.fspath(model_path)!r}")
@@ -495,8 +782,12 @@ def stream_deployment(
         provider=provider,
         max_batch_size=max_batch_size,
         batch_wait_timeout_s=batch_wait_timeout_s,
+        max_streams=max_streams,
+        max_id_chars=max_id_chars,
     )
-    return ingress_cls.options(num_replicas=ingress_replicas).bind(replica, stateless=stateless)
+    return ingress_cls.options(num_replicas=ingress_replicas).bind(
+        replica, stateless=stateless, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes
+    )
 
 
 def check_stream_model(model: str | os.PathLike[str] | bytes) -> Any:

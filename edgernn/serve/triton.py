@@ -41,6 +41,12 @@ from ..manifest import MANIFEST_KEY, Manifest, StateSpec, read_manifest
 
 DEFAULT_MAX_BATCH = 64  # streams per model call, unless told
 DEFAULT_IDLE_US = 5_000_000  # a sequence idle this long is ended by Triton (its slot and state are freed)
+# bounds of what a user sets (docs/scale-out.md): the sequence batcher keeps a state slot per batch row and instance
+MAX_BATCH_LIMIT = 65_536  # streams per model call
+MAX_INSTANCES = 256  # model instances
+MAX_CANDIDATES_LIMIT = 131_072  # sequences an 'oldest' batcher picks from
+MAX_IDLE_US = 86_400_000_000  # one day
+MAX_QUEUE_DELAY_US = 10_000_000  # ten seconds
 STRATEGIES = ("direct", "oldest")
 KINDS = ("KIND_CPU", "KIND_GPU")
 EXPORT_HINT = "export it with `edgernn export CKPT --strategy step --target triton`"
@@ -206,16 +212,21 @@ def model_config(
     states = servable_states(graph)
     _check_name(name)
     mbs = _positive("max_batch_size", max_batch_size if max_batch_size is not None else DEFAULT_MAX_BATCH)
-    _positive("instances", instances)
+    per_row = _state_bytes(graph, states)
+    _at_most("max_batch_size", mbs, MAX_BATCH_LIMIT, f"{per_row:,} bytes of state per stream", per_row)
+    _at_most("instances", _positive("instances", instances), MAX_INSTANCES, "a copy of the model each")
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if max_candidates is not None and strategy != "oldest":
         raise ConfigError("max_candidates goes with strategy 'oldest' (direct gives each sequence its own slot)")
-    _positive("idle_us", idle_us)
+    _at_most("idle_us", _positive("idle_us", idle_us), MAX_IDLE_US, "one day")
     if isinstance(max_queue_delay_us, bool) or not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
         raise ConfigError(f"max_queue_delay_us must be an integer >= 0; got {max_queue_delay_us!r}")
+    _at_most("max_queue_delay_us", max_queue_delay_us, MAX_QUEUE_DELAY_US, "ten seconds")
+    if max_candidates is not None:
+        _at_most("max_candidates", _positive("max_candidates", max_candidates), MAX_CANDIDATES_LIMIT, "sequences")
 
     state_in = {s.input for s in states}
     state_out = {s.output for s in states}
@@ -468,12 +479,15 @@ def write_repository(
     *,
     name: str | None = None,
     version: int = 1,
+    force: bool = False,
     **options: Any,
 ) -> TritonRepository:
     """Write ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/VERSION/model.onnx`` for step export ``model`` (made with
     ``--target triton``); ``options`` are ``model_config``'s. The config is validated against the model before
     anything is written; each file is written atomically, the model first, so a server polling the repository
-    never finds a config without its model. ``name`` defaults to the model file's name without ``.onnx``."""
+    never finds a config without its model. ``name`` defaults to the model file's name without ``.onnx``. A model
+    of that name already in the repository is refused (ConfigError) unless ``force`` (then its config and this
+    version's model are replaced)."""
     from ..files import write_atomic
 
     graph = read_graph(model)
@@ -486,6 +500,11 @@ def write_repository(
     text = config_text(config)
     validate_config(text, graph)
     base = Path(repo_dir) / name
+    if base.exists() and not force:
+        raise ConfigError(
+            f"{os.fspath(repo_dir)!r} already holds a model {name!r} ({os.fspath(base)}); give another --name, or add "
+            "--force (force=True) to replace it"
+        )
     model_path = base / str(version) / "model.onnx"
     config_path = base / "config.pbtxt"
     write_atomic(model_path, graph.data)
@@ -622,6 +641,25 @@ def _triton_type(t: GraphTensor) -> str:
 def _dims(t: GraphTensor, skip: int = 1) -> list[int]:
     """The config's dims of ``t``: its shape without the first ``skip`` axes (the batch), -1 for dynamic axes."""
     return [d if isinstance(d, int) else -1 for d in t.shape[skip:]]
+
+
+def _at_most(what: str, value: int, limit: int, why: str, per_unit: int = 0) -> int:
+    """``value`` if it is at most ``limit``, else a ConfigError naming the bound (and, with ``per_unit`` bytes per
+    unit, the memory the value would take)."""
+    if value > limit:
+        estimate = f" ({value * per_unit:,} bytes of state per instance)" if per_unit else ""
+        raise ConfigError(f"{what} is at most {limit:,} ({why}); got {value:,}{estimate}")
+    return value
+
+
+def _state_bytes(graph: StreamGraph, states: Sequence[StateSpec]) -> int:
+    """Bytes of state one stream holds (dynamic axes counted as 1)."""
+    total = 0
+    for s in states:
+        t = graph.input(s.input)
+        if t is not None:
+            total += math.prod(max(d, 1) for d in _dims(t)) * np.dtype(t.dtype).itemsize
+    return total
 
 
 def _positive(what: str, value: Any) -> int:
