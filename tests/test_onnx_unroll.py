@@ -444,3 +444,38 @@ def test_a_model_without_scan_comes_back_equal() -> None:
     graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["y"])], "g", [_vi("x", ["B", H])], [_vi("y", ["B", H])])
     model = _model(graph)
     assert unroll_scans(model, 3) == model
+
+
+def test_without_shape_inference_a_feature_flip_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where onnx's shape inference gives up, the rank of a Scan output comes from its body's output (plus the scan
+    axis): a flip of the last axis (the features) is then told apart from the scan axis, and kept."""
+
+    def gives_up(model: onnx.ModelProto, *a: Any, **k: Any) -> onnx.ModelProto:
+        raise RuntimeError("inference gave up")
+
+    model = _flipped_model(5, axis=2)
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", gives_up)
+    unrolled = unroll_scans(model, 5)
+    monkeypatch.undo()
+    _assert_same(model, unrolled, 5)
+    assert _slices(unrolled) == 2
+
+
+def test_a_scan_with_states_only_is_unrolled() -> None:
+    """A Scan whose body returns only its state (no scan outputs) is a loop too."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["s", "w"], ["sw"]), helper.make_node("Add", ["sw", "a"], ["s_new"])],
+        "body",
+        [_vi("s", ["B", H]), _vi("a", ["B", H])],
+        [_vi("s_new", ["B", H])],
+    )
+    scan = helper.make_node("Scan", ["s0", "x1"], ["s_T"], body=body, num_scan_inputs=1)
+    graph = helper.make_graph(
+        [scan],
+        "main",
+        [_vi("s0", ["B", H]), _vi("x1", [4, "B", H])],
+        [_vi("s_T", ["B", H])],
+        initializer=[numpy_helper.from_array(np.linspace(-1, 1, H).astype(np.float32), "w")],
+    )
+    model = _model(graph)
+    _assert_same(model, unroll_scans(model), 4)
