@@ -1,6 +1,6 @@
 """Target `litert`: Google's LiteRT (formerly TensorFlow Lite), run from its own ``.tflite`` format, which onnx2tf
-makes from the ONNX file (``pip install 'edgernn[litert]'``: onnx2tf 1.x, TensorFlow and ai-edge-litert, the
-interpreter; see docs/engines/litert.md for the install).
+makes from the ONNX file (``pip install 'edgernn[litert]'``: TensorFlow and ai-edge-litert, the interpreter, then
+``pip install --no-deps 'onnx2tf>=1.29,<2'``: onnx2tf 1.x pins numpy 1.x, onnx and onnxruntime exactly).
 
 onnx2tf converts through TensorFlow and re-lays tensors out (ONNX's NCW/NCHW to TensorFlow's NWC/NHWC); what it
 takes of edgernn's exports, measured with onnx2tf 1.29.24, TensorFlow 2.21 and ai-edge-litert 2.3
@@ -11,7 +11,8 @@ takes of edgernn's exports, measured with onnx2tf 1.29.24, TensorFlow 2.21 and a
   a stacked state is read where it is made (``read_stacked_directly``): onnx2tf moves the axes of the stacked
   3-D state (layers, 1, hidden) and then gathers along the wrong axis (the top layer's readout came out with
   every layer's values);
-- `native` and `loop` are refused up front (what fails is in ``WHY``).
+- `native` is refused up front: onnx2tf fixes its dynamic time axis at 1 (measured); `loop` too (its Scan has
+  the same dynamic time axis; not checked further).
 
 An output may come back with its size-1 axes moved (the state ``(2, 1, 8)`` as ``(1, 2, 8)``): the same values in
 the same order, so the runner reshapes it to the ONNX output's shape; any other shape is a failure.
@@ -48,10 +49,13 @@ if TYPE_CHECKING:
 
 WHY = {
     "native": (
-        "onnx2tf converts ONNX's RNN/LSTM/GRU ops only at fixed shapes and none honour sequence_lens; use unroll "
-        "(fixed length, padding as a float mask) or step"
+        "onnx2tf needs fixed input shapes and fixes a native file's dynamic time axis at 1 (the .tflite then takes "
+        "one step per call); use unroll (a fixed length, padding as a float mask) or step"
     ),
-    "loop": "onnx2tf converts no ONNX Scan; use unroll (fixed length, padding as a float mask) or step",
+    "loop": (
+        "not checked on LiteRT yet (a loop file's Scan has a dynamic time axis, which onnx2tf fixes at 1 as for "
+        "native); use unroll (a fixed length, padding as a float mask) or step"
+    ),
 }
 
 
@@ -142,7 +146,7 @@ TARGET = register_target(
 
 NOT_INSTALLED = (
     "the litert target is checked with LiteRT itself and its converter onnx2tf, which are not installed: "
-    "pip install 'edgernn[litert]' (docs/engines/litert.md)"
+    "pip install 'edgernn[litert]' && pip install --no-deps 'onnx2tf>=1.29,<2' (docs/engines/litert.md)"
 )
 CONVERT_TIMEOUT_S = 600.0
 _CONVERTED: dict[str, bytes] = {}  # the last few conversions, by the sha256 of the ONNX bytes
