@@ -86,8 +86,11 @@ def test_converter_error_names_onnx2tfs_first_error_line() -> None:
         "I0000 00:00:1796626691.523793 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
         "\x1b[31mERROR:\x1b[0m The trace log is below.\n"
         "ERROR: onnx_op_name: /rnn/Scan\nTraceback (most recent call last):\n"
+        "TypeError: 'KerasTensor' object cannot be interpreted as an integer\n"
     )
-    assert litert.converter_error(output) == "ERROR: The trace log is below. (node /rnn/Scan)"
+    want = "TypeError: 'KerasTensor' object cannot be interpreted as an integer (node /rnn/Scan)"
+    assert litert.converter_error(output) == want
+    assert litert.converter_error(output.split("Traceback")[0]) == "ERROR: The trace log is below. (node /rnn/Scan)"
     assert litert.converter_error("") == "no output"
 
 

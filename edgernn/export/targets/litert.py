@@ -11,17 +11,18 @@ takes of edgernn's exports, measured with onnx2tf 1.29.24, TensorFlow 2.21 and a
   a stacked state is read where it is made (``read_stacked_directly``): onnx2tf moves the axes of the stacked
   3-D state (layers, 1, hidden) and then gathers along the wrong axis (the top layer's readout came out with
   every layer's values);
-- `native` is refused up front: onnx2tf fixes its dynamic time axis at 1 (measured); `loop` too (its Scan has
-  the same dynamic time axis; not checked further).
+- `native` is refused up front: onnx2tf fixes its dynamic time axis at 1; `loop` too: onnx2tf fails on its Scan
+  ("TypeError: 'KerasTensor' object cannot be interpreted as an integer").
 
 An output may come back with its size-1 axes moved (the state ``(2, 1, 8)`` as ``(1, 2, 8)``): the same values in
 the same order, so the runner reshapes it to the ONNX output's shape; any other shape is a failure.
 
 The converter runs in a child process in a temporary folder (it writes a SavedModel and two .tflite files there;
-nothing is written beside the user's file), with an audit hook that stops it at any attempt to connect or look a host up.
+nothing is written beside the user's file), with an audit hook that stops it at any attempt to connect or look a
+host up.
 The check on every export: the file converts, LiteRT's interpreter loads the ``.tflite``, and its outputs on the
 parity cases (a padded sequence through the mask; for `step` a stream of frames with the state fed back) match
-torch's (``litert_report``, or ``litert_runner`` as a parity runner).
+torch's (``litert_structure``, then ``litert_runner`` as a parity runner).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,8 @@ WHY = {
         "one step per call); use unroll (a fixed length, padding as a float mask) or step"
     ),
     "loop": (
-        "not checked on LiteRT yet (a loop file's Scan has a dynamic time axis, which onnx2tf fixes at 1 as for "
-        "native); use unroll (a fixed length, padding as a float mask) or step"
+        "onnx2tf fails converting its Scan (\"TypeError: 'KerasTensor' object cannot be interpreted as an "
+        "integer\", the Scan's length is not fixed); use unroll (a fixed length, padding as a float mask) or step"
     ),
 }
 
@@ -177,6 +178,7 @@ onnx2tf.convert(
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda drivers|^I0000|^W0000|oneDNN|rebuild TensorFlow|AVX|^\s*$")
+_RAISED = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")  # a Python exception's last line
 _ERROR = re.compile(r"error|exception|failed|not supported|unsupported|cannot|can't|invalid", re.IGNORECASE)
 
 
@@ -196,10 +198,12 @@ def _proto(model: bytes | Any) -> Any:
 
 
 def converter_error(output: str) -> str:
-    """onnx2tf's own first error line in ``output`` (its log is coloured, TensorFlow's start-up lines are dropped),
-    with the ONNX node it names when it names one; else the last line it printed."""
+    """onnx2tf's own error, one line: the exception that stopped it (its log is coloured and prints its advice as
+    "ERROR:" lines; TensorFlow's start-up lines are dropped), else its first error line, else the last line it
+    printed; with the ONNX node it names when it names one."""
     lines = [ln.strip() for ln in _ANSI.sub("", output).splitlines() if not _NOISE.search(ln)]
-    first = next((ln for ln in lines if _ERROR.search(ln) and not ln.startswith("Traceback")), None)
+    raised = [ln for ln in lines if _RAISED.match(ln)]
+    first = raised[0] if raised else next((ln for ln in lines if _ERROR.search(ln)), None)
     if first is None:
         first = lines[-1] if lines else "no output"
     node = next((m.group(1) for ln in lines if (m := re.search(r"onnx_op_name: (\S+)", ln))), None)
