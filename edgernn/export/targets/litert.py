@@ -96,9 +96,9 @@ def read_stacked_directly(model: Any) -> Any:
         concat = made.get(node.input[0])
         if index.ndim != 0 or concat is None or concat.op_type != "Concat":
             continue
-        parts = [unsqueezed_at(x) for x in concat.input]
         axis = axis_of(node)
-        if any(p is None or p[1] != axis for p in parts) or axis_of(concat) != axis or axis < 0:
+        parts = [p for x in concat.input if (p := unsqueezed_at(x)) is not None and p[1] == axis]
+        if len(parts) != len(concat.input) or axis_of(concat) != axis or axis < 0:
             continue
         k = int(index) + len(parts) if int(index) < 0 else int(index)
         if 0 <= k < len(parts):
