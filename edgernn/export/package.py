@@ -5,7 +5,8 @@ before anything is written.
   (``edgernn.optimize.ort_format``).
 - ``mnn``: ``NAME.mnn`` from MNN's converter (its compiled extension, never the console script).
 - ``ncnn``: ``NAME.ncnn.param`` and ``NAME.ncnn.bin`` from pnnx, fp32 weights.
-- ``litert``: ``NAME.tflite`` from onnx2tf, fp32 (the graph in the litert target's form, as its check converts it).
+- ``litert``: ``NAME.tflite`` from onnx2tf, fp32, converted from the ``.onnx`` as written (export it for target
+  ``litert``: fixed shapes, batch 1).
 
 The engine runs the converted files themselves on random inputs at the model's shapes and must compute what
 onnxruntime computes on the ``.onnx`` within the fp32 tolerance (the ``.onnx`` was checked against torch at
@@ -70,11 +71,9 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
             runner = mnn_runner(data, converted=made)
             files = {f"{src.stem}.mnn": made}
         elif target == "litert":
-            from .targets.litert import litert_available, litert_runner, to_tflite
+            from .targets.litert import NOT_INSTALLED, litert_available, litert_runner, to_tflite
 
             if not litert_available():
-                from .targets.litert import NOT_INSTALLED
-
                 raise MissingPackageError(NOT_INSTALLED)
             made = to_tflite(data, tmp)
             runner = litert_runner(data, converted=made)
