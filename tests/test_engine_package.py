@@ -1,4 +1,5 @@
-"""`edgernn package --target T`: an export in an engine's own format (MNN's .mnn, ncnn's .param/.bin), run by the
+"""`edgernn package --target T`: an export in an engine's own format (MNN's .mnn, ncnn's .param/.bin, LiteRT's
+.tflite), run by the
 engine on the written files and compared with the .onnx before anything is written; and `edgernn check` telling a
 missing engine (exit 10) from a refusal (exit 9)."""
 
@@ -56,6 +57,43 @@ def test_package_ncnn_writes_param_and_bin_checked_on_ncnn(tmp_path: Path) -> No
     assert "ncnn on these files matches onnxruntime" in r.output
     net = ncnn.Net()  # the written files load in ncnn as they are
     assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+
+
+@pytest.mark.skipif(
+    not _has("onnx2tf", "tensorflow", "ai_edge_litert"),
+    reason="LiteRT/onnx2tf are not installed (docs/engines/litert.md)",
+)
+def test_package_litert_writes_the_tflite_checked_on_litert(tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    src, out = _step(tmp_path, "litert"), tmp_path / "pkg"
+    r = CliRunner().invoke(main, ["package", str(src), "--target", "litert", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{") :])
+    tflite = out / "litert.tflite"
+    assert rep["files"] == [str(tflite)] and tflite.stat().st_size == rep["sizes"]["litert.tflite"] > 1000
+    assert rep["parity"]["passed"] is True and rep["parity"]["candidates"] == ["litert"]
+    assert rep["parity"]["max_abs"] <= rep["parity"]["atol"]
+    runner = Interpreter(model_path=str(tflite)).get_signature_runner()  # the written file loads as it is
+    assert set(runner.get_input_details()) == {"x", "h_in"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["litert.onnx", "pkg"]  # nothing beside the .onnx
+
+
+def test_package_litert_without_its_packages_exits_10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgernn.export.targets import litert
+
+    src = tmp_path / "m.onnx"
+    export_model(
+        build_model(ModelConfig(cell="gru", input_size=3, hidden_size=8, num_layers=1)).eval(),
+        src,
+        strategy="step",
+        target="portable",
+        verify=False,
+    )
+    monkeypatch.setattr(litert, "litert_available", lambda: False)
+    r = CliRunner().invoke(main, ["package", str(src), "--target", "litert", "--out", str(tmp_path / "pkg")])
+    assert r.exit_code == 10 and "edgernn[litert]" in r.output, r.output
+    assert not (tmp_path / "pkg").exists()
 
 
 @pytest.mark.skipif(not _has("MNN"), reason="MNN is not installed (pip install 'edgernn[mnn]')")

@@ -72,7 +72,7 @@ def test_registry_lists_the_builtin_targets_whatever_was_imported_first() -> Non
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "ort,nnapi,coreml,openvino,portable,triton,tract,mnn,ncnn"
+    assert p.stdout.strip() == "ort,nnapi,coreml,openvino,portable,triton,tract,mnn,ncnn,litert"
 
 
 def test_unknown_target_names_the_valid_ones() -> None:

@@ -99,8 +99,9 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     "--target",
     default="ort",
     show_default=True,
-    type=click.Choice(["ort", "nnapi", "coreml", "mnn", "ncnn"]),
-    help="The engine whose format to write: ort/nnapi/coreml (.ort), mnn (.mnn), ncnn (.ncnn.param/.bin).",
+    type=click.Choice(["ort", "nnapi", "coreml", "mnn", "ncnn", "litert"]),
+    help="The engine whose format to write: ort/nnapi/coreml (.ort), mnn (.mnn), ncnn (.ncnn.param/.bin), "
+    "litert (.tflite).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
@@ -108,7 +109,7 @@ def package(model: str, out_dir: str | None, target: str, as_json: bool) -> None
     """Write MODEL in an engine's own format, after checking that the engine computes on the written files what
     onnxruntime computes on the .onnx (exit 9 and nothing written otherwise): MODEL.ort and
     MODEL.required_operators.config for onnxruntime Mobile (a reduced build takes the config), MODEL.mnn for MNN,
-    MODEL.ncnn.param/.bin for ncnn. OpenVINO and tract read the .onnx itself.
+    MODEL.ncnn.param/.bin for ncnn, MODEL.tflite for LiteRT. OpenVINO and tract read the .onnx itself.
     """
     from ..export.package import EnginePackage, package_for
 

@@ -5,6 +5,8 @@ before anything is written.
   (``edgernn.optimize.ort_format``).
 - ``mnn``: ``NAME.mnn`` from MNN's converter (its compiled extension, never the console script).
 - ``ncnn``: ``NAME.ncnn.param`` and ``NAME.ncnn.bin`` from pnnx, fp32 weights.
+- ``litert``: ``NAME.tflite`` from onnx2tf, fp32, converted from the ``.onnx`` as written (export it for target
+  ``litert``: fixed shapes, batch 1).
 
 The engine runs the converted files themselves on random inputs at the model's shapes and must compute what
 onnxruntime computes on the ``.onnx`` within the fp32 tolerance (the ``.onnx`` was checked against torch at
@@ -20,14 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelFormatError, TargetError
+from ..errors import ConfigError, MissingPackageError, ModelFormatError, TargetError
 from ..files import write_atomic
 from ..progress import stage
 from .check import compare_with_onnxruntime
 from .targets import get_target
 
 ORT_MOBILE = ("ort", "nnapi", "coreml")  # targets whose runtime is onnxruntime (Mobile): the .ort package
-PACKAGED = (*ORT_MOBILE, "mnn", "ncnn")
+PACKAGED = (*ORT_MOBILE, "mnn", "ncnn", "litert")
 
 
 @dataclass
@@ -71,6 +73,14 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
             made = to_mnn(data, tmp)
             runner = mnn_runner(data, converted=made)
             files = {f"{src.stem}.mnn": made}
+        elif target == "litert":
+            from .targets.litert import NOT_INSTALLED, litert_available, litert_runner, to_tflite
+
+            if not litert_available():
+                raise MissingPackageError(NOT_INSTALLED)
+            made = to_tflite(data, tmp)
+            runner = litert_runner(data, converted=made)
+            files = {f"{src.stem}.tflite": made}
         else:
             from .targets.ncnn import convert, ncnn_runner
 

@@ -121,6 +121,7 @@ BUILTIN = (
     "tract",
     "mnn",
     "ncnn",
+    "litert",
 )  # `edgernn targets` order
 
 

@@ -1,0 +1,140 @@
+"""The LiteRT engine (Google's TFLite, ``pip install 'edgernn[litert]'`` and ``pip install --no-deps onnx2tf``): the
+`litert` target's forms (`unroll`, `step`; batch 1, padding as a float mask) convert with onnx2tf, load in LiteRT's
+interpreter and match torch within 1e-5 as part of the export's own check (a padded batch through the mask; for
+`step` a stream of frames with the state fed back); what it refuses is refused up front, a missing package is
+exit 10 naming the extra, and a conversion that fails writes nothing (exit 9).
+
+Conversions are slow (TensorFlow starts in a child process for each): one small model (2-layer GRU, hidden 8) per
+form, made once.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgernn.errors import ExportError, MissingPackageError, TargetError
+from edgernn.export import ExportResult, export_model
+from edgernn.export.targets import get_target, litert
+from edgernn.export.targets.litert import litert_available, read_stacked_directly
+from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.verify.parity import TOLERANCES
+
+TOL = TOLERANCES["fp32"]
+needs_litert = pytest.mark.skipif(
+    not litert_available(),
+    reason="LiteRT and onnx2tf are not installed: pip install 'edgernn[litert]' && pip install --no-deps onnx2tf",
+)
+
+
+@cache
+def _model(layers: int = 2) -> RecurrentModel:
+    torch.manual_seed(3)
+    return build_model(ModelConfig(cell="gru", input_size=3, hidden_size=8, num_layers=layers)).eval()
+
+
+@cache
+def _export(strategy: str) -> ExportResult:
+    options = {"unroll": {"seq_len": 12}, "step": {"chunk": 1}}[strategy]
+    return export_model(_model(), None, strategy=strategy, target="litert", **options)
+
+
+def _litert_rows(result: ExportResult) -> list:
+    return [c for c in result.report.comparisons if c.candidate == "litert"]
+
+
+@pytest.mark.parametrize("strategy", ["native", "loop"])
+def test_strategies_it_does_not_take_are_refused_up_front_with_what_works(strategy: str) -> None:
+    with pytest.raises(ExportError, match=r"cannot run strategy .*use unroll .* or step"):
+        export_model(_model(), None, strategy=strategy, target="litert")
+    with pytest.raises(ExportError, match="cannot run `step --fused`"):
+        export_model(_model(), None, strategy="step", target="litert", chunk=1, fused=True)
+
+
+def test_target_takes_batch_1_and_a_float_mask() -> None:
+    tgt = get_target("litert")
+    assert tgt.strategies == ("unroll", "step") and tgt.static_batch and tgt.batch(None) == 1
+    assert tgt.padding == "float-mask" and tgt.needs == "litert"
+
+
+def test_missing_packages_exit_10_naming_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(litert, "litert_available", lambda: False)
+    with pytest.raises(MissingPackageError, match=r"edgernn\[litert\]") as e:
+        export_model(_model(), tmp_path / "m.onnx", strategy="step", target="litert", chunk=1)
+    assert e.value.exit_code == 10 and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_conversion_that_fails_writes_nothing_and_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(litert, "litert_available", lambda: True)
+
+    def refuses(model: object, workdir: object, **_: object) -> Path:
+        raise TargetError("onnx2tf cannot convert the model (exit 1): ValueError: no conversion for op Foo")
+
+    monkeypatch.setattr(litert, "to_tflite", refuses)
+    with pytest.raises(TargetError, match="no conversion for op Foo") as e:
+        export_model(_model(), tmp_path / "m.onnx", strategy="step", target="litert", chunk=1)
+    assert e.value.exit_code == 9 and list(tmp_path.iterdir()) == []
+
+
+def test_converter_error_names_onnx2tfs_first_error_line() -> None:
+    output = (
+        "I0000 00:00:1796626691.523793 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
+        "\x1b[31mERROR:\x1b[0m The trace log is below.\n"
+        "ERROR: onnx_op_name: /rnn/Scan\nTraceback (most recent call last):\n"
+        "TypeError: 'KerasTensor' object cannot be interpreted as an integer\n"
+    )
+    want = "TypeError: 'KerasTensor' object cannot be interpreted as an integer (node /rnn/Scan)"
+    assert litert.converter_error(output) == want
+    assert litert.converter_error(output.split("Traceback")[0]) == "ERROR: The trace log is below. (node /rnn/Scan)"
+    assert litert.converter_error("") == "no output"
+
+
+def test_reading_a_stacked_state_where_it_is_made_computes_the_same_bit_for_bit() -> None:
+    import onnxruntime as ort
+
+    result = export_model(_model(), None, strategy="step", target="portable", chunk=1, batch=1, verify=False)
+    before = onnx.load_from_string(result.model_bytes)
+    after = read_stacked_directly(before)
+    gathers = lambda m: [n for n in m.graph.node if n.op_type == "Gather"]  # noqa: E731
+    assert len(gathers(after)) < len(gathers(before))  # torch.stack(states)[-1] is read from the top layer itself
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((1, 1, 3)).astype(np.float32), "h_in": rng.standard_normal((2, 1, 8))}
+    feed["h_in"] = feed["h_in"].astype(np.float32)
+    runs = [ort.InferenceSession(m.SerializeToString()).run(None, feed) for m in (before, after)]
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)
+    fresh = onnx.load_from_string(result.model_bytes)
+    assert [n.op_type for n in before.graph.node] == [n.op_type for n in fresh.graph.node]  # argument not changed
+
+
+@needs_litert
+def test_step_stream_with_the_state_fed_back_matches_torch_on_litert() -> None:
+    result = _export("step")
+    rows = _litert_rows(result)
+    assert result.report.passed and rows, result.report.table()
+    assert {c.output for c in rows} == {"y", "h_out"}
+    assert all("chained" in c.case for c in rows)
+    frames = int(rows[0].case.split("T=")[1].split()[0])
+    assert frames >= 20 and all(c.max_abs <= TOL.atol for c in rows), result.report.table()
+
+
+@needs_litert
+def test_unroll_padded_batch_through_the_mask_matches_torch_on_litert() -> None:
+    result = _export("unroll")
+    rows = _litert_rows(result)
+    assert result.report.passed and any("padded" in c.case for c in rows), result.report.table()
+    assert [s.name for s in result.manifest.inputs] == ["x", "mask"]
+    assert all(c.max_abs <= TOL.atol for c in rows), result.report.table()
+
+
+def test_an_output_whose_axes_onnx2tf_moved_is_refused() -> None:
+    engine = litert._Litert.__new__(litert._Litert)  # only the ONNX output shapes are read here
+    engine.shapes = {"h_out": [2, 1, 8]}
+    assert engine._shaped("h_out", np.zeros((1, 2, 8), np.float32)).shape == (2, 1, 8)  # size-1 axis moved only
+    with pytest.raises(TargetError, match="onnx2tf moved its axes"):
+        engine._shaped("h_out", np.zeros((8, 2, 1), np.float32))
