@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError, TargetError
 from ..model.cells import cell_names
 from ..optimize.schemes import CPUS
-from .common import echo_json, handle_errors, set_debug
+from .common import echo_json, handle_errors, require_checkpoint, require_model_file, set_debug
 from .compare import COMMANDS as COMPARE_COMMANDS
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
@@ -29,8 +29,43 @@ EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint;
 6 model file; 7 input data; 8 provider; 9 target check failed; 10 a needed package is not installed;
 70 internal error (rerun with --debug)."""
 
+# `edgernn --help` lists the commands in the order of the work: train, export, run, check, quantize, serve
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Train", ("train", "plot", "compare", "study", "demo")),
+    ("Export", ("export", "strategies", "targets", "inspect", "package")),
+    ("Run", ("run", "bench")),
+    ("Check", ("check", "parity", "verify")),
+    ("Quantize", ("quantize",)),
+    ("Serve", ("serve",)),
+)
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+
+class SectionedGroup(click.Group):
+    """A group whose --help lists its commands under SECTIONS, in that order; a command in no section is listed
+    under "Other commands" at the end (every command is listed)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        placed = [n for _, names in SECTIONS for n in names if n in self.commands]
+        return placed + sorted(n for n in self.commands if n not in placed)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {}
+        section_of = {n: title for title, names in SECTIONS for n in names}
+        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.setdefault(section_of.get(name, "Other"), []).append((name, cmd.get_short_help_str(limit)))
+        for title in [t for t, _ in SECTIONS] + ["Other"]:
+            if rows.get(title):
+                with formatter.section(f"{title} commands"):
+                    formatter.write_dl(rows[title])
+
+
+@click.group(
+    cls=SectionedGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="edgernn")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error (also EDGERNN_DEBUG=1).")
 def main(debug: bool) -> None:
@@ -231,10 +266,12 @@ def export(
     A model that fails parity is not written and the command exits with code 5; one the target's tool refuses
     exits with code 9.
     """
-    from ..export.sources import export_checkpoint, export_user_module
-
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
+    require_checkpoint(ckpt)  # the paths, the options and the target before torch is imported
+    _settle_strategy(o, lengths=bool(o["lengths"]) or lengths_input is not None)
+    from ..export.sources import export_checkpoint, export_user_module
+
     o["ort_format"] = ort_format
     replacing = Path(out_path).is_file()
     if output_names and module_spec is None:
@@ -305,6 +342,41 @@ def export(
             click.echo(line, err=line.startswith("warning"))
         if result.precision.golden is not None:
             click.echo(f"wrote {result.precision.golden} (the task's validation set, for edgernn verify)")
+
+
+def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
+    """Before any heavy import: an explicit --strategy the --target cannot run is the target's refusal (exit 9,
+    naming what works); with no --strategy for a target that takes a strategy other than the default, the one
+    it takes (``Target.default_strategy``) is chosen here and named on stderr."""
+    from ..export.targets import get_target
+
+    target = get_target(o["target"])
+    strategy = o["strategy"]
+    if strategy is None:
+        from ..export.auto import default_strategy
+
+        strategy = default_strategy(o["target"], not o["no_verify"], o)
+        if strategy in ("auto", "native") or o["fused"] or o["chunk"] is not None:
+            return  # what the library picks by itself; nothing to tell
+        from ..export.registry import get_strategy_class
+
+        passed = target.strategies[: target.strategies.index(strategy)] if strategy in target.strategies else ()
+        needs = "".join(
+            f"; {n} needs " + " or ".join(f"--{x.replace('_', '-')}" for x in sorted(get_strategy_class(n).option_names))
+            for n in passed
+        )
+        click.echo(
+            f"note: --target {target.name}: strategy {strategy} ({target.name} takes {', '.join(target.strategies)}"
+            f"{needs}; name one with --strategy)",
+            err=True,
+        )
+        o["strategy"] = strategy
+    if strategy == "auto":
+        return
+    try:
+        target.validate(strategy, lengths=lengths, fused=bool(o["fused"]))
+    except ExportError as e:
+        raise TargetError(str(e)) from None
 
 
 @main.command()
