@@ -397,6 +397,7 @@ def plot(run: str, out: str | None) -> None:
 def inspect(model: str, as_json: bool) -> None:
     """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
     states, file size and the parity result recorded at export."""
+    require_model_file(model)
     from ..manifest import json_text
     from ..verify.inspect import format_inspection, inspect_model
 
