@@ -25,8 +25,9 @@ from .study import COMMANDS as STUDY_COMMANDS
 from .training import DATA_OPTIONS, TRAINING_OPTIONS, training_settings, with_options
 from .verify import verify as verify_command
 
-EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
-6 model file; 7 input data; 8 provider; 9 target check failed; 10 a needed package is not installed;
+# the README's exit-code table says the same (tests/test_cli_exits.py holds them to it)
+EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or configuration; 3 checkpoint; 4 export; 5 parity failed;
+6 model file; 7 input data; 8 provider; 9 a target refuses; 10 a needed package is not installed;
 70 internal error (rerun with --debug)."""
 
 # `edgernn --help` lists the commands in the order of the work: train, export, run, check, quantize, serve
