@@ -46,9 +46,7 @@ def test_the_readme_table_and_the_help_epilog_agree() -> None:
 
 def test_every_typed_error_has_its_code_in_the_table() -> None:
     codes = {
-        cls.exit_code
-        for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.EdgeRNNError)
+        cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.EdgeRNNError)
     }
     assert codes <= set(readme_table()), codes - set(readme_table())
 

@@ -64,9 +64,7 @@ class SectionedGroup(click.Group):
                     formatter.write_dl(rows[title])
 
 
-@click.group(
-    cls=SectionedGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
-)
+@click.group(cls=SectionedGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgernn")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error (also EDGERNN_DEBUG=1).")
 def main(debug: bool) -> None:
@@ -363,7 +361,8 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
 
         passed = target.strategies[: target.strategies.index(strategy)] if strategy in target.strategies else ()
         needs = "".join(
-            f"; {n} needs " + " or ".join(f"--{x.replace('_', '-')}" for x in sorted(get_strategy_class(n).option_names))
+            f"; {n} needs "
+            + " or ".join(f"--{x.replace('_', '-')}" for x in sorted(get_strategy_class(n).option_names))
             for n in passed
         )
         click.echo(

@@ -10,6 +10,7 @@ import click
 
 from ..errors import ConfigError
 
+
 class RegistryChoice(click.Choice):  # type: ignore[type-arg]
     """A click.Choice whose names come from a registry, read when first needed (parsing, or the command's own
     --help) rather than when the CLI loads: the init schemes live beside the training loop, which imports torch."""
@@ -20,16 +21,18 @@ class RegistryChoice(click.Choice):  # type: ignore[type-arg]
         self._names: tuple[str, ...] | None = None
         self.case_sensitive = True
 
-    @property  # type: ignore[override]
-    def choices(self) -> tuple[str, ...]:
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
         if self._names is None:
             self._names = tuple(self._load())
         return self._names
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The name, or the registry's own one-line refusal (exit 2), as every bad option value gets."""
         if value in self.choices:
             return value
-        self.fail(f"unknown {self._what} {value!r}; choose one of: {', '.join(self.choices)}", param, ctx)
+        click.echo(f"error: unknown {self._what} {value!r}; choose one of: {', '.join(self.choices)}", err=True)
+        raise click.exceptions.Exit(ConfigError.exit_code)
 
 
 def _task_names() -> list[str]:
