@@ -46,6 +46,7 @@ def test_bad_paths_and_refusals_fail_before_heavy_imports(tmp_path: Path) -> Non
          "Use one of the strategies unroll, step for nnapi"),
         (["export", str(ckpt), "--target", "coreml", "--strategy", "loop", "--out", "a.onnx"], 9,
          "cannot run strategy 'loop'"),
+        (["export", str(ckpt), "--target", "nnapi", "--fused", "--out", "a.onnx"], 9, "cannot run `step --fused`"),
         (["run", "none.onnx", "--random", "--output", "-"], 6, "no model file at 'none.onnx'"),
         (["check", "none.onnx", "--target", "nnapi"], 6, "no model file at 'none.onnx'"),
         (["inspect", "none.onnx"], 6, "no model file at 'none.onnx'"),

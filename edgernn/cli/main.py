@@ -344,9 +344,9 @@ def export(
 
 
 def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
-    """Before any heavy import: an explicit --strategy the --target cannot run is the target's refusal (exit 9,
-    naming what works); with no --strategy for a target that takes a strategy other than the default, the one
-    it takes (``Target.default_strategy``) is chosen here and named on stderr."""
+    """Before any heavy import: a strategy (named, or the default) the --target cannot run in the asked form is
+    the target's refusal (exit 9, naming what works); with no --strategy for a target whose default is not the
+    library's usual one, the one it takes (``Target.default_strategy``) is chosen here and named on stderr."""
     from ..export.targets import get_target
 
     target = get_target(o["target"])
@@ -355,9 +355,8 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
         from ..export.auto import default_strategy
 
         strategy = default_strategy(o["target"], not o["no_verify"], o)
-        if strategy in ("auto", "native") or o["fused"] or o["chunk"] is not None:
-            return  # what the library picks by itself; nothing to tell
-        from ..export.registry import get_strategy_class
+    if o["strategy"] is None and strategy not in ("auto", "native") and not (o["fused"] or o["chunk"] is not None):
+        from ..export.registry import get_strategy_class  # the target's own choice: say which, and why
 
         passed = target.strategies[: target.strategies.index(strategy)] if strategy in target.strategies else ()
         needs = "".join(
