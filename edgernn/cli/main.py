@@ -162,7 +162,8 @@ def train(**o: Any) -> None:
     default=None,
     help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming; auto: the "
     "fastest of those that export the model correctly, timed here (recorded in the manifest). Default: auto for "
-    "--target ort (native with --no-verify), native for other targets, step with --chunk or --fused.",
+    "--target ort (native with --no-verify), step with --chunk or --fused; for other targets the first they take: "
+    "native, or for nnapi and coreml unroll with --seq-len, else step (named on stderr).",
 )
 @click.option(
     "--profile-shape",

@@ -13,8 +13,9 @@ widely run graph first), and the first one within ``MARGIN`` of the fastest medi
 equally fast on the machine then give the same file on every run; only a form clearly faster (Elman RNNs'
 ``loop`` on onnxruntime CPU: 1.5-3x) displaces the simpler one.
 
-It is the default strategy for onnxruntime (target ``ort``) when the export is verified; ``native`` is the
-default for other targets, ``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
+It is the default strategy for onnxruntime (target ``ort``) when the export is verified; other targets take the
+first strategy they can run (``native``; for nnapi and coreml ``unroll`` with a ``seq_len``, else ``step``),
+``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
 """
 
 from __future__ import annotations
