@@ -515,3 +515,16 @@ def test_a_targets_default_strategy_comes_from_what_it_takes() -> None:
     assert default_strategy("nnapi", True, {"seq_len": None}) == "step"
     assert default_strategy("nnapi", True, {"seq_len": 20}) == "unroll"
     assert default_strategy("ort", True, {}) == "auto" and default_strategy("ort", False, {}) == "native"
+
+
+def test_train_help_lists_the_choices_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from edgernn.cli import main; "
+        "out = CliRunner().invoke(main, ['train', '--help']).output; "
+        "print('[default|xavier|he|orthogonal|identity]' in out, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 class RegistryChoice(click.Choice):  # type: ignore[type-arg]
     """A click.Choice whose names come from a registry, read when first needed (parsing, or the command's own
-    --help) rather than when the CLI loads: the init schemes live beside the training loop, which imports torch."""
+    --help) rather than when the CLI loads; a name not in it is refused in one line, as the registry says it."""
 
     def __init__(self, load: Callable[[], Any], what: str) -> None:
         self._load = load
@@ -42,7 +42,7 @@ def _task_names() -> list[str]:
 
 
 def _init_names() -> tuple[str, ...]:
-    from ..train.loop import INITS
+    from ..train.inits import INITS  # torch-free
 
     return INITS
 

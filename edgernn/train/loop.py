@@ -18,8 +18,7 @@ from ..errors import ConfigError
 from ..model.nn import recurrent_layers
 from ..model.zoo import ModelConfig, RecurrentModel, build_model
 from .data import Batch, Task, batches, get_task, make_splits
-
-INITS = ("default", "xavier", "he", "orthogonal", "identity")
+from .inits import INITS
 
 
 @dataclass(frozen=True)
