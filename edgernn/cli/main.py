@@ -52,12 +52,13 @@ class SectionedGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows: dict[str, list[tuple[str, str]]] = {}
         section_of = {n: title for title, names in SECTIONS for n in names}
-        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
+        width = max((len(n) for n in self.list_commands(ctx)), default=0)  # one column across the sections
         for name in self.list_commands(ctx):
             cmd = self.get_command(ctx, name)
             if cmd is None or cmd.hidden:
                 continue
-            rows.setdefault(section_of.get(name, "Other"), []).append((name, cmd.get_short_help_str(limit)))
+            short = cmd.get_short_help_str(formatter.width - 6 - width)
+            rows.setdefault(section_of.get(name, "Other"), []).append((name.ljust(width), short))
         for title in [t for t, _ in SECTIONS] + ["Other"]:
             if rows.get(title):
                 with formatter.section(f"{title} commands"):
