@@ -1,5 +1,5 @@
-"""Bad input fails fast: a missing checkpoint or model file, and a strategy the target cannot run, are refused
-before torch, onnx or onnxruntime are imported, in about the time `edgernn --version` takes.
+"""Bad input fails fast: a missing checkpoint or model file, a strategy's options and a strategy the target cannot
+run are refused before torch, onnx or onnxruntime are imported, in about the time `edgernn --version` takes.
 
 The one timed test of the suite (its bound is a generous multiple of `edgernn --version` measured in the same test,
 on the same machine, so a busy machine slows both alike); what it guards is checked exactly beside it: the heavy
@@ -47,6 +47,9 @@ def test_bad_paths_and_refusals_fail_before_heavy_imports(tmp_path: Path) -> Non
         (["export", str(ckpt), "--target", "coreml", "--strategy", "loop", "--out", "a.onnx"], 9,
          "cannot run strategy 'loop'"),
         (["export", str(ckpt), "--target", "nnapi", "--fused", "--out", "a.onnx"], 9, "cannot run `step --fused`"),
+        (["export", str(ckpt), "--strategy", "loop", "--seq-len", "5", "--out", "a.onnx"], 2,
+         "does not take --seq-len"),
+        (["export", str(ckpt), "--strategy", "unroll", "--out", "a.onnx"], 2, "needs --seq-len"),
         (["run", "none.onnx", "--random", "--output", "-"], 6, "no model file at 'none.onnx'"),
         (["check", "none.onnx", "--target", "nnapi"], 6, "no model file at 'none.onnx'"),
         (["inspect", "none.onnx"], 6, "no model file at 'none.onnx'"),

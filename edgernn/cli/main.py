@@ -269,16 +269,16 @@ def export(
     """
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
-    require_checkpoint(ckpt)  # the paths, the options and the target before torch is imported
-    _settle_strategy(o, lengths=bool(o["lengths"]) or lengths_input is not None)
-    from ..export.sources import export_checkpoint, export_user_module
-
     o["ort_format"] = ort_format
     replacing = Path(out_path).is_file()
     if output_names and module_spec is None:
         raise ConfigError("--output-name goes with --module (a checkpoint's model has one output, y)")
     if (min_len is not None or parity_shapes) and module_spec is None:
         raise ConfigError("--min-len and --parity-shape go with --module (a checkpoint's model takes any length)")
+    require_checkpoint(ckpt)  # the options, the paths and the target before torch is imported
+    _settle_strategy(o, lengths=bool(o["lengths"]) or lengths_input is not None)
+    from ..export.sources import export_checkpoint, export_user_module
+
     if module_spec is not None and weights is None:
         click.echo(
             f"note: no --weights: exporting {module_spec} with the weights its factory gives it (untrained unless "
@@ -349,6 +349,7 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
     """Before any heavy import: a strategy (named, or the default) the --target cannot run in the asked form is
     the target's refusal (exit 9, naming what works); with no --strategy for a target whose default is not the
     library's usual one, the one it takes (``Target.default_strategy``) is chosen here and named on stderr."""
+    from ..export.registry import get_strategy_class
     from ..export.targets import get_target
 
     target = get_target(o["target"])
@@ -358,8 +359,7 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
 
         strategy = default_strategy(o["target"], not o["no_verify"], o)
     if o["strategy"] is None and strategy not in ("auto", "native") and not (o["fused"] or o["chunk"] is not None):
-        from ..export.registry import get_strategy_class  # the target's own choice: say which, and why
-
+        # the target's own choice: say which, and why
         passed = target.strategies[: target.strategies.index(strategy)] if strategy in target.strategies else ()
         needs = "".join(
             f"; {n} needs "
@@ -374,6 +374,7 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
         o["strategy"] = strategy
     if strategy == "auto":
         return
+    get_strategy_class(strategy)(seq_len=o["seq_len"], chunk=o["chunk"], fused=o["fused"])  # its options (exit 2)
     try:
         target.validate(strategy, lengths=lengths, fused=bool(o["fused"]))
     except ExportError as e:
