@@ -113,7 +113,9 @@ def test_the_margin_is_recorded_and_said(tmp_path: Path, monkeypatch: pytest.Mon
 def test_default_strategy() -> None:
     assert auto.default_strategy("ort", True) == auto.default_strategy(None, True) == "auto"
     assert auto.default_strategy("ort", False) == "native"  # auto keeps only checked forms
-    assert auto.default_strategy("openvino", True) == auto.default_strategy("nnapi", True) == "native"
+    assert auto.default_strategy("openvino", True) == auto.default_strategy("tract", True) == "native"
+    assert auto.default_strategy("nnapi", True) == "step"  # the target takes no native: its own first choice
+    assert auto.default_strategy("coreml", True, {"seq_len": 20}) == "unroll"
     assert auto.default_strategy("ort", True, {"chunk": 4, "seq_len": None}) == "step"
     assert auto.default_strategy("ort", True, {"fused": True}) == "step"
     assert auto.default_strategy("ort", True, {"fused": None, "chunk": None, "seq_len": 20}) == "auto"

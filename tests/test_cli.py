@@ -460,3 +460,71 @@ def test_train_seq_len_sets_the_lag(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["train", "--seq-len", "20", "--min-len", "5", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--seq-len sets both lengths; drop --min-len" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_help_lists_the_commands_in_the_order_of_the_work() -> None:
+    from edgernn.cli.main import SECTIONS
+
+    out = CliRunner().invoke(main, ["--help"]).output
+    headings = [line[: -len(" commands:")] for line in out.splitlines() if line.endswith(" commands:")]
+    assert headings[:6] == ["Train", "Export", "Run", "Check", "Quantize", "Serve"]
+    assert [title for title, _ in SECTIONS] == headings[: len(SECTIONS)]
+    listed = [n for n in (line.split()[0] for line in out.splitlines() if line.startswith("  ")) if n in main.commands]
+    assert sorted(listed) == sorted(main.commands)  # every command, once
+    order = [listed.index(n) for n in ("train", "export", "run", "check", "quantize", "serve")]
+    assert order == sorted(order)
+
+
+def test_a_command_in_no_section_is_still_listed() -> None:
+    import click
+
+    from edgernn.cli.main import SectionedGroup
+
+    group = SectionedGroup("g")
+    group.add_command(click.Command("export", help="Export it."))
+    group.add_command(click.Command("zzz", help="Something new."))
+    out = CliRunner().invoke(group, ["--help"]).output
+    assert out.index("Export commands:") < out.index("Other commands:") < out.index("zzz")
+
+
+def test_task_and_init_choices_are_the_registries() -> None:
+    from edgernn.train.data import TASKS
+    from edgernn.train.loop import INITS
+
+    params = {p.name: p for p in main.commands["train"].params}
+    assert list(params["task"].type.choices) == list(TASKS)
+    assert list(params["init"].type.choices) == list(INITS)
+    out = CliRunner().invoke(main, ["train", "--help"]).output
+    assert f"[{'|'.join(TASKS)}]" in out and f"[{'|'.join(INITS)}]" in out
+    r = CliRunner().invoke(main, ["train", "--init", "zeros", "--out", "r"])
+    assert r.exit_code == 2 and f"unknown init 'zeros'; choose one of: {', '.join(INITS)}" in r.output
+
+
+def test_a_targets_default_strategy_comes_from_what_it_takes() -> None:
+    from edgernn.export.auto import default_strategy
+    from edgernn.export.targets import Target, get_target, target_names
+
+    for name in target_names():
+        t = get_target(name)
+        assert t.default_strategy() in t.strategies and t.default_strategy({"seq_len"}) in t.strategies
+    assert get_target("nnapi").default_strategy() == "step"
+    assert get_target("coreml").default_strategy({"seq_len"}) == "unroll"
+    assert get_target("tract").default_strategy() == "native"
+    made_up = Target("made-up", "for the test", ("unroll", "loop", "native"), "masking")
+    assert made_up.default_strategy() == "loop" and made_up.default_strategy({"seq_len"}) == "unroll"
+    assert default_strategy("nnapi", True, {"seq_len": None}) == "step"
+    assert default_strategy("nnapi", True, {"seq_len": 20}) == "unroll"
+    assert default_strategy("ort", True, {}) == "auto" and default_strategy("ort", False, {}) == "native"
+
+
+def test_train_help_lists_the_choices_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from edgernn.cli import main; "
+        "out = CliRunner().invoke(main, ['train', '--help']).output; "
+        "print('[default|xavier|he|orthogonal|identity]' in out, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -132,10 +132,69 @@ def test_run_an_unroll_export_at_its_length_without_lengths(unroll: Path, tmp_pa
 def test_run_random_prints_an_output_to_start_from(unroll: Path) -> None:
     r = CliRunner().invoke(main, ["run", str(unroll), "--random", "--output", "-"])
     assert r.exit_code == 0, r.output
-    values = [float(v) for v in r.output.strip().split(",")]
+    header, row = r.output.strip().splitlines()
+    assert header == "# y (1, 1)"
+    values = [float(v) for v in row.split(",")]
     assert len(values) == 1 and np.isfinite(values).all()
     again = CliRunner().invoke(main, ["run", str(unroll), "--random", "--output", "-"])
     assert again.output == r.output  # seeded
+    bare = CliRunner().invoke(main, ["run", str(unroll), "--random", "--output", "-", "--no-header"])
+    assert bare.exit_code == 0 and bare.output.strip() == row
+
+
+@pytest.fixture(scope="module")
+def nnapi_step(run: tuple[Path, str]) -> tuple[Path, str]:
+    """`export --target nnapi` with no --strategy: the strategy nnapi takes, said on stderr."""
+    out, _ = run
+    path = out.parent / "nnapi.onnx"
+    r = CliRunner().invoke(main, ["export", str(out), "--target", "nnapi", "--out", str(path)])
+    assert r.exit_code == 0, r.output
+    return path, r.stderr
+
+
+def test_export_for_nnapi_without_a_strategy_takes_step(nnapi_step: tuple[Path, str]) -> None:
+    from edgernn.runtime.model import Model
+
+    path, stderr = nnapi_step
+    assert "note: --target nnapi: strategy step (nnapi takes unroll, step; unroll needs --seq-len" in stderr
+    assert Model(path).manifest.strategy == "step"
+
+
+def test_export_for_coreml_with_a_length_takes_unroll(run: tuple[Path, str], tmp_path: Path) -> None:
+    from edgernn.runtime.model import Model
+
+    out, _ = run
+    path = tmp_path / "c.onnx"
+    r = CliRunner().invoke(main, ["export", str(out), "--target", "coreml", "--seq-len", "6", "--out", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "note: --target coreml: strategy unroll" in r.stderr
+    assert Model(path).manifest.strategy == "unroll"
+
+
+def test_printed_outputs_are_named_with_their_shapes(nnapi_step: tuple[Path, str], tmp_path: Path) -> None:
+    """Every output under its `# NAME (SHAPE)` line, with the numbers the .npz of the same run holds."""
+    path, _ = nnapi_step
+    r = CliRunner().invoke(main, ["run", str(path), "--random", "--output", "-"])
+    assert r.exit_code == 0, r.output
+    blocks: dict[str, tuple[str, list[list[float]]]] = {}
+    for line in r.output.strip().splitlines():
+        if line.startswith("# "):
+            name, shape = line[2:].split(" ", 1)
+            blocks[name] = (shape, [])
+        else:
+            blocks[name][1].append([float(v) for v in line.split(",")])
+    f = CliRunner().invoke(main, ["run", str(path), "--random", "--output", str(tmp_path / "all.npz")])
+    assert f.exit_code == 0, f.output
+    saved = np.load(tmp_path / "all.npz")
+    assert next(iter(blocks)) == "y" and sorted(blocks) == sorted(saved.files) and len(blocks) > 1
+    for name, (shape, rows) in blocks.items():
+        assert shape == str(tuple(saved[name].shape))
+        want = saved[name].reshape(-1, saved[name].shape[-1])
+        np.testing.assert_allclose(np.array(rows), want, rtol=1e-7)
+    j = CliRunner().invoke(main, ["run", str(path), "--random", "--output", str(tmp_path / "y.npy"), "--json"])
+    assert j.exit_code == 0 and json.loads(j.stdout)["primary"] == "y"
+    bad = CliRunner().invoke(main, ["run", str(path), "--random", "--output", str(tmp_path / "z.npy"), "--no-header"])
+    assert bad.exit_code == 2 and "--no-header goes with --output -" in bad.output
 
 
 def test_inspect_states_the_feature_size_first(unroll: Path) -> None:

@@ -203,7 +203,7 @@ CASES = [
         "--seq-len must be an integer",
     ),
     (["export", "run", "--out", "m.onnx", "--strategy", "native", "--fused"], 2, "does not take --fused"),
-    (["export", "run", "--out", "m.onnx", "--strategy", "loop", "--target", "nnapi"], 4, "cannot run strategy 'loop'"),
+    (["export", "run", "--out", "m.onnx", "--strategy", "loop", "--target", "nnapi"], 9, "cannot run strategy 'loop'"),
     (
         ["export", "run", "--out", "m.onnx", "--strategy", "step", "--target", "nnapi", "--batch", "0"],
         2,

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from edgernn.cli import main
-from edgernn.errors import ConfigError, ExportError, InputError, ModelFormatError
+from edgernn.errors import ConfigError, ExportError, InputError, ModelFormatError, TargetError
 from edgernn.export import ExportResult, export_model
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.runtime.stream import StreamingModel
@@ -527,7 +527,7 @@ def test_cli_export_refuses_other_strategies_for_triton(tmp_path: Path) -> None:
     save(tmp_path / "model.ckpt", _model("lstm", 1))
     args = ["export", str(tmp_path / "model.ckpt"), "--strategy", "native", "--target", "triton"]
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.onnx")])
-    assert r.exit_code == ExportError.exit_code, r.output
+    assert r.exit_code == TargetError.exit_code, r.output
     assert "--strategy step" in r.output and not (tmp_path / "m.onnx").exists()
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import ConfigError, EdgeRNNError
+from ..errors import CheckpointError, ConfigError, EdgeRNNError, ModelFormatError
 from ..runtime.providers import OPTIMIZATION_LEVELS, PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,6 +86,26 @@ def handle_errors(f: F) -> F:
             raise click.exceptions.Exit(INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+CHECKPOINT_NAME = "model.ckpt"  # what a training directory holds (edgernn.model.checkpoint.DEFAULT_NAME)
+
+
+def require_model_file(path: str | os.PathLike[str] | None) -> None:
+    """ModelFormatError (exit 6) for a model file that is not there: checked before a command imports onnx,
+    onnxruntime or torch, so a mistyped path fails at once."""
+    if path is not None and not os.path.isfile(path):
+        raise ModelFormatError(f"no model file at {os.fspath(path)!r}")
+
+
+def require_checkpoint(path: str | os.PathLike[str] | None) -> None:
+    """CheckpointError (exit 3) for a checkpoint that is not there (a file, or a training directory holding
+    model.ckpt), before torch is imported; the checkpoint loader says the same."""
+    if path is None:
+        return
+    p = os.fspath(path)
+    if not (os.path.isfile(p) or os.path.isfile(os.path.join(p, CHECKPOINT_NAME))):
+        raise CheckpointError(f"no checkpoint at {p!r} (expected a file, or a directory with {CHECKPOINT_NAME})")
 
 
 def provider_options(f: F) -> F:

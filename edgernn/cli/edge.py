@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import MissingPackageError, TargetError
-from .common import echo_json, handle_errors
+from .common import echo_json, handle_errors, require_model_file
 
 
 def _target_choices() -> list[str]:
@@ -61,6 +61,7 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     Exits 0 when every target checked passes, 9 when one does not; a target whose tool is not installed is
     reported, and fails the command (exit 10, a package is missing) only when it was asked for by name.
     """
+    require_model_file(model)
     from ..export.check import check_model, manifest_target
     from ..export.targets import target_names as all_targets
     from ..verify.parity import parse_shape
@@ -111,6 +112,7 @@ def package(model: str, out_dir: str | None, target: str, as_json: bool) -> None
     MODEL.required_operators.config for onnxruntime Mobile (a reduced build takes the config), MODEL.mnn for MNN,
     MODEL.ncnn.param/.bin for ncnn, MODEL.tflite for LiteRT. OpenVINO and tract read the .onnx itself.
     """
+    require_model_file(model)
     from ..export.package import EnginePackage, package_for
 
     pkg = package_for(model, target, out_dir)

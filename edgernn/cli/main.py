@@ -11,10 +11,18 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError, TargetError
 from ..model.cells import cell_names
 from ..optimize.schemes import CPUS
-from .common import echo_json, handle_errors, leaf_commands, set_debug, with_progress
+from .common import (
+    echo_json,
+    handle_errors,
+    leaf_commands,
+    require_checkpoint,
+    require_model_file,
+    set_debug,
+    with_progress,
+)
 from .compare import COMMANDS as COMPARE_COMMANDS
 from .edge import COMMANDS as EDGE_COMMANDS
 from .optimize import COMMANDS as OPTIMIZE_COMMANDS
@@ -25,12 +33,47 @@ from .study import COMMANDS as STUDY_COMMANDS
 from .training import DATA_OPTIONS, TRAINING_OPTIONS, training_settings, with_options
 from .verify import verify as verify_command
 
-EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or config; 3 checkpoint; 4 export; 5 parity failed;
-6 model file; 7 input data; 8 provider; 9 target check failed; 10 a needed package is not installed;
+# the README's exit-code table says the same (tests/test_cli_exits.py holds them to it)
+EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad option or configuration; 3 checkpoint; 4 export; 5 parity failed;
+6 model file; 7 input data; 8 provider; 9 a target refuses; 10 a needed package is not installed;
 70 internal error (rerun with --debug)."""
 
+# `edgernn --help` lists the commands in the order of the work: train, export, run, check, quantize, serve
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Train", ("train", "plot", "compare", "study", "demo")),
+    ("Export", ("export", "strategies", "targets", "inspect", "package")),
+    ("Run", ("run", "bench")),
+    ("Check", ("check", "parity", "verify")),
+    ("Quantize", ("quantize",)),
+    ("Serve", ("serve",)),
+)
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+
+class SectionedGroup(click.Group):
+    """A group whose --help lists its commands under SECTIONS, in that order; a command in no section is listed
+    under "Other commands" at the end (every command is listed)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        placed = [n for _, names in SECTIONS for n in names if n in self.commands]
+        return placed + sorted(n for n in self.commands if n not in placed)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {}
+        section_of = {n: title for title, names in SECTIONS for n in names}
+        width = max((len(n) for n in self.list_commands(ctx)), default=0)  # one column across the sections
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            short = cmd.get_short_help_str(formatter.width - 6 - width)
+            rows.setdefault(section_of.get(name, "Other"), []).append((name.ljust(width), short))
+        for title in [t for t, _ in SECTIONS] + ["Other"]:
+            if rows.get(title):
+                with formatter.section(f"{title} commands"):
+                    formatter.write_dl(rows[title])
+
+
+@click.group(cls=SectionedGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgernn")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error (also EDGERNN_DEBUG=1).")
 def main(debug: bool) -> None:
@@ -142,7 +185,8 @@ def train(**o: Any) -> None:
     default=None,
     help="native: ONNX RNN/LSTM/GRU ops; loop: Loop/Scan; unroll: fixed length; step: streaming; auto: the "
     "fastest of those that export the model correctly, timed here (recorded in the manifest). Default: auto for "
-    "--target ort (native with --no-verify), native for other targets, step with --chunk or --fused.",
+    "--target ort (native with --no-verify), step with --chunk or --fused; for other targets the first they take: "
+    "native, or for nnapi and coreml unroll with --seq-len, else step (named on stderr).",
 )
 @click.option(
     "--profile-shape",
@@ -247,8 +291,6 @@ def export(
     A model that fails parity is not written and the command exits with code 5; one the target's tool refuses
     exits with code 9.
     """
-    from ..export.sources import export_checkpoint, export_user_module
-
     if (ckpt is None) == (module_spec is None):
         raise click.UsageError("give either CKPT or --module PKG.MOD:FACTORY")
     o["ort_format"] = ort_format
@@ -259,6 +301,10 @@ def export(
         raise ConfigError("--time-axis and --lengths-relative go with --module (a checkpoint's model knows its axes)")
     if (min_len is not None or parity_shapes) and module_spec is None:
         raise ConfigError("--min-len and --parity-shape go with --module (a checkpoint's model takes any length)")
+    require_checkpoint(ckpt)  # the options, the paths and the target before torch is imported
+    _settle_strategy(o, lengths=bool(o["lengths"]) or lengths_input is not None)
+    from ..export.sources import export_checkpoint, export_user_module
+
     if module_spec is not None and weights is None:
         click.echo(
             f"note: no --weights: exporting {module_spec} with the weights its factory gives it (untrained unless "
@@ -327,6 +373,42 @@ def export(
             click.echo(f"wrote {result.precision.golden} (the task's validation set, for edgernn verify)")
 
 
+def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
+    """Before any heavy import: a strategy (named, or the default) the --target cannot run in the asked form is
+    the target's refusal (exit 9, naming what works); with no --strategy for a target whose default is not the
+    library's usual one, the one it takes (``Target.default_strategy``) is chosen here and named on stderr."""
+    from ..export.registry import get_strategy_class
+    from ..export.targets import get_target
+
+    target = get_target(o["target"])
+    strategy = o["strategy"]
+    if strategy is None:
+        from ..export.auto import default_strategy
+
+        strategy = default_strategy(o["target"], not o["no_verify"], o)
+    if o["strategy"] is None and strategy not in ("auto", "native") and not (o["fused"] or o["chunk"] is not None):
+        # the target's own choice: say which, and why
+        passed = target.strategies[: target.strategies.index(strategy)] if strategy in target.strategies else ()
+        needs = "".join(
+            f"; {n} needs "
+            + " or ".join(f"--{x.replace('_', '-')}" for x in sorted(get_strategy_class(n).option_names))
+            for n in passed
+        )
+        click.echo(
+            f"note: --target {target.name}: strategy {strategy} ({target.name} takes {', '.join(target.strategies)}"
+            f"{needs}; name one with --strategy)",
+            err=True,
+        )
+        o["strategy"] = strategy
+    if strategy == "auto":
+        return
+    get_strategy_class(strategy)(seq_len=o["seq_len"], chunk=o["chunk"], fused=o["fused"])  # its options (exit 2)
+    try:
+        target.validate(strategy, lengths=lengths, fused=bool(o["fused"]))
+    except ExportError as e:
+        raise TargetError(str(e)) from None
+
+
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="PNG path (default RUN/history.png).")
@@ -345,6 +427,7 @@ def plot(run: str, out: str | None) -> None:
 def inspect(model: str, as_json: bool) -> None:
     """Show what is inside MODEL.onnx: manifest, opsets, op histogram, inputs and outputs with their dynamic axes,
     states, file size and the parity result recorded at export."""
+    require_model_file(model)
     from ..manifest import json_text
     from ..verify.inspect import format_inspection, inspect_model
 

@@ -8,7 +8,7 @@ import click
 
 from ..optimize.quantize import DEFAULT_MAX_DRIFT
 from ..optimize.schemes import CPUS
-from .common import echo_json, handle_errors
+from .common import echo_json, handle_errors, require_checkpoint, require_model_file
 
 
 def format_precision(report: dict[str, Any]) -> str:
@@ -149,6 +149,8 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
 
     A model over the --max-metric-drop budget (or an fp16 one outside the fp16 tolerance) is not written: exit 5.
     """
+    require_model_file(model)
+    require_checkpoint(o["ckpt"])
     from ..export.targets import recheck_structure
     from ..optimize.workflow import quantize_file
 

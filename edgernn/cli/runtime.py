@@ -55,8 +55,13 @@ CONST_HELP = (
     "--output",
     "output_path",
     type=click.Path(),
-    help=".npy (the first output), .npz (every output by name, final states included), .csv, or - to print it; "
-    "a directory for an input directory (one output per shard, same name).",
+    help=".npy (the first output), .npz (every output by name, final states included), .csv, or - to print every "
+    "output, each under a '# NAME SHAPE' line; a directory for an input directory (one output per shard, same name).",
+)
+@click.option(
+    "--no-header",
+    is_flag=True,
+    help="With --output -: print only the first output's numbers, without the '# NAME SHAPE' lines.",
 )
 @click.option(
     "--stream",
@@ -106,6 +111,7 @@ def run(
     actors: int | None,
     ray_timeout: float | None,
     as_json: bool,
+    no_header: bool,
     **session: Any,
 ) -> None:
     """Run an ONNX model (edgernn's, or any other) with onnxruntime on a file, a directory of shards or a live
@@ -141,6 +147,8 @@ def run(
         raise ConfigError("--ray, --actors and --ray-timeout run a directory of shards: --input DIR --output DIR")
     if stream and (input_path or output_path or lengths_path or random_steps):
         raise ConfigError("--stream reads stdin and writes stdout; drop --input/--random/--output/--lengths")
+    if no_header and output_path != "-":
+        raise ConfigError("--no-header goes with --output - (printed output)")
     if binary and not stream:
         raise ConfigError("--binary goes with --stream")
     if consts and not stream:
@@ -183,10 +191,14 @@ def run(
     result = io.run_file(
         m, input_path, lengths_path, states=list(states), layout=layout, random_steps=random_steps, seed=seed
     )
-    if output_path == "-":  # the primary output as CSV rows on stdout
-        y = np.asarray(result.outputs[result.primary])
-        for row in y.reshape(-1, y.shape[-1]) if y.ndim > 1 else y.reshape(1, -1):
-            click.echo(io.format_row(row))
+    if output_path == "-":  # CSV rows on stdout: every output under a header line, or the primary one bare
+        names = [result.primary] if no_header else [result.primary, *(n for n in result.outputs if n != result.primary)]
+        for name in names:
+            y = np.asarray(result.outputs[name])
+            if not no_header:
+                click.echo(f"# {name} {tuple(y.shape)}")
+            for row in y.reshape(-1, y.shape[-1]) if y.ndim > 1 else y.reshape(1, -1):
+                click.echo(io.format_row(row))
         return
     io.write_outputs(output_path, result.outputs, result.primary)
     if as_json:

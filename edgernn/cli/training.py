@@ -10,8 +10,47 @@ import click
 
 from ..errors import ConfigError
 
+
+class RegistryChoice(click.Choice):  # type: ignore[type-arg]
+    """A click.Choice whose names come from a registry, read when first needed (parsing, or the command's own
+    --help) rather than when the CLI loads; a name not in it is refused in one line, as the registry says it."""
+
+    def __init__(self, load: Callable[[], Any], what: str) -> None:
+        self._load = load
+        self._what = what
+        self._names: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The name, or the registry's own one-line refusal (exit 2), as every bad option value gets."""
+        if value in self.choices:
+            return value
+        click.echo(f"error: unknown {self._what} {value!r}; choose one of: {', '.join(self.choices)}", err=True)
+        raise click.exceptions.Exit(ConfigError.exit_code)
+
+
+def _task_names() -> list[str]:
+    from ..train.data import TASKS  # numpy only
+
+    return list(TASKS)
+
+
+def _init_names() -> tuple[str, ...]:
+    from ..train.inits import INITS  # torch-free
+
+    return INITS
+
+
 DATA_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--task", default=None, help="Built-in task: sine (default), denoise, adding, sign, memory."),
+    click.option(
+        "--task", type=RegistryChoice(_task_names, "task"), default=None, help="Built-in task (default sine)."
+    ),
     click.option(
         "--data",
         type=click.Path(exists=True),
@@ -64,7 +103,13 @@ TRAINING_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--clip", default=1.0, show_default=True, help="Max gradient norm (0 = off)."),
     click.option("--weight-decay", default=0.0, show_default=True, help="L2 penalty."),
     click.option("--l1", default=0.0, show_default=True, help="L1 penalty on weights."),
-    click.option("--init", default="orthogonal", show_default=True, help="default, xavier, he, orthogonal, identity."),
+    click.option(
+        "--init",
+        type=RegistryChoice(_init_names, "init"),
+        default="orthogonal",
+        show_default=True,
+        help="How the recurrent weights start.",
+    ),
     click.option("--min-len", default=8, show_default=True, help="Shortest generated sequence."),
     click.option("--max-len", default=48, show_default=True, help="Longest generated sequence."),
     click.option(

@@ -11,7 +11,7 @@ import click
 
 from ..errors import ConfigError, ParityError
 from ..manifest import json_text
-from .common import echo_json, handle_errors, provider_options, session_kwargs
+from .common import echo_json, handle_errors, provider_options, require_model_file, session_kwargs
 
 
 @click.command("verify")
@@ -47,6 +47,7 @@ def verify(
     edgernn verify model.onnx --golden model.golden.npz
     edgernn verify model.onnx --provider nnapi --fallback cpu --json
     """
+    require_model_file(model)
     from ..runtime.model import Model
     from ..verify.golden import golden_path, read_golden, verify_golden
     from ..verify.task_golden import format_verdict, is_task_golden, verify_task

@@ -24,8 +24,9 @@ does not tell apart (their ranges overlap) then give the simpler file on every r
 overlapped; only a form faster beyond the noise (Elman RNNs' ``loop`` on an idle onnxruntime CPU: 1.5-3x)
 displaces the simpler one.
 
-It is the default strategy for onnxruntime (target ``ort``) when the export is verified; ``native`` is the
-default for other targets, ``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
+It is the default strategy for onnxruntime (target ``ort``) when the export is verified; other targets take the
+first strategy they can run (``native``; for nnapi and coreml ``unroll`` with a ``seq_len``, else ``step``),
+``step`` when ``chunk`` or ``fused`` is given (``default_strategy``).
 """
 
 from __future__ import annotations
@@ -55,14 +56,17 @@ STEP_OPTIONS = ("chunk", "fused")  # options that name the streaming strategy
 def default_strategy(target: str | None, verify: bool, options: dict[str, Any] | None = None) -> str:
     """The strategy an export uses when none is named: ``step`` when an option only it takes (``chunk``,
     ``fused``) is given; else ``auto`` for onnxruntime (target ``ort``) with the parity check on (auto keeps only
-    correct forms, so it needs it); ``native`` for other targets (auto times on onnxruntime's CPU provider, not on
-    the target's runtime) and unverified exports."""
+    correct forms, so it needs it); for other targets (auto times on onnxruntime's CPU provider, not on the
+    target's runtime) and unverified exports, the first the target takes (``Target.default_strategy``): native
+    where it takes native; unroll with a seq_len, else step, for nnapi and coreml."""
     given = {k for k, v in (options or {}).items() if v is not None and v is not False}
     if given & set(STEP_OPTIONS):
         return "step"
     if (target or "ort") == "ort" and verify:
         return AUTO
-    return "native"
+    from .targets import get_target
+
+    return get_target(target or "ort").default_strategy(given)
 
 
 def _spread(t: Spread | float) -> Spread:

@@ -19,8 +19,7 @@ from ..model.nn import recurrent_layers
 from ..model.zoo import ModelConfig, RecurrentModel, build_model
 from ..progress import quieted, stage, tick
 from .data import Batch, Task, batches, get_task, make_splits
-
-INITS = ("default", "xavier", "he", "orthogonal", "identity")
+from .inits import INITS
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ numpy until a check runs), so ``edgernn targets`` and the CLI's choices are inst
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,20 @@ class Target:
                 "(--no-lengths: one sequence length per call), or use strategy loop or unroll, which mask padding "
                 "in plain ops"
             )
+
+    def default_strategy(self, given: Collection[str] = ()) -> str:
+        """The strategy an export for this target takes when none is named, derived from ``strategies`` (its
+        order of preference): the first one that runs with the options ``given`` (their names, e.g.
+        {"seq_len"}). A fixed-length whole-sequence strategy (unroll) needs its length, so it is taken only when
+        one of its options is given; nnapi and coreml thus take unroll with a sequence length, else step."""
+        from ..registry import get_strategy_class
+
+        for name in self.strategies:
+            cls = get_strategy_class(name)
+            fixed = not cls.caps.dynamic_length and not cls.caps.streaming
+            if not fixed or cls.option_names & set(given):
+                return name
+        return self.strategies[0]
 
     def why_not(self, strategy: str) -> str:
         return WHY_NOT.get((self.name, strategy), "it is not supported")
