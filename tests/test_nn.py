@@ -84,3 +84,55 @@ def test_model_readouts() -> None:
     allsteps = build_model(ModelConfig(cell="lstm", input_size=3, output_size=4, readout="all")).eval()
     assert last(x).shape == (2, 4)
     assert allsteps(x).shape == (2, 7, 4)
+
+
+def _peephole(batch_first: bool) -> nn.Module:
+    torch.manual_seed(11)
+    return enn.make_layer("lstm", 3, 4, peephole=True, num_layers=2, bidirectional=True, batch_first=batch_first)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_peephole_lstm_unbatched_input_equals_a_batch_of_one(batch_first: bool, with_state: bool) -> None:
+    """torch's convention for unbatched input (T, I) and state (L*D, H): the same as a batch of one, squeezed."""
+    layer = _peephole(batch_first).eval()
+    x = torch.randn(6, 3)
+    hx = (torch.randn(4, 4), torch.randn(4, 4)) if with_state else None
+    batch_axis = 0 if batch_first else 1
+    with torch.no_grad():
+        y, (h, c) = layer(x, hx)
+        y1, (h1, c1) = layer(x.unsqueeze(batch_axis), tuple(s.unsqueeze(1) for s in hx) if hx else None)
+    assert y.shape == (6, 8) and h.shape == c.shape == (4, 4)
+    torch.testing.assert_close(y, y1.squeeze(batch_axis))
+    torch.testing.assert_close(h, h1.squeeze(1))
+    torch.testing.assert_close(c, c1.squeeze(1))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_peephole_lstm_packed_input_equals_padded_with_lengths(batch_first: bool) -> None:
+    """A PackedSequence (unsorted lengths) gives what the padded batch with lengths gives, in the input's order."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    layer = _peephole(batch_first).eval()
+    lengths = torch.tensor([2, 5, 3])
+    x = torch.randn(3, 5, 3) if batch_first else torch.randn(5, 3, 3)
+    packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    with torch.no_grad():
+        out, (h, c) = layer(packed)
+        want, (wh, wc) = layer(x, lengths=lengths)
+    y, got_lengths = pad_packed_sequence(out, batch_first=batch_first, total_length=5)
+    assert got_lengths.tolist() == lengths.tolist()
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(h, wh)
+    torch.testing.assert_close(c, wc)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_peephole_lstm_empty_sequence_keeps_its_state(batch_first: bool) -> None:
+    """No steps: an empty output of the batch's size and the initial state unchanged."""
+    x = torch.zeros(2, 0, 3) if batch_first else torch.zeros(0, 2, 3)
+    hx = (torch.randn(4, 2, 4), torch.randn(4, 2, 4))
+    with torch.no_grad():
+        y, (h, c) = _peephole(batch_first)(x, hx)
+    assert y.shape == (*x.shape[:2], 8)
+    assert torch.equal(h, hx[0]) and torch.equal(c, hx[1])
