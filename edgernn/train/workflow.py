@@ -163,8 +163,8 @@ def _user_data(
     """The task record, the (train, validation) examples and what the checkpoint records of the user's data."""
     from .dataset import check_compatible, load_dataset, split_off
 
-    opts: dict[str, Any] = {"head": head, "readout": readout, "target_columns": target_columns, "classes": classes,
-            "progress": to_stderr if progress else None}  # fmt: skip
+    opts: dict[str, Any] = {"head": head, "readout": readout, "target_columns": target_columns, "classes": classes}
+    opts["progress"] = to_stderr if progress else None  # many CSV files: a line now and then
     train = load_dataset(data, **opts)
     if val is not None:
         # the validation file follows the training data's head, readout and class count

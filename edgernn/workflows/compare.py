@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..progress import stage
-from ..train.workflow import check_budget, check_out_of_data
+from ..train.workflow import check_budget, check_out_of_data, to_stderr
 
 FORMAT = "edgernn-compare"
 
@@ -326,7 +326,6 @@ def _verified(run: Path, record: dict[str, Any], settings: dict[str, Any]) -> di
     is said on stderr and the record rewritten."""
     from ..files import write_atomic
     from ..model import checkpoint
-    from ..train.workflow import to_stderr
 
     name = run.name
     recorded = record.get("sha256") or {}
@@ -487,7 +486,7 @@ def _longest(data: str, data_options: dict[str, Any]) -> int:
     from ..train.dataset import load_dataset
 
     keys = ("head", "readout", "target_columns", "classes")
-    d = load_dataset(data, **{k: data_options.get(k) for k in keys})
+    d = load_dataset(data, **{k: data_options.get(k) for k in keys}, progress=to_stderr)
     return max(e.x.shape[0] for e in d.examples)
 
 
