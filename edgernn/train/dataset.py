@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import csv
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import read_npz
+from ..progress import tick
 from .data import Example, Task
 
 HEADS = ("regression", "classification")
@@ -50,8 +49,6 @@ MAX_STEPS = 100_000  # steps per sequence (an .npz's T, a CSV file's rows)
 MAX_SEQUENCES = 1_000_000  # sequences in an .npz
 MAX_CSV_FILES = 100_000  # files in a CSV folder (one sequence each)
 MAX_CSV_BYTES = 64 << 20  # one CSV file
-MANY_FILES = 1_000  # reading this many CSV files or more says so on stderr, and how far it got every few seconds
-PROGRESS_SECONDS = 5.0
 NPZ_ADVICE = "save the data with np.savez(path, x=x, lengths=lengths, y=y), ragged sequences padded into x (N, T, F)"
 
 
@@ -86,10 +83,9 @@ def load_dataset(
     readout: str | None = None,
     target_columns: list[str] | None = None,
     classes: int | None = None,
-    progress: Callable[[str], None] | None = None,
 ) -> Dataset:
-    """Read ``path`` (an ``.npz`` file, or a directory of ``.csv`` files); see the module docstring. ``progress``
-    gets a line now and then while many CSV files are read."""
+    """Read ``path`` (an ``.npz`` file, or a directory of ``.csv`` files); see the module docstring. Reading a CSV
+    directory ticks ``edgernn.progress`` once a file (a line at least every 10 s while progress is on)."""
     if head is not None and head not in HEADS:
         raise InputError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     if readout is not None and readout not in READOUTS:
@@ -98,9 +94,7 @@ def load_dataset(
         raise InputError(f"classes must be at least 2; got {classes}")
     p = Path(path)
     if p.is_dir():
-        return _from_csv_dir(
-            p, head=head, readout=readout, target_columns=target_columns, classes=classes, progress=progress
-        )
+        return _from_csv_dir(p, head=head, readout=readout, target_columns=target_columns, classes=classes)
     if not p.is_file():
         raise InputError(f"no data at {str(p)!r}: give an .npz file or a directory of .csv files")
     if target_columns:
@@ -285,7 +279,6 @@ def _from_csv_dir(
     readout: str | None,
     target_columns: list[str] | None,
     classes: int | None,
-    progress: Callable[[str], None] | None,
 ) -> Dataset:
     files = data_files(d)
     if not files:
@@ -298,13 +291,8 @@ def _from_csv_dir(
     features: list[int] = []
     targets: list[int] = []
     examples = []
-    last = time.monotonic()
-    if progress is not None and len(files) >= MANY_FILES:
-        progress(f"reading {len(files):,} CSV files from {str(d)!r}")
     for i, p in enumerate(files):
-        if progress is not None and time.monotonic() - last >= PROGRESS_SECONDS:
-            progress(f"reading {str(d)!r}: {i:,} of {len(files):,} CSV files read")
-            last = time.monotonic()
+        tick(f"reading {d}: {i:,} of {len(files):,} CSV files read")
         rows = _csv_rows(p)
         if len(rows) < 2:
             raise InputError(f"{str(p)!r} has no data rows (a header and at least one time step are needed)")

@@ -59,7 +59,7 @@ def train_to_dir(
         check_out_of_data(out_dir, data, val)
         stage(f"reading {data}" + (f" and {val}" if val else ""))
         t, splits, data_record = _user_data(data, val, head, readout, target_columns, classes, val_fraction,
-                                            seed=train_options.get("seed", 0), progress=progress)  # fmt: skip
+                                            seed=train_options.get("seed", 0))  # fmt: skip
         model_opts: dict[str, Any] = {"normalize": normalize}
     else:
         given = [n for n, v in (("--val", val), ("--head", head), ("--readout", readout),
@@ -144,8 +144,9 @@ def check_out_of_data(out_dir: str | os.PathLike[str], *data: str | os.PathLike[
             )
 
 
-def to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def note(line: str) -> None:
+    """A note on stderr (``note: ...``): something the user should know that is not an error."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _user_data(
@@ -158,13 +159,11 @@ def _user_data(
     val_fraction: float,
     *,
     seed: int,
-    progress: bool,
 ) -> tuple[Any, tuple[list[Any], list[Any]], dict[str, Any]]:
     """The task record, the (train, validation) examples and what the checkpoint records of the user's data."""
     from .dataset import check_compatible, load_dataset, split_off
 
-    opts: dict[str, Any] = {"head": head, "readout": readout, "target_columns": target_columns, "classes": classes}
-    opts["progress"] = to_stderr if progress else None  # many CSV files: a line now and then
+    opts = {"head": head, "readout": readout, "target_columns": target_columns, "classes": classes}
     train = load_dataset(data, **opts)
     if val is not None:
         # the validation file follows the training data's head, readout and class count

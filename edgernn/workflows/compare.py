@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..progress import stage
-from ..train.workflow import check_budget, check_out_of_data, to_stderr
+from ..train.workflow import check_budget, check_out_of_data, note
 
 FORMAT = "edgernn-compare"
 
@@ -330,10 +330,10 @@ def _verified(run: Path, record: dict[str, Any], settings: dict[str, Any]) -> di
     name = run.name
     recorded = record.get("sha256") or {}
     if not recorded:
-        to_stderr(f"{name}: candidate.json records no hashes of its files (an older edgernn wrote it); training again")
+        note(f"{name}: candidate.json records no hashes of its files (an older edgernn wrote it); training again")
         return None
     if _sha256(run / checkpoint.DEFAULT_NAME) != recorded.get(checkpoint.DEFAULT_NAME):
-        to_stderr(f"{name}: model.ckpt is not the checkpoint this candidate was trained to; training it again")
+        note(f"{name}: model.ckpt is not the checkpoint this candidate was trained to; training it again")
         return None
     ck = checkpoint.load(run)
     hist: Any = ck.meta.get("history")
@@ -347,27 +347,25 @@ def _verified(run: Path, record: dict[str, Any], settings: dict[str, Any]) -> di
             "streams": not settings["bidirectional"],  # a unidirectional candidate has its step.onnx
         }
     except (KeyError, TypeError, ValueError):
-        to_stderr(f"{name}: model.ckpt does not record its training history; training it again")
+        note(f"{name}: model.ckpt does not record its training history; training it again")
         return None
     made = dict(record["made"])
     differ = [k for k, v in derived.items() if not _same(made.get(k), v)]
     if differ:
-        to_stderr(
-            f"{name}: candidate.json's {', '.join(differ)} differ from its checkpoint's; reporting the checkpoint's"
-        )
+        note(f"{name}: candidate.json's {', '.join(differ)} differ from its checkpoint's; reporting the checkpoint's")
     made.update(derived)
     exports = ["model.onnx", *(["step.onnx"] if made.get("streams") else [])]
     swapped = [f for f in exports if not (run / f).is_file() or _sha256(run / f) != recorded.get(f)]
     if swapped:
         are = "is not the export" if len(swapped) == 1 else "are not the exports"
-        to_stderr(f"{name}: {' and '.join(swapped)} {are} made from its checkpoint; exporting again")
+        note(f"{name}: {' and '.join(swapped)} {are} made from its checkpoint; exporting again")
         made["strategy"] = _export(run, settings)
         made["streams"] = (run / "step.onnx").is_file()
     else:
         strategy = _strategy_of(run / "model.onnx")
         if strategy != made.get("strategy"):
             differ.append("strategy")
-            to_stderr(f"{name}: candidate.json's strategy differs from model.onnx's; reporting model.onnx's")
+            note(f"{name}: candidate.json's strategy differs from model.onnx's; reporting model.onnx's")
         made["strategy"] = strategy
     if differ or swapped:
         write_atomic(run / "candidate.json", _record_bytes(run, settings, made))
@@ -485,8 +483,9 @@ def _fingerprint(path: str, val: str | None = None) -> dict[str, Any]:
 def _longest(data: str, data_options: dict[str, Any]) -> int:
     from ..train.dataset import load_dataset
 
+    stage(f"reading {data}")
     keys = ("head", "readout", "target_columns", "classes")
-    d = load_dataset(data, **{k: data_options.get(k) for k in keys}, progress=to_stderr)
+    d = load_dataset(data, **{k: data_options.get(k) for k in keys})
     return max(e.x.shape[0] for e in d.examples)
 
 
