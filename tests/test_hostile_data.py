@@ -86,6 +86,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "secret.txt").write_text(SECRET + "\n1\n")
     leak = _csv_dir(d / "leak")
     (leak / "zz.csv").symlink_to(d / "secret.txt")  # a link leading out of the data folder
+    loop = _csv_dir(d / "loop")
+    (loop / "x.csv").symlink_to("y.csv")  # links that lead nowhere
+    (loop / "y.csv").symlink_to("x.csv")
     for name, text in {
         "wide": "level,f\n1," + "9" * 200_000 + "\n",  # a cell over csv's 131,072-byte field limit
         "separator": "level,f\n1,1_000\n",
@@ -123,7 +126,8 @@ COMPARE = ["compare", "--cells", "gru", "--hidden", "4", "--epochs", "1", "--no-
 CASES = [
     # (args, exit code, a phrase of the one-line error)
     # data read from outside its folder
-    ([*TRAIN, "--data", "leak", *CSV, "--out", "r"], InputError.exit_code, "is a link to a file outside"),
+    ([*TRAIN, "--data", "leak", *CSV, "--out", "r"], InputError.exit_code, "is a link that leads outside"),
+    ([*TRAIN, "--data", "loop", *CSV, "--out", "r"], InputError.exit_code, "is a link that leads outside"),
     ([*TRAIN, "--data", "garbage", *CSV, "--out", "r"], InputError.exit_code, "has columns that differ from"),
     # the run's files among the user's sequences
     ([*TRAIN, "--data", "seqs", *CSV, "--out", "seqs"], ConfigError.exit_code, "is your data"),

@@ -244,9 +244,9 @@ def data_files(path: str | os.PathLike[str]) -> list[Path]:
             f = p / entry.name
             if f.suffix.lower() != ".csv":
                 continue
-            if entry.is_symlink() and not f.resolve().is_relative_to(root):
+            if entry.is_symlink() and not _inside(f, root):
                 raise InputError(
-                    f"{str(f)!r} is a link to a file outside {str(p)!r}; edgernn reads only the files inside the "
+                    f"{str(f)!r} is a link that leads outside {str(p)!r}; edgernn reads only the files inside the "
                     "data folder: copy the file in, or drop the link"
                 )
             if not f.is_file():
@@ -272,13 +272,16 @@ def data_files(path: str | os.PathLike[str]) -> list[Path]:
     return sorted(files)
 
 
+def _inside(link: Path, root: Path) -> bool:
+    """Whether a link resolves to a path inside ``root`` (a loop of links resolves nowhere)."""
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _from_csv_dir(
-    d: Path,
-    *,
-    head: str | None,
-    readout: str | None,
-    target_columns: list[str] | None,
-    classes: int | None,
+    d: Path, *, head: str | None, readout: str | None, target_columns: list[str] | None, classes: int | None
 ) -> Dataset:
     files = data_files(d)
     if not files:
