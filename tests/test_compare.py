@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +140,66 @@ def test_docs_comparison_commands_run(tmp_path: Path) -> None:
             "Pareto" in r.stdout
             and len(json.loads((tmp_path / str(i) / "compare.json").read_text())["candidates"]) == 3
         )
+
+
+def test_a_resumed_candidate_is_taken_from_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """candidate.json records the SHA-256 of the checkpoint and exports: an edited metric is replaced by the
+    checkpoint's, a swapped model.onnx is exported again, a swapped checkpoint is trained again; each said on
+    stderr."""
+    import shutil
+
+    import edgernn.train.workflow as workflow
+
+    out = tmp_path / "cmp"
+    args = {"cells": ["gru"], "task": "sign", "strategy": "native", "train_options": BUDGET}
+    first = compare(out, hiddens=[4], **args).candidates[0]
+    run = out / "gru-h4"
+    record = json.loads((run / "candidate.json").read_text())
+    assert set(record["sha256"]) == {"model.ckpt", "model.onnx", "step.onnx"}
+    exported = (run / "model.onnx").read_bytes()
+    compare(tmp_path / "other", hiddens=[8], **args)  # another candidate's files, to swap in
+    capsys.readouterr()
+
+    def no_training(**_: object) -> None:
+        raise AssertionError("a candidate whose checkpoint is the recorded one was trained again")
+
+    monkeypatch.setattr(workflow, "train_to_dir", no_training)
+    record["made"]["best_metric"] = 2.0  # an edited record: better than any accuracy
+    (run / "candidate.json").write_text(json.dumps(record))
+    shutil.copy(tmp_path / "other" / "gru-h8" / "model.onnx", run / "model.onnx")
+    again = compare(out, hiddens=[4], **args).candidates[0]
+    err = capsys.readouterr().err
+    assert again.reused and again.metric == first.metric
+    assert "best_metric differ from its checkpoint's" in err and "model.onnx is not the export" in err
+    assert (run / "model.onnx").read_bytes() == exported and again.file_bytes == len(exported)
+    assert json.loads((run / "candidate.json").read_text())["made"]["best_metric"] == first.metric
+    monkeypatch.undo()
+    shutil.copy(tmp_path / "other" / "gru-h8" / "model.ckpt", run / "model.ckpt")
+    retrained = compare(out, hiddens=[4], **args).candidates[0]
+    assert not retrained.reused and "model.ckpt is not the checkpoint" in capsys.readouterr().err
+    assert checkpoint.load(run).config.hidden_size == 4
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda r: r["made"].pop("baseline"), "field 'baseline' is missing"),
+        (lambda r: r["made"].update(best_metric="0.99"), "field 'best_metric' is \"0.99\", not a number"),
+        (lambda r: r.pop("settings"), "lacks its settings"),
+    ],
+    ids=["missing", "text", "no-settings"],
+)
+def test_a_record_compare_did_not_write_is_refused_up_front(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], object], words: str
+) -> None:
+    run = tmp_path / "cmp" / "gru-h4"
+    run.mkdir(parents=True)
+    record: dict[str, Any] = {"settings": {}, "made": {k: 1 for k in ("best_metric", "baseline", "train_seconds",
+              "epochs_run", "parameters")} | {"metric": "mse", "strategy": "native", "streams": True}}  # fmt: skip
+    edit(record)
+    (run / "candidate.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=words):
+        compare(tmp_path / "cmp", cells=["gru"], hiddens=[4], task="sine", train_options=BUDGET)
+    assert sorted(p.name for p in (tmp_path / "cmp").rglob("*")) == ["candidate.json", "gru-h4"]

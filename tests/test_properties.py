@@ -1,11 +1,16 @@
-"""Property tests: whatever a caller or a file hands them, the runtime's input checks and the manifest reader
-either accept it (and then hold to their contract) or raise their typed error, never anything else."""
+"""Property tests: whatever a caller or a file hands them, the runtime's input checks, the manifest reader and the
+readers of training data (.npz and CSV folders) either accept it (and then hold to their contract) or raise their
+typed error, never anything else."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,3 +258,112 @@ def test_set_state_accepts_values_finite_after_the_cast(values: np.ndarray) -> N
     assert np.isfinite(cast).all()
     np.testing.assert_array_equal(s.state["h"], cast)
     assert np.isfinite(s.step(0)).all()
+
+
+# --- the readers of the user's training data ------------------------------------------------------------------
+
+
+def _holds_to_its_contract(d: Any) -> None:
+    """What a Dataset promises the training loop: finite float32 (T, F) sequences of 1..MAX_STEPS steps with the
+    input size, labels that are class indices below the class count, finite regression targets."""
+    from edgernn.train.dataset import MAX_STEPS
+
+    assert d.examples and d.head in ("regression", "classification") and d.readout in ("last", "all")
+    for e in d.examples:
+        assert e.x.dtype == np.float32 and e.x.ndim == 2 and 1 <= e.x.shape[0] <= MAX_STEPS
+        assert e.x.shape[1] == d.input_size and np.isfinite(e.x).all()
+        if d.readout == "all":
+            assert e.y.shape[0] == e.x.shape[0]
+        if d.head == "classification":
+            assert e.y.dtype == np.int64 and ((e.y >= 0) & (e.y < d.output_size)).all() and d.output_size >= 2
+        else:
+            assert e.y.dtype == np.float32 and np.isfinite(e.y).all() and e.y.shape[-1] == d.output_size
+
+
+def _load_or_refuse(path: Any, **options: Any) -> None:
+    from edgernn.train.dataset import load_dataset
+
+    try:
+        d = load_dataset(path, **options)
+    except InputError:
+        return
+    _holds_to_its_contract(d)
+
+
+def _valid_npz() -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, x=rng.standard_normal((3, 4, 2)).astype(np.float32), lengths=np.array([4, 2, 1]), y=np.arange(3))
+    return buf.getvalue()
+
+
+npz_bytes = st.one_of(
+    st.binary(max_size=400),  # anything at all
+    st.builds(lambda n: _valid_npz()[:n], st.integers(0, len(_valid_npz()))),  # truncated
+    st.builds(  # damaged: bytes of a valid archive overwritten
+        lambda edits: bytes(dict(edits).get(i, b) for i, b in enumerate(_valid_npz())),
+        st.lists(st.tuples(st.integers(0, len(_valid_npz()) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+    ),
+)
+
+
+@SETTINGS
+@given(data=npz_bytes)
+def test_the_npz_reader_takes_any_bytes(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "data.npz"
+        path.write_bytes(data)
+        _load_or_refuse(path)
+
+
+arrays = st.builds(
+    lambda shape, kind, fill: np.full(shape, fill).astype(kind),  # a cast may wrap or make NaN: more to refuse
+    st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple),
+    st.sampled_from(["float32", "float64", "float16", "int64", "int8", "uint8", "bool", "complex64", "U3"]),
+    st.sampled_from([0, 1, 2, 3, -1, 0.5, 1e30, float("nan"), float("inf")]),
+)
+
+
+@SETTINGS
+@given(
+    x=arrays,
+    lengths=st.one_of(st.none(), arrays),
+    y=arrays,
+    head=st.sampled_from([None, "regression", "classification"]),
+    readout=st.sampled_from([None, "last", "all"]),
+    classes=st.sampled_from([None, 2, 5]),
+)
+def test_the_npz_reader_takes_any_arrays(
+    x: np.ndarray, lengths: np.ndarray | None, y: np.ndarray, head: str | None, readout: str | None, classes: int | None
+) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "data.npz"
+        np.savez(path, x=x, y=y, **({} if lengths is None else {"lengths": lengths}))
+        _load_or_refuse(path, head=head, readout=readout, classes=classes)
+
+
+cells = st.one_of(
+    st.sampled_from(["0", "1", "-2.5", "3e-4", "nan", "inf", "1_000", "\u0661", " 7 ", "", "x", "1e999", "\x00"]),
+    st.just("9" * 140_000),  # over the csv module's field limit
+    st.text(max_size=6),
+)
+
+
+@SETTINGS
+@given(
+    rows=st.lists(st.lists(cells, min_size=1, max_size=4), max_size=6),
+    text=st.one_of(st.none(), st.text(max_size=60)),
+    head=st.sampled_from([None, "classification"]),
+    readout=st.sampled_from([None, "last"]),
+)
+def test_the_csv_reader_takes_any_text(
+    rows: list[list[str]], text: str | None, head: str | None, readout: str | None
+) -> None:
+    """A folder of a well-formed file and one of generated rows (or arbitrary text) after a header naming the
+    target: a dataset that holds to its contract, or InputError."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        (folder / "a.csv").write_text("f,y\n0.5,1\n1.5,0\n")
+        body = text if text is not None else "\n".join(",".join(r) for r in rows)
+        (folder / "b.csv").write_text("f,y\n" + body, encoding="utf-8", errors="surrogatepass")
+        _load_or_refuse(folder, target_columns=["y"], head=head, readout=readout)

@@ -301,3 +301,18 @@ def _re(words: str) -> str:
     import re
 
     return re.escape(words)
+
+
+def test_csv_numbers_are_plain_ascii_decimals(tmp_path: Path) -> None:
+    """Signs, points, exponents and spaces around a value are numbers; digit separators and other scripts' digits,
+    which Python's float() would take, are not."""
+    d = tmp_path / "csv"
+    d.mkdir()
+    (d / "a.csv").write_text("f,level\n+.5, 7 \n-0,3e-4\n1E2,12.\n")
+    data = load_dataset(d, target_columns=["level"])
+    assert data.examples[0].x[:, 0].tolist() == [0.5, 0.0, 100.0]
+    assert np.allclose(data.examples[0].y[:, 0], [7.0, 3e-4, 12.0])
+    for value in ("1_000", "\u0661\u0662", "\uff11", "0x10"):  # underscore, Arabic-Indic, fullwidth, hex
+        (d / "a.csv").write_text(f"f,level\n{value},1\n", encoding="utf-8")
+        with pytest.raises(InputError, match="row 2, column 'f': a value is not a number"):
+            load_dataset(d, target_columns=["level"])

@@ -10,7 +10,14 @@ What is read, and what is inferred when not given:
 * a CSV directory: every ``*.csv`` file is one sequence, rows are time steps, a header names the columns;
   ``target_columns`` are the targets and every other column a feature. Targets are per step (readout ``all``)
   unless ``readout="last"``, which takes each file's last row. CSV targets are regression unless
-  ``head="classification"`` (then they must be whole numbers).
+  ``head="classification"`` (then they must be whole numbers). Values are plain decimal numbers in ASCII digits
+  (``12``, ``-0.5``, ``3e-4``); digit separators (``1_000``) and other scripts' digits are refused.
+
+What is read, and how much: of an ``.npz`` only ``x``, ``lengths`` and ``y`` are decompressed, after their headers
+are checked (numbers only, never pickle; ``MAX_DATA_BYTES`` together, before anything is allocated); of a CSV
+directory only its ``*.csv`` files, none a link that leads outside the directory (``MAX_CSV_FILES`` files of at
+most ``MAX_CSV_BYTES``); sequences are at most ``MAX_STEPS`` long. Error messages name files, rows and columns,
+and never quote what a file that is not a valid sequence holds.
 
 Every problem is an ``InputError`` that names the file, the array and what to do, before any training: ragged
 or object arrays, NaN or infinite values on real steps, lengths outside 1..T, label counts that do not match the
@@ -29,10 +36,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..files import read_npz
+from ..progress import tick
 from .data import Example, Task
 
 HEADS = ("regression", "classification")
 READOUTS = ("last", "all")
+
+# Bounds on what a user's data may ask of this machine, checked before the data is read (README, "Your own data"):
+MAX_DATA_BYTES = 2 << 30  # an .npz's x, lengths and y as stored (their headers' claim), or a CSV folder's files
+MAX_STEPS = 100_000  # steps per sequence (an .npz's T, a CSV file's rows)
+MAX_SEQUENCES = 1_000_000  # sequences in an .npz
+MAX_CSV_FILES = 100_000  # files in a CSV folder (one sequence each)
+MAX_CSV_BYTES = 64 << 20  # one CSV file
+NPZ_ADVICE = "save the data with np.savez(path, x=x, lengths=lengths, y=y), ragged sequences padded into x (N, T, F)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,8 @@ def load_dataset(
     target_columns: list[str] | None = None,
     classes: int | None = None,
 ) -> Dataset:
-    """Read ``path`` (an ``.npz`` file, or a directory of ``.csv`` files); see the module docstring."""
+    """Read ``path`` (an ``.npz`` file, or a directory of ``.csv`` files); see the module docstring. Reading a CSV
+    directory ticks ``edgernn.progress`` once a file (a line at least every 10 s while progress is on)."""
     if head is not None and head not in HEADS:
         raise InputError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     if readout is not None and readout not in READOUTS:
@@ -147,21 +165,11 @@ def _labels_max(d: Dataset) -> int:
 
 def _from_npz(p: Path, *, head: str | None, readout: str | None, classes: int | None) -> Dataset:
     src = str(p)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise InputError(
-                f"{src!r} holds an object array (ragged sequences saved as a list?); pad x to (N, T, F) and save "
-                "the true lengths as `lengths`"
-            ) from None
-        raise InputError(f"{src!r} is not a readable .npz: {str(e).splitlines()[0][:200]}") from None
-    except OSError as e:
-        raise InputError(f"{src!r} is not a readable .npz: {str(e).splitlines()[0][:200]}") from None
+    arrays = read_npz(p, ("x", "lengths", "y"), max_bytes=MAX_DATA_BYTES, error=InputError, what=repr(src),
+                      advice=NPZ_ADVICE, bound="training data (x, lengths and y as stored)")  # fmt: skip
     for key in ("x", "y"):
         if key not in arrays:
-            raise InputError(f"{src!r} has no array {key!r} (it has: {', '.join(arrays) or 'none'}); see --help")
+            raise InputError(f"{src!r} has no array {key!r}; {NPZ_ADVICE}")
     x, y = arrays["x"], arrays["y"]
     if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
         raise InputError(f"{src!r}: x must hold numbers; got dtype {x.dtype}")
@@ -172,6 +180,13 @@ def _from_npz(p: Path, *, head: str | None, readout: str | None, classes: int | 
     n, t, f = x.shape
     if n == 0 or t == 0 or f == 0:
         raise InputError(f"{src!r}: x has shape {x.shape}; there is nothing to train on")
+    if t > MAX_STEPS:
+        raise InputError(
+            f"{src!r}: x has {t:,} steps per sequence, over edgernn's bound of {MAX_STEPS:,}; cut long recordings "
+            "into windows (each a sequence of x)"
+        )
+    if n > MAX_SEQUENCES:
+        raise InputError(f"{src!r}: x has {n:,} sequences, over edgernn's bound of {MAX_SEQUENCES:,}; train on a part")
     lengths = arrays.get("lengths")
     if lengths is None:
         lengths = np.full(n, t, dtype=np.int64)
@@ -214,10 +229,61 @@ def _from_npz(p: Path, *, head: str | None, readout: str | None, classes: int | 
 # --- CSV directory ------------------------------------------------------------------------------------------------
 
 
+def data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files that ``load_dataset(path)`` reads: the ``.npz`` itself, or a directory's ``*.csv`` files in name
+    order. An entry that is a link resolving outside the directory is refused (``InputError``): the data folder is
+    all that is read. At most ``MAX_CSV_FILES`` files, each at most ``MAX_CSV_BYTES``, ``MAX_DATA_BYTES`` in all."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    root = p.resolve()
+    files: list[Path] = []
+    total = 0
+    with os.scandir(p) as entries:
+        for entry in entries:
+            f = p / entry.name
+            if f.suffix.lower() != ".csv":
+                continue
+            if entry.is_symlink() and not _inside(f, root):
+                raise InputError(
+                    f"{str(f)!r} is a link that leads outside {str(p)!r}; edgernn reads only the files inside the "
+                    "data folder: copy the file in, or drop the link"
+                )
+            if not f.is_file():
+                continue
+            files.append(f)
+            if len(files) > MAX_CSV_FILES:
+                raise InputError(
+                    f"{str(p)!r} holds more than {MAX_CSV_FILES:,} .csv files, edgernn's bound for a CSV folder (one "
+                    "sequence per file); save many sequences as one .npz (x padded, lengths, y) instead"
+                )
+            size = f.stat().st_size
+            if size > MAX_CSV_BYTES:
+                raise InputError(
+                    f"{str(f)!r} is {size / 2**20:,.0f} MiB, over edgernn's bound of {MAX_CSV_BYTES / 2**20:g} MiB for "
+                    "one CSV file (one sequence); cut it into shorter sequences, or save the data as an .npz"
+                )
+            total += size
+    if total > MAX_DATA_BYTES:
+        raise InputError(
+            f"{str(p)!r}'s .csv files hold {total / 2**30:.1f} GiB, over edgernn's bound of {MAX_DATA_BYTES / 2**30:g} "
+            "GiB of training data; train on a part"
+        )
+    return sorted(files)
+
+
+def _inside(link: Path, root: Path) -> bool:
+    """Whether a link resolves to a path inside ``root`` (a loop of links resolves nowhere)."""
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _from_csv_dir(
     d: Path, *, head: str | None, readout: str | None, target_columns: list[str] | None, classes: int | None
 ) -> Dataset:
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    files = data_files(d)
     if not files:
         raise InputError(f"{str(d)!r} has no .csv files; give one file per sequence (rows are time steps)")
     if not target_columns:
@@ -228,42 +294,53 @@ def _from_csv_dir(
     features: list[int] = []
     targets: list[int] = []
     examples = []
-    for p in files:
-        try:
-            with p.open(newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{str(p)!r} is not a readable CSV file: {e}") from None
+    for i, p in enumerate(files):
+        tick(f"reading {d}: {i:,} of {len(files):,} CSV files read")
+        rows = _csv_rows(p)
         if len(rows) < 2:
             raise InputError(f"{str(p)!r} has no data rows (a header and at least one time step are needed)")
         names = [c.strip() for c in rows[0]]
-        if not header:
-            header = names
+        if not header:  # the file is not a sequence until its header is checked: nothing of it is echoed
             missing = [c for c in target_columns if c not in names]
             if missing:
                 raise InputError(
-                    f"{str(p)!r} has no column {', '.join(map(repr, missing))} (it has: {', '.join(names)})"
+                    f"{str(p)!r} has no column {', '.join(map(repr, missing))} among the {len(names)} column(s) of "
+                    "its header (the first line names the columns)"
                 )
+            header = names
             targets = [names.index(c) for c in target_columns]
             features = [i for i in range(len(names)) if i not in targets]
             if not features:
                 raise InputError(f"{str(p)!r}: every column is a target; at least one feature column is needed")
         elif names != header:
-            raise InputError(f"{str(p)!r} has columns {names}, but {str(files[0])!r} has {header}; they must match")
-        for r, row in enumerate(rows[1:], 2):
+            k = next(
+                (j for j, (a, b) in enumerate(zip(names, header, strict=False)) if a != b), min(len(names), len(header))
+            )
+            raise InputError(
+                f"{str(p)!r} has columns that differ from those of {str(files[0])!r} ({len(names)} and "
+                f"{len(header)} columns, the first difference at column {k + 1}); every file needs the same header"
+            )
+        table = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
+        for r, row in enumerate(rows[1:]):
             if len(row) != len(header):
                 raise InputError(
-                    f"{str(p)!r}: row {r} has {len(row)} values and the header {len(header)}; rows of different "
+                    f"{str(p)!r}: row {r + 2} has {len(row)} values and the header {len(header)}; rows of different "
                     "widths (each row is one time step with a value per column)"
                 )
-        try:
-            table = np.array([[float(c) for c in r] for r in rows[1:]], dtype=np.float64)
-        except ValueError as e:
-            raise InputError(f"{str(p)!r}: a value is not a number ({e})") from None
+            try:
+                table[r] = [_number(c) for c in row]
+            except ValueError:
+                c = next(k for k, cell in enumerate(row) if not _is_number(cell))
+                raise InputError(
+                    f"{str(p)!r}: row {r + 2}, column {_shown(header[c])}: a value is not a number; write plain "
+                    "decimal numbers (ASCII digits, an optional sign, point and exponent: 12, -0.5, 3e-4)"
+                ) from None
         bad = np.argwhere(~np.isfinite(table))
         if bad.size:
             r, c = (int(v) for v in bad[0])
-            raise InputError(f"{str(p)!r}: row {r + 2}, column {header[c]!r} is NaN or infinite; clean or drop it")
+            raise InputError(
+                f"{str(p)!r}: row {r + 2}, column {_shown(header[c])} is NaN or infinite; clean or drop it"
+            )
         x = table[:, features].astype(np.float32)
         y = table[:, targets]
         if head == "classification":
@@ -277,6 +354,49 @@ def _from_csv_dir(
     return Dataset(
         **{**data.__dict__, "feature_names": [header[i] for i in features], "target_names": list(target_columns)}
     )
+
+
+def _csv_rows(p: Path) -> list[list[str]]:
+    """The non-blank rows of one CSV file (header first), at most ``MAX_STEPS`` after the header."""
+    rows: list[list[str]] = []
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            try:
+                for r in reader:
+                    if r and any(c.strip() for c in r):
+                        rows.append(r)
+                        if len(rows) > MAX_STEPS + 1:
+                            raise InputError(
+                                f"{str(p)!r} has more than {MAX_STEPS:,} rows, edgernn's bound of steps per sequence; "
+                                "cut long recordings into shorter sequences (one file each)"
+                            )
+            except csv.Error as e:
+                raise InputError(f"{str(p)!r} is not a readable CSV file: line {reader.line_num}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{str(p)!r} is not a readable CSV file: {e}") from None
+    return rows
+
+
+def _number(cell: str) -> float:
+    """A CSV value: ASCII digits with an optional sign, point and exponent (nan and inf too, refused later by name),
+    spaces around it allowed; not digit separators (``1_000``) or other scripts' digits, which float() also takes."""
+    if not cell.isascii() or "_" in cell:
+        raise ValueError(f"not a plain number: {cell!r}")
+    return float(cell)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        _number(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A column name for a message: quoted, and cut short."""
+    return repr(name if len(name) <= 40 else name[:37] + "...")
 
 
 # --- shared -------------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,11 @@ def train_to_dir(
 
     splits = None
     data_record: dict[str, Any] | None = None
+    check_budget(train_options)
     if data is not None:
         if task is not None:
             raise ConfigError("train on a built-in task or on --data, not both; drop --task")
+        check_out_of_data(out_dir, data, val)
         stage(f"reading {data}" + (f" and {val}" if val else ""))
         t, splits, data_record = _user_data(data, val, head, readout, target_columns, classes, val_fraction,
                                             seed=train_options.get("seed", 0))  # fmt: skip
@@ -115,6 +119,34 @@ def train_to_dir(
         "epochs_run": len(hist.val_metric),
         "stopped_early": hist.stopped_early,
     }
+
+
+def check_budget(train_options: dict[str, Any]) -> None:
+    """Training options no run can use, refused before any data is read (``TrainConfig`` checks the rest)."""
+    patience = train_options.get("patience", 0)
+    if patience < 0:
+        raise ConfigError(f"--patience must be a whole number of epochs, 0 (never stop early) or more; got {patience}")
+
+
+def check_out_of_data(out_dir: str | os.PathLike[str], *data: str | os.PathLike[str] | None) -> None:
+    """The run's directory must not be the user's data nor lie inside a data folder: its files (history.csv,
+    config.json, ...) would replace sequences or be read as sequences by the next run."""
+    out = os.path.realpath(out_dir)
+    for d in data:
+        if d is None:
+            continue
+        src = os.path.realpath(d)
+        if out == src or (os.path.isdir(src) and out.startswith(src.rstrip(os.sep) + os.sep)):
+            raise ConfigError(
+                f"--out {os.fspath(out_dir)!r} is {'your data' if out == src else 'inside your data folder'} "
+                f"{os.fspath(d)!r}: the run's files would be mixed with (or replace) your sequences; give an --out "
+                "outside it"
+            )
+
+
+def note(line: str) -> None:
+    """A note on stderr (``note: ...``): something the user should know that is not an error."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _user_data(

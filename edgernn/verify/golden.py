@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ConfigError, ExportError, InputError, ModelFormatError, ParityError
-from ..files import write_atomic
+from ..files import read_npz, write_atomic
 from ..manifest import Manifest, TensorSpec
 from .parity import TOLERANCES, Case, Comparison, ParityReport, Tolerance, compare, make_inputs
 
@@ -43,6 +42,8 @@ if TYPE_CHECKING:
 FORMAT = "edgernn-golden"
 FORMAT_VERSION = 1
 META_KEY = "meta"
+ADVICE = "edgernn never unpickles a golden file; write a new one with `edgernn export --golden`"
+MAX_BYTES = 1 << 30  # a golden file's arrays together, as their headers claim them: checked before any is read
 # parity's own seed: drawn case by case in the same order, the golden's inputs are the ones parity checked
 GOLDEN_SEED = 0
 GOLDEN_DTYPE = "fp32"
@@ -196,30 +197,14 @@ def write_golden(
 
 def read_golden(path: str | os.PathLike[str]) -> Golden:
     """Read a golden file with ``np.load(path, allow_pickle=False)``; ``ConfigError`` when it is missing, not an
-    ``.npz`` of plain arrays (pickled data or an object array is refused, never loaded), or not edgernn's."""
+    ``.npz`` of plain arrays (pickled data or an object array is refused, never loaded), larger than ``MAX_BYTES``
+    by its arrays' headers (checked before any array is allocated), or not edgernn's."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no golden file at {str(p)!r} (write one with `edgernn export ... --golden`)")
     what = f"{str(p)!r} is not a golden file (an .npz written by `edgernn export --golden`)"
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except ValueError as e:  # pickled data: np.load refuses it before reading anything
-        raise ConfigError(f"{what}: {e}; edgernn never unpickles a golden file") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ConfigError(f"{what}: {e}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ConfigError(f"{what}: it holds one array, not an .npz archive")
-    with loaded as z:
-        arrays: dict[str, np.ndarray] = {}
-        for key in z.files:
-            try:
-                arrays[key] = z[key]
-            except ValueError as e:  # an object array: loading it would unpickle
-                raise ConfigError(
-                    f"{what}: array {key!r} cannot be read without pickle ({e}); edgernn never unpickles a golden file"
-                ) from None
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
-                raise ConfigError(f"{what}: array {key!r} is unreadable: {e}") from None
+    arrays = read_npz(p, None, max_bytes=MAX_BYTES, error=ConfigError, what=what, bound="a golden file",
+                      advice=ADVICE)  # fmt: skip
     meta = _meta(arrays.pop(META_KEY, None), what)
     for key, a in arrays.items():
         if a.dtype.kind not in _ARRAY_KINDS:

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ConfigError, ModelFormatError, ParityError
-from ..files import write_atomic
+from ..files import read_npz, write_atomic
 from ..manifest import Manifest, json_text
 from .drift import metric_drop, task_metric
 
@@ -38,6 +37,8 @@ if TYPE_CHECKING:
 FORMAT = "edgernn-task-golden"
 FORMAT_VERSION = 1
 META_KEY = "meta"
+ADVICE = "edgernn never unpickles a golden file; write a new one with `edgernn quantize --golden`"
+MAX_BYTES = 1 << 30  # a task golden file's arrays together, as their headers claim them: checked before any is read
 METRICS = ("mse", "accuracy")
 HEADS = ("regression", "classification")
 READOUTS = ("last", "all")
@@ -112,16 +113,18 @@ def write_task_golden(
 def is_task_golden(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a task golden file (rather than an export's golden file); False for anything else."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # one array (.npy): not an archive at all
+        raw = _read(path, (META_KEY,), "").get(META_KEY)
+        if raw is None or raw.shape != () or raw.dtype.kind != "U":
             return False
-        with loaded as z:
-            raw = z[META_KEY] if META_KEY in z.files else None
-            if raw is None or raw.shape != () or raw.dtype.kind != "U":
-                return False
-            return bool(json.loads(str(raw[()])).get("format") == FORMAT)
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile, json.JSONDecodeError):
+        return bool(json.loads(str(raw[()])).get("format") == FORMAT)
+    except (ConfigError, ValueError, AttributeError):
         return False
+
+
+def _read(path: str | os.PathLike[str], names: Sequence[str] | None, what: str) -> dict[str, np.ndarray]:
+    """The arrays, read by ``np.load(allow_pickle=False)`` once their headers are checked (``MAX_BYTES``)."""
+    return read_npz(path, names, max_bytes=MAX_BYTES, error=ConfigError, what=what, bound="a task golden file",
+                    advice=ADVICE)  # fmt: skip
 
 
 def read_task_golden(path: str | os.PathLike[str]) -> TaskGolden:
@@ -130,14 +133,7 @@ def read_task_golden(path: str | os.PathLike[str]) -> TaskGolden:
     what = f"{str(p)!r} is not a task golden file (an .npz written by `edgernn quantize --golden`)"
     if not p.is_file():
         raise ConfigError(f"no golden file at {str(p)!r}")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ConfigError(f"{what}: it holds one array, not an .npz archive")
-        with loaded as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        raise ConfigError(f"{what}: {str(e).splitlines()[0][:200]}; edgernn never unpickles a golden file") from None
+    arrays = _read(p, None, what)
     raw = arrays.pop(META_KEY, None)
     if raw is None or raw.shape != () or raw.dtype.kind != "U":
         raise ConfigError(f"{what}: it has no {META_KEY!r} record")

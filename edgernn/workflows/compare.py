@@ -5,10 +5,13 @@ against the latency (the Pareto front: no other candidate is both faster and bet
 Each candidate lives in ``OUT/<cell>-h<hidden>/``: its training run (model.ckpt, history), ``model.onnx`` (the
 export for the target, strategy ``auto`` by default: the fastest correct one, timed) and, for unidirectional
 models, ``step.onnx`` (the streaming export, for the latency per step a live stream pays). ``candidate.json``
-records the settings it was made with: a rerun with the same settings reuses a finished candidate's training and
-exports (a compare interrupted after three of nine candidates resumes at the fourth), and a candidate made with
-other settings is trained again. Latencies are always measured afresh, all in the same run, so the table's
-numbers are comparable with each other.
+records the settings it was made with and the SHA-256 of its checkpoint and exports: a rerun with the same
+settings reuses a finished candidate's training and exports (a compare interrupted after three of nine candidates
+resumes at the fourth), and a candidate made with other settings is trained again. What a reused candidate
+reports is taken from its files, not from the record: a checkpoint that is not the one recorded is trained again,
+an export that is not the one recorded is exported again, and the metric comes from the checkpoint (each said on
+stderr). A record compare did not write (a field missing or not a number) is refused before anything runs.
+Latencies are always measured afresh, all in the same run, so the table's numbers are comparable with each other.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..progress import stage
+from ..train.workflow import check_budget, check_out_of_data, note
 
 FORMAT = "edgernn-compare"
 
@@ -167,13 +171,18 @@ def compare(
         raise ConfigError(f"--out {str(out)!r} is a file; give a directory")
     data_options = dict(data_options or {})
     train_options = dict(train_options or {})
+    check_budget(train_options)
+    if data is not None:
+        check_out_of_data(out, data, data_options.get("val"))
+    grid = [(c, h) for c in cells for h in hiddens]
+    records = {f"{c}-h{h}": _read_record(out / f"{c}-h{h}") for c, h in grid}  # every record checked up front
     started = time.perf_counter()
     if bench_len is None:
         bench_len = int(train_options.get("max_len", 48)) if data is None else _longest(data, data_options)
     if bench_len < 1:
         raise ConfigError(f"the benchmark length must be at least 1; got {bench_len}")
-    grid = [(c, h) for c in cells for h in hiddens]
-    fingerprint = _fingerprint(data) if data is not None else None  # read the data's bytes once, not per candidate
+    # read the data's bytes once, not per candidate
+    fingerprint = _fingerprint(data, data_options.get("val")) if data is not None else None
     results: list[Candidate] = []
     metric_name, higher_better = "mse", False
     for i, (cell, hidden) in enumerate(grid):
@@ -194,7 +203,7 @@ def compare(
             "target": target,
             "bench_len": bench_len if strategy == "auto" else None,  # auto times at this length
         }
-        made = _made(out / name, settings)
+        made = _made(out / name, settings, records[name])
         metric_name = made["metric"]
         higher_better = metric_name == "accuracy"
         seq_ms, step_us, ranges = _latency(out / name, made, provider, bench_len)
@@ -244,26 +253,33 @@ def compare(
     return comparison
 
 
-def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Train and export the candidate in ``run`` unless a finished one with the same settings is there."""
+HASHED = ("model.ckpt", "model.onnx", "step.onnx")  # a candidate's files, recorded by SHA-256 in candidate.json
+FIELDS: dict[str, tuple[Any, str]] = {  # what candidate.json's "made" holds: (the JSON kind, said as)
+    **{k: ((float, int), "a number") for k in ("best_metric", "baseline", "train_seconds")},
+    **{k: (int, "a whole number") for k in ("epochs_run", "parameters")},
+    **{k: (str, "text") for k in ("metric", "strategy")},
+    "streams": (bool, "true or false"),
+}
+
+
+def _made(run: Path, settings: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+    """Train and export the candidate in ``run`` unless a finished one with the same settings is there (``record``,
+    its candidate.json, already checked); a reused one is verified against its files first."""
     import time
 
     from ..files import write_atomic
     from ..model import checkpoint
 
     record_path = run / "candidate.json"
-    if record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-        except ValueError:
-            record = None
-        if (
-            isinstance(record, dict)
-            and record.get("settings") == settings
-            and (run / "model.onnx").is_file()
-            and (run / checkpoint.DEFAULT_NAME).is_file()
-        ):
-            return {**record["made"], "reused": True}
+    if (
+        record is not None
+        and record["settings"] == settings
+        and (run / "model.onnx").is_file()
+        and (run / checkpoint.DEFAULT_NAME).is_file()
+    ):
+        made = _verified(run, record, settings)
+        if made is not None:
+            return {**made, "reused": True}
     from ..train.workflow import train_to_dir
 
     stage(f"{run.name}: training")
@@ -294,8 +310,125 @@ def _made(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
         "strategy": strategy,
         "streams": (run / "step.onnx").is_file(),
     }
-    write_atomic(record_path, json.dumps({"settings": settings, "made": made}, indent=2).encode())
+    write_atomic(record_path, _record_bytes(run, settings, made))
     return {**made, "reused": False}
+
+
+def _record_bytes(run: Path, settings: dict[str, Any], made: dict[str, Any]) -> bytes:
+    hashes = {f: _sha256(run / f) for f in HASHED if (run / f).is_file()}
+    return json.dumps({"settings": settings, "made": made, "sha256": hashes}, indent=2).encode()
+
+
+def _verified(run: Path, record: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """What a finished candidate reports, taken from its files: None (train it again) when its checkpoint is not
+    the one recorded; its exports made again when they are not the ones recorded; the metric, baseline, epochs and
+    parameters read from the checkpoint, the strategy from model.onnx, streaming from the settings. Each mismatch
+    is said on stderr and the record rewritten."""
+    from ..files import write_atomic
+    from ..model import checkpoint
+
+    name = run.name
+    recorded = record.get("sha256") or {}
+    if not recorded:
+        note(f"{name}: candidate.json records no hashes of its files (an older edgernn wrote it); training again")
+        return None
+    if _sha256(run / checkpoint.DEFAULT_NAME) != recorded.get(checkpoint.DEFAULT_NAME):
+        note(f"{name}: model.ckpt is not the checkpoint this candidate was trained to; training it again")
+        return None
+    ck = checkpoint.load(run)
+    hist: Any = ck.meta.get("history")
+    try:
+        derived = {
+            "metric": str(hist["metric"]),
+            "best_metric": float(hist["best_metric"]),
+            "baseline": float(hist["baseline"]),
+            "epochs_run": len(hist["val_metric"]),
+            "parameters": ck.config.parameter_count(),
+            "streams": not settings["bidirectional"],  # a unidirectional candidate has its step.onnx
+        }
+    except (KeyError, TypeError, ValueError):
+        note(f"{name}: model.ckpt does not record its training history; training it again")
+        return None
+    made = dict(record["made"])
+    differ = [k for k, v in derived.items() if not _same(made.get(k), v)]
+    if differ:
+        note(f"{name}: candidate.json's {', '.join(differ)} differ from its checkpoint's; reporting the checkpoint's")
+    made.update(derived)
+    exports = ["model.onnx", *(["step.onnx"] if made.get("streams") else [])]
+    swapped = [f for f in exports if not (run / f).is_file() or _sha256(run / f) != recorded.get(f)]
+    if swapped:
+        are = "is not the export" if len(swapped) == 1 else "are not the exports"
+        note(f"{name}: {' and '.join(swapped)} {are} made from its checkpoint; exporting again")
+        made["strategy"] = _export(run, settings)
+        made["streams"] = (run / "step.onnx").is_file()
+    else:
+        strategy = _strategy_of(run / "model.onnx")
+        if strategy != made.get("strategy"):
+            differ.append("strategy")
+            note(f"{name}: candidate.json's strategy differs from model.onnx's; reporting model.onnx's")
+        made["strategy"] = strategy
+    if differ or swapped:
+        write_atomic(run / "candidate.json", _record_bytes(run, settings, made))
+    return made
+
+
+def _read_record(run: Path) -> dict[str, Any] | None:
+    """RUN/candidate.json, checked: None when there is none; ``ConfigError`` when it is not a record compare wrote
+    (not JSON, a field missing or of the wrong kind), before anything is trained or written."""
+    path = run / "candidate.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        problem = _record_problem(record)
+    except (OSError, ValueError) as e:
+        problem = f"it is not JSON ({str(e).splitlines()[0][:100]})"
+    if problem is not None:
+        raise ConfigError(
+            f"{str(path)!r} is not a record edgernn compare wrote: {problem}; delete the folder {str(run)!r} to make "
+            "that candidate again"
+        )
+    return record  # type: ignore[no-any-return]
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    made, settings = record.get("made"), record.get("settings")
+    if not isinstance(settings, dict) or not isinstance(made, dict):
+        return "it lacks its settings or what was made"
+    for key, (kind, what) in FIELDS.items():
+        if key not in made:
+            return f"field {key!r} is missing"
+        v = made[key]
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+            return f"field {key!r} is {json.dumps(v)[:40]}, not {what}"
+    hashes = record.get("sha256", {})
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        return "its sha256 entry is not a mapping of file names to hashes"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return nan or bool(a == b)
+
+
+def _strategy_of(path: Path) -> str:
+    import onnx
+
+    from ..manifest import read_manifest
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return str(read_manifest({p.key: p.value for p in proto.metadata_props}).strategy)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _export(run: Path, settings: dict[str, Any]) -> str:
@@ -332,21 +465,25 @@ def _latency(
     return seq.sequence.p50_ms, step_us, ranges
 
 
-def _fingerprint(path: str) -> dict[str, Any]:
-    """What identifies the user's data for resuming: its path and the SHA-256 of its bytes (every file of a CSV
-    directory, in name order)."""
-    p = Path(path)
+def _fingerprint(path: str, val: str | None = None) -> dict[str, Any]:
+    """What identifies the user's data for resuming: its path and the SHA-256 of the bytes that are read (the
+    .npz, or a CSV directory's .csv files in name order; the same of the validation data, when given)."""
+    from ..train.dataset import data_files
+
     h = hashlib.sha256()
-    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+    for source in (path, val):
+        if source is None:
+            continue
+        for f in data_files(source):
+            h.update(f.name.encode())
+            h.update(bytes.fromhex(_sha256(f)))
     return {"path": str(path), "sha256": h.hexdigest()}
 
 
 def _longest(data: str, data_options: dict[str, Any]) -> int:
     from ..train.dataset import load_dataset
 
+    stage(f"reading {data}")
     keys = ("head", "readout", "target_columns", "classes")
     d = load_dataset(data, **{k: data_options.get(k) for k in keys})
     return max(e.x.shape[0] for e in d.examples)
