@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -40,7 +41,7 @@ from .graph import (
 )
 from .registry import Strategy, get_strategy_class
 from .streaming import Probe, StateIO, StepModule, example_states, probe, state_specs
-from .targets import get_target, structure_report, target_runners
+from .targets import Target, get_target, structure_report, target_runners
 
 
 @dataclass
@@ -318,6 +319,53 @@ def export_module(
     if options.pop("profile_shape", None) is not None:
         raise ConfigError("profile_shape (--profile-shape) goes with strategy auto")
     golden_out = _golden_target(golden, path, verify)
+    # the stages, each a function of the few values it needs
+    plan = _plan(strategy, target, batch, opset, inputs, cases, min_len, options)
+    form = _module_form(module, tuple(example_inputs), inputs, output_names, plan)
+    proto = _trace(form, plan)
+    manifest = _manifest(form, plan, proto, manifest_extra)
+    checked, proto, manifest, structure, target_extra = _target_check(plan, proto, manifest)
+    report, run_cases = None, []
+    if verify:
+        report, run_cases, engines = _parity(form, plan, checked, proto, manifest, target_extra, oracle, int_high)
+        manifest = replace(manifest, parity=report.summary())
+        if engines:  # the target's own runtimes' share of the parity report
+            structure.parity = report.summary(candidates=engines)
+    else:
+        manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
+    manifest = replace(manifest, target_check=structure.to_dict())
+    written = _Checked(
+        proto, manifest, report, form.original, run_cases, list(form.inputs), form.output_names, int_high
+    )
+    return written.write_to(path, ort_format=ort_format, golden=golden_out)
+
+
+@dataclass
+class _Plan:
+    """What is exported how: the strategy and target, checked against each other, and the sizes they fix."""
+
+    name: str  # the strategy's name
+    strategy: Strategy
+    target: Target
+    opset: int
+    lengths: TensorSpec | None  # the lengths input, where the module takes one
+    static_batch: int | None  # the batch a static-batch target (or ``batch``) fixes
+    fixed: int | None  # the time steps a fixed-length strategy fixes
+    cases: list[Case] | None  # the parity cases the caller gave
+    min_len: int | None
+
+
+def _plan(
+    strategy: str,
+    target: str,
+    batch: int | None,
+    opset: int | None,
+    inputs: Sequence[TensorSpec],
+    cases: Sequence[Case | Mapping[str, Sequence[int]]] | None,
+    min_len: int | None,
+    options: dict[str, Any],
+) -> _Plan:
+    """Stage 1: resolve the target and strategy, and refuse what they cannot do together before any work."""
     tgt = get_target(target)
     strat = get_strategy_class(strategy)(**options)
     caps = strat.caps
@@ -329,62 +377,99 @@ def export_module(
         raise ExportError(f"strategy {strategy!r} takes no lengths input; export without lengths")
     tgt.validate(strategy, lengths=lengths_spec is not None, fused=bool(getattr(strat, "fused", False)))
     static_batch = tgt.batch(batch)
-
-    stage(f"preparing the {strategy} export for {tgt.name}")
-    original = module
-    work = enn.convert(copy.deepcopy(module)).eval()
-    layers = enn.recurrent_layers(work)
-    if not layers:
-        raise ExportError("the module holds no torch.nn.RNN/LSTM/GRU (or edgernn) recurrent layer to export")
-    for _, layer in layers:
-        strat.check_layer(layer)
-    enn.number_layers(layers)
-    weights = [onnx_weights(layer) for _, layer in layers]
-
     fixed = strat.fixed_length()
     if fixed is not None:
         _require_one_time_axis(inputs, strategy)
     given_cases = None if cases is None else [_as_case(c, inputs) for c in cases]
     if min_len is not None and (isinstance(min_len, bool) or int(min_len) < 1):
         raise ConfigError(f"min_len must be an integer >= 1; got {min_len!r}")
-    specs, example = _graph_form(list(inputs), tuple(example_inputs), fixed, static_batch, tgt.padding)
-    example = _traceable(original, inputs, specs, example, fixed, static_batch)
-    names_out = list(output_names)
-    traced: nn.Module = work
-    io = None
-    state_in: list[TensorSpec] = []
-    state_out: list[TensorSpec] = []
-    states: list[StateSpec] = []
-    if caps.streaming:
+    return _Plan(strategy, strat, tgt, opset, lengths_spec, static_batch, fixed, given_cases, min_len)
+
+
+@dataclass
+class _Form:
+    """The module in the form that is traced, and the graph's interface."""
+
+    original: nn.Module  # the user's module (without the outputs a step export returns as its states)
+    inputs: list[TensorSpec]  # the module's inputs
+    output_names: list[str]  # the module's outputs that the graph returns (before any states)
+    layers: list[tuple[str, Any]]
+    weights: list[list[LayerWeights]]
+    specs: list[TensorSpec]  # the graph's data inputs (a float mask in place of lengths, fixed axes)
+    example: tuple[Tensor, ...]  # what the exporter traces with, states included
+    traced: nn.Module
+    io: StateIO | None
+    state_in: list[TensorSpec] = field(default_factory=list)
+    state_out: list[TensorSpec] = field(default_factory=list)
+    states: list[StateSpec] = field(default_factory=list)
+
+    @property
+    def graph_inputs(self) -> list[TensorSpec]:
+        return self.specs + self.state_in
+
+    @property
+    def names_out(self) -> list[str]:
+        return self.output_names + [s.name for s in self.state_out]
+
+
+def _module_form(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    inputs: Sequence[TensorSpec],
+    output_names: Sequence[str],
+    plan: _Plan,
+) -> _Form:
+    """Stage 2: a converted copy of the module whose recurrent layers the strategy can take, the graph's inputs in
+    the target's form, and for a streaming strategy the step module with its states."""
+    stage(f"preparing the {plan.name} export for {plan.target.name}")
+    original = module
+    work = enn.convert(copy.deepcopy(module)).eval()
+    layers = enn.recurrent_layers(work)
+    if not layers:
+        raise ExportError("the module holds no torch.nn.RNN/LSTM/GRU (or edgernn) recurrent layer to export")
+    for _, layer in layers:
+        plan.strategy.check_layer(layer)
+    enn.number_layers(layers)
+    weights = [onnx_weights(layer) for _, layer in layers]
+    specs, example = _graph_form(list(inputs), example_inputs, plan.fixed, plan.static_batch, plan.target.padding)
+    example = _traceable(original, inputs, specs, example, plan.fixed, plan.static_batch)
+    form = _Form(original, list(inputs), list(output_names), layers, weights, specs, example, work, None)
+    if plan.strategy.caps.streaming:
         io = StateIO()
         feed = _torch_example(inputs, specs, example)
         found = probe(original, feed) if feed is not None else Probe()
         io.zero_start = found.zero_start
         if found.state_outputs:  # the module returns its layers' final states: the step's state outputs are those
-            original = WithoutOutputs(original, found.state_outputs)
-            output_names = [n for i, n in enumerate(output_names) if i not in found.state_outputs]
-            names_out = list(output_names)
+            form.original = WithoutOutputs(original, found.state_outputs)
+            form.output_names = [n for i, n in enumerate(output_names) if i not in found.state_outputs]
         dtype = next(layers[0][1].parameters()).dtype
-        state_in, state_out, states = state_specs(layers, str(torch.empty(0, dtype=dtype).numpy().dtype), static_batch)
-        traced = StepModule(work, layers, len(example), io, drop=found.state_outputs)
-        example += tuple(example_states(layers, static_batch or _batch_of(example, specs), dtype))
-        names_out += [s.name for s in state_out]
-    graph_inputs = specs + state_in
-    dims = _by_parameter(traced, _dims(graph_inputs))
-    hook = make_hook(strat, weights, io)
-    stage(f"tracing with torch's exporter ({strategy}, opset {opset})")
+        form.state_in, form.state_out, form.states = state_specs(
+            layers, str(torch.empty(0, dtype=dtype).numpy().dtype), plan.static_batch
+        )
+        form.traced = StepModule(work, layers, len(example), io, drop=found.state_outputs)
+        form.example = example + tuple(example_states(layers, plan.static_batch or _batch_of(example, specs), dtype))
+        form.io = io
+    return form
+
+
+def _trace(form: _Form, plan: _Plan) -> onnx.ModelProto:
+    """Stage 3: torch's exporter with the strategy's hook on every recurrent layer, then the graph cleaned and put
+    in the target's form. A failure that torch's exporter shows on the module alone is reported as torch's."""
+    dims = _by_parameter(form.traced, _dims(form.graph_inputs))
+    hook = make_hook(plan.strategy, form.weights, form.io)
+    stage(f"tracing with torch's exporter ({plan.name}, opset {plan.opset})")
     try:
         with _quiet(), torch.no_grad(), enn.export_hook(hook), packing.traced_packing():
             program = torch.onnx.export(
-                traced,
-                example,
+                form.traced,
+                form.example,
                 dynamo=True,
-                input_names=[s.name for s in graph_inputs],
-                output_names=names_out,
+                input_names=[s.name for s in form.graph_inputs],
+                output_names=form.names_out,
                 dynamic_shapes=dims,
-                custom_translation_table=strat.translation_table() or None,
-                opset_version=opset,
-                optimize=strat.rewrite_graph,
+                custom_translation_table=plan.strategy.translation_table() or None,
+                opset_version=plan.opset,
+                optimize=plan.strategy.rewrite_graph,
                 verbose=False,
             )
             if program is not None:
@@ -395,150 +480,185 @@ def export_module(
         own = _own_error(e)  # edgernn's refusal from inside the trace, wrapped by torch's exporter
         if own is not None:
             raise own from None
-        alone = _torch_alone(original, inputs, specs, example)
+        alone = _torch_alone(form.original, form.inputs, form.specs, form.example)
         if alone is not None:
             raise alone from None
         raise ExportError(f"torch's exporter failed on this module: {_root_cause(e)}") from e
     if program is None:  # torch returns None only when asked to write a file itself, which we never do
         raise ExportError("torch's exporter returned no program")
-    _require_routed(layers, hook.ran)  # type: ignore[attr-defined]
-    stage(f"cleaning the {strategy} graph")
+    _require_routed(form.layers, hook.ran)  # type: ignore[attr-defined]
+    stage(f"cleaning the {plan.name} graph")
     try:
-        proto = set_opset(strat.postprocess(program.model_proto), opset)
+        proto = set_opset(plan.strategy.postprocess(program.model_proto), plan.opset)
         normalise(proto)
-        hygiene.apply(proto, gather_as_slice=tgt.gather_as_slice)
+        hygiene.apply(proto, gather_as_slice=plan.target.gather_as_slice)
         hygiene.require_clean(proto)
-        proto = tgt.graph_form(proto)  # what the target's engine needs beyond hygiene (tract: no bound symbols)
+        proto = plan.target.graph_form(proto)  # what the target's engine needs beyond hygiene (tract: no bound symbols)
         validate_graph(proto)
     except ExportError:
-        alone = _torch_alone(original, inputs, specs, example)  # torch's own export of the module fails too?
+        alone = _torch_alone(form.original, form.inputs, form.specs, form.example)  # torch's own export fails too?
         if alone is not None:
             raise alone from None
         raise
     try:
-        check_dynamic_axes(proto, graph_inputs)
+        check_dynamic_axes(proto, form.graph_inputs)
     except ExportError:
-        _time_not_dynamic(proto, original, inputs, specs, example)
+        _time_not_dynamic(proto, form.original, form.inputs, form.specs, form.example)
         raise
+    return proto
 
+
+def _manifest(form: _Form, plan: _Plan, proto: onnx.ModelProto, extra: dict[str, Any] | None) -> Manifest:
+    """Stage 4: what the file is, for the runtime and for ``edgernn inspect``."""
     graph_outputs = {o.name for o in proto.graph.output}
-    missing = [n for n in output_names if n not in graph_outputs]
-    if missing and caps.streaming:  # torch's exporter keeps one name for a tensor returned twice
+    missing = [n for n in form.output_names if n not in graph_outputs]
+    if missing and plan.strategy.caps.streaming:  # torch's exporter keeps one name for a tensor returned twice
         raise ExportError(
             f"output {missing[0]!r} of the module is a recurrent state, which a step export already returns as "
-            f"{', '.join(s.name for s in state_out)}; return only the other outputs (e.g. the output sequence) "
+            f"{', '.join(s.name for s in form.state_out)}; return only the other outputs (e.g. the output sequence) "
             "from the module you stream"
         )
-    first = layers[0][1]
-    kinds = {layer.cell_kind.name for _, layer in layers}
-    manifest = Manifest(
-        strategy=strategy,
+    first = form.layers[0][1]
+    kinds = {layer.cell_kind.name for _, layer in form.layers}
+    streaming = plan.strategy.caps.streaming
+    return Manifest(
+        strategy=plan.name,
         cell=kinds.pop() if len(kinds) == 1 else None,
         num_layers=first.num_layers,
         hidden_size=first.hidden_size,
         bidirectional=bool(first.bidirectional),
         opset=default_opset(proto),
-        inputs=graph_inputs,
-        outputs=[_named_axes(output_spec(proto, n), specs) for n in output_names] + state_out,
-        states=states,
-        weights_sha256=weights_sha256(original),
-        parameters=sum(p.numel() for p in original.parameters()),
+        inputs=form.graph_inputs,
+        outputs=[_named_axes(output_spec(proto, n), form.specs) for n in form.output_names] + form.state_out,
+        states=form.states,
+        weights_sha256=weights_sha256(form.original),
+        parameters=sum(p.numel() for p in form.original.parameters()),
         proj_size=int(getattr(first, "proj_size", 0)),
         peephole=bool(getattr(first, "peephole", False)),
-        seq_len=fixed if not caps.streaming else None,
-        chunk=fixed if caps.streaming else None,
-        batch=static_batch,
-        target=tgt.name,
+        seq_len=plan.fixed if not streaming else None,
+        chunk=plan.fixed if streaming else None,
+        batch=plan.static_batch,
+        target=plan.target.name,
         edgernn_version=__version__,
-        **(manifest_extra or {}),
+        **(extra or {}),
     )
-    stage(f"target {tgt.name}'s check of the {strategy} graph")
-    structure = structure_report(tgt.check, proto)
+
+
+def _target_check(
+    plan: _Plan, proto: onnx.ModelProto, manifest: Manifest
+) -> tuple[onnx.ModelProto, onnx.ModelProto, Manifest, Any, dict[str, Any]]:
+    """Stage 5: the target's own tool on the graph (``TargetError`` when it refuses it). A target that changes the
+    graph's interface (triton: batch-first states) rewrites it here; parity then runs on the strategy's graph
+    (the first graph returned) and, through the target's runners, on the rewritten one that is written."""
+    stage(f"target {plan.target.name}'s check of the {plan.name} graph")
+    structure = structure_report(plan.target.check, proto)
     if not structure.passed:
-        raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
-    # a target that changes the graph's interface (triton: batch-first states) rewrites it here; parity then runs
-    # on the strategy's graph and, through the target's runners, on the rewritten one that is written
+        raise TargetError(_target_failure(plan.target.name, plan.name, structure.summary, structure.unsupported))
     checked, target_extra = proto, {}
-    rewrite = getattr(tgt, "rewrite", None)
+    rewrite = getattr(plan.target, "rewrite", None)
     if rewrite is not None:
         proto, manifest, structure, target_extra = rewrite(proto, manifest)
         if not structure.passed:
-            raise TargetError(_target_failure(tgt.name, strategy, structure.summary, structure.unsupported))
-    report = None
-    if verify:
-        stage(f"parity of the {strategy} export against torch")
-        if caps.streaming:  # whole chunks: the reference runs on the same steps as the chained calls
-            k = int(fixed or 1)
-            run_cases = [replace(c, length=-(-c.length // k) * k) for c in given_cases or stream_cases(static_batch)]
-            notes: list[str] = []
-        else:
-            default = cases_for(
-                has_lengths=lengths_spec is not None,
-                fixed_length=fixed,
-                batch=static_batch,
-                other_axes=other_axes(inputs),
-            )
-            run_cases, notes = fit_cases(
-                original,
-                list(inputs),
-                given_cases or default,
-                int_high=int_high,
-                movable=given_cases is None and fixed is None,
-                min_len=min_len,
-            )
-        extra = {**target_runners(tgt.check, proto), **target_extra}
-        lengths_name = lengths_spec.name if lengths_spec is not None else None
-        if caps.streaming:
-            report = verify_stream(
-                original,
-                checked,
-                list(inputs),
-                states,
-                list(output_names),
-                int(fixed or 1),
-                graph_specs=graph_inputs,
-                cases=run_cases,
-                oracle=oracle,
-                extra=extra,
-                int_high=int_high,
-            )
-        else:
-            report = verify_parity(
-                original,
-                proto,
-                manifest,
-                torch_specs=list(inputs),
-                lengths_name=lengths_name,
-                cases=run_cases,
-                oracle=oracle,
-                extra=extra,
-                int_high=int_high,
-            )
-        report.notes.extend(notes)
-        if oracle is None:  # a user's module: each recurrent layer against the numpy oracle as well
-            stage("each recurrent layer against the numpy oracle")
-            report.comparisons.extend(
-                layer_oracle_check(original, list(inputs), run_cases, int_high=int_high, notes=report.notes)
-            )
-        manifest = replace(manifest, parity=report.summary())
-        if not report.passed:
-            worst = report.failures()[:5]
-            lines = "; ".join(
-                f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst
-            )
-            why = "".join(f" Note: {n}." for n in report.notes)
-            raise ParityError(
-                f"parity FAILED for strategy {strategy!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}."
-                f"{why} Nothing was written.",
-                report,
-            )
-        if extra:
-            structure.parity = report.summary(candidates=list(extra))
+            raise TargetError(_target_failure(plan.target.name, plan.name, structure.summary, structure.unsupported))
+    return checked, proto, manifest, structure, target_extra
+
+
+def _parity(
+    form: _Form,
+    plan: _Plan,
+    checked: onnx.ModelProto,
+    proto: onnx.ModelProto,
+    manifest: Manifest,
+    target_extra: dict[str, Any],
+    oracle: Runner | None,
+    int_high: int,
+) -> tuple[ParityReport, list[Case], list[str]]:
+    """Stage 6: the export against the module itself on onnxruntime and the target's runtimes (for a streaming
+    strategy: chained calls against one whole-sequence call), and a user's layers against the numpy oracle.
+    ``ParityError`` when it fails. Returns the report, the cases it ran and the target's runtimes it ran on."""
+    stage(f"parity of the {plan.name} export against torch")
+    streaming = plan.strategy.caps.streaming
+    if streaming:  # whole chunks: the reference runs on the same steps as the chained calls
+        k = int(plan.fixed or 1)
+        run_cases = [replace(c, length=-(-c.length // k) * k) for c in plan.cases or stream_cases(plan.static_batch)]
+        notes: list[str] = []
     else:
-        manifest = replace(manifest, parity={"passed": None, "skipped": "exported with --no-verify"})
-    manifest = replace(manifest, target_check=structure.to_dict())
+        default = cases_for(
+            has_lengths=plan.lengths is not None,
+            fixed_length=plan.fixed,
+            batch=plan.static_batch,
+            other_axes=other_axes(form.inputs),
+        )
+        run_cases, notes = fit_cases(
+            form.original,
+            form.inputs,
+            plan.cases or default,
+            int_high=int_high,
+            movable=plan.cases is None and plan.fixed is None,
+            min_len=plan.min_len,
+        )
+    extra = {**target_runners(plan.target.check, proto), **target_extra}
+    if streaming:
+        report = verify_stream(
+            form.original,
+            checked,
+            form.inputs,
+            form.states,
+            form.output_names,
+            int(plan.fixed or 1),
+            graph_specs=form.graph_inputs,
+            cases=run_cases,
+            oracle=oracle,
+            extra=extra,
+            int_high=int_high,
+        )
+    else:
+        report = verify_parity(
+            form.original,
+            proto,
+            manifest,
+            torch_specs=form.inputs,
+            lengths_name=plan.lengths.name if plan.lengths is not None else None,
+            cases=run_cases,
+            oracle=oracle,
+            extra=extra,
+            int_high=int_high,
+        )
+    report.notes.extend(notes)
+    if oracle is None:  # a user's module: each recurrent layer against the numpy oracle as well
+        stage("each recurrent layer against the numpy oracle")
+        report.comparisons.extend(
+            layer_oracle_check(form.original, form.inputs, run_cases, int_high=int_high, notes=report.notes)
+        )
+    if not report.passed:
+        worst = report.failures()[:5]
+        lines = "; ".join(
+            f"{c.case} {c.candidate} {c.output}: max abs {c.max_abs:.3g}, rel {c.max_rel:.3g}" for c in worst
+        )
+        why = "".join(f" Note: {n}." for n in report.notes)
+        raise ParityError(
+            f"parity FAILED for strategy {plan.name!r} (atol {report.atol:g}, rtol {report.rtol:g}): {lines}."
+            f"{why} Nothing was written.",
+            report,
+        )
+    return report, run_cases, list(extra)
+
+
+@dataclass
+class _Checked:
+    """Stage 7: a checked export, written where and when asked (``write_to``: auto writes only the one it chose)."""
+
+    proto: onnx.ModelProto
+    manifest: Manifest
+    report: ParityReport | None
+    original: nn.Module
+    run_cases: list[Case]
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    int_high: int
 
     def write_to(
+        self,
         dest: str | os.PathLike[str] | None,
         *,
         ort_format: bool = False,
@@ -547,9 +667,9 @@ def export_module(
     ) -> ExportResult:
         """This checked export, its manifest with ``manifest_fields`` set, written to ``dest`` (with the
         onnxruntime Mobile package and the golden file where asked; None: kept in memory)."""
-        final = replace(manifest, **manifest_fields)
-        write_manifest(proto, final)
-        data = proto.SerializeToString(deterministic=True)
+        final = replace(self.manifest, **manifest_fields)
+        write_manifest(self.proto, final)
+        data = self.proto.SerializeToString(deterministic=True)
         _package_needs_path(ort_format, dest)
         out = None
         pkg = None
@@ -562,18 +682,22 @@ def export_module(
                 pkg = package_bytes(data, out.stem, out.parent)
             write_atomic(out, data)
         written = None
-        if golden is not None and report is not None:
+        if golden is not None and self.report is not None:
             stage("writing the golden file")
             from ..verify.golden import write_golden
 
             written = write_golden(
-                golden, original, final, run_cases, specs=list(inputs), output_names=output_names, int_high=int_high
+                golden,
+                self.original,
+                final,
+                self.run_cases,
+                specs=self.inputs,
+                output_names=self.output_names,
+                int_high=self.int_high,
             )
-        result = ExportResult(out, final, report, data, pkg, golden=written)
-        result.write_to = write_to
+        result = ExportResult(out, final, self.report, data, pkg, golden=written)
+        result.write_to = self.write_to
         return result
-
-    return write_to(path, ort_format=ort_format, golden=golden_out)
 
 
 def _package_needs_path(ort_format: bool, path: str | os.PathLike[str] | None) -> None:
