@@ -167,7 +167,9 @@ def cluster() -> Any:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from edgernn.serve.ray import local_ray_options
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", **local_ray_options())  # 127.0.0.1 only
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield {"port": port, "address": ray.get_runtime_context().gcs_address}
