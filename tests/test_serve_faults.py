@@ -3,8 +3,8 @@ listens. The state token (each stateful response carries the stream's state; a r
 resume on any replica), back-pressure (HTTP 503 + Retry-After in edgernn's error body), a lost replica answered
 with ``state_lost: true``, ``check_health``, eviction on a timer, and a local cluster bound to 127.0.0.1.
 
-The first part needs no Ray. The Ray part shares one local 2-CPU cluster (started by ``init_ray``, as the CLI
-starts it); its start-up and the replica replacement after a kill are the slow parts.
+The first part needs no Ray. The Ray part shares one local 2-CPU cluster (``cluster`` of test_serve_ray, started by
+``init_ray`` as the CLI starts it); its start-up and the replica replacement after a kill are the slow parts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_serve_ray
 from test_stream_models import step_model
 
 from edgernn.errors import ConfigError, ModelFormatError
@@ -40,6 +40,8 @@ from edgernn.serve.ray import (
 )
 
 FEATURES = 3
+cluster = test_serve_ray.cluster  # the module-scoped local Ray cluster (init_ray: 127.0.0.1 only)
+local_outputs = test_serve_ray.local_outputs
 HIDDEN, LAYERS = 16, 2
 
 
@@ -48,15 +50,6 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("faults") / "step.onnx"
     path.write_bytes(step_model("lstm", FEATURES, HIDDEN, LAYERS, time=1))
     return path
-
-
-def local_outputs(path: Path, frames: np.ndarray) -> list[list[np.ndarray]]:
-    sm = StreamingModel(path)
-    out = []
-    for row in frames:
-        s = sm.stream()
-        out.append([s.step(f) for f in row])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ no Ray
@@ -249,27 +242,6 @@ def test_back_pressure_and_a_lost_replica_are_answered_in_edgernns_body() -> Non
 
 
 # ------------------------------------------------------------------------------------------------ Ray
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    """A local Ray cluster of 2 CPUs started as the CLI starts one (``init_ray``: loopback only)."""
-    ray = pytest.importorskip("ray", reason="Ray Serve tests need ray: pip install 'edgernn[ray]'")
-    pytest.importorskip("ray.serve", reason="Ray Serve tests need ray[serve]: pip install 'edgernn[ray]'")
-    from ray import serve
-
-    from edgernn.serve.ray import init_ray
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    init_ray(ray, num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-    try:
-        yield {"port": port}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def deploy(name: str, path: Path, **kwargs: Any) -> str:
