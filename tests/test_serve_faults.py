@@ -373,3 +373,53 @@ def test_streams_survive_a_replica_killed_mid_run(cluster: Any, model_path: Path
             if status != 200:
                 assert status == 503 and body["stream"] == c.stream and "state_lost" in body, (status, body)
     serve.delete(app)
+
+
+def _kill_replica(app: str, replica: str) -> None:
+    """Kill the StreamReplica actor ``replica`` of ``app`` as SIGKILL would (no clean-up, no restart by Ray)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    victim = next(nm for nm in names if nm.startswith(f"SERVE_REPLICA::{app}#StreamReplica#") and nm.endswith(replica))
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+
+@pytest.mark.slow  # a Ray cluster and a replica killed
+def test_requests_in_flight_on_a_killed_replica_get_state_lost_not_a_bare_500(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    # a batch waits up to 3 s to fill: the requests sit in the replica when it dies
+    app = deploy("inflight", model_path, replicas=1, max_batch_size=64, batch_wait_timeout_s=3.0)
+    url = f"http://127.0.0.1:{cluster['port']}/inflight"
+    first = test_serve_ray.post(cluster["port"], "inflight", {"stream": "warm", "frame": [0.1] * FEATURES})[1]
+    results: list[tuple[int, dict[str, Any]]] = []
+
+    def send(k: int) -> None:
+        body = json.dumps({"stream": f"in-{k}", "frame": [0.1] * FEATURES}).encode()
+        req = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                results.append((r.status, json.loads(r.read())))
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                results.append((e.code, json.loads(raw)))
+            except ValueError:  # not edgernn's body (Serve's bare "Internal Server Error")
+                results.append((e.code, {"not json": raw[:200].decode("utf-8", "replace")}))
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # not an assertion: lets the 3 requests reach the replica's batch queue
+    _kill_replica("inflight", first["replica"])
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    lost = [b for c, b in results if c == 503]
+    for code, body in results:
+        assert code in (200, 503), (code, body)
+    assert lost, results  # at least one was held by the replica when it died
+    for body in lost:
+        assert body["state_lost"] is True and body["stream"].startswith("in-") and body["code"] == 1, body
+        assert "token" in body["error"]
+    serve.delete(app)
