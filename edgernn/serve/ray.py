@@ -30,6 +30,14 @@
   ``TooManyStreamsError``; no live stream is evicted for it), a stream id has at most ``max_id_chars`` characters
   (an integer id: 64 bits), an HTTP body at most ``max_body_bytes`` (HTTP 413; JSON nested too deep: 400). A
   refused request's response is ``{"stream", "error", "code", "status"}`` (exit code, HTTP status).
+* Faults (docs/scale-out.md, "Faults"): each stateful response carries ``"token"``, the stream's state
+  (``StateCodec``: versioned, tied to the model's sha256, sized by the model); a request that sends it back
+  resumes the stream from it on any replica, so a replica's death loses nothing for a client that keeps it
+  (``edgernn.serve.StreamClient`` does). Beyond ``max_queued`` waiting requests Serve refuses and the ingress
+  answers HTTP 503 with ``Retry-After`` (``OverloadedError``); a replica that dies or fails while it holds a
+  request is answered HTTP 503 with ``"state_lost": true`` (``ReplicaLostError``), never a bare 500. Each replica
+  runs the model on a zero frame at start and in Serve's periodic ``check_health``, and forgets idle streams on a
+  timer. ``init_ray`` starts a local cluster on 127.0.0.1 only (``local_ray_options``).
 
 Python callers use the handle ``serve.run`` returns: ``handle.remote({"stream": "a", "frame": [0.1]}).result()``
 (numpy arrays in, numpy arrays out, exact), or ``StreamClient(app_name)``, which routes each request to its replica
