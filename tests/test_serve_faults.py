@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -24,9 +25,9 @@ import pytest
 import test_serve_ray
 from test_stream_models import step_model
 
-from edgernn.errors import ConfigError, ModelFormatError
+from edgernn.errors import ConfigError, InputError, ModelFormatError
 from edgernn.runtime.stream import StreamingModel
-from edgernn.serve import StreamClient
+from edgernn.serve import ServeUnavailableError, StreamClient
 from edgernn.serve.ray import (
     TOKEN_HEADER,
     OverloadedError,
@@ -35,6 +36,7 @@ from edgernn.serve.ray import (
     StreamTable,
     check_serving,
     check_token_fits,
+    error_response,
     failure_response,
     refusal,
 )
@@ -191,6 +193,79 @@ def test_idle_streams_go_on_a_timer_and_stats_evicts_nothing(model_path: Path) -
         assert table.stats()["streams"] == 0 and table.stats()["evicted"] == 2  # no request arrived
     finally:
         table.stop_evictor()
+
+
+class _FlakyServer:
+    """An HTTP server over two StreamTables (two replicas) that fails as told: ``plan`` is a list of what the next
+    requests get ("ok": replica 0 answers, "moved": replica 1, which may not hold the stream, answers, "503": a lost
+    replica's answer, "reset": the connection is closed unanswered). Records each request body."""
+
+    def __init__(self, model: Path) -> None:
+        import http.server
+
+        self.tables = [StreamTable(model), StreamTable(model)]
+        self.plan: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.bodies.append(body)
+                what = outer.plan.pop(0) if outer.plan else "ok"
+                if what == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if what == "503":
+                    lost = ReplicaLostError("the replica stopped")
+                    status, resp = 503, {**error_response(body["stream"], lost), "state_lost": True}
+                else:
+                    from edgernn.serve.ray import to_json
+
+                    resp = to_json(outer.tables[what == "moved"].step_batch([body])[0])
+                    status = int(resp.get("status", 400)) if "error" in resp else 200
+                data = json.dumps(resp).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                if status == 503:
+                    self.send_header("Retry-After", "0")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_stream_client_resumes_after_a_503_a_reset_and_a_move(model_path: Path) -> None:
+    frames = np.random.default_rng(9).standard_normal((1, 8, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)[0]
+    srv = _FlakyServer(model_path)
+    try:
+        client = StreamClient(srv.url, "c1", backoff_s=0.0, timeout_s=5)
+        srv.plan = ["ok", "ok", "503", "ok", "reset", "ok", "moved", "moved", "ok"]
+        got = [client.step(f) for f in frames[0, :6]]
+        for t in range(6):
+            assert np.array_equal(got[t], want[t]), t
+        # resent with the token: after the 503, the reset, the move to replica 1 (which did not hold the stream),
+        # and the move back to replica 0 (which held it 1 step behind: its steps told the client)
+        assert client.steps == 6 and client.resumed == 4
+        sent = [("token" in b) for b in srv.bodies]
+        assert sent == [False, False, False, True, False, True, False, True, False, True], sent
+        with pytest.raises(InputError, match="features"):  # a refused frame is not retried
+            client.step([1.0])
+        assert srv.bodies[-1]["frame"] == [1.0] and len(srv.bodies) == 11
+        srv.plan = ["503"] * 5
+        stuck = StreamClient(srv.url, "c2", retries=2, backoff_s=0.0)
+        with pytest.raises(ServeUnavailableError, match="after 2 retries"):
+            stuck.step(frames[0, 0])
+    finally:
+        srv.server.shutdown()
 
 
 class _Fails:
