@@ -383,19 +383,21 @@ def test_overload_is_refused_with_503_retry_after_and_edgernns_body(cluster: Any
 
 
 class _Recording(StreamClient):
-    """A StreamClient that records every HTTP status and error body it got."""
+    """A StreamClient that records every HTTP status and error body it got, and the replica that last answered."""
 
     seen: list[tuple[int, Any]]
+    replica: str = ""
 
     def _post(self, body: Any) -> Any:
         status, resp, after = super()._post(body)
         self.seen.append((status, resp if status != 200 else None))
+        if status == 200:
+            self.replica = resp["replica"]
         return status, resp, after
 
 
 @pytest.mark.slow  # a Ray cluster, a replica killed and replaced: ~30-60 s on 2 cores
 def test_streams_survive_a_replica_killed_mid_run(cluster: Any, model_path: Path) -> None:
-    import ray
     from ray import serve
 
     n, steps, kill_at = 8, 40, 15
@@ -424,16 +426,8 @@ def test_streams_survive_a_replica_killed_mid_run(cluster: Any, model_path: Path
     for t in threads:
         t.start()
     halfway.wait()
-    # every stream is at frame 16 and going on: kill the replica of stream s0 (as SIGKILL would: no clean-up)
-    probe = json.loads(
-        urllib.request.urlopen(
-            urllib.request.Request(url, json.dumps({"stream": "probe", "frame": [0.0] * FEATURES}).encode()),
-            timeout=30,
-        ).read()
-    )
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#StreamReplica#" in a["name"]]
-    victim = next(nm for nm in names if nm.startswith("SERVE_REPLICA::faults#") and nm.endswith(probe["replica"]))
-    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    # every stream is at frame 16 and going on: kill a replica (as SIGKILL would: no clean-up)
+    _kill_replica("faults", clients[0].replica)  # the replica of stream s0 (at least that stream is hit)
     for t in threads:
         t.join()
     assert not errors, errors
