@@ -157,7 +157,9 @@ def test_ray_options_need_a_directory(small_models: dict[str, Path], tmp_path: P
 def cluster() -> Any:
     ray = pytest.importorskip("ray", reason="Ray Data tests need ray: pip install 'edgernn[ray]'")
     pytest.importorskip("ray.data", reason="Ray Data tests need ray[data]: pip install 'edgernn[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from edgernn.serve.ray import local_ray_options
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", **local_ray_options())  # 127.0.0.1 only
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray

@@ -114,6 +114,11 @@ CASES: list[tuple[list[str], int, str]] = [
     ([*RAY, "--ray-timeout", "nan"], 2, "--ray-timeout"),
     ([*RAY, "--ray-timeout", "1e9"], 2, "at most 3600 seconds"),
     ([*RAY, "--address", "127.0.0.1:{closed}", "--ray-timeout", "5"], 1, "nothing answers there"),
+    ([*RAY, "--max-queued", "0"], 2, "--max-queued"),
+    ([*RAY, "--max-queued", str(10**9)], 2, "65,536"),
+    ([*RAY, "--health-period", "0"], 2, "--health-period"),
+    ([*RAY, "--health-timeout", "1e9"], 2, "--health-timeout"),
+    ([*RAY, "--max-body-bytes", "1100"], 2, "state token is 368 characters"),
     # run --ray: its start-up time-out is bounded; a cluster that is not there is named, not waited for forever
     ([*RUN_RAY, "--ray-timeout", "0"], 2, "--ray-timeout"),
     ([*RUN_RAY, "--ray-timeout", "inf"], 2, "at most 3600 seconds"),
@@ -357,7 +362,9 @@ def cluster() -> Any:
     from ray import serve
 
     port = _closed_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from edgernn.serve.ray import local_ray_options
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", **local_ray_options())  # 127.0.0.1 only
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield {"port": port}
@@ -423,7 +430,18 @@ def test_a_served_app_answers_hostile_requests_with_a_4xx_and_json(cluster: Any,
 def test_the_bounds_are_documented_with_their_tests() -> None:
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "scale-out.md").read_text() + (root / "docs" / "security.md").read_text()
-    for phrase in ("--max-streams", "--max-id-chars", "--max-body-bytes", "--ray-timeout", "--force", "429", "413"):
+    for phrase in (
+        "--max-streams",
+        "--max-id-chars",
+        "--max-body-bytes",
+        "--max-queued",
+        "--ray-timeout",
+        "--force",
+        "429",
+        "413",
+        "503",
+        "Retry-After",
+    ):
         assert phrase in text, phrase
     assert "tests/test_hostile_serve.py" in text
 

@@ -159,7 +159,8 @@ def test_importing_edgernn_ray_modules_does_not_import_ray_and_missing_ray_exits
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    """A local Ray cluster of 2 CPUs with Serve's HTTP proxy on a free port, for the whole module."""
+    """A local Ray cluster of 2 CPUs with Serve's HTTP proxy on a free port, for the whole module; started as the
+    CLI starts one (``init_ray``: 127.0.0.1 only)."""
     ray = pytest.importorskip("ray", reason="Ray Serve tests need ray: pip install 'edgernn[ray]'")
     pytest.importorskip("ray.serve", reason="Ray Serve tests need ray[serve]: pip install 'edgernn[ray]'")
     from ray import serve
@@ -167,7 +168,9 @@ def cluster() -> Any:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from edgernn.serve.ray import init_ray
+
+    init_ray(ray, num_cpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield {"port": port, "address": ray.get_runtime_context().gcs_address}

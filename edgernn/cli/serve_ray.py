@@ -76,6 +76,35 @@ from .common import handle_errors
     help="Bytes of one HTTP request (1024 to 67108864); a larger one is refused (HTTP 413).",
 )
 @click.option(
+    "--max-queued",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Requests that may wait for a busy replica (1 to 65536); one more is refused with HTTP 503 and "
+    "Retry-After (nothing ran, the stream's state is kept).",
+)
+@click.option(
+    "--health-period",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between health checks of each replica (the model run on a zero frame; 0.1 to 3600).",
+)
+@click.option(
+    "--health-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds a health check may take before its replica is replaced (0.1 to 3600).",
+)
+@click.option(
+    "--state-tokens/--no-state-tokens",
+    default=True,
+    show_default=True,
+    help="Stateful mode: each response carries the stream's state as a token that resumes it on any replica "
+    "(a replica's death loses nothing for a client that sends it back); --no-state-tokens saves its bytes.",
+)
+@click.option(
     "--ray-timeout",
     type=float,
     default=120.0,
@@ -110,6 +139,10 @@ def ray_command(
     max_streams: int,
     max_id_chars: int,
     max_body_bytes: int,
+    max_queued: int,
+    health_period: float,
+    health_timeout: float,
+    state_tokens: bool,
     ray_timeout: float,
     address: str | None,
     num_cpus: int | None,
@@ -118,7 +151,9 @@ def ray_command(
     batches frames of different streams into one call; a stream's frames all go to one replica (consistent
     hashing on its id), or with --stateless its state travels with each request. Runs until Ctrl-C. What a
     client sends is bounded (--max-streams, --max-id-chars, --max-body-bytes): beyond a bound a request gets an
-    HTTP 4xx with a JSON error.
+    HTTP 4xx with a JSON error; beyond --max-queued waiting requests, an HTTP 503 with Retry-After. Each stateful
+    response carries a state token: send it back ("token") to resume the stream on any replica after a 503 or a
+    replica's death (edgernn.serve.StreamClient does). A local cluster listens on 127.0.0.1 only.
 
     \b
     edgernn serve ray step.onnx --replicas 2
@@ -129,7 +164,9 @@ def ray_command(
         MAX_BATCH_LIMIT,
         check_bounds,
         check_ray_timeout,
+        check_serving,
         check_stream_model,
+        check_token_fits,
         init_ray,
         require_ray,
         stream_deployment,
@@ -142,8 +179,12 @@ def ray_command(
     if max_batch_size > MAX_BATCH_LIMIT:
         raise ConfigError(f"--max-batch-size is at most {MAX_BATCH_LIMIT:,}; got {max_batch_size:,}")
     check_bounds(max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
+    check_serving(max_queued=max_queued, health_period_s=health_period, health_timeout_s=health_timeout)
     check_ray_timeout(ray_timeout)
     frame = check_stream_model(model)  # before Ray starts: a model that cannot stream is refused at once
+    if state_tokens and not stateless:
+        with open(model, "rb") as f:
+            check_token_fits(f.read(), max_body_bytes)  # a token too large for the body bound: refused here too
     ray = require_ray("serve")
     from ray import serve
 
@@ -164,9 +205,14 @@ def ray_command(
             max_streams=max_streams,
             max_id_chars=max_id_chars,
             max_body_bytes=max_body_bytes,
+            max_queued=max_queued,
+            health_period_s=health_period,
+            health_timeout_s=health_timeout,
+            state_tokens=state_tokens,
         )
         serve.run(app, name=app_name, route_prefix=route)
-        click.echo(_how_to(model, frame, replicas, stateless, ttl, f"http://{host}:{port}{route}", app_name), err=True)
+        url = f"http://{host}:{port}{route}"
+        click.echo(_how_to(model, frame, replicas, stateless, ttl, url, app_name, state_tokens), err=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -191,7 +237,9 @@ def _stop(ray: Any, serve: Any, app_name: str, own_cluster: bool) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _how_to(model: str, frame: Any, replicas: int, stateless: bool, ttl: float, url: str, app_name: str) -> str:
+def _how_to(
+    model: str, frame: Any, replicas: int, stateless: bool, ttl: float, url: str, app_name: str, tokens: bool = True
+) -> str:
     body = json.dumps({"stream": "mic-1", "frame": frame})
     mode = (
         "stateless: send the response's state back with the next frame"
@@ -208,6 +256,11 @@ def _how_to(model: str, frame: Any, replicas: int, stateless: bool, ttl: float, 
         lines.append('  then: {"stream": "mic-1", "frame": [...], "state": <the "state" of the last response>}')
     else:
         lines.append('  "reset": true starts a stream again; "close": true forgets it after this frame')
+        if tokens:
+            lines.append(
+                '  after a 503 or a lost replica: resend the frame with "token": <the "token" of the last response>'
+            )
+            lines.append(f"  or from Python: edgernn.serve.StreamClient({url!r}, 'mic-1').step(frame)")
     lines += [
         "from Python on this cluster:",
         f"  serve.get_app_handle({app_name!r}).remote({body}).result()",

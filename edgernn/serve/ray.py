@@ -30,6 +30,14 @@
   ``TooManyStreamsError``; no live stream is evicted for it), a stream id has at most ``max_id_chars`` characters
   (an integer id: 64 bits), an HTTP body at most ``max_body_bytes`` (HTTP 413; JSON nested too deep: 400). A
   refused request's response is ``{"stream", "error", "code", "status"}`` (exit code, HTTP status).
+* Faults (docs/scale-out.md, "Faults"): each stateful response carries ``"token"``, the stream's state
+  (``StateCodec``: versioned, tied to the model's sha256, sized by the model); a request that sends it back
+  resumes the stream from it on any replica, so a replica's death loses nothing for a client that keeps it
+  (``edgernn.serve.StreamClient`` does). Beyond ``max_queued`` waiting requests Serve refuses and the ingress
+  answers HTTP 503 with ``Retry-After`` (``OverloadedError``); a replica that dies or fails while it holds a
+  request is answered HTTP 503 with ``"state_lost": true`` (``ReplicaLostError``), never a bare 500. Each replica
+  runs the model on a zero frame at start and in Serve's periodic ``check_health``, and forgets idle streams on a
+  timer. ``init_ray`` starts a local cluster on 127.0.0.1 only (``local_ray_options``).
 
 Python callers use the handle ``serve.run`` returns: ``handle.remote({"stream": "a", "frame": [0.1]}).result()``
 (numpy arrays in, numpy arrays out, exact), or ``StreamClient(app_name)``, which routes each request to its replica
@@ -45,6 +53,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +79,15 @@ MAX_BODY_BYTES_LIMIT = 64 << 20
 DEFAULT_RAY_TIMEOUT_S = 120.0  # how long `ray.init` may take (start a local cluster, or connect to one)
 MAX_RAY_TIMEOUT_S = 3600.0
 MAX_BATCH_LIMIT = 4096  # requests one replica runs in one onnxruntime call; --max-batch-size
+DEFAULT_MAX_QUEUED = 64  # requests an ingress replica queues for busy replicas before it answers 503; --max-queued
+MAX_QUEUED_LIMIT = 65_536
+RETRY_AFTER_S = 1  # what a 503 tells the client to wait (the Retry-After header and "retry_after")
+DEFAULT_HEALTH_PERIOD_S = 10.0  # how often Serve runs a replica's check_health (the model on a zero frame)
+DEFAULT_HEALTH_TIMEOUT_S = 30.0  # how long one check may take before the replica is replaced
+MAX_HEALTH_S = 3600.0
+TOKEN_VERSION = 1  # of the state token's layout (a token of another version is refused, never misread)
+TOKEN_MAGIC = b"ERS"
+TOKEN_HEADER = struct.Struct("<3sB8sQ")  # magic, version, the model's sha256 prefix, steps; then the states
 
 
 class TooManyStreamsError(InputError):
@@ -84,6 +102,22 @@ class BodyTooLargeError(InputError):
     http_status = 413
 
 
+class OverloadedError(EdgeRNNError):
+    """Every replica is busy and the ingress's queue is full (Serve's ``max_queued_requests``): HTTP 503 with
+    ``Retry-After``; nothing ran, the stream's state is as it was."""
+
+    exit_code = 1
+    http_status = 503
+
+
+class ReplicaLostError(EdgeRNNError):
+    """The replica serving a stream stopped (killed, crashed) or failed while running its request: HTTP 503, the
+    response says ``state_lost: true``; resend the frame with the last response's ``token`` to resume."""
+
+    exit_code = 1
+    http_status = 503
+
+
 class RayStartError(EdgeRNNError):
     """Ray did not start (or could not be reached) within the time given to it."""
 
@@ -91,7 +125,8 @@ class RayStartError(EdgeRNNError):
 
 
 def http_status(e: EdgeRNNError) -> int:
-    """The HTTP status a refused request gets: 429 for a full replica, 413 for a body too large, else 400."""
+    """The HTTP status a refused request gets: 429 for a full replica, 413 for a body too large, 503 for a busy or
+    lost replica, else 400."""
     return int(getattr(e, "http_status", 400))
 
 
@@ -122,6 +157,8 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
     check_ray_timeout(timeout_s)
     target = address or os.environ.get("RAY_ADDRESS") or None
     what = f"connect to the Ray cluster at {target}" if target else "start a local Ray cluster"
+    if target is None:  # a local cluster: loopback only
+        kwargs = {**local_ray_options(), **kwargs}
     host_port = _host_port(target)
     if host_port is not None:
         try:
@@ -175,6 +212,23 @@ def init_ray(ray: Any, *, address: str | None = None, timeout_s: float = DEFAULT
         ) from None
 
 
+def local_ray_options() -> dict[str, Any]:
+    """The ``ray.init`` options of a local cluster that listens on 127.0.0.1 only (node, GCS, dashboard), which
+    ``init_ray`` uses whenever it starts one: ``ray.init(num_cpus=2, **local_ray_options())``.
+
+    Ray (2.60) replaces a node address of 127.0.0.1 by the host's interface address unless it is told that this is
+    a one-machine cluster (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by Ray's own processes at start-up and,
+    here, by this process's already imported Ray): this says so, for this process and the ones Ray starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants  # read at import: this process may have imported it already
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except ImportError:
+        pass
+    return {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
+
+
 _PARKED = threading.Event()  # never set: where init_ray's thread waits once Ray has started
 
 
@@ -210,6 +264,71 @@ class _Request:
     reset: bool
     close: bool
     state: dict[str, Any] | None
+    token: tuple[dict[str, np.ndarray], int] | None = None  # a decoded state token: the state and its steps
+
+
+class StateCodec:
+    """The state token of a stateful stream: its state itself, so that any replica can resume it.
+
+    ``base64url(header + states)``: the header is ``TOKEN_HEADER`` (b"ERS", the layout version, the first 8 bytes
+    of the model file's sha256, the stream's steps, little-endian); then each state input's values in the model's
+    order, as its dtype (float32 for edgernn's exports), little-endian, C order. The size is fixed by the model:
+    ``chars`` characters (an LSTM of 2 layers x 16 hidden: 256 bytes of state, 368 characters). ``decode`` checks
+    the version, the model and the length (the shapes); ``Stream.set_state`` then checks the values are finite.
+    Opaque to clients: they send back what they got."""
+
+    def __init__(self, model: Any, data: bytes) -> None:
+        import hashlib
+
+        self.model_id = hashlib.sha256(data).digest()[:8]
+        self.specs = [
+            (st.input, tuple(int(d) for d in st.shape), np.dtype(st.dtype).newbyteorder("<")) for st in model.states
+        ]
+        self.state_bytes = sum(int(np.prod(shape)) * dt.itemsize for _, shape, dt in self.specs)
+        self.raw_bytes = TOKEN_HEADER.size + self.state_bytes
+        self.chars = 4 * -(-self.raw_bytes // 3)
+
+    def encode(self, state: Mapping[str, np.ndarray], steps: int) -> str:
+        import base64
+
+        parts = [TOKEN_HEADER.pack(TOKEN_MAGIC, TOKEN_VERSION, self.model_id, steps)]
+        parts += [np.ascontiguousarray(state[name], dt).tobytes() for name, _, dt in self.specs]
+        return base64.urlsafe_b64encode(b"".join(parts)).decode("ascii")
+
+    def decode(self, token: Any, key: str) -> tuple[dict[str, np.ndarray], int]:
+        import base64
+        import binascii
+
+        what = f"stream {key!r}: 'token'"
+        if not isinstance(token, str) or len(token) != self.chars:
+            got = f"{len(token):,} characters" if isinstance(token, str) else type(token).__name__
+            raise InputError(
+                f"{what} must be the {self.chars:,}-character string a response of this model returned; got {got}"
+            )
+        try:
+            raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise InputError(
+                f"{what} is not a state token (not base64url); send back the one a response returned"
+            ) from None
+        if len(raw) != self.raw_bytes:
+            raise InputError(f"{what} holds {len(raw):,} bytes; this model's state takes {self.raw_bytes:,}")
+        magic, version, model_id, steps = TOKEN_HEADER.unpack_from(raw)
+        if magic != TOKEN_MAGIC:
+            raise InputError(f"{what} is not a state token of edgernn; send back the one a response returned")
+        if version != TOKEN_VERSION:
+            raise InputError(f"{what} has layout version {version}; this server reads version {TOKEN_VERSION}")
+        if model_id != self.model_id:
+            raise InputError(
+                f"{what} was made by another model (sha256 {model_id.hex()}..., this one is {self.model_id.hex()}...); "
+                'a stream cannot resume on a different model: start it again ("reset": true, no token)'
+            )
+        state, at = {}, TOKEN_HEADER.size
+        for name, shape, dt in self.specs:
+            n = int(np.prod(shape)) * dt.itemsize
+            state[name] = np.frombuffer(raw, dt, count=n // dt.itemsize, offset=at).reshape(shape)
+            at += n
+        return state, int(steps)
 
 
 class StreamTable:
@@ -231,12 +350,19 @@ class StreamTable:
         provider: str = "cpu",
         max_streams: int = DEFAULT_MAX_STREAMS,
         max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+        state_tokens: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from ..runtime.stream import StreamingModel
 
         check_bounds(ttl_s=ttl_s, max_streams=max_streams, max_id_chars=max_id_chars)
-        self.model = StreamingModel(model, threads=threads, provider=provider)
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self.model = StreamingModel(data, threads=threads, provider=provider)
+        # stateful mode: each response carries the stream's state as a token a request may send back to resume it
+        self.codec = StateCodec(self.model, data) if state_tokens and not stateless else None
+        self._probe: Any = None  # check_health's own stream
+        self._evictor: threading.Thread | None = None
+        self._stop = threading.Event()
         self.stateless = stateless
         self.ttl_s = ttl_s
         self.max_streams = max_streams
@@ -256,6 +382,7 @@ class StreamTable:
             "evicted": 0,
             "closed": 0,
             "refused_full": 0,
+            "resumed": 0,
         }
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -287,14 +414,47 @@ class StreamTable:
         with self._lock:
             return self._evict(self._clock())
 
+    def check_health(self) -> None:
+        """Run the model on a zero frame in a stream of its own (not the table's: no lock, no live stream touched);
+        raises ``ModelFormatError`` if the run fails or its output is not finite. Serve's health check."""
+        frame = np.zeros_like(np.asarray(example_frame(self.model, 0)), dtype=self.model.dtype)
+        try:
+            if self._probe is None:
+                self._probe = self.model.stream()
+            self._probe.reset()
+            y = np.asarray(self._probe.step(frame))
+        except Exception as e:  # any failure of the model is an unhealthy replica
+            raise ModelFormatError(f"the model failed its health check: {type(e).__name__}: {str(e)[:200]}") from None
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ModelFormatError("the model failed its health check: its output for a zero frame is not finite")
+
+    def start_evictor(self, period_s: float | None = None) -> None:
+        """Forget idle streams every ``period_s`` seconds (default: a quarter of ``ttl_s``, 0.05 to 30 s) in a
+        daemon thread, so that a replica that gets no requests still lets its idle streams go. Idempotent."""
+        if self.ttl_s is None or self._evictor is not None:
+            return
+        period = period_s if period_s is not None else min(max(self.ttl_s / 4, 0.05), 30.0)
+
+        def run() -> None:
+            while not self._stop.wait(period):
+                self.evict_idle()
+
+        self._evictor = threading.Thread(target=run, name="edgernn-evictor", daemon=True)
+        self._evictor.start()
+
+    def stop_evictor(self) -> None:
+        self._stop.set()
+
     def stats(self) -> dict[str, Any]:
-        """Live streams and counters: requests, batches, onnxruntime calls, errors, evicted and closed streams."""
+        """Live streams and counters: requests, batches, onnxruntime calls, errors, evicted, closed and resumed
+        streams. Reads only: evicts nothing."""
         with self._lock:
             return {
                 "streams": len(self._streams),
                 "stateless": self.stateless,
                 "ttl_s": self.ttl_s,
                 "max_streams": self.max_streams,
+                "token_chars": self.codec.chars if self.codec else 0,
                 **self.counts,
             }
 
@@ -332,8 +492,28 @@ class StreamTable:
         for flag in ("reset", "close"):
             if not isinstance(raw.get(flag, False), bool):
                 raise InputError(f"stream {key!r}: {flag!r} must be true or false")
+        token = None
+        if raw.get("token") is not None:
+            if self.codec is None:
+                raise InputError(
+                    f"stream {key!r}: this deployment hands out no state tokens ("
+                    + ("stateless: send 'state'" if self.stateless else "served without them")
+                    + "); send the request without 'token'"
+                )
+            if raw.get("reset"):
+                raise InputError(
+                    f"stream {key!r}: 'reset' starts from the initial state, 'token' from a saved one; send one"
+                )
+            token = self.codec.decode(raw["token"], key)
         return _Request(
-            index, key, raw["stream"], frame, bool(raw.get("reset")), bool(raw.get("close")), dict(state or {}) or None
+            index,
+            key,
+            raw["stream"],
+            frame,
+            bool(raw.get("reset")),
+            bool(raw.get("close")),
+            dict(state or {}) or None,
+            token,
         )
 
     def _error(self, raw: Any, e: EdgeRNNError) -> dict[str, Any]:
@@ -371,7 +551,11 @@ class StreamTable:
                             "expire (ttl), or serve with more replicas or a larger --max-streams"
                         )
                     s = self.model.stream() if entry is None else entry[0]
-                    if req.reset and not new:
+                    if req.token is not None:  # resume from the state the client sent (any replica, any time)
+                        s.set_state(req.token[0])  # checks names, shapes, finite after the cast
+                        s.steps = req.token[1]
+                        self.counts["resumed"] += 1
+                    elif req.reset and not new:
                         s.reset()
                     self._streams[req.key] = (s, now)
                     self._streams.move_to_end(req.key)
@@ -406,6 +590,8 @@ class StreamTable:
                     out["state"] = s.state
                 else:
                     out["steps"] = s.steps
+                    if self.codec is not None and not req.close:
+                        out["token"] = self.codec.encode(s.state, s.steps)
                     if req.close:
                         self._streams.pop(req.key, None)
                         self.counts["closed"] += 1
@@ -545,6 +731,7 @@ def _deployments() -> tuple[Any, Any]:
             batch_wait_timeout_s: float,
             max_streams: int = DEFAULT_MAX_STREAMS,
             max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+            state_tokens: bool = True,
         ) -> None:
             self.table = StreamTable(
                 model,
@@ -554,7 +741,10 @@ def _deployments() -> tuple[Any, Any]:
                 provider=provider,
                 max_streams=max_streams,
                 max_id_chars=max_id_chars,
+                state_tokens=state_tokens,
             )
+            self.table.check_health()  # a replica whose model cannot run never takes a request
+            self.table.start_evictor()  # idle streams go on a timer, requests or not
             self.stateless = stateless
             self.replica = serve.get_replica_context().replica_id.unique_id
             self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # serve.batch's setters
@@ -591,10 +781,17 @@ def _deployments() -> tuple[Any, Any]:
                 r["replica"] = self.replica
             return results
 
+        def check_health(self) -> None:
+            """Serve's periodic health check: the model runs a zero frame (``StreamTable.check_health``); a replica
+            that fails it (or takes longer than the health-check time-out) is replaced."""
+            self.table.check_health()
+
         def stats(self) -> dict[str, Any]:
-            """This replica's counters (``StreamTable.stats``) and its id."""
-            self.table.evict_idle()
+            """This replica's counters (``StreamTable.stats``) and its id; evicts nothing."""
             return {**self.table.stats(), "replica": self.replica}
+
+        def __del__(self) -> None:
+            self.table.stop_evictor()
 
     @serve.deployment(
         name="StreamIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096, logging_config=quiet
@@ -632,8 +829,9 @@ def _deployments() -> tuple[Any, Any]:
                 return JSONResponse(error_response(None, e), status_code=http_status(e))
             result = await self._route(body)
             status = int(result.get("status", 400)) if "error" in result else 200
+            headers = {"Retry-After": str(result["retry_after"])} if "retry_after" in result else None
             try:
-                return JSONResponse(to_json(result), status_code=status)
+                return JSONResponse(to_json(result), status_code=status, headers=headers)
             except ValueError:  # NaN or inf in an output: JSON has no such numbers
                 nan = InputError(
                     f"stream {result.get('stream')!r}: the model computed values that are not finite for this "
@@ -663,11 +861,41 @@ def _deployments() -> tuple[Any, Any]:
                 key = stream_key(body, self.max_id_chars)
             except InputError as e:
                 return error_response(None, e)
-            if self.stateless:
-                return await self.replicas.step.remote(body)
-            return await self.replicas.options(session_id=key).step.remote(body)
+            try:
+                if self.stateless:
+                    return await self.replicas.step.remote(body)
+                return await self.replicas.options(session_id=key).step.remote(body)
+            except Exception as e:  # every failure is answered in edgernn's error body
+                return failure_response(body.get("stream"), e, stateless=self.stateless)
 
     return StreamReplica, StreamIngress
+
+
+def failure_response(stream_id: Any, e: BaseException, *, stateless: bool = False) -> dict[str, Any]:
+    """The response of a request that no replica answered: ``error_response`` plus ``retry_after`` (seconds) and
+    ``state_lost``. Serve's back-pressure (``max_queued_requests``): OverloadedError, HTTP 503, nothing ran, the
+    state is kept. A replica that died or failed while it held the request: ReplicaLostError, HTTP 503,
+    ``state_lost: true`` in stateful mode (its streams' states went with it; resend the frame with the last token)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(e, BackPressureError):
+        busy = OverloadedError(
+            f"every replica is busy and {e.args[1]:,} requests already wait (--max-queued); nothing ran "
+            f"and the stream's state is kept: retry after {RETRY_AFTER_S} s"
+        )
+        return {**error_response(stream_id, busy), "retry_after": RETRY_AFTER_S, "state_lost": False}
+    why = "stopped (killed or crashed)" if isinstance(e, RayActorError) else f"failed ({type(e).__name__})"
+    lost = ReplicaLostError(
+        f"the replica serving this stream {why} while it held this request"
+        + (
+            "; the stream's state went with it: resend the frame with the last response's 'token' to resume it "
+            "on another replica (edgernn.serve.StreamClient does), or without one to start again"
+            if not stateless
+            else "; nothing was kept: resend the frame with its state"
+        )
+    )
+    return {**error_response(stream_id, lost), "retry_after": RETRY_AFTER_S, "state_lost": not stateless}
 
 
 class StreamClient:
@@ -708,9 +936,13 @@ class _Pending:
         return out
 
 
-def refusal(response: Mapping[str, Any]) -> InputError:
+def refusal(response: Mapping[str, Any]) -> EdgeRNNError:
     """The typed error of a refused request's response (TooManyStreamsError for a full replica)."""
-    cls = {429: TooManyStreamsError, 413: BodyTooLargeError}.get(int(response.get("status", 400)), InputError)
+    cls: type[EdgeRNNError] = {429: TooManyStreamsError, 413: BodyTooLargeError}.get(
+        int(response.get("status", 400)), InputError
+    )
+    if int(response.get("status", 400)) == 503:
+        cls = ReplicaLostError if response.get("state_lost") else OverloadedError
     sid = response.get("stream")
     return cls(f"stream {sid!r:.80}: {response['error']}" if sid is not None else str(response["error"]))
 
@@ -731,6 +963,10 @@ def stream_deployment(
     max_streams: int = DEFAULT_MAX_STREAMS,
     max_id_chars: int = DEFAULT_MAX_ID_CHARS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    health_period_s: float = DEFAULT_HEALTH_PERIOD_S,
+    health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    state_tokens: bool = True,
 ) -> Any:
     """A Ray Serve application serving the streams of the ``step`` export at ``model_path`` (see the module
     docstring); run it with ``serve.run(app, name=...)``, which returns the handle to send requests to.
@@ -742,7 +978,12 @@ def stream_deployment(
     ``ingress_replicas``: replicas of the (stateless, CPU-free) ingress that parses and routes requests.
     Bounds of what clients send (docs/scale-out.md): ``max_streams`` live streams per replica (a new one beyond
     it: HTTP 429, ``TooManyStreamsError``; no live stream is evicted for it), ``max_id_chars`` characters of a
-    stream id (HTTP 400), ``max_body_bytes`` bytes of an HTTP body (HTTP 413; JSON nested too deep: HTTP 400).
+    stream id (HTTP 400), ``max_body_bytes`` bytes of an HTTP body (HTTP 413; JSON nested too deep: HTTP 400),
+    ``max_queued`` requests waiting for a busy replica at each ingress replica (Serve's ``max_queued_requests``;
+    one more: HTTP 503 with ``Retry-After``, ``OverloadedError``). ``health_period_s``/``health_timeout_s``: how
+    often Serve runs each replica's ``check_health`` (the model on a zero frame) and how long one may take.
+    ``state_tokens`` (stateful mode): each response carries the stream's state as a token a request may send back
+    to resume it on any replica (``StateCodec``); False saves its bytes but a replica's death loses its streams.
 
     The model is read here and shipped to the replicas as bytes (no shared file system needed), after a check that
     it is a stateful model that can stream.
@@ -754,11 +995,14 @@ def stream_deployment(
     if batch_wait_timeout_s < 0:
         raise ConfigError(f"batch_wait_timeout_s must be >= 0; got {batch_wait_timeout_s}")
     check_bounds(ttl_s=ttl_s, max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
+    check_serving(max_queued=max_queued, health_period_s=health_period_s, health_timeout_s=health_timeout_s)
     path = Path(model_path)
     if not path.is_file():
         raise ModelFormatError(f"no model file at {os.fspath(model_path)!r}")
     data = path.read_bytes()
     check_stream_model(data)
+    if state_tokens and not stateless:
+        check_token_fits(data, max_body_bytes)
     require_ray("serve")
     from ray.serve.config import RequestRouterConfig
 
@@ -767,6 +1011,9 @@ def stream_deployment(
         "num_replicas": replicas,
         # enough requests in flight per replica to fill a batch while the previous one runs
         "max_ongoing_requests": max(2 * max_batch_size, 8),
+        "max_queued_requests": max_queued,  # beyond it, at each caller (the ingress): BackPressureError -> HTTP 503
+        "health_check_period_s": health_period_s,
+        "health_check_timeout_s": health_timeout_s,
         "ray_actor_options": {"num_cpus": num_cpus if num_cpus is not None else float(threads or 1)},
     }
     if not stateless:
@@ -784,10 +1031,45 @@ def stream_deployment(
         batch_wait_timeout_s=batch_wait_timeout_s,
         max_streams=max_streams,
         max_id_chars=max_id_chars,
+        state_tokens=state_tokens,
     )
     return ingress_cls.options(num_replicas=ingress_replicas).bind(
         replica, stateless=stateless, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes
     )
+
+
+def check_serving(
+    *,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    health_period_s: float = DEFAULT_HEALTH_PERIOD_S,
+    health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+) -> None:
+    """ConfigError for a queue bound or health-check time outside its documented range (docs/scale-out.md)."""
+    if isinstance(max_queued, bool) or not isinstance(max_queued, int) or not 1 <= max_queued <= MAX_QUEUED_LIMIT:
+        raise ConfigError(
+            f"max_queued (--max-queued) must be an integer in 1..{MAX_QUEUED_LIMIT:,}; got {max_queued!r}"
+        )
+    for what, value in (
+        ("health_period_s (--health-period)", health_period_s),
+        ("health_timeout_s (--health-timeout)", health_timeout_s),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_HEALTH_S:
+            raise ConfigError(f"{what} must be seconds in 0.1..{MAX_HEALTH_S:g}; got {value!r}")
+
+
+def check_token_fits(model: bytes, max_body_bytes: int) -> int:
+    """The characters of the model's state token; ConfigError if a request that sends it back (with a frame, 1 KiB
+    allowed for it) would not fit in ``max_body_bytes``: the message gives the token's size."""
+    from ..runtime.stream import StreamingModel
+
+    codec = StateCodec(StreamingModel(model, threads=1), model)
+    if codec.chars + 1024 > max_body_bytes:
+        raise ConfigError(
+            f"this model's state token is {codec.chars:,} characters ({codec.state_bytes:,} bytes of state), and a "
+            f"request that sends it back would not fit in --max-body-bytes {max_body_bytes:,}: give at least "
+            f"{codec.chars + 1024:,}"
+        )
+    return codec.chars
 
 
 def check_stream_model(model: str | os.PathLike[str] | bytes) -> Any:
@@ -804,6 +1086,13 @@ def check_stream_model(model: str | os.PathLike[str] | bytes) -> Any:
             "serving streams needs a stateful model: export it with --strategy step (a whole-sequence export takes "
             "whole sequences; run those with Ray Data: edgernn.batch.ray.map_model)"
         )
-    value = 0.1 if sm.dtype.kind == "f" else 1
+    return example_frame(sm)
+
+
+def example_frame(sm: Any, value: float | None = None) -> Any:
+    """A frame the streaming model ``sm`` takes (nested lists: one frame, or one chunk for a model that runs fixed
+    chunks), every value ``value`` (default 0.1, or 1 for a model of token ids)."""
+    if value is None:
+        value = 0.1 if sm.dtype.kind == "f" else 1
     frame = [value] * (sm.features or 1)
     return [frame] * sm.chunk if sm.chunk not in (None, 1) else frame

@@ -1,0 +1,494 @@
+"""Faults of `edgernn serve ray`: a replica killed mid-run, overload, a model that fails, idle streams, and where Ray
+listens. The state token (each stateful response carries the stream's state; a request may send it back to
+resume on any replica), back-pressure (HTTP 503 + Retry-After in edgernn's error body), a lost replica answered
+with ``state_lost: true``, ``check_health``, eviction on a timer, and a local cluster bound to 127.0.0.1.
+
+The first part needs no Ray. The Ray part shares one local 2-CPU cluster (``cluster`` of test_serve_ray, started by
+``init_ray`` as the CLI starts it); its start-up and the replica replacement after a kill are the slow parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_serve_ray
+from test_stream_models import step_model
+
+from edgernn.errors import ConfigError, InputError, ModelFormatError
+from edgernn.runtime.stream import StreamingModel
+from edgernn.serve import ServeUnavailableError, StreamClient
+from edgernn.serve.ray import (
+    TOKEN_HEADER,
+    OverloadedError,
+    ReplicaLostError,
+    StateCodec,
+    StreamTable,
+    check_serving,
+    check_token_fits,
+    error_response,
+    failure_response,
+    refusal,
+)
+
+FEATURES = 3
+cluster = test_serve_ray.cluster  # the module-scoped local Ray cluster (init_ray: 127.0.0.1 only)
+local_outputs = test_serve_ray.local_outputs
+HIDDEN, LAYERS = 16, 2
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "step.onnx"
+    path.write_bytes(step_model("lstm", FEATURES, HIDDEN, LAYERS, time=1))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ no Ray
+
+
+def test_a_stream_resumes_on_another_table_from_its_token_bit_for_bit(model_path: Path) -> None:
+    frames = np.random.default_rng(0).standard_normal((2, 10, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+    a, b = StreamTable(model_path), StreamTable(model_path)  # two replicas
+    tokens = {}
+    for t in range(5):
+        for i, r in enumerate(a.step_batch([{"stream": f"s{i}", "frame": frames[i, t]} for i in range(2)])):
+            assert np.array_equal(r["output"], want[i][t]) and r["steps"] == t + 1
+            tokens[i] = r["token"]
+    # replica a is gone: replica b has never seen the streams; the tokens carry them on
+    for t in range(5, 10):
+        reqs = [{"stream": f"s{i}", "frame": frames[i, t], "token": tokens[i]} for i in range(2)]
+        for i, r in enumerate(b.step_batch(reqs)):
+            assert "error" not in r, r
+            assert np.array_equal(r["output"], want[i][t]) and r["steps"] == t + 1
+            tokens[i] = r["token"]
+    assert b.stats()["resumed"] == 10
+    # a token overrides a state the replica still holds (a retried frame is not applied twice)
+    more = np.ones(FEATURES, np.float32)
+    r1 = a.step_batch([{"stream": "s0", "frame": more, "token": tokens[0]}])[0]
+    assert r1["steps"] == 11  # resumed from the token's 10 steps, not from a's 5
+    s = StreamingModel(model_path).stream()
+    for f in frames[0]:
+        s.step(f)
+    assert np.array_equal(r1["output"], s.step(more))
+
+
+def test_the_token_is_sized_by_the_model_and_documented(model_path: Path) -> None:
+    sm = StreamingModel(model_path)
+    codec = StateCodec(sm, model_path.read_bytes())
+    state_bytes = LAYERS * HIDDEN * 2 * 4  # h and c, float32
+    assert codec.state_bytes == state_bytes
+    assert codec.raw_bytes == TOKEN_HEADER.size + state_bytes == 20 + 256
+    token = codec.encode(sm.initial_state(), 7)
+    assert len(token) == codec.chars == 368
+    doc = (Path(__file__).parents[1] / "docs" / "scale-out.md").read_text()
+    assert "368 characters" in doc and "state token" in doc
+
+
+def _tampered(token: str, at: int, value: bytes) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[at : at + len(value)] = value
+    return base64.urlsafe_b64encode(bytes(raw)).decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (lambda t: t[:-4], "368-character string"),
+        (lambda t: 12345, "368-character string"),
+        (lambda t: "!" * len(t), "not base64url"),
+        (lambda t: _tampered(t, 0, b"XYZ"), "not a state token"),
+        (lambda t: _tampered(t, 3, b"\x02"), "layout version 2"),
+        (lambda t: _tampered(t, 4, b"\x00" * 8), "another model"),
+        (lambda t: _tampered(t, 20, np.float32(np.nan).tobytes()), "not finite"),
+        (lambda t: _tampered(t, 20, np.float32(np.inf).tobytes()), "not finite"),
+    ],
+    ids=["short", "not-a-string", "not-base64", "magic", "version", "model", "nan", "inf"],
+)
+def test_a_bad_token_is_refused_and_changes_nothing(model_path: Path, change: Any, phrase: str) -> None:
+    table = StreamTable(model_path)
+    frame = np.ones(FEATURES, np.float32)
+    good = table.step_batch([{"stream": "a", "frame": frame}])[0]
+    r = table.step_batch([{"stream": "a", "frame": frame, "token": change(good["token"])}])[0]
+    assert r["code"] == 7 and r["status"] == 400 and phrase in r["error"], r
+    r = table.step_batch([{"stream": "new", "frame": frame, "token": change(good["token"])}])[0]
+    assert "error" in r
+    assert table.stats()["streams"] == 1  # the refused new stream was not kept; "a" kept its state
+    again = table.step_batch([{"stream": "a", "frame": frame}])[0]
+    assert again["steps"] == 2 and "error" not in again
+
+
+def test_token_and_reset_together_and_tokens_off(model_path: Path) -> None:
+    table = StreamTable(model_path)
+    tok = table.step_batch([{"stream": "a", "frame": np.ones(FEATURES)}])[0]["token"]
+    r = table.step_batch([{"stream": "a", "frame": np.ones(FEATURES), "token": tok, "reset": True}])[0]
+    assert r["code"] == 7 and "send one" in r["error"]
+    off = StreamTable(model_path, state_tokens=False)
+    r = off.step_batch([{"stream": "a", "frame": np.ones(FEATURES)}])[0]
+    assert "token" not in r and r["steps"] == 1
+    r = off.step_batch([{"stream": "a", "frame": np.ones(FEATURES), "token": tok}])[0]
+    assert r["code"] == 7 and "no state tokens" in r["error"]
+
+
+def test_a_token_that_does_not_fit_the_body_bound_is_refused_at_deploy(model_path: Path) -> None:
+    data = model_path.read_bytes()
+    assert check_token_fits(data, 1 << 20) == 368
+    with pytest.raises(ConfigError, match=r"368 characters .* at least 1,392"):
+        check_token_fits(data, 1024)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_queued": 0},
+        {"max_queued": 65_537},
+        {"max_queued": True},
+        {"health_period_s": 0},
+        {"health_timeout_s": 1e9},
+    ],
+)
+def test_serving_bounds_are_checked(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="must be"):
+        check_serving(**kwargs)
+
+
+def test_check_health_runs_the_model_and_fails_on_a_broken_one(model_path: Path) -> None:
+    table = StreamTable(model_path)
+    table.step_batch([{"stream": "a", "frame": np.ones(FEATURES)}])
+    before = table.stats()
+    table.check_health()  # a zero frame on a stream of its own
+    assert table.stats() == before  # no live stream touched, nothing counted
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("session lost")
+
+    table._probe = None
+    table.model.session.run = broken  # type: ignore[method-assign]
+    with pytest.raises(ModelFormatError, match="health check: RuntimeError: session lost"):
+        table.check_health()
+
+
+def test_idle_streams_go_on_a_timer_and_stats_evicts_nothing(model_path: Path) -> None:
+    now = [0.0]
+    table = StreamTable(model_path, ttl_s=5.0, clock=lambda: now[0])
+    table.step_batch([{"stream": s, "frame": np.ones(FEATURES)} for s in "ab"])
+    now[0] = 100.0
+    assert table.stats()["streams"] == 2  # stats reads only
+    table.start_evictor(period_s=0.01)
+    try:
+        deadline = time.monotonic() + 10
+        while table.stats()["streams"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert table.stats()["streams"] == 0 and table.stats()["evicted"] == 2  # no request arrived
+    finally:
+        table.stop_evictor()
+
+
+class _FlakyServer:
+    """An HTTP server over two StreamTables (two replicas) that fails as told: ``plan`` is a list of what the next
+    requests get ("ok": replica 0 answers, "moved": replica 1, which may not hold the stream, answers, "503": a lost
+    replica's answer, "reset": the connection is closed unanswered). Records each request body."""
+
+    def __init__(self, model: Path) -> None:
+        import http.server
+
+        self.tables = [StreamTable(model), StreamTable(model)]
+        self.plan: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.bodies.append(body)
+                what = outer.plan.pop(0) if outer.plan else "ok"
+                if what == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if what == "503":
+                    lost = ReplicaLostError("the replica stopped")
+                    status, resp = 503, {**error_response(body["stream"], lost), "state_lost": True}
+                else:
+                    from edgernn.serve.ray import to_json
+
+                    resp = to_json(outer.tables[what == "moved"].step_batch([body])[0])
+                    status = int(resp.get("status", 400)) if "error" in resp else 200
+                data = json.dumps(resp).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                if status == 503:
+                    self.send_header("Retry-After", "0")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_stream_client_resumes_after_a_503_a_reset_and_a_move(model_path: Path) -> None:
+    frames = np.random.default_rng(9).standard_normal((1, 8, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)[0]
+    srv = _FlakyServer(model_path)
+    try:
+        client = StreamClient(srv.url, "c1", backoff_s=0.0, timeout_s=5)
+        srv.plan = ["ok", "ok", "503", "ok", "reset", "ok", "moved", "moved", "ok"]
+        got = [client.step(f) for f in frames[0, :6]]
+        for t in range(6):
+            assert np.array_equal(got[t], want[t]), t
+        # resent with the token: after the 503, the reset, the move to replica 1 (which did not hold the stream),
+        # and the move back to replica 0 (which held it 1 step behind: its steps told the client)
+        assert client.steps == 6 and client.resumed == 4
+        sent = [("token" in b) for b in srv.bodies]
+        assert sent == [False, False, False, True, False, True, False, True, False, True], sent
+        with pytest.raises(InputError, match="features"):  # a refused frame is not retried
+            client.step([1.0])
+        assert srv.bodies[-1]["frame"] == [1.0] and len(srv.bodies) == 11
+        srv.plan = ["503"] * 5
+        stuck = StreamClient(srv.url, "c2", retries=2, backoff_s=0.0)
+        with pytest.raises(ServeUnavailableError, match="after 2 retries"):
+            stuck.step(frames[0, 0])
+    finally:
+        srv.server.shutdown()
+
+
+class _Fails:
+    """A replica handle whose call fails with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        outer = self
+
+        class _Step:
+            def remote(self, body: Any) -> Any:
+                async def fail() -> Any:
+                    raise outer.error
+
+                return fail()
+
+        self.step = _Step()
+
+    def options(self, **_: Any) -> _Fails:
+        return self
+
+
+def _ingress(error: BaseException, stateless: bool = False) -> Any:
+    pytest.importorskip("ray.serve", reason="the ingress needs ray[serve]: pip install 'edgernn[ray]'")
+    from edgernn.serve.ray import _deployments
+
+    return _deployments()[1].func_or_class(_Fails(error), stateless=stateless)
+
+
+def test_back_pressure_and_a_lost_replica_are_answered_in_edgernns_body() -> None:
+    pytest.importorskip("ray.serve", reason="needs ray[serve]: pip install 'edgernn[ray]'")
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
+
+    busy = asyncio.run(_ingress(BackPressureError(65, 64))._route({"stream": "a", "frame": [0.1]}))
+    assert busy["stream"] == "a" and busy["status"] == 503 and busy["code"] == 1
+    assert busy["retry_after"] == 1 and busy["state_lost"] is False and "--max-queued" in busy["error"]
+    assert isinstance(refusal(busy), OverloadedError)
+    dead = asyncio.run(_ingress(ActorDiedError())._route({"stream": "mic-7", "frame": [0.1]}))
+    assert dead["stream"] == "mic-7" and dead["status"] == 503 and dead["state_lost"] is True
+    assert "stopped" in dead["error"] and "token" in dead["error"]
+    assert isinstance(refusal(dead), ReplicaLostError)
+    bug = failure_response("x", RuntimeError("boom"))
+    assert bug["status"] == 503 and bug["state_lost"] is True and "RuntimeError" in bug["error"]
+    assert failure_response("x", RuntimeError("boom"), stateless=True)["state_lost"] is False
+    # a handle's caller gets the typed error
+    with pytest.raises(ReplicaLostError, match="mic-7"):
+        asyncio.run(_ingress(ActorDiedError())({"stream": "mic-7", "frame": [0.1]}))
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+def deploy(name: str, path: Path, **kwargs: Any) -> str:
+    from ray import serve
+
+    from edgernn.serve.ray import stream_deployment
+
+    kwargs.setdefault("num_cpus", 0.5)
+    serve.run(stream_deployment(path, **kwargs), name=name, route_prefix=f"/{name}")
+    return name
+
+
+@pytest.mark.slow  # a local Ray cluster: ~15 s to start on 2 cores
+def test_a_local_cluster_listens_on_loopback_only(cluster: Any) -> None:
+    import ray
+
+    gcs_host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+    nodes = ray.nodes()
+    assert gcs_host == "127.0.0.1"
+    assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes), nodes
+
+    @ray.remote(num_cpus=0)
+    def where() -> str:
+        return ray.util.get_node_ip_address()
+
+    assert ray.get(where.remote()) == "127.0.0.1"  # a worker process, started by Ray, sees the same
+
+
+@pytest.mark.slow  # a Ray cluster and a deployment
+def test_overload_is_refused_with_503_retry_after_and_edgernns_body(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    app = deploy("busy", model_path, replicas=1, max_batch_size=1, batch_wait_timeout_s=0.0, max_queued=1)
+    url = f"http://127.0.0.1:{cluster['port']}/busy"
+    results: list[tuple[int, dict[str, Any], str | None]] = []
+    lock = threading.Lock()
+
+    def send(k: int) -> None:
+        body = json.dumps({"stream": f"s{k}", "frame": [0.1] * FEATURES}).encode()
+        req = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                got = (r.status, json.loads(r.read()), None)
+        except urllib.error.HTTPError as e:
+            got = (e.code, json.loads(e.read()), e.headers.get("Retry-After"))
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(96)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted({c for c, _, _ in results})
+    assert set(codes) <= {200, 503}, codes
+    refused = [(b, h) for c, b, h in results if c == 503]
+    assert refused, "96 requests at once against 8 slots and a queue of 1: some must be refused"
+    for body, retry_after in refused:
+        assert retry_after == "1"
+        assert set(body) >= {"stream", "error", "code", "status"} and body["status"] == 503
+        assert body["state_lost"] is False and body["stream"].startswith("s")
+    assert all(b["steps"] == 1 for c, b, _ in results if c == 200)
+    serve.delete(app)
+
+
+class _Recording(StreamClient):
+    """A StreamClient that records every HTTP status and error body it got, and the replica that last answered."""
+
+    seen: list[tuple[int, Any]]
+    replica: str = ""
+
+    def _post(self, body: Any) -> Any:
+        status, resp, after = super()._post(body)
+        self.seen.append((status, resp if status != 200 else None))
+        if status == 200:
+            self.replica = resp["replica"]
+        return status, resp, after
+
+
+@pytest.mark.slow  # a Ray cluster, a replica killed and replaced: ~30-60 s on 2 cores
+def test_streams_survive_a_replica_killed_mid_run(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    n, steps, kill_at = 8, 40, 15
+    frames = np.random.default_rng(5).standard_normal((n, steps, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+    app = deploy("faults", model_path, replicas=2, max_batch_size=8, batch_wait_timeout_s=0.002)
+    url = f"http://127.0.0.1:{cluster['port']}/faults"
+    clients = [_Recording(url, f"s{i}", retries=200, deadline_s=60, backoff_s=0.1) for i in range(n)]
+    for c in clients:
+        c.seen = []
+    got: list[list[np.ndarray]] = [[] for _ in range(n)]
+    halfway = threading.Barrier(n + 1, timeout=120)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            for t in range(steps):
+                got[i].append(clients[i].step(frames[i, t]))
+                if t == kill_at:
+                    halfway.wait()
+        except BaseException as e:
+            errors.append(e)
+            halfway.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    halfway.wait()
+    # every stream is at frame 16 and going on: kill a replica (as SIGKILL would: no clean-up)
+    _kill_replica("faults", clients[0].replica)  # the replica of stream s0 (at least that stream is hit)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(n):  # every output is that of an uninterrupted local stream
+        assert len(got[i]) == steps
+        for t in range(steps):
+            assert np.array_equal(got[i][t], want[i][t]), (i, t)
+        assert clients[i].steps == steps
+    assert sum(c.resumed for c in clients) >= 1  # the kill did reach streams, which resumed from their tokens
+    for c in clients:  # whatever failed was answered in edgernn's body: 503, stream id, state_lost; never a bare 500
+        for status, body in c.seen:
+            if status != 200:
+                assert status == 503 and body["stream"] == c.stream and "state_lost" in body, (status, body)
+    serve.delete(app)
+
+
+def _kill_replica(app: str, replica: str) -> None:
+    """Kill the StreamReplica actor ``replica`` of ``app`` as SIGKILL would (no clean-up, no restart by Ray)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    victim = next(nm for nm in names if nm.startswith(f"SERVE_REPLICA::{app}#StreamReplica#") and nm.endswith(replica))
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+
+@pytest.mark.slow  # a Ray cluster and a replica killed
+def test_requests_in_flight_on_a_killed_replica_get_state_lost_not_a_bare_500(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    # a batch waits up to 3 s to fill: the requests sit in the replica when it dies
+    app = deploy("inflight", model_path, replicas=1, max_batch_size=64, batch_wait_timeout_s=3.0)
+    url = f"http://127.0.0.1:{cluster['port']}/inflight"
+    first = test_serve_ray.post(cluster["port"], "inflight", {"stream": "warm", "frame": [0.1] * FEATURES})[1]
+    results: list[tuple[int, dict[str, Any]]] = []
+
+    def send(k: int) -> None:
+        body = json.dumps({"stream": f"in-{k}", "frame": [0.1] * FEATURES}).encode()
+        req = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                results.append((r.status, json.loads(r.read())))
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                results.append((e.code, json.loads(raw)))
+            except ValueError:  # not edgernn's body (Serve's bare "Internal Server Error")
+                results.append((e.code, {"not json": raw[:200].decode("utf-8", "replace")}))
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # not an assertion: lets the 3 requests reach the replica's batch queue
+    _kill_replica("inflight", first["replica"])
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    lost = [b for c, b in results if c == 503]
+    for code, body in results:
+        assert code in (200, 503), (code, body)
+    assert lost, results  # at least one was held by the replica when it died
+    for body in lost:
+        assert body["state_lost"] is True and body["stream"].startswith("in-") and body["code"] == 1, body
+        assert "token" in body["error"]
+    serve.delete(app)
