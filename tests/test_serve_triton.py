@@ -836,3 +836,14 @@ def test_cli_serve_triton_writes_a_control_repository(cli_export: Path, tmp_path
     r = CliRunner().invoke(main, [*args[:-2], "--name", "bad", "--min-slot-utilization", "0.5", "--strategy", "oldest"])
     assert r.exit_code == ConfigError.exit_code and "minimum_slot_utilization" in r.output
     assert not (repo / "bad").exists()
+
+
+def test_emulator_refuses_a_control_repository(tmp_path: Path) -> None:
+    _tritonclient()
+    from edgernn.serve.triton import write_repository
+    from edgernn.serve.triton_emulate import SequenceBatcherEmulator
+
+    (tmp_path / "m.onnx").write_bytes(_export("gru", 1).model_bytes)
+    write_repository(tmp_path / "m.onnx", tmp_path / "repo", name="c", state="control")
+    with pytest.raises(ConfigError, match="control"):
+        SequenceBatcherEmulator(tmp_path / "repo", "c")
