@@ -18,6 +18,11 @@ config protobuf (``tritonclient.grpc.model_config_pb2``), from the graph and the
   sequence's slot and state by them;
 * ``direct`` (a batch slot per sequence) or ``oldest`` (dynamic batches from up to ``max_candidates`` sequences).
 
+That is ``state="implicit"``, which needs a backend with Triton's state API (the Python backend has none: it
+feeds zeros as every state). ``state="control"`` writes a Python-backend config instead: START/END/READY/CORRID
+control inputs, the state inputs as optional inputs and the state outputs as outputs, and ``model.py``
+(``edgernn.serve.triton_model``) beside ``model.onnx``, which keeps each sequence's state by correlation id.
+
 ``validate_config`` reads a config back from its text and checks every name, dtype and dims against the graph the
 way the onnxruntime backend does at load; ``write_repository`` writes ``REPO/NAME/config.pbtxt`` and
 ``REPO/NAME/1/model.onnx``. tritonclient is imported only when a config or a client is made; without it those
