@@ -583,3 +583,267 @@ def test_cli_parity_rechecks_a_triton_export(cli_export: Path) -> None:
 def test_cli_check_knows_the_triton_target(cli_export: Path) -> None:
     r = CliRunner().invoke(main, ["check", str(cli_export)])
     assert r.exit_code == 0, r.output
+
+
+# ------------------------------------------------------------------------------------------ control state (model.py)
+
+
+def test_control_config_validates_and_its_checks_catch_edits() -> None:
+    _tritonclient()
+    from edgernn.serve.triton import config_problems, config_text, model_config, parse_config
+
+    data = _export("lstm", 2).model_bytes
+    cfg = parse_config(config_text(model_config(data, name="c", state="control", max_batch_size=8, warmup=2)))
+    assert cfg.backend == "python" and not cfg.platform and cfg.default_model_filename == "model.py"
+    assert [(i.name, i.optional) for i in cfg.input] == [("x", False), ("h_in", True), ("c_in", True)]
+    assert [o.name for o in cfg.output] == ["y", "h_out", "c_out"]
+    seq = cfg.sequence_batching
+    assert not seq.state and [c.name for c in seq.control_input] == ["START", "END", "READY", "CORRID"]
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["edgernn_max_sequences"] == "16" and params["edgernn_idle_us"] == "5000000"
+    assert json.loads(params["edgernn_states"]) == [
+        {"input": "h_in", "output": "h_out", "dims": [2, H], "dtype": "float32"},
+        {"input": "c_in", "output": "c_out", "dims": [2, H], "dtype": "float32"},
+    ]
+    assert cfg.model_warmup[0].count == 2 and set(cfg.model_warmup[0].inputs) == {
+        "x",
+        "START",
+        "END",
+        "READY",
+        "CORRID",
+    }
+    assert config_problems(cfg, data) == []
+
+    def edited(edit: Callable[[Any], None]) -> list[str]:
+        c = parse_config(config_text(cfg))
+        edit(c)
+        return config_problems(c, data)
+
+    assert any("control inputs" in p for p in edited(lambda c: c.sequence_batching.control_input.pop()))
+    assert any("optional" in p for p in edited(lambda c: setattr(c.input[1], "optional", False)))
+    assert any("edgernn_states" in p for p in edited(lambda c: c.parameters.pop("edgernn_states")))
+    assert any(
+        "edgernn_idle_us" in p
+        for p in edited(lambda c: setattr(c.sequence_batching, "max_sequence_idle_microseconds", 7))
+    )
+    assert any("graph output" in p for p in edited(lambda c: c.output.pop()))
+    assert any("warm-up" in p for p in edited(lambda c: c.model_warmup[0].inputs.pop("x")))
+
+
+def test_batcher_knobs_land_in_their_fields_and_are_bounded() -> None:
+    _tritonclient()
+    from edgernn.serve.triton import config_problems, model_config
+
+    data = _export("lstm", 2).model_bytes
+    cfg = model_config(
+        data, name="k", max_batch_size=8, strategy="oldest", preserve_ordering=True, preferred_batch_sizes=[4, 8]
+    )
+    assert cfg.sequence_batching.oldest.preserve_ordering and list(
+        cfg.sequence_batching.oldest.preferred_batch_size
+    ) == [4, 8]
+    assert config_problems(cfg, data) == []
+    cfg.sequence_batching.oldest.preferred_batch_size.append(9)
+    assert any("preferred_batch_size" in p for p in config_problems(cfg, data))
+    d = model_config(data, name="k", minimum_slot_utilization=0.5)
+    assert d.sequence_batching.direct.minimum_slot_utilization == 0.5 and config_problems(d, data) == []
+    bad: list[dict[str, Any]] = [
+        {"preferred_batch_sizes": [4]},  # direct
+        {"strategy": "oldest", "preferred_batch_sizes": [65], "max_batch_size": 64},
+        {"strategy": "oldest", "preferred_batch_sizes": [2, 2]},
+        {"strategy": "oldest", "minimum_slot_utilization": 0.5},
+        {"minimum_slot_utilization": 1.5},
+        {"warmup": 1001},
+        {"warmup": -1},
+        {"state": "shared"},
+        {"max_sequences": 4},  # implicit
+    ]
+    for kw in bad:
+        with pytest.raises(ConfigError):
+            model_config(data, name="k", **kw)
+    with pytest.raises(ConfigError, match=r"max_sequences is at most 1,048,576 .* bytes of state per instance"):
+        model_config(data, name="k", state="control", max_sequences=1_048_577)
+
+
+class _FakePbUtils:
+    """The few names of Triton's ``triton_python_backend_utils`` that model.py uses, over plain dicts."""
+
+    class Tensor:
+        def __init__(self, name: str, a: np.ndarray) -> None:
+            self.name, self.a = name, a
+
+        def as_numpy(self) -> np.ndarray:
+            return self.a
+
+        @classmethod
+        def from_dlpack(cls, name: str, a: np.ndarray) -> Any:
+            return cls(name, np.from_dlpack(a))
+
+    class InferenceResponse:
+        def __init__(self, output_tensors: list[Any], error: Any = None) -> None:
+            self.outputs = {t.name: t.a for t in output_tensors}
+            self.error = error
+
+    class TritonError(Exception):
+        pass
+
+    @staticmethod
+    def get_input_tensor_by_name(request: dict[str, Any], name: str) -> Any:
+        return _FakePbUtils.Tensor(name, request[name]) if name in request else None
+
+
+class _ControlServer:
+    """tritonclient.grpc's ``infer`` over ``model.py`` of a control-state repository, in this process: the
+    batcher's controls set from the sequence flags as Triton sets them."""
+
+    def __init__(self, repo: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import importlib.util
+
+        monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakePbUtils)
+        spec = importlib.util.spec_from_file_location("control_model", repo / name / "1" / "model.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.model = module.TritonPythonModel()
+        cfg = (repo / name / "config.pbtxt").read_text()
+        from google.protobuf import json_format
+
+        from edgernn.serve.triton import parse_config
+
+        self.model.initialize(
+            {
+                "model_config": json.dumps(
+                    json_format.MessageToDict(parse_config(cfg), preserving_proto_field_name=True)
+                ),
+                "model_repository": str(repo / name),
+                "model_version": "1",
+            }
+        )
+
+    def infer(self, **kw: Any) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        req = {i.name(): np.frombuffer(i._get_content(), np.float32).reshape(i.shape()) for i in kw["inputs"]}
+        req.update(
+            START=np.array([[int(kw["sequence_start"])]], np.int32),
+            END=np.array([[int(kw["sequence_end"])]], np.int32),
+            READY=np.array([[1]], np.int32),
+            CORRID=np.array([[kw["sequence_id"]]], np.uint64),
+        )
+        (resp,) = self.model.execute([req])
+        if resp.error is not None:
+            raise InferenceServerException(str(resp.error), status="StatusCode.INVALID_ARGUMENT")
+
+        class Result:
+            def as_numpy(self, name: str) -> np.ndarray:
+                return resp.outputs[name]
+
+        return Result()
+
+
+def test_control_model_keeps_states_and_the_client_resumes_forgotten_sequences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tritonclient()
+    from edgernn.serve.triton import TritonStreamClient, write_repository
+
+    data = _export("lstm", 2).model_bytes
+    (tmp_path / "m.onnx").write_bytes(data)
+    written = write_repository(tmp_path / "m.onnx", tmp_path / "repo", name="c", state="control", max_sequences=2)
+    assert (tmp_path / "repo" / "c" / "1" / "model.py").is_file()
+    server = _ControlServer(tmp_path / "repo", "c", monkeypatch)
+    client = TritonStreamClient("c", config=written.config_path, client=server)
+    a, b = _frames(5, seed=1), _frames(3, seed=2)
+    ya = [client.step(1, a[0], start=True)["y"], client.step(1, a[1])["y"]]
+    yb = [client.step(2, f, start=t == 0)["y"] for t, f in enumerate(b)]
+    assert set(server.model.held) == {1, 2} and set(client.held) == {1, 2}
+    with pytest.raises(InputError, match="holds its 2 sequences"):  # bounded: a third START is refused
+        client.step(3, a[0], start=True)
+    server.model.held.clear()  # the server forgot both (idle time-out)
+    ya += [client.step(1, f, end=t == 4)["y"] for t, f in enumerate(a[2:], start=2)]
+    assert client.restarts == 1 and 1 not in server.model.held and 1 not in client.held  # END frees both sides
+    np.testing.assert_array_equal(np.stack(ya), _local(data, a))  # bit for bit across the resume
+    np.testing.assert_array_equal(np.stack(yb), _local(data, b))
+    client.forget(2)
+    with pytest.raises(InputError, match="START it again"):  # nothing held: edgernn's error, not tritonclient's
+        client.step(2, b[0])
+    server.model.idle_s = 0.0  # every held state is stale at the next call
+    client.step(4, a[0], start=True)
+    with pytest.raises(InputError, match="START it again") as e:
+        TritonStreamClient("c", config=written.config_path, client=server).step(4, a[1])
+    assert "idled out" in str(e.value)
+
+
+def test_client_turns_server_errors_into_edgernn_errors(tmp_path: Path) -> None:
+    _tritonclient()
+    from tritonclient.utils import InferenceServerException
+
+    from edgernn.errors import EdgeRNNError
+    from edgernn.serve.triton import TritonStreamClient, write_repository
+
+    (tmp_path / "m.onnx").write_bytes(_export("lstm", 2).model_bytes)
+    written = write_repository(tmp_path / "m.onnx", tmp_path / "repo", name="i")
+
+    class Failing:
+        def __init__(self, status: str, msg: str) -> None:
+            self.status, self.msg = status, msg
+
+        def infer(self, **kw: Any) -> Any:
+            raise InferenceServerException(self.msg, status=self.status)
+
+    x = _frames(1, seed=3)[0]
+    idle = Failing("StatusCode.INVALID_ARGUMENT", "inference request for sequence 5 must specify the START flag")
+    with pytest.raises(InputError, match="serve with --state control"):  # implicit: the state is lost
+        TritonStreamClient("i", config=written.config_path, client=idle).step(5, x)
+    down = Failing("StatusCode.UNAVAILABLE", "failed to connect to all addresses")
+    with pytest.raises(EdgeRNNError, match="UNAVAILABLE") as e:
+        TritonStreamClient("i", config=written.config_path, client=down).step(5, x, start=True)
+    assert type(e.value) is EdgeRNNError
+
+
+def test_cli_serve_triton_writes_a_control_repository(cli_export: Path, tmp_path: Path) -> None:
+    from edgernn.serve.triton import validate_config
+
+    repo = tmp_path / "repo"
+    args = ["serve", "triton", str(cli_export), "--repo", str(repo), "--name", "c", "--state", "control"]
+    r = CliRunner().invoke(main, [*args, "--max-sequences", "32", "--min-slot-utilization", "0.5", "--warmup", "1"])
+    assert r.exit_code == 0, r.output
+    assert "model.py" in r.output and (repo / "c" / "1" / "model.py").is_file()
+    cfg = validate_config(repo / "c" / "config.pbtxt", cli_export)
+    assert cfg.parameters["edgernn_max_sequences"].string_value == "32"
+    assert cfg.sequence_batching.direct.minimum_slot_utilization == 0.5 and len(cfg.model_warmup) == 1
+    r = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "triton",
+            str(cli_export),
+            "--repo",
+            str(repo),
+            "--name",
+            "o",
+            "--strategy",
+            "oldest",
+            "--preferred-batch-size",
+            "4",
+            "--preferred-batch-size",
+            "8",
+            "--preserve-ordering",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "preferred_batch_size: 4" in json.loads(r.output)["config_pbtxt"]
+    r = CliRunner().invoke(main, [*args[:-2], "--name", "bad", "--min-slot-utilization", "0.5", "--strategy", "oldest"])
+    assert r.exit_code == ConfigError.exit_code and "minimum_slot_utilization" in r.output
+    assert not (repo / "bad").exists()
+
+
+def test_emulator_refuses_a_control_repository(tmp_path: Path) -> None:
+    _tritonclient()
+    from edgernn.serve.triton import write_repository
+    from edgernn.serve.triton_emulate import SequenceBatcherEmulator
+
+    (tmp_path / "m.onnx").write_bytes(_export("gru", 1).model_bytes)
+    write_repository(tmp_path / "m.onnx", tmp_path / "repo", name="c", state="control")
+    with pytest.raises(ConfigError, match="control"):
+        SequenceBatcherEmulator(tmp_path / "repo", "c")

@@ -18,6 +18,11 @@ config protobuf (``tritonclient.grpc.model_config_pb2``), from the graph and the
   sequence's slot and state by them;
 * ``direct`` (a batch slot per sequence) or ``oldest`` (dynamic batches from up to ``max_candidates`` sequences).
 
+That is ``state="implicit"``, which needs a backend with Triton's state API (the Python backend has none: it
+feeds zeros as every state). ``state="control"`` writes a Python-backend config instead: START/END/READY/CORRID
+control inputs, the state inputs as optional inputs and the state outputs as outputs, and ``model.py``
+(``edgernn.serve.triton_model``) beside ``model.onnx``, which keeps each sequence's state by correlation id.
+
 ``validate_config`` reads a config back from its text and checks every name, dtype and dims against the graph the
 way the onnxruntime backend does at load; ``write_repository`` writes ``REPO/NAME/config.pbtxt`` and
 ``REPO/NAME/1/model.onnx``. tritonclient is imported only when a config or a client is made; without it those
@@ -26,6 +31,7 @@ raise ``MissingPackageError`` (exit code 10) naming ``pip install 'edgernn[trito
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -36,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, MissingPackageError, ModelFormatError
+from ..errors import ConfigError, EdgeRNNError, InputError, MissingPackageError, ModelFormatError
 from ..manifest import MANIFEST_KEY, Manifest, StateSpec, read_manifest
 
 DEFAULT_MAX_BATCH = 64  # streams per model call, unless told
@@ -48,6 +54,18 @@ MAX_CANDIDATES_LIMIT = 131_072  # sequences an 'oldest' batcher picks from
 MAX_IDLE_US = 86_400_000_000  # one day
 MAX_QUEUE_DELAY_US = 10_000_000  # ten seconds
 STRATEGIES = ("direct", "oldest")
+STATE_MODES = ("implicit", "control")  # who keeps a sequence's state: the backend (implicit) or model.py (control)
+MAX_SEQUENCES_LIMIT = 1_048_576  # sequences model.py holds per instance (control)
+MAX_HELD_BYTES = 16 * 2**30  # state model.py may hold per instance (control)
+MAX_PREFERRED = 16  # preferred batch sizes
+MAX_WARMUP = 1_000  # warm-up requests at load
+# control inputs of a control-state config, by the name model.py reads them under
+CONTROL_KINDS = {
+    "START": "CONTROL_SEQUENCE_START",
+    "END": "CONTROL_SEQUENCE_END",
+    "READY": "CONTROL_SEQUENCE_READY",
+    "CORRID": "CONTROL_SEQUENCE_CORRID",
+}
 KINDS = ("KIND_CPU", "KIND_GPU")
 EXPORT_HINT = "export it with `edgernn export CKPT --strategy step --target triton`"
 
@@ -198,6 +216,12 @@ def model_config(
     strategy: str = "direct",
     max_candidates: int | None = None,
     max_queue_delay_us: int = 0,
+    state: str = "implicit",
+    max_sequences: int | None = None,
+    preserve_ordering: bool = False,
+    preferred_batch_sizes: Sequence[int] = (),
+    minimum_slot_utilization: float | None = None,
+    warmup: int = 0,
 ) -> Any:
     """The Triton config (a ``ModelConfig`` protobuf) that serves step export ``model`` with implicit state.
 
@@ -206,6 +230,12 @@ def model_config(
     sequence a batch slot of one instance until it ends; ``oldest`` forms batches from up to ``max_candidates``
     sequences (default 2 x max_batch_size) per instance. A sequence idle ``idle_us`` microseconds is ended by
     Triton; a batch waits up to ``max_queue_delay_us`` for more streams' requests (0: runs what is there).
+
+    ``state``: ``implicit`` (the backend keeps the states: the onnxruntime backend) or ``control`` (the Python
+    backend runs ``model.py``, which keeps the states by correlation id, at most ``max_sequences`` per instance,
+    default twice the sequences the batcher holds; see ``edgernn.serve.triton_model``). The batcher's knobs:
+    ``preserve_ordering`` and ``preferred_batch_sizes`` (``oldest``), ``minimum_slot_utilization`` (``direct``,
+    0..1), and ``warmup`` zero-data requests run when the model loads (0: none).
     """
     pb = config_pb2()
     graph = model if isinstance(model, StreamGraph) else read_graph(model)
@@ -227,23 +257,63 @@ def model_config(
     _at_most("max_queue_delay_us", max_queue_delay_us, MAX_QUEUE_DELAY_US, "ten seconds")
     if max_candidates is not None:
         _at_most("max_candidates", _positive("max_candidates", max_candidates), MAX_CANDIDATES_LIMIT, "sequences")
+    if state not in STATE_MODES:
+        raise ConfigError(f"state must be one of {', '.join(STATE_MODES)}; got {state!r}")
+    if strategy != "oldest" and (preserve_ordering or preferred_batch_sizes):
+        raise ConfigError("preserve_ordering and preferred_batch_sizes go with strategy 'oldest'")
+    if strategy != "direct" and minimum_slot_utilization is not None:
+        raise ConfigError("minimum_slot_utilization goes with strategy 'direct'")
+    if not isinstance(preserve_ordering, bool):
+        raise ConfigError(f"preserve_ordering is True or False; got {preserve_ordering!r}")
+    preferred = list(preferred_batch_sizes)
+    _at_most("the number of preferred batch sizes", len(preferred), MAX_PREFERRED, "sizes")
+    for size in preferred:
+        _at_most("a preferred batch size", _positive("a preferred batch size", size), mbs, "max_batch_size")
+    if len(set(preferred)) != len(preferred):
+        raise ConfigError(f"preferred batch sizes are distinct; got {preferred}")
+    if minimum_slot_utilization is not None and (
+        isinstance(minimum_slot_utilization, bool)
+        or not isinstance(minimum_slot_utilization, (int, float))
+        or not 0.0 <= minimum_slot_utilization <= 1.0
+    ):
+        raise ConfigError(f"minimum_slot_utilization is a fraction from 0 to 1; got {minimum_slot_utilization!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup is an integer >= 0 (requests run at load); got {warmup!r}")
+    _at_most("warmup", warmup, MAX_WARMUP, "requests run at load")
+    held = None
+    if state == "control":
+        slots = mbs if strategy == "direct" else (max_candidates or 2 * mbs)
+        held = _positive("max_sequences", max_sequences if max_sequences is not None else 2 * slots)
+        _at_most("max_sequences", held, MAX_SEQUENCES_LIMIT, "sequences held per instance", per_row)
+        if held * per_row > MAX_HELD_BYTES:
+            raise ConfigError(
+                f"max_sequences {held:,} would hold {held * per_row:,} bytes of state per instance ({per_row:,} per "
+                f"sequence); at most {MAX_HELD_BYTES:,}: give a smaller max_sequences"
+            )
+    elif max_sequences is not None:
+        raise ConfigError("max_sequences goes with state 'control' (with implicit state Triton holds the sequences)")
 
     state_in = {s.input for s in states}
     state_out = {s.output for s in states}
+    control = state == "control"
     cfg = pb.ModelConfig()
     cfg.name = name
-    cfg.backend = "onnxruntime"
-    cfg.platform = "onnxruntime_onnx"
-    cfg.default_model_filename = "model.onnx"
+    if control:  # the Python backend runs model.py, which runs model.onnx and keeps the states
+        cfg.backend = "python"
+    else:
+        cfg.backend = "onnxruntime"
+        cfg.platform = "onnxruntime_onnx"
+    cfg.default_model_filename = "model.py" if control else "model.onnx"  # control: model.py runs model.onnx
     cfg.max_batch_size = mbs
     for t in graph.inputs:
-        if t.name not in state_in:
+        if t.name not in state_in or control:
             entry = cfg.input.add()
             entry.name = t.name
             entry.data_type = pb.DataType.Value(_triton_type(t))
             entry.dims.extend(_dims(t))
+            entry.optional = t.name in state_in  # control: a state is sent only to resume a sequence
     for t in graph.outputs:
-        if t.name not in state_out:
+        if t.name not in state_out or control:
             entry = cfg.output.add()
             entry.name = t.name
             entry.data_type = pb.DataType.Value(_triton_type(t))
@@ -255,23 +325,67 @@ def model_config(
     seq.max_sequence_idle_microseconds = idle_us
     if strategy == "direct":
         seq.direct.max_queue_delay_microseconds = max_queue_delay_us
+        if minimum_slot_utilization is not None:
+            seq.direct.minimum_slot_utilization = float(minimum_slot_utilization)
     else:
         seq.oldest.max_candidate_sequences = _positive("max_candidates", max_candidates or 2 * mbs)
         seq.oldest.max_queue_delay_microseconds = max_queue_delay_us
-    for s in states:
-        t_in = graph.input(s.input)
-        if t_in is None:
-            raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
-        st = seq.state.add()
-        st.input_name = s.input
-        st.output_name = s.output
-        st.data_type = pb.DataType.Value(_triton_type(t_in))
-        st.dims.extend(_dims(t_in))
-        init = st.initial_state.add()
-        init.data_type = st.data_type
-        init.dims.extend(_dims(t_in))
-        init.zero_data = True
-        init.name = f"{s.input} zeros"
+        seq.oldest.preserve_ordering = preserve_ordering
+        seq.oldest.preferred_batch_size.extend(preferred)
+    if control:
+        for cname, ckind in CONTROL_KINDS.items():
+            ci = seq.control_input.add()
+            ci.name = cname
+            c = ci.control.add()
+            c.kind = pb.ModelSequenceBatching.Control.Kind.Value(ckind)
+            if ckind == "CONTROL_SEQUENCE_CORRID":
+                c.data_type = pb.DataType.Value("TYPE_UINT64")
+            else:
+                c.int32_false_true.extend([0, 1])
+        described = []
+        for s in states:
+            t_in = graph.input(s.input)
+            if t_in is None:
+                raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
+            described.append({"input": s.input, "output": s.output, "dims": _dims(t_in, 1), "dtype": t_in.dtype})
+        for key, value in (
+            ("edgernn_states", json.dumps(described)),
+            ("edgernn_max_sequences", str(held)),
+            ("edgernn_idle_us", str(idle_us)),
+        ):
+            cfg.parameters[key].string_value = value
+    else:
+        for s in states:
+            t_in = graph.input(s.input)
+            if t_in is None:
+                raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
+            st = seq.state.add()
+            st.input_name = s.input
+            st.output_name = s.output
+            st.data_type = pb.DataType.Value(_triton_type(t_in))
+            st.dims.extend(_dims(t_in))
+            init = st.initial_state.add()
+            init.data_type = st.data_type
+            init.dims.extend(_dims(t_in))
+            init.zero_data = True
+            init.name = f"{s.input} zeros"
+    if warmup:
+        w = cfg.model_warmup.add()
+        w.name = "edgernn zero frames"
+        w.batch_size = 1
+        w.count = warmup
+        for entry in cfg.input:
+            if entry.optional:
+                continue
+            wi = w.inputs[entry.name]
+            wi.data_type = entry.data_type
+            wi.dims.extend([max(d, 1) for d in entry.dims])
+            wi.zero_data = True
+        for ci in seq.control_input:  # CORRID 0: a request of no sequence (model.py runs it from zeros)
+            wi = w.inputs[ci.name]
+            wi.data_type = ci.control[0].data_type or pb.DataType.Value("TYPE_INT32")
+            wi.dims.append(1)
+            wi.zero_data = True
     return cfg
 
 
@@ -316,8 +430,12 @@ def config_problems(config: Any, model: str | os.PathLike[str] | bytes | Any) ->
     cfg = parse_config(config)
     graph = model if isinstance(model, StreamGraph) else read_graph(model)
     problems: list[str] = []
-    if cfg.backend not in ("", "onnxruntime") or cfg.platform not in ("", "onnxruntime_onnx"):
-        problems.append(f"backend {cfg.backend!r} / platform {cfg.platform!r} is not onnxruntime")
+    control = cfg.backend == "python"  # state 'control': model.py keeps the states
+    if control:
+        if cfg.platform:
+            problems.append(f"a Python-backend model has no platform; got {cfg.platform!r}")
+    elif cfg.backend not in ("", "onnxruntime") or cfg.platform not in ("", "onnxruntime_onnx"):
+        problems.append(f"backend {cfg.backend!r} / platform {cfg.platform!r} is neither onnxruntime nor python")
     batching = cfg.max_batch_size > 0
     seq = cfg.sequence_batching
     if not batching and seq.state:
@@ -352,6 +470,10 @@ def config_problems(config: Any, model: str | os.PathLike[str] | bytes | Any) ->
         compare("input", i.name, graph.input(i.name), i.data_type, i.dims)
     for o in cfg.output:
         compare("output", o.name, graph.output(o.name), o.data_type, o.dims)
+    problems.extend(_batcher_problems(cfg))
+    if control:
+        problems.extend(_control_problems(cfg, graph))
+        return problems
     controls: list[str] = []
     for c in seq.control_input:
         controls.append(c.name)
@@ -417,6 +539,121 @@ def config_problems(config: Any, model: str | os.PathLike[str] | bytes | Any) ->
     return problems
 
 
+def _batcher_problems(cfg: Any) -> list[str]:
+    """The sequence batcher's knobs and the warm-up requests, against the rest of ``cfg``."""
+    pb = config_pb2()
+    problems: list[str] = []
+    seq = cfg.sequence_batching
+    if seq.WhichOneof("strategy_choice") == "oldest":
+        sizes = list(seq.oldest.preferred_batch_size)
+        if any(n < 1 or n > cfg.max_batch_size for n in sizes):
+            problems.append(f"preferred_batch_size {sizes} must lie in 1..max_batch_size ({cfg.max_batch_size})")
+    elif seq.WhichOneof("strategy_choice") == "direct":
+        u = seq.direct.minimum_slot_utilization
+        if not 0.0 <= u <= 1.0:
+            problems.append(f"minimum_slot_utilization {u} is not a fraction from 0 to 1")
+    inputs = {i.name: i for i in cfg.input}
+    controls = {c.name for c in seq.control_input}
+    for w in cfg.model_warmup:
+        need = {n for n, i in inputs.items() if not i.optional} | controls
+        got = set(w.inputs)
+        if not need <= got or not got <= set(inputs) | controls:
+            problems.append(
+                f"warm-up {w.name!r} gives {sorted(got)}; it gives the inputs {sorted(need)} (optional ones may be "
+                "left out)"
+            )
+        if cfg.max_batch_size > 0 and not 1 <= w.batch_size <= cfg.max_batch_size:
+            problems.append(f"warm-up {w.name!r} has batch_size {w.batch_size}; 1..max_batch_size")
+        for n, wi in w.inputs.items():
+            want = inputs.get(n)
+            dims = list(wi.dims)
+            if any(d < 1 for d in dims):
+                problems.append(f"warm-up {w.name!r} input {n!r} has dims {dims}; a warm-up gives fixed dims")
+            elif want is not None and (
+                len(dims) != len(want.dims) or any(d >= 0 and d != g for d, g in zip(want.dims, dims, strict=False))
+            ):
+                problems.append(f"warm-up {w.name!r} input {n!r} has dims {dims}, the input {list(want.dims)}")
+            if want is not None and wi.data_type != want.data_type:
+                problems.append(
+                    f"warm-up {w.name!r} input {n!r} is {pb.DataType.Name(wi.data_type)}, the input "
+                    f"{pb.DataType.Name(want.data_type)}"
+                )
+    return problems
+
+
+def _control_problems(cfg: Any, graph: StreamGraph) -> list[str]:
+    """A control-state config (Python backend, ``model.py``): its control inputs, every graph input and output
+    listed (state inputs optional), and the states model.py keeps (``edgernn_states``) the model's."""
+    pb = config_pb2()
+    problems: list[str] = []
+    seq = cfg.sequence_batching
+    if cfg.max_batch_size < 1:
+        problems.append("max_batch_size is 0: model.py takes batch-first requests; give max_batch_size > 0")
+    if seq.state:
+        problems.append(
+            "a control-state config keeps no implicit state (model.py keeps it); drop sequence_batching.state"
+        )
+    kinds = {c.name: [pb.ModelSequenceBatching.Control.Kind.Name(k.kind) for k in c.control] for c in seq.control_input}
+    want_kinds = {n: [k] for n, k in CONTROL_KINDS.items()}
+    if kinds != want_kinds:
+        problems.append(f"control inputs {kinds} must be {want_kinds} (model.py reads them by these names)")
+    for c in seq.control_input:
+        for k in c.control:
+            if k.kind == pb.ModelSequenceBatching.Control.Kind.Value("CONTROL_SEQUENCE_CORRID"):
+                if pb.DataType.Name(k.data_type) != "TYPE_UINT64":
+                    problems.append(f"control {c.name!r} carries the correlation id as TYPE_UINT64 (model.py)")
+            elif list(k.int32_false_true) != [0, 1]:
+                problems.append(
+                    f"control {c.name!r} gives int32_false_true [0, 1] (model.py); got {list(k.int32_false_true)}"
+                )
+        if graph.input(c.name) is not None:
+            problems.append(f"control input {c.name!r} is also a graph input; model.py keeps the controls")
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    try:
+        described = json.loads(params["edgernn_states"])
+        pairs = {(d["input"], d["output"]) for d in described}
+        held = int(params["edgernn_max_sequences"])
+        idle = int(params["edgernn_idle_us"])
+    except (KeyError, TypeError, ValueError) as e:
+        return [*problems, f"parameters edgernn_states, edgernn_max_sequences and edgernn_idle_us are model.py's ({e})"]
+    if not 1 <= held <= MAX_SEQUENCES_LIMIT:
+        problems.append(f"edgernn_max_sequences {held} is not in 1..{MAX_SEQUENCES_LIMIT:,}")
+    if idle != seq.max_sequence_idle_microseconds:
+        problems.append(
+            f"edgernn_idle_us {idle} differs from max_sequence_idle_microseconds {seq.max_sequence_idle_microseconds}"
+        )
+    m = graph.manifest
+    if m is not None and m.states and pairs != {(s.input, s.output) for s in m.states}:
+        problems.append(
+            f"edgernn_states pairs {sorted(pairs)} are not the model's {sorted((s.input, s.output) for s in m.states)}"
+        )
+    for d in described:
+        t = graph.input(d["input"])
+        if t is None:
+            problems.append(f"state {d['input']!r} (edgernn_states) is not a graph input")
+        elif d.get("dims") != _dims(t) or d.get("dtype") != t.dtype:
+            problems.append(
+                f"state {d['input']!r} is {d.get('dtype')} {d.get('dims')} in edgernn_states, {t.dtype} "
+                f"{_dims(t)} in the graph"
+            )
+    state_in = {d["input"] for d in described}
+    for i in cfg.input:
+        if i.optional != (i.name in state_in):
+            problems.append(
+                f"input {i.name!r} is {'optional' if i.optional else 'required'}; the state inputs are optional (sent "
+                "to resume a sequence) and the others required"
+            )
+    listed = {i.name for i in cfg.input}
+    left = [t.name for t in graph.inputs if t.name not in listed]
+    if left:
+        problems.append(f"graph input(s) {', '.join(left)} are not inputs in the config (model.py feeds all)")
+    out_listed = {o.name for o in cfg.output}
+    missing = [t.name for t in graph.outputs if t.name not in out_listed]
+    if missing:
+        problems.append(f"graph output(s) {', '.join(missing)} are not outputs in the config (model.py returns all)")
+    return problems
+
+
 def validate_config(config: Any, model: str | os.PathLike[str] | bytes | Any) -> Any:
     """``config`` (pbtxt text, a path or a ModelConfig) read back and checked against ``model``'s graph; returns
     the parsed ModelConfig, or raises ConfigError naming every mismatch."""
@@ -453,6 +690,8 @@ class TritonRepository:
             "instances": sum(g.count for g in cfg.instance_group),
             "kind": pb.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) if cfg.instance_group else None,
             "strategy": seq.WhichOneof("strategy_choice"),
+            "state": "control" if cfg.backend == "python" else "implicit",
+            "backend": cfg.backend,
             "idle_us": seq.max_sequence_idle_microseconds,
             "inputs": [
                 {"name": i.name, "data_type": pb.DataType.Name(i.data_type), "dims": list(i.dims)} for i in cfg.input
@@ -508,6 +747,8 @@ def write_repository(
     model_path = base / str(version) / "model.onnx"
     config_path = base / "config.pbtxt"
     write_atomic(model_path, graph.data)
+    if config.backend == "python":  # control state: the Python backend runs model.py beside model.onnx
+        write_atomic(base / str(version) / "model.py", Path(__file__).with_name("triton_model.py").read_bytes())
     write_atomic(config_path, text.encode())
     return TritonRepository(Path(repo_dir), name, config_path, model_path, config, text)
 
@@ -528,6 +769,13 @@ class TritonStreamClient:
     ``config`` (pbtxt text, a path or a ModelConfig) tells the inputs' names, dtypes and dims; without it they are
     asked of the server. ``constants`` are the values of inputs other than the frames (by name), sent with every
     request. ``client`` is any object with tritonclient.grpc's ``infer`` (made from ``url`` on first use).
+
+    With a ``--state control`` model the server returns each step's state too, and the client holds the last one
+    of every open sequence (its state bytes per sequence, freed by ``end`` or ``forget``): when the server has
+    forgotten a sequence (it idled out), the step is sent again with START and the held state, and the stream goes
+    on as if never interrupted. With implicit state the state is the server's alone: such a step raises
+    InputError. The server's errors come as edgernn's: InputError (exit 7) for a refused request, EdgeRNNError
+    (exit 1) for an unreachable or failing server; never tritonclient's own exception.
     """
 
     model_name: str
@@ -535,6 +783,8 @@ class TritonStreamClient:
     config: Any = None
     constants: Mapping[str, Any] = field(default_factory=dict)
     client: Any = None
+    held: dict[int | str, dict[str, np.ndarray]] = field(default_factory=dict, init=False, repr=False)
+    restarts: int = field(default=0, init=False)  # sequences resumed with their held state
 
     def __post_init__(self) -> None:
         if self.config is not None:
@@ -554,13 +804,49 @@ class TritonStreamClient:
 
     def _config(self) -> Any:
         if self.config is None:
-            self.config = self._client().get_model_config(self.model_name).config
+            self.config = self._call(lambda c: c.get_model_config(self.model_name).config)
         return self.config
 
-    def request(self, sequence_id: int | str, frame: Any, *, start: bool = False, end: bool = False) -> dict[str, Any]:
+    def _call(self, fn: Any) -> Any:
+        """``fn(client)``, tritonclient's exception turned into edgernn's."""
+        try:
+            from tritonclient.utils import InferenceServerException
+        except ImportError:  # a stand-in client without tritonclient installed
+            InferenceServerException = ()
+        try:
+            return fn(self._client())
+        except InferenceServerException as e:  # type: ignore[misc]
+            status = str(e.status() or "")
+            msg = e.message() if callable(getattr(e, "message", None)) else str(e)
+            if "INVALID_ARGUMENT" in status or "INVALID_ARG" in status:
+                raise InputError(f"Triton refused the request for {self.model_name!r}: {msg}") from None
+            raise EdgeRNNError(
+                f"Triton at {self.url} failed for {self.model_name!r} ({status or 'no status'}): {msg}"
+            ) from None
+
+    def _state_pairs(self) -> list[tuple[str, str]]:
+        """(state input, state output) of a control-state model, from its config; empty for implicit state."""
+        cfg = self._config()
+        if "edgernn_states" not in cfg.parameters:
+            return []
+        try:
+            return [(d["input"], d["output"]) for d in json.loads(cfg.parameters["edgernn_states"].string_value)]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"the config's edgernn_states parameter does not parse: {e}") from None
+
+    def request(
+        self,
+        sequence_id: int | str,
+        frame: Any,
+        *,
+        start: bool = False,
+        end: bool = False,
+        state: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The keyword arguments of ``InferenceServerClient.infer`` for one step of sequence ``sequence_id``: the
         frame (the data input's dims, batch 1 added) and the constants as ``InferInput`` objects, every output
-        requested, and the sequence flags."""
+        requested, and the sequence flags. ``state`` (a control-state model, with ``start``): the state, by state
+        input name, the sequence starts from instead of zeros."""
         pb = config_pb2()  # first: it says which extra to install when tritonclient is missing
         import tritonclient.grpc as grpcclient
 
@@ -569,10 +855,18 @@ class TritonStreamClient:
         ):
             raise ConfigError(f"a sequence id is an integer >= 1 or a non-empty string; got {sequence_id!r}")
         cfg = self._config()
+        pairs = self._state_pairs()
+        if pairs and not isinstance(sequence_id, int):
+            raise ConfigError("a --state control model takes integer sequence ids (its CORRID control is UINT64)")
+        if state is not None and (not pairs or not start):
+            raise ConfigError("a state is sent with start=True to a --state control model only")
+        state_names = {i for i, _ in pairs}
+        if state is not None and set(state) != state_names:
+            raise InputError(f"a state gives {', '.join(sorted(state_names))}; got {', '.join(sorted(state))}")
         unknown = [k for k in self.constants if k not in {i.name for i in cfg.input}]
         if unknown:
             raise ConfigError(f"constant(s) {', '.join(unknown)} are not inputs of {self.model_name!r}")
-        data = [i for i in cfg.input if i.name not in self.constants]
+        data = [i for i in cfg.input if i.name not in self.constants and not i.optional]
         if len(data) != 1:
             raise ConfigError(
                 f"{self.model_name!r} takes {', '.join(i.name for i in cfg.input)}; give all but the frames' input "
@@ -580,7 +874,14 @@ class TritonStreamClient:
             )
         inputs = []
         for entry in cfg.input:
-            value = frame if entry.name == data[0].name else self.constants[entry.name]
+            if entry.name == data[0].name:
+                value = frame
+            elif entry.name in self.constants:
+                value = self.constants[entry.name]
+            elif state is not None and entry.name in state:
+                value = state[entry.name]
+            else:
+                continue  # an optional input left out
             dtype = np.dtype(TRITON_TO_NUMPY[pb.DataType.Name(entry.data_type)])
             a = _as_request(entry.name, value, dtype, list(entry.dims), cfg.max_batch_size > 0)
             item = grpcclient.InferInput(entry.name, list(a.shape), pb.DataType.Name(entry.data_type)[len("TYPE_") :])
@@ -596,11 +897,48 @@ class TritonStreamClient:
         }
 
     def step(self, sequence_id: int | str, frame: Any, *, start: bool = False, end: bool = False) -> dict[str, Any]:
-        """One step of sequence ``sequence_id``; every output by name, without its batch axis."""
-        result = self._client().infer(**self.request(sequence_id, frame, start=start, end=end))
+        """One step of sequence ``sequence_id``; every output by name (a control-state model's state outputs
+        left out), without its batch axis."""
         cfg = self._config()
+        pairs = self._state_pairs()
+        if start:
+            self.held.pop(sequence_id, None)
+        kwargs = self.request(sequence_id, frame, start=start, end=end)
+        try:
+            result = self._call(lambda c: c.infer(**kwargs))
+        except InputError as e:
+            forgotten = "START flag" in str(e) or "has no state here" in str(e)
+            if not forgotten or start:
+                raise
+            if sequence_id not in self.held:
+                how = (
+                    "START it again (its state is lost: with implicit state the server alone holds it; serve with "
+                    "--state control to let the client resume it)"
+                    if not pairs
+                    else "START it again (this client holds no state of it)"
+                )
+                raise InputError(
+                    f"Triton has no sequence {sequence_id} of {self.model_name!r} (it idled out, ended or never "
+                    f"started): {how}"
+                ) from None
+            kwargs = self.request(sequence_id, frame, start=True, end=end, state=self.held[sequence_id])
+            result = self._call(lambda c: c.infer(**kwargs))
+            self.restarts += 1
+        batched = cfg.max_batch_size > 0
         outs = {o.name: result.as_numpy(o.name) for o in cfg.output}
-        return {k: v[0] if cfg.max_batch_size > 0 else v for k, v in outs.items()}
+        outs = {k: v[0] if batched else v for k, v in outs.items()}
+        if pairs:
+            if end:
+                self.held.pop(sequence_id, None)
+            else:
+                self.held[sequence_id] = {i: np.array(outs[o]) for i, o in pairs}
+            for _, o in pairs:
+                outs.pop(o, None)
+        return outs
+
+    def forget(self, sequence_id: int | str) -> None:
+        """Drop the state this client holds for ``sequence_id`` (a control-state model)."""
+        self.held.pop(sequence_id, None)
 
     def close(self) -> None:
         if self.client is not None and hasattr(self.client, "close"):

@@ -60,6 +60,11 @@ class SequenceBatcherEmulator:
         self.config = parse_config(base / "config.pbtxt")
         if self.config.name and self.config.name != name:
             raise ConfigError(f"{base / 'config.pbtxt'} names model {self.config.name!r}, not {name!r}")
+        if self.config.backend == "python":
+            raise ConfigError(
+                f"{base / 'config.pbtxt'} is a --state control repository (model.py keeps the states); the emulator "
+                "emulates implicit state only"
+            )
         versions = sorted((int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
         if not versions:
             raise ModelFormatError(f"{base} has no version directory (1/, 2/, ...)")
