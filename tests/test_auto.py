@@ -84,6 +84,7 @@ def test_cli_and_inspect(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert "strategy auto chose" in r.output and "per call at batch 1 x time 30" in r.output
+    assert "interleaved rounds; measured: " in r.output  # each median's spread and the load, as inspect shows
     r = CliRunner().invoke(main, ["inspect", str(out)])
     assert r.exit_code == 0 and "strategy chosen by auto:" in r.output
 

@@ -112,6 +112,8 @@ def test_cli_compare_auto_json_and_plot(tmp_path: Path) -> None:
         assert Model(str(out / f"{c['cell']}-h4" / "model.onnx")).manifest.selection["chosen"] == c["strategy"]
     r = subprocess.run([*cmd, "--no-plot"], capture_output=True, text=True, timeout=900)  # resumes: a table
     assert r.returncode == 0 and "(reused)" in r.stderr and "Pareto" in r.stdout
+    r = subprocess.run([*cmd, "--no-plot", "--quiet"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stderr == "" and "Pareto" in r.stdout  # --quiet: the result, no progress
     r = subprocess.run([*cmd[:-2], "--cells", "lstn", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown cell lstn" in r.stderr
 

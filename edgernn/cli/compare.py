@@ -96,7 +96,9 @@ def compare(**o: Any) -> None:
     strategy, target, provider, bench_len = o.pop("strategy"), o.pop("target"), o.pop("provider"), o.pop("bench_len")
     grid = len(cells) * len(hiddens)
     # a progress bar on a terminal; in a log, one line per finished candidate
-    tty = not as_json and sys.stderr.isatty()
+    from ..progress import quieted
+
+    tty = not as_json and sys.stderr.isatty() and not quieted()  # --quiet: no bar either
     bar = click.progressbar(length=grid, label="compare", file=sys.stderr, item_show_func=lambda s: s) if tty else None
     done = [0]
 
@@ -106,6 +108,8 @@ def compare(**o: Any) -> None:
             done[0] = i
 
     def echo(line: str) -> None:
+        if quieted() and not line.startswith(("note:", "warning:")):  # --quiet: notes and warnings only
+            return
         click.echo(line, err=True)
 
     result = run_compare(

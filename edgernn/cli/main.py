@@ -348,15 +348,13 @@ def export(
     m = result.manifest
     if m.target_check:
         click.echo(f"target {m.target}: {m.target_check['summary']}")
-    if m.selection:
-        times = ", ".join(f"{n} {us:g} us" for n, us in sorted(m.selection["median_us"].items(), key=lambda kv: kv[1]))
-        b, t = m.selection["profile_shape"]
-        click.echo(f"strategy auto chose {m.strategy}: {times} per call at batch {b} x time {t}")
-        from ..manifest import ranking_note
+    if m.selection:  # what auto timed, with each median's spread and the load (as edgernn inspect shows it)
+        from ..manifest import selection_lines
 
-        note = ranking_note(m.selection)
-        if note:
-            click.echo(f"  ({note})")
+        first, *rest = selection_lines(m.selection)
+        click.echo(first.replace("strategy chosen by auto: ", f"strategy auto chose {m.strategy}: ", 1))
+        for line in rest:
+            click.echo(line)
     click.echo(f"{'replaced' if replacing else 'wrote'} {result.path} ({m.strategy} for {m.target}, opset {m.opset})")
     if result.package is not None:
         click.echo(f"wrote {result.package.ort_path} and {result.package.config_path} (onnxruntime Mobile)")

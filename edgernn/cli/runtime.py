@@ -319,8 +319,10 @@ def _run_directory(
     from ..batch.shards import list_shards
 
     kwargs = session_kwargs(**session)
+    from ..progress import quieted
+
     total = len(list_shards(input_dir)[0])
-    tty = not as_json and sys.stderr.isatty()
+    tty = not as_json and sys.stderr.isatty() and not quieted()  # --quiet: no bar either
     sink: Any = sys.stderr if tty else _Null()
     bar = click.progressbar(length=total, label="shards", file=sink)
     with bar:
