@@ -532,8 +532,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"and {load['after']['load_1m']} after (1 min); {r['date']}. onnxruntime {m['onnxruntime']}, torch "
         f"{m['torch']}, ExecuTorch {m['executorch']}, tract {m['tract']}, OpenVINO {m['openvino']}. One thread "
         f"each; the median of {r['rounds']} interleaved rounds of {r['calls']} calls (steps) or "
-        f"{max(1, r['calls'] // 10)} calls (sequences), with the fastest and slowest round; every candidate checked against torch (max abs diff "
-        f"<= {r['config']['tolerance']:g}) before it was timed.",
+        f"{max(1, r['calls'] // 10)} calls (sequences), with the fastest and slowest round; every candidate "
+        f"checked against torch (max abs diff <= {r['config']['tolerance']:g}) before it was timed.",
         "",
         "| call | cell | " + " | ".join(CANDIDATES) + " |",
         "|---|---|" + "---|" * len(CANDIDATES),
