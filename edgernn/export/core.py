@@ -285,6 +285,8 @@ def export_module(
     if lengths_spec is not None and not caps.lengths:
         raise ExportError(f"strategy {strategy!r} takes no lengths input; export without lengths")
     tgt.validate(strategy, lengths=lengths_spec is not None, fused=bool(getattr(strat, "fused", False)))
+    if hasattr(strat, "for_target"):  # step: its form, when not asked for, is the target runtime's fastest
+        strat.for_target(tgt)
     static_batch = tgt.batch(batch)
 
     original = module
