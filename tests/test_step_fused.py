@@ -68,3 +68,15 @@ def test_a_projected_lstm_stays_plain_for_onnxruntime() -> None:
     res = export_model(model, None, strategy="step")
     assert res.report is not None and res.report.passed
     assert "LSTM" not in {n.op_type for n in onnx.load_from_string(res.model_bytes).graph.node}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fused_step_regroups_each_layer_output_with_one_squeeze(cell: str) -> None:
+    """A forward recurrent op's output (T, 1, B, H) reaches the next layer by one Squeeze, not Transpose +
+    Reshape: fewer nodes per step, the same values (the export's chained check against torch passes)."""
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(cell=cell, input_size=3, hidden_size=6, num_layers=3, readout="all")).eval()
+    res = export_model(model, None, strategy="step", fused=True)
+    assert res.report is not None and res.report.passed, res.report.table()
+    ops = [n.op_type for n in onnx.load_from_string(res.model_bytes).graph.node]
+    assert ops.count(OPS[cell]) == 3 and "Transpose" not in ops, ops

@@ -106,6 +106,57 @@ class Step(Strategy):
 
         return run_stack(layer.cell_kind, weights, x, h0, c0, lengths)
 
+    def postprocess(self, model: Any) -> Any:
+        squeeze_one_direction(model)
+        return model
+
     def translation_table(self) -> dict[Any, Any]:
         # the operators' translation whenever a layer may use them (it translates only the ops the trace holds)
         return Native().translation_table() if self.fused or (self.fused is None and self.prefer_fused) else {}
+
+
+def squeeze_one_direction(model: Any) -> int:
+    """Each forward RNN/LSTM/GRU node's output regrouped as Transpose(perm 0,2,1,3) + Reshape(0,0,-1) (from
+    (T, 1, B, H) to (T, B, H), as the `native` translation writes it for both directions) becomes one Squeeze of
+    axis 1: the same values, one node instead of two (a step pays onnxruntime's dispatch for every node). Returns
+    how many were rewritten; ``model`` (an onnx.ModelProto) is changed in place."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    made = {o: n for n in g.node for o in n.output}
+    users: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    drop: set[int] = set()
+    replace: dict[int, Any] = {}
+    for n in g.node:
+        if n.op_type != "Transpose" or [list(a.ints) for a in n.attribute if a.name == "perm"] != [[0, 2, 1, 3]]:
+            continue
+        src = made.get(n.input[0])
+        if src is None or src.op_type not in ("RNN", "LSTM", "GRU") or src.output[0] != n.input[0]:
+            continue
+        if any(a.name == "direction" and a.s != b"forward" for a in src.attribute):
+            continue
+        after = users.get(n.output[0], [])
+        if len(after) != 1 or n.output[0] in outputs or after[0].op_type != "Reshape":
+            continue
+        reshape = after[0]
+        shape = consts.get(reshape.input[1])
+        if shape is None or shape.tolist() != [0, 0, -1]:
+            continue
+        axes = f"{n.output[0]}_squeezed_axis"
+        g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+        replace[id(n)] = helper.make_node("Squeeze", [n.input[0], axes], [reshape.output[0]], name=f"{n.name}_squeeze")
+        drop.add(id(reshape))
+    if replace:
+        nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(nodes)
+    return len(replace)
