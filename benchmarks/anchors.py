@@ -348,6 +348,8 @@ def run_cell(cell: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     _time(timed, step_report, args)
 
     seq_report: dict[str, Any] = {}
+    if "sequence" not in args.parts:
+        return {"step": step_report, "sequence": seq_report}
     runners: dict[str, Any] = {
         "edgernn": _guard("edgernn", lambda: _edgernn_sequence(native_file), seq_report),
         "torch": lambda x: _torch_sequence(model, x),
@@ -465,6 +467,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--calls", type=int, default=200, help="calls per round (the sequence takes a tenth)")
+    ap.add_argument(
+        "--parts",
+        default="step,sequence",
+        help="comma list of step, sequence (default both; ExecuTorch lowers the sequence unrolled: minutes)",
+    )
     out = ap.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
     out.add_argument("--markdown", action="store_true")
@@ -472,6 +479,9 @@ def main() -> None:
     for name in ("features", "hidden", "layers", "outputs", "seq_len", "rounds", "calls"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not args.parts or args.parts - {"step", "sequence"}:
+        ap.error("--parts takes step and/or sequence")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     if not cells or set(cells) - {"lstm", "gru"}:
         ap.error("--cells takes lstm and/or gru")
