@@ -408,6 +408,33 @@ def test_frame_validation_is_typed() -> None:
     assert chunked.step(np.zeros((4, F), np.float64)).shape == (4, 2)
 
 
+def test_the_bound_hot_path_keeps_every_check() -> None:
+    """After a frame shape has been validated and bound, later frames of that shape skip the shape checks but not
+    the finiteness check: a NaN or inf frame is refused with the same message and the state does not move; other
+    shapes and dtypes still take the checked path."""
+    sm = StreamingModel(step_model("lstm", F, H, L))
+    s, ref = sm.stream(), sm.stream()
+    xs = frames(6, 3)
+    for f in xs[:3]:  # the first call binds, the second remembers the shape, the third runs hot
+        s.step(f)
+        ref.step(f.astype(np.float64))  # converted: never the hot path
+    assert (F,) in s._fast and not ref._fast
+    before = s.state
+    for bad, count in ((np.array([0, np.inf, 0], np.float32), 1), (np.full(F, np.nan, np.float32), 3)):
+        with pytest.raises(InputError, match=f"{count} non-finite"):
+            s.step(bad)
+        assert s.steps == 3
+        assert all(np.array_equal(before[k], v) for k, v in s.state.items())
+    with pytest.raises(InputError, match="expects 3 features; got 2"):
+        s.step(np.zeros(2, np.float32))
+    for f in xs[3:]:  # after the refusals the stream goes on from where it was, as one never refused
+        np.testing.assert_array_equal(s.step(f), ref.step(f.astype(np.float64)))
+    out = s.step(xs[0][None])  # a chunk of one: another shape, checked, then hot as well
+    assert out.shape == (1, 2) and (1, F) in s._fast
+    strided = np.repeat(xs[:1], 2, axis=1)[:, ::2][0]  # a non-contiguous frame of the bound shape
+    s.step(strided)
+
+
 def test_run_sequence_checks_its_input() -> None:
     sm = StreamingModel(step_model("lstm", F, H, L, time=4))
     with pytest.raises(InputError, match="whole number of chunks of 4"):

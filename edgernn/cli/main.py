@@ -217,10 +217,10 @@ def train(**o: Any) -> None:
 @click.option("--seq-len", type=int, default=None, help="unroll: the fixed sequence length.")
 @click.option("--chunk", type=int, default=None, help="step: time steps per call (default 1).")
 @click.option(
-    "--fused",
-    is_flag=True,
+    "--fused/--no-fused",
     default=None,
-    help="step: emit ONNX RNN/LSTM/GRU ops (faster on onnxruntime CPU/CUDA; not for NNAPI/CoreML).",
+    help="step: emit ONNX RNN/LSTM/GRU ops (faster on onnxruntime CPU/CUDA; not for NNAPI/CoreML) or plain ops "
+    "(--no-fused). Default: the ops for --target ort, plain ops for the other targets.",
 )
 @click.option(
     "--lengths/--no-lengths",

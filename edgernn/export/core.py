@@ -376,6 +376,8 @@ def _plan(
     if lengths_spec is not None and not caps.lengths:
         raise ExportError(f"strategy {strategy!r} takes no lengths input; export without lengths")
     tgt.validate(strategy, lengths=lengths_spec is not None, fused=bool(getattr(strat, "fused", False)))
+    if hasattr(strat, "for_target"):  # step: its form, when not asked for, is the target runtime's fastest
+        strat.for_target(tgt)
     static_batch = tgt.batch(batch)
     fixed = strat.fixed_length()
     if fixed is not None:
