@@ -39,7 +39,12 @@ MODULES: dict[str, list[str]] = {
     "model/cell_ops.py": ["tests/test_cell_ops.py"],
     "model/nn.py": ["tests/test_nn.py", "tests/test_cell_ops.py"],
     "verify/parity.py": ["tests/test_parity_honesty.py", "tests/test_parity_tool.py"],
-    "runtime/stream.py": ["tests/test_stream.py", "tests/test_stream_models.py"],
+    "runtime/stream.py": [
+        "tests/test_stream.py",
+        "tests/test_stream_models.py",
+        "tests/test_stream_constants.py",
+        "tests/test_hostile_runtime.py",
+    ],
     "export/onnx_unroll.py": ["tests/test_onnx_unroll.py"],
     "optimize/quantize.py": ["tests/test_precision.py", "tests/test_scan_form.py"],
     "train/loop.py": ["tests/test_train.py"],
