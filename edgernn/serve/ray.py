@@ -537,7 +537,7 @@ class StreamTable:
                     if req.reset or req.state is None:
                         s.reset()
                     else:
-                        s.set_state(self._states(req))
+                        s.set_state(self._states(req.key, req.state))
                     ready.append((req, s, False))
                 else:
                     entry = self._streams.get(req.key)
@@ -597,25 +597,24 @@ class StreamTable:
                         self.counts["closed"] += 1
                 results[req.index] = out
 
-    def _states(self, req: _Request) -> dict[str, np.ndarray]:
+    def _states(self, key: str, state: dict[str, Any]) -> dict[str, np.ndarray]:
         """A stateless request's state, each array in its state input's dtype and checked finite after that cast
         (1e39 is a finite float64 and an infinite float32); ``Stream.set_state`` checks names and shapes."""
-        assert req.state is not None
         specs = {st.input: st for st in self.model.states}
         out = {}
-        for name, value in req.state.items():
+        for name, value in state.items():
             spec = specs.get(name)
             if spec is None:
-                raise InputError(f"stream {req.key!r}: a state needs exactly {', '.join(sorted(specs))}; got {name!r}")
-            a = _array(value, f"stream {req.key!r}: state {name!r}")
+                raise InputError(f"stream {key!r}: a state needs exactly {', '.join(sorted(specs))}; got {name!r}")
+            a = _array(value, f"stream {key!r}: state {name!r}")
             if a.dtype.kind not in "fiu":
-                raise InputError(f"stream {req.key!r}: state {name!r} must be an array of numbers; got {a.dtype}")
+                raise InputError(f"stream {key!r}: state {name!r} must be an array of numbers; got {a.dtype}")
             want = np.dtype(spec.dtype)
             with np.errstate(over="ignore", invalid="ignore"):
                 cast = a.astype(want)
             if want.kind == "f" and not np.isfinite(cast).all():
                 raise InputError(
-                    f"stream {req.key!r}: state {name!r} has values that are not finite as {want} (NaN, inf, or "
+                    f"stream {key!r}: state {name!r} has values that are not finite as {want} (NaN, inf, or "
                     f"beyond +-{np.finfo(want).max:.4g}); send back the state a response returned"
                 )
             out[name] = cast
