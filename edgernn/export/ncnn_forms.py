@@ -179,7 +179,7 @@ def _slice(
 def final_state_from_sequence(model: ModelProto) -> ModelProto:
     """Each top-graph RNN/GRU/LSTM (no ``sequence_lens``, ``layout`` 0) whose final state ``Y_h`` is read, and whose
     output sequence ``Y`` is unused or read only by a ``Transpose(0, 2, 1, 3)`` + ``Reshape(0, 0, -1)`` (the form
-    a stacked layer's ``Y`` has; added when ``Y`` is unused): ``Y_h`` sliced out of that, under its own name: the last
+    a stacked layer's ``Y`` has; added when ``Y`` is unused) or by a ``Squeeze`` of axis 1 (a fused step's form): ``Y_h`` sliced out of that, under its own name: the last
     step for a forward layer, the first for a reverse one, and for a bidirectional one the forward half of the
     last step concatenated (axis 0) with the backward half of the first. The op then outputs ``Y`` alone, or,
     for an LSTM whose ``Y_c`` is used, ``Y``, an unused ``Y_h`` and ``Y_c``. The slices copy values: onnxruntime
@@ -210,14 +210,18 @@ def final_state_from_sequence(model: ModelProto) -> ModelProto:
         return bool(name) and (name in readers or name in outputs)
 
     def sequence_of(y: str) -> str | None:
-        """The output of the Transpose(0, 2, 1, 3) + Reshape(0, 0, -1) that is ``y``'s only reader, if it is."""
+        """The output of the Transpose(0, 2, 1, 3) + Reshape(0, 0, -1), or of the Squeeze of axis 1 (a fused
+        step's one-direction form), that is ``y``'s only reader, if it is."""
         first = readers.get(y, [])
-        if (
-            y in outputs
-            or len(first) != 1
-            or first[0].op_type != "Transpose"
-            or _attr(first[0], "perm") != [0, 2, 1, 3]
-        ):
+        if y in outputs or len(first) != 1:
+            return None
+        if first[0].op_type == "Squeeze" and first[0].output[0] not in outputs:
+            axes = _attr(first[0], "axes")
+            if axes is None and len(first[0].input) > 1:
+                value = constant_value(first[0].input[1], inits, producer)
+                axes = None if value is None else value.tolist()
+            return first[0].output[0] if axes in ([1], [-3]) else None
+        if first[0].op_type != "Transpose" or _attr(first[0], "perm") != [0, 2, 1, 3]:
             return None
         second = readers.get(first[0].output[0], [])
         if first[0].output[0] in outputs or len(second) != 1 or second[0].op_type != "Reshape":
