@@ -98,6 +98,14 @@ from .common import handle_errors
     help="Seconds a health check may take before its replica is replaced (0.1 to 3600).",
 )
 @click.option(
+    "--drain-timeout",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Seconds a replica being stopped (scale-down, update) may take to finish the frames it holds (0.1 to "
+    "3600); meanwhile it answers new frames with HTTP 421 and the stream's token, to resume on another replica.",
+)
+@click.option(
     "--state-tokens/--no-state-tokens",
     default=True,
     show_default=True,
@@ -142,6 +150,7 @@ def ray_command(
     max_queued: int,
     health_period: float,
     health_timeout: float,
+    drain_timeout: float,
     state_tokens: bool,
     ray_timeout: float,
     address: str | None,
@@ -179,7 +188,12 @@ def ray_command(
     if max_batch_size > MAX_BATCH_LIMIT:
         raise ConfigError(f"--max-batch-size is at most {MAX_BATCH_LIMIT:,}; got {max_batch_size:,}")
     check_bounds(max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
-    check_serving(max_queued=max_queued, health_period_s=health_period, health_timeout_s=health_timeout)
+    check_serving(
+        max_queued=max_queued,
+        health_period_s=health_period,
+        health_timeout_s=health_timeout,
+        drain_timeout_s=drain_timeout,
+    )
     check_ray_timeout(ray_timeout)
     frame = check_stream_model(model)  # before Ray starts: a model that cannot stream is refused at once
     if state_tokens and not stateless:
@@ -208,6 +222,7 @@ def ray_command(
             max_queued=max_queued,
             health_period_s=health_period,
             health_timeout_s=health_timeout,
+            drain_timeout_s=drain_timeout,
             state_tokens=state_tokens,
         )
         serve.run(app, name=app_name, route_prefix=route)

@@ -9,8 +9,9 @@ Plain ``urllib`` and numpy (no torch, no ray): usable from any machine that reac
 
 Each response of a stateful application carries the stream's state as an opaque ``token`` (docs/scale-out.md);
 the client keeps the last one. When the stream's state is gone (a 503 from a busy or lost replica, a connection
-reset, a replica error, or a response whose ``steps`` restarted because the stream moved to another replica), it
-resends the same frame with that token, so the stream resumes where it was on whichever replica answers; the
+reset, a replica error, a response whose ``steps`` restarted because the stream moved to another replica, or an
+HTTP 421 ``"moved"`` from a replica that is shutting down, whose body holds the token too), it resends the same
+frame with that token, so the stream resumes where it was on whichever replica answers; the
 outputs are those of an uninterrupted stream. Retries wait the server's ``Retry-After`` (or ``backoff_s``) and
 stop after ``retries`` tries or ``deadline_s`` seconds (``ServeUnavailableError``). Against a ``--stateless``
 application it sends each response's ``state`` back with the next frame.
@@ -31,6 +32,7 @@ import numpy as np
 from ..errors import EdgeRNNError, InputError
 
 RETRYABLE = (500, 502, 503, 504)
+MOVED = 421  # a draining replica's answer to a new frame (edgernn.serve.ray.StreamMovedError): resend with the token
 MAX_RETRIES = 1000  # the most `retries` may be
 MAX_DEADLINE_S = 3600.0
 
@@ -131,6 +133,14 @@ class StreamClient:
                         return self._accept(resp)
                     last = f"the stream's state was lost on the server (steps {steps}, expected {self.steps + 1})"
                     resend, wait = True, 0.0  # its state moved or was forgotten: the same frame again, with the token
+                elif status == MOVED and isinstance(resp, Mapping) and resp.get("moved"):
+                    # a draining replica: the frame did not run; resend it with the stream's token (ours, or the
+                    # one the replica gave when we hold none) and it runs on the replica that owns the stream now
+                    last = "the stream's replica is shutting down (moved)"
+                    if self.token is None and isinstance(resp.get("token"), str) and not body.get("reset"):
+                        self.token = resp["token"]
+                        self.steps = int(resp.get("steps", self.steps))
+                    resend, wait = True, retry_after if retry_after is not None else 0.0
                 elif status in RETRYABLE:
                     last = f"HTTP {status}: {str((resp or {}).get('error', ''))[:200]}"
                     resend = True

@@ -38,6 +38,11 @@
   request is answered HTTP 503 with ``"state_lost": true`` (``ReplicaLostError``), never a bare 500. Each replica
   runs the model on a zero frame at start and in Serve's periodic ``check_health``, and forgets idle streams on a
   timer. ``init_ray`` starts a local cluster on 127.0.0.1 only (``local_ray_options``).
+* Drain (docs/scale-out.md, "Drain"): a replica that Serve stops (scale-down, update, delete) finishes the frames
+  it holds (up to ``drain_timeout_s``); a stateful one answers a new frame with HTTP 421 ``"moved": true`` and the
+  stream's token (``StreamMovedError``), which ``StreamClient`` resends to the replica that owns the stream now.
+* Metrics (``ReplicaMetrics``, through ``ray.serve.metrics``): streams held, requests queued, batch sizes, and
+  counters of evicted streams, resets and moved frames, per replica.
 
 Python callers use the handle ``serve.run`` returns: ``handle.remote({"stream": "a", "frame": [0.1]}).result()``
 (numpy arrays in, numpy arrays out, exact), or ``StreamClient(app_name)``, which routes each request to its replica
@@ -59,7 +64,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -85,6 +90,10 @@ RETRY_AFTER_S = 1  # what a 503 tells the client to wait (the Retry-After header
 DEFAULT_HEALTH_PERIOD_S = 10.0  # how often Serve runs a replica's check_health (the model on a zero frame)
 DEFAULT_HEALTH_TIMEOUT_S = 30.0  # how long one check may take before the replica is replaced
 MAX_HEALTH_S = 3600.0
+DEFAULT_DRAIN_TIMEOUT_S = 20.0  # how long a stopping replica may finish the frames it holds; --drain-timeout
+MAX_DRAIN_S = 3600.0
+DRAIN_POLL_S = 0.1  # how often Serve looks whether a draining replica still holds requests
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]  # the batch-size histogram's bounds
 TOKEN_VERSION = 1  # of the state token's layout (a token of another version is refused, never misread)
 TOKEN_MAGIC = b"ERS"
 TOKEN_HEADER = struct.Struct("<3sB8sQ")  # magic, version, the model's sha256 prefix, steps; then the states
@@ -116,6 +125,15 @@ class ReplicaLostError(EdgeRNNError):
 
     exit_code = 1
     http_status = 503
+
+
+class StreamMovedError(EdgeRNNError):
+    """A stateful replica that is shutting down (rescale, update, delete) refuses a new frame: HTTP 421 (Misdirected
+    Request), ``"moved": true``, and the stream's state ``token``; nothing ran. Resend the frame with the token: it
+    runs on the replica that owns the stream next (``edgernn.serve.StreamClient`` does this by itself)."""
+
+    exit_code = 1
+    http_status = 421
 
 
 class RayStartError(EdgeRNNError):
@@ -383,6 +401,8 @@ class StreamTable:
             "closed": 0,
             "refused_full": 0,
             "resumed": 0,
+            "resets": 0,
+            "moved": 0,
         }
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -445,9 +465,32 @@ class StreamTable:
     def stop_evictor(self) -> None:
         self._stop.set()
 
+    def moved(self, raw: Any) -> dict[str, Any]:
+        """The answer of a draining replica to a new frame (``StreamMovedError``, HTTP 421): the frame does not
+        run; ``"token"`` is the state this replica holds for the stream (when tokens are on and it holds one), so
+        that a client resumes it on the replica that owns it next. The stream stays here until the replica stops
+        (a late frame gets the same token). Counted in ``moved``."""
+        with self._lock:
+            try:
+                key = stream_key(raw if isinstance(raw, Mapping) else {}, self.max_id_chars)
+            except InputError as e:
+                return self._error(raw, e)
+            self.counts["moved"] += 1
+            entry = self._streams.get(key)
+            err = StreamMovedError(
+                "this replica is shutting down (a rescale, an update or a delete) and takes no new frames; the frame "
+                "did not run: resend it with the stream's 'token' and it runs on the replica that owns the stream "
+                "now (edgernn.serve.StreamClient does), or without one to start the stream again"
+            )
+            out = {**error_response(raw.get("stream"), err), "moved": True, "retry_after": 0, "state_lost": False}
+            if self.codec is not None and entry is not None:
+                out["token"] = self.codec.encode(entry[0].state, entry[0].steps)
+                out["steps"] = entry[0].steps
+            return out
+
     def stats(self) -> dict[str, Any]:
-        """Live streams and counters: requests, batches, onnxruntime calls, errors, evicted, closed and resumed
-        streams. Reads only: evicts nothing."""
+        """Live streams and counters: requests, batches, onnxruntime calls, errors, evicted, closed, resumed and
+        reset streams, and new frames answered ``moved`` while draining. Reads only: evicts nothing."""
         with self._lock:
             return {
                 "streams": len(self._streams),
@@ -557,6 +600,8 @@ class StreamTable:
                         self.counts["resumed"] += 1
                     elif req.reset and not new:
                         s.reset()
+                    if req.reset:
+                        self.counts["resets"] += 1
                     self._streams[req.key] = (s, now)
                     self._streams.move_to_end(req.key)
                     ready.append((req, s, new))
@@ -713,6 +758,11 @@ def _deployments() -> tuple[Any, Any]:
     from ray import serve
 
     quiet = {"enable_access_log": False, "log_level": "WARNING"}  # a log line per frame costs more than the frame
+    return _replica_deployment(serve, quiet), _ingress_deployment(serve, quiet)
+
+
+def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
+    """The ``StreamReplica`` deployment: one ``StreamTable`` behind ``@serve.batch``, drained on shutdown."""
 
     @serve.deployment(name="StreamReplica", logging_config=quiet)
     class StreamReplica:
@@ -746,11 +796,22 @@ def _deployments() -> tuple[Any, Any]:
             self.table.start_evictor()  # idle streams go on a timer, requests or not
             self.stateless = stateless
             self.replica = serve.get_replica_context().replica_id.unique_id
+            self._serve_replica = _serve_replica()  # Serve's own replica object: says when the drain begins
+            self.metrics = ReplicaMetrics()
+            self.waiting = 0  # requests in this replica: in its batch queue or running
             self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # serve.batch's setters
             self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
+        def draining(self) -> bool:
+            """Whether Serve is stopping this replica (scale-down, an update, ``serve.delete``): its graceful
+            shutdown has begun. Read from Serve's replica object (ray 2.60, which edgernn pins; see
+            ``_serve_replica``); False where that cannot be read, and the replica then serves until it stops."""
+            return bool(getattr(self._serve_replica, "_shutting_down", False))
+
         async def step(self, request: Mapping[str, Any]) -> dict[str, Any]:
-            """One frame of one stream; refused unless it was routed by its stream id (stateful mode)."""
+            """One frame of one stream; refused unless it was routed by its stream id (stateful mode). A stateful
+            replica that is draining answers a new frame with ``StreamMovedError`` (HTTP 421, the stream's token):
+            the frames it already holds run to the end, a new one runs on the replica that owns the stream next."""
             if not self.stateless and isinstance(request, Mapping):
                 try:
                     key = stream_key(request, self.table.max_id_chars)
@@ -768,7 +829,17 @@ def _deployments() -> tuple[Any, Any]:
                         "status": 400,
                         "replica": self.replica,
                     }
-            return await self._batched(request)
+                if self.draining():
+                    moved = self.table.moved(request)
+                    self.metrics.sync(self.table.stats())
+                    return {**moved, "replica": self.replica}
+            self.waiting += 1
+            self.metrics.queued(self.waiting)
+            try:
+                return await self._batched(request)
+            finally:
+                self.waiting -= 1
+                self.metrics.queued(self.waiting)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
         async def _batched(self, requests: list[Any]) -> list[dict[str, Any]]:
@@ -778,19 +849,34 @@ def _deployments() -> tuple[Any, Any]:
             results = await asyncio.to_thread(self.table.step_batch, requests)
             for r in results:
                 r["replica"] = self.replica
+            self.metrics.batch(len(requests))
+            self.metrics.sync(self.table.stats())
             return results
 
         def check_health(self) -> None:
             """Serve's periodic health check: the model runs a zero frame (``StreamTable.check_health``); a replica
-            that fails it (or takes longer than the health-check time-out) is replaced."""
+            that fails it (or takes longer than the health-check time-out) is replaced. Also brings the metrics
+            up to date (streams held, evictions on the timer) when no batch runs."""
             self.table.check_health()
+            self.metrics.sync(self.table.stats())
 
         def stats(self) -> dict[str, Any]:
-            """This replica's counters (``StreamTable.stats``) and its id; evicts nothing."""
-            return {**self.table.stats(), "replica": self.replica}
+            """This replica's counters (``StreamTable.stats``), its id, whether it is draining and whether it can
+            tell (``drain_aware``); evicts nothing. One replica's, the one Serve's router picks (docs/scale-out.md)."""
+            watched = self._serve_replica is not None  # False: this Ray's replica object was not found
+            return {**self.table.stats(), "replica": self.replica, "draining": self.draining(), "drain_aware": watched}
 
         def __del__(self) -> None:
+            # Serve calls this after the drain (no request left in the replica), before it stops the actor
             self.table.stop_evictor()
+            if hasattr(self, "metrics"):
+                self.metrics.sync(self.table.stats())
+
+    return StreamReplica
+
+
+def _ingress_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
+    """The ``StreamIngress`` deployment: parses a request and routes it to the replicas by stream."""
 
     @serve.deployment(
         name="StreamIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096, logging_config=quiet
@@ -867,7 +953,74 @@ def _deployments() -> tuple[Any, Any]:
             except Exception as e:  # every failure is answered in edgernn's error body
                 return failure_response(body.get("stream"), e, stateless=self.stateless)
 
-    return StreamReplica, StreamIngress
+    return StreamIngress
+
+
+class ReplicaMetrics:
+    """A replica's metrics through Ray Serve's metrics API (``ray.serve.metrics``; Serve tags each with its
+    deployment, replica and application, and Ray exports them where its metrics go, e.g. Prometheus):
+
+    * ``edgernn_streams`` (gauge): live streams the replica holds;
+    * ``edgernn_queued_requests`` (gauge): requests in the replica, waiting for a batch or running;
+    * ``edgernn_batch_size`` (histogram, ``BATCH_SIZE_BUCKETS``): requests per batch;
+    * ``edgernn_streams_evicted``, ``edgernn_stream_resets``, ``edgernn_streams_moved`` (counters): idle streams
+      forgotten, requests with ``"reset": true``, new frames answered ``moved`` while draining.
+
+    ``sync(stats)`` brings the gauge and the counters up to ``StreamTable.stats()`` (counters by what changed since
+    the last sync); the replica calls it after each batch and in each health check (so evictions on the timer
+    show within one health period). ``metrics``: the module to make them with (tests pass a fake)."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "evicted": "edgernn_streams_evicted",
+        "resets": "edgernn_stream_resets",
+        "moved": "edgernn_streams_moved",
+    }
+
+    def __init__(self, metrics: Any = None) -> None:
+        if metrics is None:
+            from ray.serve import metrics
+        self.streams = metrics.Gauge("edgernn_streams", description="live streams this replica holds")
+        self.waiting = metrics.Gauge(
+            "edgernn_queued_requests", description="requests in this replica, waiting for a batch or running"
+        )
+        self.batch_size = metrics.Histogram(
+            "edgernn_batch_size", description="requests per onnxruntime batch", boundaries=BATCH_SIZE_BUCKETS
+        )
+        self.counters = {
+            what: metrics.Counter(name, description=f"{what} streams (see edgernn.serve.ray.ReplicaMetrics)")
+            for what, name in self.COUNTERS.items()
+        }
+        self.seen = dict.fromkeys(self.COUNTERS, 0)
+
+    def sync(self, stats: Mapping[str, Any]) -> None:
+        self.streams.set(int(stats["streams"]))
+        for what, counter in self.counters.items():
+            delta = int(stats[what]) - self.seen[what]
+            if delta > 0:
+                counter.inc(delta)
+                self.seen[what] = int(stats[what])
+
+    def batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def queued(self, n: int) -> None:
+        self.waiting.set(n)
+
+
+def _serve_replica() -> Any:
+    """Serve's own object for the replica this runs in (ray 2.60, which edgernn pins), or None: Serve gives a
+    deployment no call when its graceful shutdown begins (``__del__`` comes after the drain), but its replica object
+    sets ``_shutting_down`` then. Reached through the handle-registration callback of the replica context, a
+    closure over that object; anything else found there (another Ray) gives None, and the replica never drains."""
+    from ray.serve import context
+
+    try:
+        callback = context._get_internal_replica_context()._handle_registration_callback
+        names = callback.__code__.co_freevars
+        found = callback.__closure__[names.index("self")].cell_contents
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+    return found if isinstance(getattr(found, "_shutting_down", None), bool) else None
 
 
 def failure_response(stream_id: Any, e: BaseException, *, stateless: bool = False) -> dict[str, Any]:
@@ -937,7 +1090,7 @@ class _Pending:
 
 def refusal(response: Mapping[str, Any]) -> EdgeRNNError:
     """The typed error of a refused request's response (TooManyStreamsError for a full replica)."""
-    cls: type[EdgeRNNError] = {429: TooManyStreamsError, 413: BodyTooLargeError}.get(
+    cls: type[EdgeRNNError] = {429: TooManyStreamsError, 413: BodyTooLargeError, 421: StreamMovedError}.get(
         int(response.get("status", 400)), InputError
     )
     if int(response.get("status", 400)) == 503:
@@ -966,6 +1119,7 @@ def stream_deployment(
     health_period_s: float = DEFAULT_HEALTH_PERIOD_S,
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     state_tokens: bool = True,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> Any:
     """A Ray Serve application serving the streams of the ``step`` export at ``model_path`` (see the module
     docstring); run it with ``serve.run(app, name=...)``, which returns the handle to send requests to.
@@ -983,6 +1137,9 @@ def stream_deployment(
     often Serve runs each replica's ``check_health`` (the model on a zero frame) and how long one may take.
     ``state_tokens`` (stateful mode): each response carries the stream's state as a token a request may send back
     to resume it on any replica (``StateCodec``); False saves its bytes but a replica's death loses its streams.
+    ``drain_timeout_s``: how long a replica that Serve stops (scale-down, update, delete) may take to finish the
+    frames it holds (Serve's ``graceful_shutdown_timeout_s``); meanwhile a stateful one answers new frames with
+    ``StreamMovedError`` and the stream's token (docs/scale-out.md, "Drain").
 
     The model is read here and shipped to the replicas as bytes (no shared file system needed), after a check that
     it is a stateful model that can stream.
@@ -994,7 +1151,12 @@ def stream_deployment(
     if batch_wait_timeout_s < 0:
         raise ConfigError(f"batch_wait_timeout_s must be >= 0; got {batch_wait_timeout_s}")
     check_bounds(ttl_s=ttl_s, max_streams=max_streams, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes)
-    check_serving(max_queued=max_queued, health_period_s=health_period_s, health_timeout_s=health_timeout_s)
+    check_serving(
+        max_queued=max_queued,
+        health_period_s=health_period_s,
+        health_timeout_s=health_timeout_s,
+        drain_timeout_s=drain_timeout_s,
+    )
     path = Path(model_path)
     if not path.is_file():
         raise ModelFormatError(f"no model file at {os.fspath(model_path)!r}")
@@ -1013,6 +1175,8 @@ def stream_deployment(
         "max_queued_requests": max_queued,  # beyond it, at each caller (the ingress): BackPressureError -> HTTP 503
         "health_check_period_s": health_period_s,
         "health_check_timeout_s": health_timeout_s,
+        "graceful_shutdown_timeout_s": drain_timeout_s,  # then Serve kills the replica, frames held or not
+        "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,  # Serve's default, 2 s, would add up to 2 s to every drain
         "ray_actor_options": {"num_cpus": num_cpus if num_cpus is not None else float(threads or 1)},
     }
     if not stateless:
@@ -1042,8 +1206,9 @@ def check_serving(
     max_queued: int = DEFAULT_MAX_QUEUED,
     health_period_s: float = DEFAULT_HEALTH_PERIOD_S,
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> None:
-    """ConfigError for a queue bound or health-check time outside its documented range (docs/scale-out.md)."""
+    """ConfigError for a queue bound, health-check or drain time outside its documented range (docs/scale-out.md)."""
     if isinstance(max_queued, bool) or not isinstance(max_queued, int) or not 1 <= max_queued <= MAX_QUEUED_LIMIT:
         raise ConfigError(
             f"max_queued (--max-queued) must be an integer in 1..{MAX_QUEUED_LIMIT:,}; got {max_queued!r}"
@@ -1054,6 +1219,11 @@ def check_serving(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= MAX_HEALTH_S:
             raise ConfigError(f"{what} must be seconds in 0.1..{MAX_HEALTH_S:g}; got {value!r}")
+    bad = isinstance(drain_timeout_s, bool) or not isinstance(drain_timeout_s, (int, float))
+    if bad or not 0.1 <= drain_timeout_s <= MAX_DRAIN_S:
+        raise ConfigError(
+            f"drain_timeout_s (--drain-timeout) must be seconds in 0.1..{MAX_DRAIN_S:g}; got {drain_timeout_s!r}"
+        )
 
 
 def check_token_fits(model: bytes, max_body_bytes: int) -> int:
