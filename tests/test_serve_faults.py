@@ -32,13 +32,16 @@ from edgernn.serve.ray import (
     TOKEN_HEADER,
     OverloadedError,
     ReplicaLostError,
+    ReplicaMetrics,
     StateCodec,
+    StreamMovedError,
     StreamTable,
     check_serving,
     check_token_fits,
     error_response,
     failure_response,
     refusal,
+    to_json,
 )
 
 FEATURES = 3
@@ -220,18 +223,18 @@ class _FlakyServer:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if what == "503":
+                if what == "drain":  # replica 0 is shutting down: the frame does not run, the body holds its token
+                    status, resp = 421, to_json(outer.tables[0].moved(body))
+                elif what == "503":
                     lost = ReplicaLostError("the replica stopped")
                     status, resp = 503, {**error_response(body["stream"], lost), "state_lost": True}
                 else:
-                    from edgernn.serve.ray import to_json
-
                     resp = to_json(outer.tables[what == "moved"].step_batch([body])[0])
                     status = int(resp.get("status", 400)) if "error" in resp else 200
                 data = json.dumps(resp).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
-                if status == 503:
+                if status in (421, 503):
                     self.send_header("Retry-After", "0")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -266,6 +269,140 @@ def test_stream_client_resumes_after_a_503_a_reset_and_a_move(model_path: Path) 
             stuck.step(frames[0, 0])
     finally:
         srv.server.shutdown()
+
+
+def test_a_draining_table_answers_moved_with_the_token_and_runs_nothing(model_path: Path) -> None:
+    frames = np.random.default_rng(11).standard_normal((1, 6, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)[0]
+    old, new = StreamTable(model_path), StreamTable(model_path)
+    for t in range(3):
+        old.step_batch([{"stream": "a", "frame": frames[0, t]}])
+    m = old.moved({"stream": "a", "frame": frames[0, 3]})
+    assert m["status"] == 421 and m["code"] == 1 and m["moved"] is True and m["state_lost"] is False
+    assert m["stream"] == "a" and m["steps"] == 3 and "shutting down" in m["error"] and "token" in m["error"]
+    assert isinstance(refusal(m), StreamMovedError)
+    assert old.stats()["moved"] == 1 and old.stats()["requests"] == 3  # the frame did not run
+    again = old.moved({"stream": "a", "frame": frames[0, 3]})
+    assert again["token"] == m["token"]  # a late frame gets the same state
+    for t in range(3, 6):  # the replica that owns the stream next resumes it from the token
+        r = new.step_batch([{"stream": "a", "frame": frames[0, t], "token": m["token"]}])[0]
+        assert r["steps"] == t + 1 and np.array_equal(r["output"], want[t]), t
+        m = r
+    unknown = old.moved({"stream": "zz", "frame": frames[0, 0]})
+    assert unknown["status"] == 421 and "token" not in unknown  # nothing held: nothing to hand over
+    assert "token" not in StreamTable(model_path, state_tokens=False).moved({"stream": "a", "frame": [0.0]})
+    bad = old.moved({"frame": frames[0, 0]})
+    assert bad["code"] == 7 and bad["status"] == 400
+
+
+def test_stream_client_resumes_elsewhere_when_its_replica_drains(model_path: Path) -> None:
+    frames = np.random.default_rng(12).standard_normal((1, 6, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)[0]
+    srv = _FlakyServer(model_path)
+    try:
+        client = StreamClient(srv.url, "d1", backoff_s=0.0, timeout_s=5)
+        srv.plan = ["ok", "ok", "drain", "moved", "moved"]
+        got = [client.step(f) for f in frames[0, :4]]
+        assert all(np.array_equal(got[t], want[t]) for t in range(4))
+        assert client.steps == 4 and client.resumed == 1
+        assert [("token" in b) for b in srv.bodies] == [False, False, False, True, False]
+        # a client that holds no token (a new process for the same stream) takes the draining replica's
+        # (replica 0 still holds d1 after frames 0 and 1): its state goes on from there, not from zero
+        srv.plan = ["drain", "moved"]
+        fresh = StreamClient(srv.url, "d1", backoff_s=0.0, timeout_s=5)
+        assert np.array_equal(fresh.step(frames[0, 2]), want[2])
+        assert fresh.steps == 3 and fresh.resumed == 1
+        assert [("token" in b) for b in srv.bodies[-2:]] == [False, True]
+    finally:
+        srv.server.shutdown()
+
+
+def test_replica_metrics_go_through_rays_metrics_api(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.serve", reason="Ray's metrics API comes with ray[serve]: pip install 'edgernn[ray]'")
+    from ray.util import metrics
+
+    recorded: list[tuple[str, str, float]] = []
+
+    def record(self: Any, value: float, tags: Any = None) -> None:  # what Ray would hand to its exporter
+        recorded.append((type(self).__name__, self._name, value))
+
+    monkeypatch.setattr(metrics.Metric, "_record", record)
+    m = ReplicaMetrics()  # Ray's own Counter, Gauge and Histogram (ray.serve.metrics)
+    now = [0.0]
+    table = StreamTable(model_path, ttl_s=5.0, clock=lambda: now[0])
+    f = np.ones(FEATURES, np.float32)
+    table.step_batch([{"stream": s, "frame": f} for s in "abc"])
+    m.batch(3)
+    m.sync(table.stats())
+    table.step_batch([{"stream": "a", "frame": f, "reset": True}])
+    m.batch(1)
+    now[0] = 100.0
+    table.evict_idle()  # the timer forgets a, b and c
+    table.moved({"stream": "a", "frame": f})
+    m.queued(2)
+    m.sync(table.stats())
+    m.sync(table.stats())  # nothing changed: the counters stay
+    assert recorded == [
+        ("Histogram", "edgernn_batch_size", 3),
+        ("Gauge", "edgernn_streams", 3),
+        ("Histogram", "edgernn_batch_size", 1),
+        ("Gauge", "edgernn_queued_requests", 2),
+        ("Gauge", "edgernn_streams", 0),
+        ("Counter", "edgernn_streams_evicted", 3),
+        ("Counter", "edgernn_stream_resets", 1),
+        ("Counter", "edgernn_streams_moved", 1),
+        ("Gauge", "edgernn_streams", 0),
+    ], recorded
+    assert m.batch_size.boundaries[-1] == 4096  # every batch size allowed (MAX_BATCH_LIMIT) has its bucket
+
+
+def test_a_replica_learns_it_drains_from_serve_and_answers_new_frames_moved(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray.serve", reason="the replica needs ray[serve]: pip install 'edgernn[ray]'")
+    from types import SimpleNamespace
+
+    from ray.serve import context
+
+    from edgernn.serve.ray import _deployments, _serve_replica
+
+    serve_replica = SimpleNamespace(_shutting_down=False)  # stands for Serve's replica object
+
+    def closure_over(obj: Any) -> Any:  # as Serve makes its callback: a closure over its replica object
+        self = obj
+
+        def register_handle_callback(deployment_id: Any) -> None:
+            self._dynamically_created_handles.add(deployment_id)
+
+        return register_handle_callback
+
+    monkeypatch.setattr(
+        context,
+        "_get_internal_replica_context",
+        lambda: SimpleNamespace(_handle_registration_callback=closure_over(serve_replica)),
+    )
+    assert _serve_replica() is serve_replica
+    monkeypatch.setattr(context, "_get_internal_replica_context", lambda: SimpleNamespace())
+    assert _serve_replica() is None  # another Ray: no drain, never a crash
+
+    cls = _deployments()[0].func_or_class
+    replica = cls.__new__(cls)
+    replica.table, replica.stateless, replica.replica = StreamTable(model_path), False, "r0"
+    replica._serve_replica, replica.waiting = serve_replica, 0
+    recorded: list[tuple[str, float]] = []
+    replica.metrics = SimpleNamespace(
+        sync=lambda st: recorded.append(("moved", st["moved"])),
+        batch=lambda n: recorded.append(("batch", n)),
+        queued=lambda n: recorded.append(("queued", n)),
+    )
+    monkeypatch.setattr(context, "_get_serve_request_context", lambda: SimpleNamespace(session_id="a"))
+    replica.table.step_batch([{"stream": "a", "frame": np.ones(FEATURES)}])
+    assert not replica.draining()
+    serve_replica._shutting_down = True  # Serve began the graceful shutdown
+    assert replica.draining()
+    r = asyncio.run(replica.step({"stream": "a", "frame": np.ones(FEATURES)}))
+    assert r["status"] == 421 and r["moved"] is True and r["replica"] == "r0" and r["steps"] == 1, r
+    assert "token" in r and replica.table.stats()["requests"] == 1 and recorded == [("moved", 1)]  # nothing ran
 
 
 class _Fails:
@@ -491,4 +628,72 @@ def test_requests_in_flight_on_a_killed_replica_get_state_lost_not_a_bare_500(cl
     for body in lost:
         assert body["state_lost"] is True and body["stream"].startswith("in-") and body["code"] == 1, body
         assert "token" in body["error"]
+    serve.delete(app)
+
+
+@pytest.mark.slow  # a Ray cluster, 2 replicas scaled to 1 under traffic
+def test_streams_go_on_bit_for_bit_across_a_drained_scale_down(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    n, steps, at = 8, 30, 10
+    frames = np.random.default_rng(21).standard_normal((n, steps, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+    app = deploy("drain", model_path, replicas=2, max_batch_size=8, batch_wait_timeout_s=0.002)
+    before = test_serve_ray.replica_stats("drain", 2)
+    assert all(s["drain_aware"] and s["draining"] is False for s in before.values()), before  # found Serve's object
+    url = f"http://127.0.0.1:{cluster['port']}/drain"
+    clients = [_Recording(url, f"d{i}", retries=200, deadline_s=60, backoff_s=0.05) for i in range(n)]
+    for c in clients:
+        c.seen = []
+    got: list[list[np.ndarray]] = [[] for _ in range(n)]
+    took: list[list[float]] = [[] for _ in range(n)]
+    where: dict[int, str] = {}
+    halfway = threading.Barrier(n + 1, timeout=120)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            for t in range(steps):
+                t0 = time.perf_counter()
+                got[i].append(clients[i].step(frames[i, t]))
+                took[i].append(time.perf_counter() - t0)
+                if t == at:
+                    where[i] = clients[i].replica
+                    halfway.wait()
+        except BaseException as e:
+            errors.append(e)
+            halfway.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    halfway.wait()
+    t0 = time.perf_counter()
+    deploy("drain", model_path, replicas=1, max_batch_size=8, batch_wait_timeout_s=0.002)  # 2 -> 1: one drains
+    test_serve_ray.wait_for_replicas("drain", 1)
+    rescale_s = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(n):  # every output is that of an uninterrupted local stream
+        assert len(got[i]) == steps and clients[i].steps == steps
+        for t in range(steps):
+            assert np.array_equal(got[i][t], want[i][t]), (i, t)
+    (kept,) = test_serve_ray.replica_stats("drain", 1)
+    moved = [i for i in range(n) if where[i] != kept]
+    assert moved, where  # the ring spread the 8 streams over both replicas: some lived on the one removed
+    for i in moved:  # their state went with the drained replica: each resumed from its token on the survivor
+        assert clients[i].resumed >= 1, (i, clients[i].seen)
+    for c in clients:  # whatever was refused was edgernn's body: a drain's 421 "moved", or a 503
+        for status, body in c.seen:
+            if status != 200:
+                assert status in (421, 503) and body["stream"] == c.stream, (status, body)
+                assert body.get("moved") is True if status == 421 else "state_lost" in body, body
+    steady = float(np.median([x for row in took for x in row[:at]]))
+    slowest = max(x for row in took for x in row[at + 1 :])
+    refused = sorted(status for c in clients for status, _ in c.seen if status != 200)
+    print(  # not an assertion: what docs/scale-out.md reports
+        f"\ndrain: rescale {rescale_s:.2f} s; a frame {steady * 1e3:.1f} ms (median before), slowest after "
+        f"{slowest * 1e3:.0f} ms; {len(moved)} of {n} streams moved; refused: {refused}"
+    )
     serve.delete(app)
