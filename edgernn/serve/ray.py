@@ -358,6 +358,19 @@ class StreamTable:
     others. Thread-safe (one lock around each batch).
     """
 
+    COUNTERS = (
+        "requests",
+        "batches",
+        "calls",
+        "errors",
+        "evicted",
+        "closed",
+        "refused_full",
+        "resumed",
+        "resets",
+        "moved",
+    )
+
     def __init__(
         self,
         model: str | os.PathLike[str] | bytes,
@@ -392,18 +405,7 @@ class StreamTable:
         # stream key -> (Stream, last use); oldest use first, so eviction stops at the first stream still live
         self._streams: collections.OrderedDict[str, tuple[Any, float]] = collections.OrderedDict()
         self._scratch: list[Any] = []  # stateless mode: streams lent to one batch, their state set from the request
-        self.counts = {
-            "requests": 0,
-            "batches": 0,
-            "calls": 0,
-            "errors": 0,
-            "evicted": 0,
-            "closed": 0,
-            "refused_full": 0,
-            "resumed": 0,
-            "resets": 0,
-            "moved": 0,
-        }
+        self.counts = dict.fromkeys(self.COUNTERS, 0)
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -1076,6 +1078,32 @@ class StreamClient:
         return self.submit(request).result()
 
 
+def app_stats(app_name: str = "edgernn", *, tries_per_replica: int = 64) -> dict[str, Any]:
+    """The ``stats()`` of every running replica of a stream application, and their sum: ``{"replicas": {id:
+    stats}, "total": {counter: sum}}`` (``total["replicas"]``: how many answered). A call reaches one replica, the
+    one Serve's router picks (by the routing key in stateful mode), so this calls with different keys until as many
+    replicas answered as ``serve.status()`` counts running, at most ``tries_per_replica`` calls per replica; a
+    replica that was never reached (one starting or stopping meanwhile) is missing from both. Reads only."""
+    require_ray("serve")
+    from ray import serve
+
+    states = serve.status().applications[app_name].deployments["StreamReplica"].replica_states
+    want = sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+    handle = serve.get_deployment_handle("StreamReplica", app_name)
+    seen: dict[str, dict[str, Any]] = {}
+    for k in range(max(want, 1) * tries_per_replica):
+        if len(seen) >= want:
+            break
+        s = handle.options(session_id=f"stats-{k}").stats.remote().result()
+        seen[s["replica"]] = s
+    total: dict[str, Any] = {"replicas": len(seen)}
+    for s in seen.values():
+        for key, value in s.items():
+            if key in ("streams", *StreamTable.COUNTERS):
+                total[key] = total.get(key, 0) + int(value)
+    return {"replicas": seen, "total": total}
+
+
 class _Pending:
     def __init__(self, response: Any) -> None:
         self._response = response
@@ -1196,7 +1224,7 @@ def stream_deployment(
         max_id_chars=max_id_chars,
         state_tokens=state_tokens,
     )
-    return ingress_cls.options(num_replicas=ingress_replicas).bind(
+    return ingress_cls.options(num_replicas=ingress_replicas, graceful_shutdown_wait_loop_s=DRAIN_POLL_S).bind(
         replica, stateless=stateless, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes
     )
 
