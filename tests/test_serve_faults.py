@@ -160,6 +160,8 @@ def test_a_token_that_does_not_fit_the_body_bound_is_refused_at_deploy(model_pat
         {"max_queued": True},
         {"health_period_s": 0},
         {"health_timeout_s": 1e9},
+        {"drain_timeout_s": 0},
+        {"drain_timeout_s": True},
     ],
 )
 def test_serving_bounds_are_checked(kwargs: dict[str, Any]) -> None:
@@ -702,3 +704,30 @@ def test_streams_go_on_bit_for_bit_across_a_drained_scale_down(cluster: Any, mod
         f"{slowest * 1e3:.0f} ms; {len(moved)} of {n} streams moved; refused: {refused}"
     )
     serve.delete(app)
+
+
+# not marked slow: ~10 s here (with the module's Ray cluster started)
+def test_a_deleted_application_finishes_the_frames_its_replica_holds(cluster: Any, model_path: Path) -> None:
+    from ray import serve
+
+    # a batch waits up to 2 s to fill: the frames sit in the replica's batch queue when the delete begins
+    deploy("held", model_path, replicas=1, max_batch_size=64, batch_wait_timeout_s=2.0)
+    frames = np.random.default_rng(22).standard_normal((3, 1, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+    test_serve_ray.post(cluster["port"], "held", {"stream": "warm", "frame": [0.1] * FEATURES})
+    results: dict[int, tuple[int, dict[str, Any]]] = {}
+
+    def send(k: int) -> None:
+        results[k] = test_serve_ray.post(cluster["port"], "held", {"stream": f"h{k}", "frame": frames[k, 0].tolist()})
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # not an assertion: lets the 3 requests reach the replica's batch queue
+    serve.delete("held")  # the replica drains: what it holds runs to the end before it stops
+    for t in threads:
+        t.join()
+    for k in range(3):
+        code, body = results[k]
+        assert code == 200 and body["steps"] == 1, body
+        assert np.array_equal(np.asarray(body["output"], np.float32), want[k][0])
