@@ -1,5 +1,7 @@
 """The house has no circles and no upward imports: every import in ``edgernn/`` (those inside functions included)
-goes from a room to itself or to a room of a lower tier, in the order ``edgernn.rooms`` writes down.
+goes from a room to itself or to a room of a lower tier, in the order ``edgernn.rooms`` writes down; and no
+function is longer than ``MAX_FUNCTION_LINES`` (split a longer one into named stages). ``pytest -s`` prints each
+room's share of the code lines.
 
 ``EDGERNN_HOUSE_ROOT=/path/to/checkout pytest tests/test_house.py`` reads another tree's ``edgernn/`` (an older
 commit, a branch) against this order."""
