@@ -1,5 +1,7 @@
 """The house has no circles and no upward imports: every import in ``edgernn/`` (those inside functions included)
-goes from a room to itself or to a room of a lower tier, in the order ``edgernn.rooms`` writes down.
+goes from a room to itself or to a room of a lower tier, in the order ``edgernn.rooms`` writes down; and no
+function is longer than ``MAX_FUNCTION_LINES`` (split a longer one into named stages). ``pytest -s`` prints each
+room's share of the code lines.
 
 ``EDGERNN_HOUSE_ROOT=/path/to/checkout pytest tests/test_house.py`` reads another tree's ``edgernn/`` (an older
 commit, a branch) against this order."""
@@ -126,3 +128,100 @@ def test_the_reader_sees_imports_inside_functions(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(f"{__name__}.PACKAGE", pkg)
     assert [(a, b) for a, b, _ in _edges()] == [("verify", "export")]
     assert not may_import("verify", "export") and may_import("export", "verify")
+
+
+# ------------------------------------------------------------------------------------------ the size of the rooms
+
+MAX_FUNCTION_LINES = 120  # from `def` to the function's last line, decorators not counted
+# functions over the bound that a change under way splits: "path:qualname"
+LONG_ALLOWED = {
+    "edgernn/serve/ray.py:_deployments",  # split in a parallel change; remove when merged
+}
+
+
+def _functions(path: Path) -> Iterator[tuple[str, int, int]]:
+    """(qualname, first line, lines) of every function and method in ``path``, nested ones included: the
+    qualname as Python writes it (``Class.method``, ``outer.<locals>.inner``), the lines counted from ``def``
+    (not its decorators) to the function's last line."""
+
+    def walk(node: ast.AST, prefix: str) -> Iterator[tuple[str, int, int]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = prefix + child.name
+                assert child.end_lineno is not None
+                yield name, child.lineno, child.end_lineno - child.lineno + 1
+                yield from walk(child, f"{name}.<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                yield from walk(child, f"{prefix}{child.name}.")
+            else:
+                yield from walk(child, prefix)
+
+    yield from walk(ast.parse(path.read_text(encoding="utf-8"), str(path)), "")
+
+
+def _long_functions() -> dict[str, str]:
+    """ "path:qualname" -> "path:qualname (N lines, from line L)" for every function over the bound."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for qualname, line, lines in _functions(path):
+            if lines > MAX_FUNCTION_LINES:
+                key = f"{path.relative_to(ROOT).as_posix()}:{qualname}"
+                out[key] = f"{key} ({lines} lines, from line {line})"
+    return out
+
+
+def test_no_function_is_longer_than_the_bound() -> None:
+    long = [said for key, said in _long_functions().items() if key not in LONG_ALLOWED]
+    assert not long, (
+        f"{len(long)} function(s) over {MAX_FUNCTION_LINES} lines; split each into named stages:\n" + "\n".join(long)
+    )
+
+
+def test_the_allowed_long_functions_are_still_long() -> None:
+    """An allowed function that has been split leaves the allow-list, so that it cannot grow back unseen."""
+    stale = sorted(LONG_ALLOWED - set(_long_functions()))
+    assert not stale, f"no longer over {MAX_FUNCTION_LINES} lines (or gone): remove from LONG_ALLOWED: {stale}"
+
+
+def test_the_function_length_counts_from_def_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test itself: a method and a nested function of 121 lines are found, by name; 120 lines, decorators
+    not counted, are not."""
+    pkg = tmp_path / "edgernn"
+    pkg.mkdir()
+    body, nested = "    x = 1\n", "        x = 1\n"
+    (pkg / "long.py").write_text(
+        "@decorator\n@another\ndef fits():\n" + body * 119  # def + 119 = 120 lines
+        + "class K:\n    def method(self):\n" + nested * 120  # def + 120 = 121 lines
+        + "def outer():\n    def inner():\n" + nested * 120 + "    return inner\n"
+    )  # fmt: skip
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    monkeypatch.setattr(f"{__name__}.PACKAGE", pkg)
+    assert list(_long_functions().values()) == [
+        "edgernn/long.py:K.method (121 lines, from line 124)",
+        "edgernn/long.py:outer (123 lines, from line 245)",
+        "edgernn/long.py:outer.<locals>.inner (121 lines, from line 246)",
+    ]
+
+
+def _code_lines(path: Path) -> int:
+    """Lines of ``path`` that are neither blank nor only a comment."""
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()[:1] not in ("", "#"))
+
+
+def test_each_rooms_share_of_the_code_lines() -> None:
+    """Each room's code lines and share of the package's, printed for the notes (``pytest -s``); not a bound."""
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    lines: dict[str, int] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        room = _room(_module_name(path)[0], subpackages)
+        assert room is not None, f"{path} is in no room"
+        lines[room] = lines.get(room, 0) + _code_lines(path)
+    total = sum(lines.values())
+    unnamed = sorted(set(lines) - set(TIER))
+    assert total and not unnamed, f"code in room(s) {unnamed} that edgernn.rooms does not name"
+    print(f"\ncode lines (neither blank nor only a comment) per room of {PACKAGE}:")
+    for tier, rooms in enumerate(ROOMS):
+        for room in rooms:
+            n = lines.get(room, 0)
+            print(f"  tier {tier}  {room:<10} {n:>7,}  {100 * n / total:5.1f}%")
+    print(f"  {'all':<18} {total:>7,}  100.0%")

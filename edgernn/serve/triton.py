@@ -205,6 +205,20 @@ def servable_states(graph: StreamGraph) -> list[StateSpec]:
 # ------------------------------------------------------------------------------------------------ the config
 
 
+@dataclass(frozen=True)
+class _Batcher:
+    """The sequence batcher's settings, once ``model_config`` has checked them."""
+
+    max_batch_size: int
+    idle_us: int
+    strategy: str  # direct or oldest
+    max_candidates: int | None  # oldest: None for twice max_batch_size
+    max_queue_delay_us: int
+    preserve_ordering: bool  # oldest
+    preferred: list[int]  # oldest
+    minimum_slot_utilization: float | None  # direct
+
+
 def model_config(
     model: str | os.PathLike[str] | bytes | Any,
     *,
@@ -244,6 +258,54 @@ def model_config(
     mbs = _positive("max_batch_size", max_batch_size if max_batch_size is not None else DEFAULT_MAX_BATCH)
     per_row = _state_bytes(graph, states)
     _at_most("max_batch_size", mbs, MAX_BATCH_LIMIT, f"{per_row:,} bytes of state per stream", per_row)
+    _check_scheduling(instances, kind, strategy, max_candidates, idle_us, max_queue_delay_us, state)
+    preferred = _check_knobs(mbs, strategy, preserve_ordering, preferred_batch_sizes, minimum_slot_utilization, warmup)
+    held = _held_sequences(mbs, strategy, max_candidates, state, max_sequences, per_row)
+    control = state == "control"
+    cfg = pb.ModelConfig()
+    cfg.name = name
+    if control:  # the Python backend runs model.py, which runs model.onnx and keeps the states
+        cfg.backend = "python"
+    else:
+        cfg.backend = "onnxruntime"
+        cfg.platform = "onnxruntime_onnx"
+    cfg.default_model_filename = "model.py" if control else "model.onnx"  # control: model.py runs model.onnx
+    cfg.max_batch_size = mbs
+    _add_tensors(pb, cfg, graph, states, control)
+    group = cfg.instance_group.add()
+    group.count = instances
+    group.kind = pb.ModelInstanceGroup.Kind.Value(kind)
+    batcher = _Batcher(
+        max_batch_size=mbs,
+        idle_us=idle_us,
+        strategy=strategy,
+        max_candidates=max_candidates,
+        max_queue_delay_us=max_queue_delay_us,
+        preserve_ordering=preserve_ordering,
+        preferred=preferred,
+        minimum_slot_utilization=minimum_slot_utilization,
+    )
+    _add_batcher(cfg.sequence_batching, batcher)
+    if control:
+        _add_control(pb, cfg, graph, states, held, idle_us)
+    else:
+        _add_implicit_states(pb, cfg.sequence_batching, graph, states)
+    if warmup:
+        _add_warmup(pb, cfg, warmup)
+    return cfg
+
+
+def _check_scheduling(
+    instances: Any,
+    kind: Any,
+    strategy: Any,
+    max_candidates: Any,
+    idle_us: Any,
+    max_queue_delay_us: Any,
+    state: Any,
+) -> None:
+    """ConfigError for an instance count, kind, strategy, idle time, queue delay or state mode that Triton does
+    not take or that is over its bound."""
     _at_most("instances", _positive("instances", instances), MAX_INSTANCES, "a copy of the model each")
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -259,6 +321,18 @@ def model_config(
         _at_most("max_candidates", _positive("max_candidates", max_candidates), MAX_CANDIDATES_LIMIT, "sequences")
     if state not in STATE_MODES:
         raise ConfigError(f"state must be one of {', '.join(STATE_MODES)}; got {state!r}")
+
+
+def _check_knobs(
+    mbs: int,
+    strategy: str,
+    preserve_ordering: Any,
+    preferred_batch_sizes: Sequence[Any],
+    minimum_slot_utilization: Any,
+    warmup: Any,
+) -> list[int]:
+    """The preferred batch sizes as a list, once the batcher's knobs are checked against ``strategy``, their
+    types and their bounds (ConfigError otherwise)."""
     if strategy != "oldest" and (preserve_ordering or preferred_batch_sizes):
         raise ConfigError("preserve_ordering and preferred_batch_sizes go with strategy 'oldest'")
     if strategy != "direct" and minimum_slot_utilization is not None:
@@ -280,31 +354,38 @@ def model_config(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup is an integer >= 0 (requests run at load); got {warmup!r}")
     _at_most("warmup", warmup, MAX_WARMUP, "requests run at load")
-    held = None
-    if state == "control":
-        slots = mbs if strategy == "direct" else (max_candidates or 2 * mbs)
-        held = _positive("max_sequences", max_sequences if max_sequences is not None else 2 * slots)
-        _at_most("max_sequences", held, MAX_SEQUENCES_LIMIT, "sequences held per instance", per_row)
-        if held * per_row > MAX_HELD_BYTES:
-            raise ConfigError(
-                f"max_sequences {held:,} would hold {held * per_row:,} bytes of state per instance ({per_row:,} per "
-                f"sequence); at most {MAX_HELD_BYTES:,}: give a smaller max_sequences"
-            )
-    elif max_sequences is not None:
-        raise ConfigError("max_sequences goes with state 'control' (with implicit state Triton holds the sequences)")
+    return preferred
 
+
+def _held_sequences(
+    mbs: int, strategy: str, max_candidates: int | None, state: str, max_sequences: Any, per_row: int
+) -> int | None:
+    """The sequences model.py holds per instance (state "control": ``max_sequences``, by default twice the
+    sequences the batcher holds, within the count and memory bounds); None for implicit state, which takes no
+    ``max_sequences``."""
+    if state != "control":
+        if max_sequences is not None:
+            raise ConfigError(
+                "max_sequences goes with state 'control' (with implicit state Triton holds the sequences)"
+            )
+        return None
+    slots = mbs if strategy == "direct" else (max_candidates or 2 * mbs)
+    held = _positive("max_sequences", max_sequences if max_sequences is not None else 2 * slots)
+    _at_most("max_sequences", held, MAX_SEQUENCES_LIMIT, "sequences held per instance", per_row)
+    if held * per_row > MAX_HELD_BYTES:
+        raise ConfigError(
+            f"max_sequences {held:,} would hold {held * per_row:,} bytes of state per instance ({per_row:,} per "
+            f"sequence); at most {MAX_HELD_BYTES:,}: give a smaller max_sequences"
+        )
+    return held
+
+
+def _add_tensors(pb: Any, cfg: Any, graph: StreamGraph, states: Sequence[StateSpec], control: bool) -> None:
+    """The config's inputs and outputs: the graph's, without the batch axis; with implicit state, without the
+    states (Triton feeds them), with control state, the states too (a state input is optional: it is sent only
+    to resume a sequence)."""
     state_in = {s.input for s in states}
     state_out = {s.output for s in states}
-    control = state == "control"
-    cfg = pb.ModelConfig()
-    cfg.name = name
-    if control:  # the Python backend runs model.py, which runs model.onnx and keeps the states
-        cfg.backend = "python"
-    else:
-        cfg.backend = "onnxruntime"
-        cfg.platform = "onnxruntime_onnx"
-    cfg.default_model_filename = "model.py" if control else "model.onnx"  # control: model.py runs model.onnx
-    cfg.max_batch_size = mbs
     for t in graph.inputs:
         if t.name not in state_in or control:
             entry = cfg.input.add()
@@ -318,75 +399,90 @@ def model_config(
             entry.name = t.name
             entry.data_type = pb.DataType.Value(_triton_type(t))
             entry.dims.extend(_dims(t))
-    group = cfg.instance_group.add()
-    group.count = instances
-    group.kind = pb.ModelInstanceGroup.Kind.Value(kind)
-    seq = cfg.sequence_batching
-    seq.max_sequence_idle_microseconds = idle_us
-    if strategy == "direct":
-        seq.direct.max_queue_delay_microseconds = max_queue_delay_us
-        if minimum_slot_utilization is not None:
-            seq.direct.minimum_slot_utilization = float(minimum_slot_utilization)
+
+
+def _add_batcher(seq: Any, b: _Batcher) -> None:
+    """The sequence batcher's idle time and its strategy, ``direct`` or ``oldest``, with that strategy's knobs."""
+    seq.max_sequence_idle_microseconds = b.idle_us
+    if b.strategy == "direct":
+        seq.direct.max_queue_delay_microseconds = b.max_queue_delay_us
+        if b.minimum_slot_utilization is not None:
+            seq.direct.minimum_slot_utilization = float(b.minimum_slot_utilization)
     else:
-        seq.oldest.max_candidate_sequences = _positive("max_candidates", max_candidates or 2 * mbs)
-        seq.oldest.max_queue_delay_microseconds = max_queue_delay_us
-        seq.oldest.preserve_ordering = preserve_ordering
-        seq.oldest.preferred_batch_size.extend(preferred)
-    if control:
-        for cname, ckind in CONTROL_KINDS.items():
-            ci = seq.control_input.add()
-            ci.name = cname
-            c = ci.control.add()
-            c.kind = pb.ModelSequenceBatching.Control.Kind.Value(ckind)
-            if ckind == "CONTROL_SEQUENCE_CORRID":
-                c.data_type = pb.DataType.Value("TYPE_UINT64")
-            else:
-                c.int32_false_true.extend([0, 1])
-        described = []
-        for s in states:
-            t_in = graph.input(s.input)
-            if t_in is None:
-                raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
-            described.append({"input": s.input, "output": s.output, "dims": _dims(t_in, 1), "dtype": t_in.dtype})
-        for key, value in (
-            ("edgernn_states", json.dumps(described)),
-            ("edgernn_max_sequences", str(held)),
-            ("edgernn_idle_us", str(idle_us)),
-        ):
-            cfg.parameters[key].string_value = value
-    else:
-        for s in states:
-            t_in = graph.input(s.input)
-            if t_in is None:
-                raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
-            st = seq.state.add()
-            st.input_name = s.input
-            st.output_name = s.output
-            st.data_type = pb.DataType.Value(_triton_type(t_in))
-            st.dims.extend(_dims(t_in))
-            init = st.initial_state.add()
-            init.data_type = st.data_type
-            init.dims.extend(_dims(t_in))
-            init.zero_data = True
-            init.name = f"{s.input} zeros"
-    if warmup:
-        w = cfg.model_warmup.add()
-        w.name = "edgernn zero frames"
-        w.batch_size = 1
-        w.count = warmup
-        for entry in cfg.input:
-            if entry.optional:
-                continue
-            wi = w.inputs[entry.name]
-            wi.data_type = entry.data_type
-            wi.dims.extend([max(d, 1) for d in entry.dims])
-            wi.zero_data = True
-        for ci in seq.control_input:  # CORRID 0: a request of no sequence (model.py runs it from zeros)
-            wi = w.inputs[ci.name]
-            wi.data_type = ci.control[0].data_type or pb.DataType.Value("TYPE_INT32")
-            wi.dims.append(1)
-            wi.zero_data = True
-    return cfg
+        seq.oldest.max_candidate_sequences = _positive("max_candidates", b.max_candidates or 2 * b.max_batch_size)
+        seq.oldest.max_queue_delay_microseconds = b.max_queue_delay_us
+        seq.oldest.preserve_ordering = b.preserve_ordering
+        seq.oldest.preferred_batch_size.extend(b.preferred)
+
+
+def _state_input(graph: StreamGraph, s: StateSpec) -> GraphTensor:
+    t_in = graph.input(s.input)
+    if t_in is None:
+        raise ModelFormatError(f"state input {s.input!r} is not an input of the graph")
+    return t_in
+
+
+def _add_control(
+    pb: Any, cfg: Any, graph: StreamGraph, states: Sequence[StateSpec], held: int | None, idle_us: int
+) -> None:
+    """Control state: the START/END/READY/CORRID control inputs model.py reads, and the parameters that tell it
+    the states, how many sequences to hold and how long an idle one lives."""
+    for cname, ckind in CONTROL_KINDS.items():
+        ci = cfg.sequence_batching.control_input.add()
+        ci.name = cname
+        c = ci.control.add()
+        c.kind = pb.ModelSequenceBatching.Control.Kind.Value(ckind)
+        if ckind == "CONTROL_SEQUENCE_CORRID":
+            c.data_type = pb.DataType.Value("TYPE_UINT64")
+        else:
+            c.int32_false_true.extend([0, 1])
+    described = []
+    for s in states:
+        t_in = _state_input(graph, s)
+        described.append({"input": s.input, "output": s.output, "dims": _dims(t_in, 1), "dtype": t_in.dtype})
+    for key, value in (
+        ("edgernn_states", json.dumps(described)),
+        ("edgernn_max_sequences", str(held)),
+        ("edgernn_idle_us", str(idle_us)),
+    ):
+        cfg.parameters[key].string_value = value
+
+
+def _add_implicit_states(pb: Any, seq: Any, graph: StreamGraph, states: Sequence[StateSpec]) -> None:
+    """Implicit state: one batcher state per state pair, starting every sequence from zeros."""
+    for s in states:
+        t_in = _state_input(graph, s)
+        st = seq.state.add()
+        st.input_name = s.input
+        st.output_name = s.output
+        st.data_type = pb.DataType.Value(_triton_type(t_in))
+        st.dims.extend(_dims(t_in))
+        init = st.initial_state.add()
+        init.data_type = st.data_type
+        init.dims.extend(_dims(t_in))
+        init.zero_data = True
+        init.name = f"{s.input} zeros"
+
+
+def _add_warmup(pb: Any, cfg: Any, warmup: int) -> None:
+    """``warmup`` zero-data requests of batch 1 that Triton runs when the model loads: every required input,
+    and every control input (CORRID 0: a request of no sequence, which model.py runs from zeros)."""
+    w = cfg.model_warmup.add()
+    w.name = "edgernn zero frames"
+    w.batch_size = 1
+    w.count = warmup
+    for entry in cfg.input:
+        if entry.optional:
+            continue
+        wi = w.inputs[entry.name]
+        wi.data_type = entry.data_type
+        wi.dims.extend([max(d, 1) for d in entry.dims])
+        wi.zero_data = True
+    for ci in cfg.sequence_batching.control_input:  # CORRID 0: a request of no sequence (model.py runs it from zeros)
+        wi = w.inputs[ci.name]
+        wi.data_type = ci.control[0].data_type or pb.DataType.Value("TYPE_INT32")
+        wi.dims.append(1)
+        wi.zero_data = True
 
 
 def config_text(config: Any) -> str:

@@ -31,6 +31,7 @@ from ..manifest import TIMINGS_NOTE, load_words
 from ..runtime.io import data_axes, streaming_model
 from ..runtime.model import Model
 from ..runtime.states import StatePair
+from ..runtime.stream import StreamingModel
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,20 @@ def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What bench feeds a model: a random (batch, time, features) sequence, the steps per call, and where a
+    sequence model's data input keeps (batch, time)."""
+
+    x: np.ndarray  # (batch, time, features), float32
+    chunk: int  # steps per call (1 for a sequence model)
+    seq_axes: tuple[int, int] = (0, 1)
+
+    @property
+    def features(self) -> int:
+        return int(self.x.shape[2])
+
+
 def bench(
     model: str | os.PathLike[str] | bytes,
     *,
@@ -255,6 +270,41 @@ def bench(
         provider_options=provider_options,
     )
     sm = streaming_model(m, states, layout)
+    inputs = _inputs(m, sm, layout, batch, seq_len, seed)
+    if sm is not None:
+        step_times, seq_times, ort_out = _time_stream(sm, inputs, steps, repeats, warmup)
+    else:
+        step_times, seq_times, ort_out = _time_sequence_model(m, inputs, steps, repeats, warmup)
+    seq = Latency.of(seq_times)
+    report = BenchReport(
+        model="<in memory>" if isinstance(model, bytes) else os.fspath(model),
+        provider=m.choice.to_dict(),
+        threads=threads,
+        streaming=sm is not None,
+        chunk=inputs.chunk,
+        batch=batch,
+        seq_len=seq_len,
+        features=inputs.features,
+        step=Latency.of(step_times),
+        sequence=seq,
+        frames_per_s=batch * seq_len / (seq.p50_ms / 1e3),
+        sequences_per_s=batch / (seq.p50_ms / 1e3),
+        peak_rss_mb=peak_rss_mb(),
+        machine=machine_info(),
+        spread_ms={
+            "step": Spread.of_calls(step_times, rounds).scaled(1e3, 6),
+            "sequence": Spread.of_calls(seq_times, rounds).scaled(1e3, 6),
+        },
+        load=machine_load(),
+    )
+    if ckpt is not None:
+        _bench_torch(report, ckpt, inputs.x, inputs.chunk, threads, steps, repeats, warmup, ort_out)
+    return report
+
+
+def _inputs(m: Model, sm: StreamingModel | None, layout: str | None, batch: int, seq_len: int, seed: int) -> _Inputs:
+    """The inputs bench times ``m`` on (``sm``: its streaming form, or None for a sequence model): ConfigError or
+    ModelFormatError when the model's shape does not let bench make them."""
     rng = np.random.default_rng(seed)
     features: int | str | None
     seq_axes = (0, 1)  # where (batch, time) go in the data input of a sequence model
@@ -276,69 +326,59 @@ def bench(
     if not isinstance(features, int):
         raise ModelFormatError("the model's feature size is not fixed in its graph; bench cannot make inputs for it")
     x = rng.standard_normal((batch, seq_len, features)).astype(np.float32)  # (batch, time, features)
+    return _Inputs(x, chunk, seq_axes)
 
-    if sm is not None:
-        s = sm.stream()
-        next_frame = itertools.cycle([x[0, i : i + chunk] if chunk > 1 else x[0, i] for i in range(0, seq_len, chunk)])
 
-        def one_step() -> None:
-            s.step(next(next_frame))
+def _time_stream(
+    sm: StreamingModel, inputs: _Inputs, steps: int, repeats: int, warmup: int
+) -> tuple[list[float], list[float], np.ndarray | None]:
+    """A stateful model's call times: ``steps`` single steps of one stream, then ``repeats`` sequences of
+    ``batch`` streams; with the last sequence's outputs (for the comparison with torch)."""
+    x, chunk = inputs.x, inputs.chunk
+    batch, seq_len = x.shape[0], x.shape[1]
+    s = sm.stream()
+    next_frame = itertools.cycle([x[0, i : i + chunk] if chunk > 1 else x[0, i] for i in range(0, seq_len, chunk)])
 
-        step_times = _time_calls(one_step, steps, warmup)
-        streams = [sm.stream() for _ in range(batch)]
-        ort_out: np.ndarray | None = None
+    def one_step() -> None:
+        s.step(next(next_frame))
 
-        def one_sequence() -> None:
-            nonlocal ort_out
-            for st in streams:
-                st.reset()
-            ys = []
-            for i in range(0, seq_len, chunk):
-                piece = x[:, i : i + chunk] if chunk > 1 else x[:, i]
-                ys.append(
-                    np.stack(sm.step_many(streams, list(piece))) if batch > 1 else streams[0].step(piece[0])[None]
-                )
-            ort_out = _join(ys)
+    step_times = _time_calls(one_step, steps, warmup)
+    streams = [sm.stream() for _ in range(batch)]
+    ort_out: np.ndarray | None = None
 
-        seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
-    else:
-        name = m.data_inputs()[0].name
-        xm = np.moveaxis(x, (0, 1), seq_axes)  # in the model's own layout
-        one = {name: np.moveaxis(x[:1, :1], (0, 1), seq_axes)}
-        step_times = _time_calls(lambda: m.run_feed(one), steps, warmup)
-        full = {name: xm}
-        ort_out = None
+    def one_sequence() -> None:
+        nonlocal ort_out
+        for st in streams:
+            st.reset()
+        ys = []
+        for i in range(0, seq_len, chunk):
+            piece = x[:, i : i + chunk] if chunk > 1 else x[:, i]
+            ys.append(np.stack(sm.step_many(streams, list(piece))) if batch > 1 else streams[0].step(piece[0])[None])
+        ort_out = _join(ys)
 
-        def one_sequence() -> None:
-            nonlocal ort_out
-            ort_out = m.run_feed(full)[m.output_names[0]]
+    seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
+    return step_times, seq_times, ort_out
 
-        seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
-    seq = Latency.of(seq_times)
-    report = BenchReport(
-        model="<in memory>" if isinstance(model, bytes) else os.fspath(model),
-        provider=m.choice.to_dict(),
-        threads=threads,
-        streaming=sm is not None,
-        chunk=chunk,
-        batch=batch,
-        seq_len=seq_len,
-        features=features,
-        step=Latency.of(step_times),
-        sequence=seq,
-        frames_per_s=batch * seq_len / (seq.p50_ms / 1e3),
-        sequences_per_s=batch / (seq.p50_ms / 1e3),
-        peak_rss_mb=peak_rss_mb(),
-        machine=machine_info(),
-        spread_ms={
-            "step": Spread.of_calls(step_times, rounds).scaled(1e3, 6),
-            "sequence": Spread.of_calls(seq_times, rounds).scaled(1e3, 6),
-        },
-        load=machine_load(),
-    )
-    if ckpt is not None:
-        _bench_torch(report, ckpt, x, chunk, threads, steps, repeats, warmup, ort_out)
-    return report
+
+def _time_sequence_model(
+    m: Model, inputs: _Inputs, steps: int, repeats: int, warmup: int
+) -> tuple[list[float], list[float], np.ndarray | None]:
+    """A sequence model's call times: ``steps`` calls on one frame of one sequence, then ``repeats`` calls on the
+    whole batch; with the last call's first output (for the comparison with torch)."""
+    name = m.data_inputs()[0].name
+    x, seq_axes = inputs.x, inputs.seq_axes
+    xm = np.moveaxis(x, (0, 1), seq_axes)  # in the model's own layout
+    one = {name: np.moveaxis(x[:1, :1], (0, 1), seq_axes)}
+    step_times = _time_calls(lambda: m.run_feed(one), steps, warmup)
+    full = {name: xm}
+    ort_out: np.ndarray | None = None
+
+    def one_sequence() -> None:
+        nonlocal ort_out
+        ort_out = m.run_feed(full)[m.output_names[0]]
+
+    seq_times = _time_calls(one_sequence, repeats, min(warmup, 3))
+    return step_times, seq_times, ort_out
 
 
 def _join(ys: list[np.ndarray]) -> np.ndarray:

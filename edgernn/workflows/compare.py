@@ -127,6 +127,39 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool) -> 
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every candidate of one compare is made and timed with: all but its cell and hidden size."""
+
+    out: Path
+    layers: int
+    bidirectional: bool
+    task: str | None
+    fingerprint: dict[str, Any] | None  # the user's data (None: a task's)
+    data_options: dict[str, Any]
+    train_options: dict[str, Any]
+    strategy: str
+    target: str
+    provider: str
+    bench_len: int
+
+    def settings(self, cell: str, hidden: int) -> dict[str, Any]:
+        """A candidate's settings, as candidate.json records them (a rerun with the same ones reuses it)."""
+        return {
+            "cell": cell,
+            "hidden": hidden,
+            "layers": self.layers,
+            "bidirectional": self.bidirectional,
+            "task": self.task,
+            "data": self.fingerprint,
+            "data_options": self.data_options,
+            "train_options": self.train_options,
+            "strategy": self.strategy,
+            "target": self.target,
+            "bench_len": self.bench_len if self.strategy == "auto" else None,  # auto times at this length
+        }
+
+
 def compare(
     out_dir: str | os.PathLike[str],
     *,
@@ -152,20 +185,7 @@ def compare(
     ``progress(i, name)`` is called before each candidate; ``echo`` gets one line per finished candidate."""
     import time
 
-    from ..files import write_atomic
-    from ..manifest import TIMINGS_NOTE
-    from ..model.cells import cell_names
-    from ..verify.bench import ROUNDS, machine_info, machine_load
-
-    if not cells or not hiddens:
-        raise ConfigError("give at least one cell and one hidden size to compare")
-    unknown = [c for c in cells if c not in cell_names()]
-    if unknown:
-        raise ConfigError(f"unknown cell {', '.join(unknown)}; choose from: {', '.join(cell_names())}")
-    if any(h < 1 for h in hiddens):
-        raise ConfigError(f"hidden sizes must be at least 1; got {list(hiddens)}")
-    if len(set(cells)) != len(cells) or len(set(hiddens)) != len(hiddens):
-        raise ConfigError("a cell or hidden size is listed twice")
+    _check_grid(cells, hiddens)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a directory")
@@ -181,66 +201,104 @@ def compare(
         bench_len = int(train_options.get("max_len", 48)) if data is None else _longest(data, data_options)
     if bench_len < 1:
         raise ConfigError(f"the benchmark length must be at least 1; got {bench_len}")
-    # read the data's bytes once, not per candidate
-    fingerprint = _fingerprint(data, data_options.get("val")) if data is not None else None
+    plan = _Plan(
+        out=out,
+        layers=layers,
+        bidirectional=bidirectional,
+        task=task,
+        # read the data's bytes once, not per candidate
+        fingerprint=_fingerprint(data, data_options.get("val")) if data is not None else None,
+        data_options=data_options,
+        train_options=train_options,
+        strategy=strategy,
+        target=target,
+        provider=provider,
+        bench_len=bench_len,
+    )
     results: list[Candidate] = []
-    metric_name, higher_better = "mse", False
+    metric_name = "mse"
     for i, (cell, hidden) in enumerate(grid):
         name = f"{cell}-h{hidden}"
         stage(f"candidate {i + 1}/{len(grid)} ({name})")
         if progress is not None:
             progress(i, name)
-        settings = {
-            "cell": cell,
-            "hidden": hidden,
-            "layers": layers,
-            "bidirectional": bidirectional,
-            "task": task,
-            "data": fingerprint,
-            "data_options": data_options,
-            "train_options": train_options,
-            "strategy": strategy,
-            "target": target,
-            "bench_len": bench_len if strategy == "auto" else None,  # auto times at this length
-        }
-        made = _made(out / name, settings, records[name])
-        metric_name = made["metric"]
-        higher_better = metric_name == "accuracy"
-        seq_ms, step_us, ranges = _latency(out / name, made, provider, bench_len)
-        c = Candidate(
-            cell=cell,
-            hidden=hidden,
-            parameters=made["parameters"],
-            metric=made["best_metric"],
-            baseline=made["baseline"],
-            epochs_run=made["epochs_run"],
-            train_seconds=made["train_seconds"],
-            strategy=made["strategy"],
-            file_bytes=(out / name / "model.onnx").stat().st_size,
-            sequence_ms=seq_ms,
-            step_us=step_us,
-            reused=made["reused"],
-            run_dir=str(out / name),
-            sequence_ms_range=ranges["sequence_ms_range"],
-            step_us_range=ranges["step_us_range"],
-        )
+        c, metric_name = _candidate(plan, cell, hidden, records[name])
         results.append(c)
         if echo is not None:
-            step = f", {step_us:.1f} us/step" if step_us is not None else ""
-            echo(
-                f"{name}: {metric_name} {c.metric:.4g}, {c.parameters:,} parameters, {c.strategy}, "
-                f"{seq_ms:.3f} ms/sequence{step}{' (reused)' if c.reused else ''}"
-            )
+            echo(_finished_line(c, metric_name))
+    on = (task or "sine") if data is None else str(data)
+    return _write_comparison(plan, results, metric_name, on, started)
+
+
+def _check_grid(cells: Sequence[str], hiddens: Sequence[int]) -> None:
+    """ConfigError unless the cells are known and the hidden sizes at least 1, each listed once."""
+    from ..model.cells import cell_names
+
+    if not cells or not hiddens:
+        raise ConfigError("give at least one cell and one hidden size to compare")
+    unknown = [c for c in cells if c not in cell_names()]
+    if unknown:
+        raise ConfigError(f"unknown cell {', '.join(unknown)}; choose from: {', '.join(cell_names())}")
+    if any(h < 1 for h in hiddens):
+        raise ConfigError(f"hidden sizes must be at least 1; got {list(hiddens)}")
+    if len(set(cells)) != len(cells) or len(set(hiddens)) != len(hiddens):
+        raise ConfigError("a cell or hidden size is listed twice")
+
+
+def _candidate(plan: _Plan, cell: str, hidden: int, record: dict[str, Any] | None) -> tuple[Candidate, str]:
+    """One candidate made (or reused: ``record``, its checked candidate.json) and timed, and its metric's name."""
+    run = plan.out / f"{cell}-h{hidden}"
+    made = _made(run, plan.settings(cell, hidden), record)
+    seq_ms, step_us, ranges = _latency(run, made, plan.provider, plan.bench_len)
+    c = Candidate(
+        cell=cell,
+        hidden=hidden,
+        parameters=made["parameters"],
+        metric=made["best_metric"],
+        baseline=made["baseline"],
+        epochs_run=made["epochs_run"],
+        train_seconds=made["train_seconds"],
+        strategy=made["strategy"],
+        file_bytes=(run / "model.onnx").stat().st_size,
+        sequence_ms=seq_ms,
+        step_us=step_us,
+        reused=made["reused"],
+        run_dir=str(run),
+        sequence_ms_range=ranges["sequence_ms_range"],
+        step_us_range=ranges["step_us_range"],
+    )
+    return c, made["metric"]
+
+
+def _finished_line(c: Candidate, metric_name: str) -> str:
+    """The line ``echo`` gets for a finished candidate."""
+    step = f", {c.step_us:.1f} us/step" if c.step_us is not None else ""
+    return (
+        f"{c.name}: {metric_name} {c.metric:.4g}, {c.parameters:,} parameters, {c.strategy}, "
+        f"{c.sequence_ms:.3f} ms/sequence{step}{' (reused)' if c.reused else ''}"
+    )
+
+
+def _write_comparison(plan: _Plan, results: list[Candidate], metric_name: str, on: str, started: float) -> Comparison:
+    """The comparison of ``results`` with its Pareto front marked, the machine, its load and the seconds since
+    ``started`` (``time.perf_counter()``); written to OUT/compare.json."""
+    import time
+
+    from ..files import write_atomic
+    from ..manifest import TIMINGS_NOTE
+    from ..verify.bench import ROUNDS, machine_info, machine_load
+
+    higher_better = metric_name == "accuracy"
     front = pareto_front([(c.sequence_ms, c.metric) for c in results], higher_better)
     for c, on_front in zip(results, front, strict=True):
         c.pareto = on_front
     comparison = Comparison(
         metric=metric_name,
         higher_better=higher_better,
-        on=(task or "sine") if data is None else str(data),
-        bench_len=bench_len,
-        provider=provider,
-        target=target,
+        on=on,
+        bench_len=plan.bench_len,
+        provider=plan.provider,
+        target=plan.target,
         candidates=results,
         machine=machine_info(),
         seconds=time.perf_counter() - started,
@@ -248,8 +306,8 @@ def compare(
         load=machine_load(),
         timings_note=TIMINGS_NOTE,
     )
-    stage(f"writing {out / 'compare.json'}")
-    write_atomic(out / "compare.json", json.dumps(comparison.to_dict(), indent=2).encode())
+    stage(f"writing {plan.out / 'compare.json'}")
+    write_atomic(plan.out / "compare.json", json.dumps(comparison.to_dict(), indent=2).encode())
     return comparison
 
 
