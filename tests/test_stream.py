@@ -435,6 +435,40 @@ def test_the_bound_hot_path_keeps_every_check() -> None:
     s.step(strided)
 
 
+def test_the_hot_path_computes_what_the_checked_path_and_the_public_call_compute() -> None:
+    """The hot path calls onnxruntime's bound entry point directly where that is the public method's own call; a
+    stream made to use the public method, and one fed an equal dtype spelled otherwise (always the checked path),
+    step to the same outputs and states bit for bit; a session whose wrapper is not the one expected, or that
+    captures WebGPU graphs, gets the public method."""
+    from types import SimpleNamespace
+
+    from edgernn.runtime.stream import _bound_call
+
+    sm = StreamingModel(step_model("lstm", F, H, L))
+    hot, public, checked = sm.stream(), sm.stream(), sm.stream()
+    native = np.dtype("float32").newbyteorder("=")  # equal to float32, but not numpy's float32 object
+    assert native == np.float32 and native is not np.dtype(np.float32)
+    for i, f in enumerate(frames(10, seed=9)):
+        if i == 3:  # both hot by now: make one of them call the public method
+            view, dot, zeros, _, run, primary = public._fast[(F,)]
+            assert run != sm.session.run_with_iobinding  # the direct entry point was taken
+            bound = public._bound[(1, 1, F)]
+            public._fast[(F,)] = (view, dot, zeros, bound.io, sm.session.run_with_iobinding, primary)
+        ys = [hot.step(f), public.step(f), checked.step(f.astype(native))]
+        assert all(np.array_equal(ys[0], y) for y in ys[1:])
+    assert not checked._fast and hot.steps == public.steps == checked.steps == 10
+    assert all(np.array_equal(hot.state[k], s.state[k]) for s in (public, checked) for k in hot.state)
+    ios = list(public._bound[(1, 1, F)].io)
+    foreign = SimpleNamespace(run_with_iobinding=lambda io, options=None: None)
+    assert _bound_call(foreign, ios) == (foreign.run_with_iobinding, ios)
+    for capture in (False, True):
+        inner = SimpleNamespace(run_with_iobinding=print, is_webgpu_graph_capture_enabled=lambda c=capture: c)
+        wrapper = SimpleNamespace(_sess=inner, run_with_iobinding=foreign.run_with_iobinding)
+        theirs = [SimpleNamespace(_iobinding=k, _session=inner) for k in (0, 1)]
+        assert _bound_call(wrapper, theirs) == ((wrapper.run_with_iobinding, theirs) if capture else (print, [0, 1]))
+        assert _bound_call(wrapper, ios)[0] is wrapper.run_with_iobinding  # bindings of another session
+
+
 def test_run_sequence_checks_its_input() -> None:
     sm = StreamingModel(step_model("lstm", F, H, L, time=4))
     with pytest.raises(InputError, match="whole number of chunks of 4"):

@@ -49,6 +49,8 @@ from .model import Model
 from .states import StatePair, StatePool, resolve_states
 from .validate import check_ids
 
+isnan = math.isnan  # a module global: one lookup on the hot path instead of two
+
 
 @dataclass(frozen=True)
 class _Output:
@@ -660,7 +662,7 @@ class Stream:
         self._bound: dict[tuple[int, ...], _Bound] = {}
         # the hot path of a float frame whose shape was validated and bound: the caller's shape -> the bound
         # buffers and a view of their input in that shape (no reshape, no shape check per call)
-        self._fast: dict[tuple[int, ...], tuple[_Bound, np.ndarray]] = {}
+        self._fast: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self._fast_dtype = model.dtype if model.dtype.kind == "f" else None  # token ids take the checked path
         self.steps = 0  # calls made since the last reset
 
@@ -668,17 +670,21 @@ class Stream:
         """Advance by one frame ``(features,)`` or one chunk ``(K, features)`` (a token stream: one id, or ``(K,)``
         ids); returns the model's primary output for this stream (its batch axis removed), e.g. ``(K, outputs)``
         for a per-step readout."""
-        fast = self._fast.get(x.shape) if type(x) is np.ndarray and x.dtype == self._fast_dtype else None
-        if fast is not None:  # a shape seen and bound before: copy, check the copy, run
-            bound, view = fast
-            with self._lock:
-                np.copyto(view, x)
-                if math.isnan(bound.flat.dot(bound.flat_zeros)):
-                    self._refuse(x)
-                self.model.session.run_with_iobinding(bound.io[self._cur])
-                self._cur ^= 1
-                self.steps += 1
-                return bound.primary.copy()  # a copy: the bound buffer is overwritten by the next step
+        # the dtype by identity: numpy's float32 is one object; an equal dtype that is another (a byte order
+        # spelled out) takes the checked path below
+        if type(x) is np.ndarray and x.dtype is self._fast_dtype:
+            fast = self._fast.get(x.shape)
+            if fast is not None:  # a shape seen and bound before: copy, check the copy, run
+                view, dot, zeros, io, run, primary = fast
+                with self._lock:
+                    view[...] = x  # same dtype and shape: a plain copy (np.copyto's dispatch costs ~0.3 us more)
+                    if isnan(dot(zeros)):  # x . 0 is NaN for a NaN or inf anywhere in the copied frame
+                        self._refuse(x)
+                    cur = self._cur
+                    run(io[cur], None)
+                    self._cur = cur ^ 1
+                    self.steps += 1
+                    return primary.copy()  # a copy: the bound buffer is overwritten by the next step
         sm = self.model
         a = sm._as_input(x)
         with self._lock:
@@ -693,9 +699,12 @@ class Stream:
             return bound.primary.copy()  # a copy: the bound buffer is overwritten by the next step
 
     def _remember(self, x: Any, bound: _Bound) -> None:
-        """Take the hot path for frames like ``x`` (validated by ``_as_input`` and bound) from now on."""
-        if type(x) is np.ndarray and x.dtype == self._fast_dtype and len(self._fast) < 8:
-            self._fast[x.shape] = (bound, bound.x.reshape(x.shape))
+        """Take the hot path for frames like ``x`` (validated by ``_as_input`` and bound) from now on: what it needs
+        is held in one tuple (bound methods included), because attribute lookups are a measurable part of a
+        step that costs the bound call a few microseconds on top."""
+        if type(x) is np.ndarray and x.dtype is self._fast_dtype and len(self._fast) < 8:
+            run, io = _bound_call(self.model.session, bound.io)
+            self._fast[x.shape] = (bound.x.reshape(x.shape), bound.flat.dot, bound.flat_zeros, io, run, bound.primary)
 
     def _refuse(self, x: np.ndarray) -> None:
         """The frame copied into the bound input is not finite: the checked path's error (the state, read from
@@ -898,6 +907,23 @@ def _run_in_place(sm: StreamingModel, a: np.ndarray, state: list[np.ndarray]) ->
     for st, buf in zip(sm.states, state, strict=True):
         buf[...] = results[st.out_index]
     return results
+
+
+def _bound_call(session: Any, ios: Sequence[Any]) -> tuple[Any, list[Any]]:
+    """The bound call of the hot path, ``run(io[cur], None)``: onnxruntime's own entry point under its Python
+    ``InferenceSession.run_with_iobinding`` where that is the same call. The wrapper checks that each binding
+    belongs to the session (true here by construction) and whether WebGPU graph capture is on (fixed for a
+    session), and those checks cost ~0.8 us of a ~30 us step; with capture on, or an onnxruntime whose wrapper
+    is built otherwise, the public method is used."""
+    public = session.run_with_iobinding, list(ios)
+    inner = getattr(session, "_sess", None)
+    run = getattr(inner, "run_with_iobinding", None)
+    capture = getattr(inner, "is_webgpu_graph_capture_enabled", None)
+    raw = [getattr(io, "_iobinding", None) for io in ios]
+    ours = all(r is not None and getattr(io, "_session", None) is inner for r, io in zip(raw, ios, strict=True))
+    if run is None or not ours or capture is None or capture():
+        return public
+    return run, raw
 
 
 def _pad_rows(a: np.ndarray, axis: int, n: int) -> np.ndarray:
