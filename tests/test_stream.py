@@ -553,6 +553,25 @@ def test_a_fixed_batch_export_streams_its_batch_together_or_one_stream_alone(fix
     np.testing.assert_allclose(whole[1], torch_streamed(model, xb), atol=tol.atol, rtol=tol.rtol)
 
 
+def test_edgernn_run_streams_and_runs_a_fixed_batch_export(fixed_batch_2: tuple) -> None:
+    """`edgernn run --stream` (one stream, padded) and `edgernn run --random` (a seeded batch of the file's 2)."""
+    import io
+
+    from edgernn.runtime.io import run_file, run_stream
+    from edgernn.verify.parity import TOLERANCES
+
+    tol = TOLERANCES["fp32"]
+    model, data = fixed_batch_2
+    x = frames(6, seed=23)
+    out = io.StringIO()
+    lines = io.StringIO("\n".join(",".join(map(repr, f.tolist())) for f in x))
+    assert run_stream(StreamingModel(data), lines, out) == 6
+    got = np.array([[float(v) for v in line.split(",")] for line in out.getvalue().splitlines()], np.float32)
+    np.testing.assert_allclose(got, torch_streamed(model, x), atol=tol.atol, rtol=tol.rtol)
+    res = run_file(Model(data), None, random_steps=5)
+    assert res.streaming and res.outputs["y"].shape == (2, 5, 2) and res.outputs["h_out"].shape == (L, 2, H)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_a_fixed_batch_export_refuses_other_counts_and_bad_frames_changing_nothing(fixed_batch_2: tuple) -> None:
     _, data = fixed_batch_2
