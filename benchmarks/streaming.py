@@ -14,6 +14,11 @@ Timings interleave the candidates round by round and report medians, because the
     python benchmarks/streaming.py                 # table and ratios
     python benchmarks/streaming.py --markdown      # the section for docs/benchmarks.md
     python benchmarks/streaming.py --json
+    python benchmarks/streaming.py --cpu-time      # CPU time of the calling thread instead of wall time
+
+``--cpu-time`` times each block by ``time.thread_time``: onnxruntime (one intra-op thread) and torch (one
+thread) compute in the calling thread, so it counts their work, and not the time other jobs on a shared machine
+take the core away, which wall time does.
 """
 
 from __future__ import annotations
@@ -38,11 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+CLOCK: Callable[[], float] = time.perf_counter  # time.thread_time with --cpu-time
+
+
 def per_call_us(fn: Callable[[], Any], calls: int) -> float:
-    t = time.perf_counter()
+    clock = CLOCK
+    t = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - t) / calls * 1e6
+    return (clock() - t) / calls * 1e6
 
 
 def interleaved(candidates: dict[str, tuple[Callable[[], Any], int]], rounds: int) -> dict[str, float]:
@@ -225,7 +234,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, str]) -> str:
     lines = [
         f"Machine: {info['cpu']}, {info['cores_available']} cores available (shared with other jobs), "
         f"onnxruntime {info['onnxruntime']}, torch {info['torch']}, numpy {info['numpy']}, Python {info['python']}; "
-        f"{info['date']}. One intra-op thread everywhere (onnxruntime and torch). Medians of interleaved rounds.",
+        f"{info['date']}. One intra-op thread everywhere (onnxruntime and torch). Medians of interleaved rounds, "
+        f"timed by {info['clock']}; load average {info['load_before']} before, {info['load_after']} after.",
         "",
         "| model form | Stream.step | bare bound call | session.run | torch eager step | Stream vs torch "
         "(target >= 5x) | Stream / bare (target <= 1.3x) |",
@@ -270,10 +280,16 @@ def main() -> None:
     ap.add_argument("--form", choices=["step", "step-fused", "both"], default="both")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true", help="time by the thread's CPU time (time.thread_time)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.thread_time if args.cpu_time else time.perf_counter
     forms = ["step", "step-fused"] if args.form == "both" else [args.form]
     info = machine()
+    info["clock"] = "CPU time (time.thread_time)" if args.cpu_time else "wall time (time.perf_counter)"
+    info["load_before"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     results = [run(f, args.features, args.hidden, args.layers, args.streams, args.rounds) for f in forms]
+    info["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     if args.json:
         print(json.dumps({"machine": info, "results": results}, indent=2))
     elif args.markdown:

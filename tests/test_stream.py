@@ -435,6 +435,40 @@ def test_the_bound_hot_path_keeps_every_check() -> None:
     s.step(strided)
 
 
+def test_the_hot_path_computes_what_the_checked_path_and_the_public_call_compute() -> None:
+    """The hot path calls onnxruntime's bound entry point directly where that is the public method's own call; a
+    stream made to use the public method, and one fed an equal dtype spelled otherwise (always the checked path),
+    step to the same outputs and states bit for bit; a session whose wrapper is not the one expected, or that
+    captures WebGPU graphs, gets the public method."""
+    from types import SimpleNamespace
+
+    from edgernn.runtime.stream import _bound_call
+
+    sm = StreamingModel(step_model("lstm", F, H, L))
+    hot, public, checked = sm.stream(), sm.stream(), sm.stream()
+    native = np.dtype("float32").newbyteorder("=")  # equal to float32, but not numpy's float32 object
+    assert native == np.float32 and native is not np.dtype(np.float32)
+    for i, f in enumerate(frames(10, seed=9)):
+        if i == 3:  # both hot by now: make one of them call the public method
+            view, dot, zeros, _, run, primary = public._fast[(F,)]
+            assert run != sm.session.run_with_iobinding  # the direct entry point was taken
+            bound = public._bound[(1, 1, F)]
+            public._fast[(F,)] = (view, dot, zeros, bound.io, sm.session.run_with_iobinding, primary)
+        ys = [hot.step(f), public.step(f), checked.step(f.astype(native))]
+        assert all(np.array_equal(ys[0], y) for y in ys[1:])
+    assert not checked._fast and hot.steps == public.steps == checked.steps == 10
+    assert all(np.array_equal(hot.state[k], s.state[k]) for s in (public, checked) for k in hot.state)
+    ios = list(public._bound[(1, 1, F)].io)
+    foreign = SimpleNamespace(run_with_iobinding=lambda io, options=None: None)
+    assert _bound_call(foreign, ios) == (foreign.run_with_iobinding, ios)
+    for capture in (False, True):
+        inner = SimpleNamespace(run_with_iobinding=print, is_webgpu_graph_capture_enabled=lambda c=capture: c)
+        wrapper = SimpleNamespace(_sess=inner, run_with_iobinding=foreign.run_with_iobinding)
+        theirs = [SimpleNamespace(_iobinding=k, _session=inner) for k in (0, 1)]
+        assert _bound_call(wrapper, theirs) == ((wrapper.run_with_iobinding, theirs) if capture else (print, [0, 1]))
+        assert _bound_call(wrapper, ios)[0] is wrapper.run_with_iobinding  # bindings of another session
+
+
 def test_run_sequence_checks_its_input() -> None:
     sm = StreamingModel(step_model("lstm", F, H, L, time=4))
     with pytest.raises(InputError, match="whole number of chunks of 4"):
@@ -452,3 +486,109 @@ def test_stream_is_its_own_class() -> None:
     assert isinstance(sm.stream(), Stream)
     assert sm.provider == "cpu"
     assert set(sm.initial_state(5)) == {"h_in"} and sm.initial_state(5)["h_in"].shape == (1, 5, H)
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def fixed_batch_2(request: pytest.FixtureRequest) -> tuple[object, bytes]:
+    """A small zoo model and its `step` export for NNAPI with a fixed batch of 2 (`edgernn export --target nnapi
+    --batch 2`): every input and state of the graph has batch 2, as NNAPI and CoreML need."""
+    import torch
+
+    from edgernn.export import export_model
+    from edgernn.model.zoo import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell=request.param, input_size=F, hidden_size=H, num_layers=L, readout="all", output_size=2)
+    model = build_model(cfg).eval()
+    res = export_model(model, None, strategy="step", target="nnapi", batch=2, chunk=1, verify=False)
+    assert res.manifest.batch == 2 and res.model_bytes is not None
+    return model, res.model_bytes
+
+
+def torch_streamed(model: object, x: np.ndarray) -> np.ndarray:
+    """torch's own stream: one frame (1, 1, F) per call of the zoo model's recurrent layers, the state carried from
+    call to call, the head on each step's output; (steps, outputs)."""
+    import torch
+
+    ys, state = [], None
+    with torch.inference_mode():
+        for f in x:
+            y, state = model.rnn(torch.from_numpy(f.reshape(1, 1, -1)), state)  # type: ignore[attr-defined]
+            ys.append(model.head(y).numpy().reshape(-1))  # type: ignore[attr-defined]
+    return np.stack(ys)
+
+
+def test_a_fixed_batch_export_streams_its_batch_together_or_one_stream_alone(fixed_batch_2: tuple) -> None:
+    """A `--batch 2` step file: each stream's spec has batch 1; step_many over exactly 2 streams is one call, a
+    lone Stream.step runs its stream as row 0 of a padded call; every stream's outputs are torch's own stream's."""
+    from edgernn.verify.parity import TOLERANCES
+
+    tol = TOLERANCES["fp32"]
+    model, data = fixed_batch_2
+    sm = StreamingModel(data)
+    assert sm.batch == 2 and all(st.shape == (L, 1, H) for st in sm.states)
+    xa, xb = frames(12, seed=21), frames(12, seed=22)
+    a, b = sm.stream(), sm.stream()
+    got_a, got_b = [], []
+    for t in range(4):  # both streams in one call
+        ya, yb = sm.step_many([a, b], [xa[t], xb[t]])
+        got_a.append(ya)
+        got_b.append(yb)
+    for t in range(4, 8):  # each alone, interleaved: padded calls that leave the other stream's state alone
+        got_a.append(a.step(xa[t]))
+        got_b.append(b.step_all(xb[t])["y"])
+    for t in range(8, 12):  # together again, in the other order
+        yb, ya = sm.step_many_all([b, a], [xb[t], xa[t]])
+        got_a.append(ya["y"])
+        got_b.append(yb["y"])
+    assert a.steps == b.steps == 12
+    for got, x in ((got_a, xa), (got_b, xb)):
+        np.testing.assert_allclose(np.concatenate(got), torch_streamed(model, x), atol=tol.atol, rtol=tol.rtol)
+
+    group = sm.group(2)  # two streams that stay together, on bound batch-2 buffers
+    ys = np.stack([group.step(np.stack([xb[t], xa[t]])) for t in range(12)], axis=1)  # (member, step, 1, out)
+    np.testing.assert_allclose(ys[0, :, 0], torch_streamed(model, xb), atol=tol.atol, rtol=tol.rtol)
+    np.testing.assert_allclose(ys[1, :, 0], torch_streamed(model, xa), atol=tol.atol, rtol=tol.rtol)
+    whole = sm.run_sequence(np.stack([xa, xb]))["y"]  # a whole batch-2 sequence, chunk by chunk
+    np.testing.assert_allclose(whole[1], torch_streamed(model, xb), atol=tol.atol, rtol=tol.rtol)
+
+
+def test_edgernn_run_streams_and_runs_a_fixed_batch_export(fixed_batch_2: tuple) -> None:
+    """`edgernn run --stream` (one stream, padded) and `edgernn run --random` (a seeded batch of the file's 2)."""
+    import io
+
+    from edgernn.runtime.io import run_file, run_stream
+    from edgernn.verify.parity import TOLERANCES
+
+    tol = TOLERANCES["fp32"]
+    model, data = fixed_batch_2
+    x = frames(6, seed=23)
+    out = io.StringIO()
+    lines = io.StringIO("\n".join(",".join(map(repr, f.tolist())) for f in x))
+    assert run_stream(StreamingModel(data), lines, out) == 6
+    got = np.array([[float(v) for v in line.split(",")] for line in out.getvalue().splitlines()], np.float32)
+    np.testing.assert_allclose(got, torch_streamed(model, x), atol=tol.atol, rtol=tol.rtol)
+    res = run_file(Model(data), None, random_steps=5)
+    assert res.streaming and res.outputs["y"].shape == (2, 5, 2) and res.outputs["h_out"].shape == (L, 2, H)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_fixed_batch_export_refuses_other_counts_and_bad_frames_changing_nothing(fixed_batch_2: tuple) -> None:
+    _, data = fixed_batch_2
+    sm = StreamingModel(data)
+    a, b, c = sm.stream(), sm.stream(), sm.stream()
+    x = frames(1, seed=5)[0]
+    a.step(x)
+    before = a.state
+    with pytest.raises(InputError, match="fixed batch of 2: step exactly 2 streams"):
+        sm.step_many([a, b, c], [x, x, x])
+    with pytest.raises(ConfigError, match="a group must have 2"):
+        sm.group(3)
+    with pytest.raises(InputError, match="1 non-finite"):
+        a.step(np.array([0, np.nan, 0], np.float32))
+    with pytest.raises(InputError, match="expects 3 features; got 2"):
+        a.step(np.zeros(2, np.float32))
+    with pytest.raises(InputError, match="one sequence, but 'x' has batch 2"):
+        a.step(np.zeros((2, 1, F), np.float32))
+    assert a.steps == 1 and b.steps == c.steps == 0
+    assert all(np.array_equal(before[k], v) for k, v in a.state.items())

@@ -220,6 +220,8 @@ def run_file(
             steps = max(k, steps - steps % k)
             names = list(data.named_shape())
             names[sm.axes.time] = "time"  # the graph fixes it to the chunk; the sequence is longer
+            if sm.axes.batch is not None and sm.batch is not None:
+                names[sm.axes.batch] = sm.batch  # a fixed-batch export (--batch N) runs N sequences at once
             data_seq = replace(
                 data, shape=[n if isinstance(n, str) else d for n, d in zip(names, sm.shape, strict=True)], axes=None
             )

@@ -21,7 +21,8 @@ from .model import Model
 @dataclass(frozen=True)
 class StatePair:
     """One recurrent state: the graph input it enters by, the graph output it leaves by, and its initial shape
-    for one stream (the batch axis, if the model has one, is 1 there)."""
+    for one stream (the batch axis, if the model has one, is 1 there, even where the graph fixes it to the file's
+    batch N: a ``--batch N`` export steps N streams per call)."""
 
     input: str
     output: str
@@ -108,15 +109,17 @@ def resolve_states(model: Model, given: Sequence[StatePair | str] | None) -> lis
             raise ConfigError(
                 f"state {p.input!r} has {len(graph)} dimensions {_fmt(graph)} in the graph; got shape {p.shape}"
             )
-        for axis, (want, got) in enumerate(zip(graph, p.shape, strict=True)):
-            if isinstance(want, int) and want != got:
-                raise ConfigError(f"state {p.input!r} axis {axis} is {want} in the graph; got shape {p.shape}")
         axis_b = p.batch_axis
         if axis_b is None:
             dynamic = [i for i, d in enumerate(graph) if isinstance(d, str)]
             axis_b = dynamic[0] if len(dynamic) == 1 else None
         if axis_b is not None and p.shape[axis_b] != 1:
             raise ConfigError(f"state {p.input!r}: the batch axis ({axis_b}) of one stream's state must be 1")
+        for axis, (want, got) in enumerate(zip(graph, p.shape, strict=True)):
+            # the batch axis may be fixed in the graph (a static-batch export, --batch N): the file's batch, while
+            # one stream's state has batch 1 there
+            if isinstance(want, int) and want != got and axis != axis_b:
+                raise ConfigError(f"state {p.input!r} axis {axis} is {want} in the graph; got shape {p.shape}")
         dtype = np.dtype(ins[p.input].dtype)
         out.append(State(p.input, p.output, p.shape, axis_b, dtype, output_names.index(p.output)))
     return out

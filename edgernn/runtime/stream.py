@@ -22,6 +22,11 @@ its state input -> output pairs and the initial state's shape.
   so such an input is refused rather than tiled.
 * The data input is floating point (frames of features) or integer (token ids, e.g. before an Embedding): a
   token stream steps one id (a scalar) or a chunk of ids ``(K,)``; floats are not rounded into ids.
+* A file whose graph fixes the batch to N (``edgernn export --batch N``: NNAPI and CoreML take fixed shapes) is
+  streamed as any other: each stream's state and frame have batch 1 (``StreamingModel.batch`` is N), and
+  ``step_many`` over exactly N streams, or ``group(N)``, runs them in one call. A lone ``Stream.step`` runs its
+  stream as row 0 of a call of N rows, the other rows a zeros frame from a zeros state and their outputs
+  discarded: correct, unbound, and N times the arithmetic, so serve N streams together where you can.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from .layout import BATCH_NAMES, Axes, infer_axes, parse_layout
 from .model import Model
 from .states import StatePair, StatePool, resolve_states
 from .validate import check_ids
+
+isnan = math.isnan  # a module global: one lookup on the hot path instead of two
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class StreamingModel:
         self.chunk: int | None = t if isinstance(t, int) else None
         feat = self.shape[-1] if axes.rank and (axes.rank - 1) not in (axes.batch, axes.time) else None
         self.features: int | None = feat if isinstance(feat, int) else None
+        self.batch: int | None = self._fixed_batch(graph_data)
         named = self.data.named_shape()
         bname = named[axes.batch] if axes.batch is not None else None
         tname = named[axes.time] if axes.time is not None else None
@@ -260,6 +268,29 @@ class StreamingModel:
             self._constant_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.constants.items()}
         return self._constant_values
 
+    def _fixed_batch(self, graph_data: Sequence[int | str]) -> int | None:
+        """The file's batch where its graph fixes it (a static-batch export, ``--batch N``: NNAPI, CoreML), from the
+        data input's and the states' batch axes (else the manifest's); None where it is dynamic."""
+        fixed: set[int] = set()
+        if self.axes.batch is not None and len(graph_data) == self.axes.rank:
+            d = graph_data[self.axes.batch]
+            if isinstance(d, int):
+                fixed.add(d)
+        for st in self.states:
+            if st.batch_axis is not None:
+                d = self.model.graph_inputs[st.input].shape[st.batch_axis]
+                if isinstance(d, int):
+                    fixed.add(d)
+        if len(fixed) > 1:
+            sizes = ", ".join(map(str, sorted(fixed)))
+            raise ModelFormatError(
+                f"the graph fixes the batch of its data and states to different sizes ({sizes}); it cannot be "
+                "streamed: export it again"
+            )
+        if fixed:
+            return fixed.pop()
+        return self.model.manifest.batch if self.model.manifest is not None else None
+
     def _state_batch_names(self) -> list[str]:
         names = []
         for s in self.states:
@@ -327,14 +358,17 @@ class StreamingModel:
     def _one_at_a_time(self, streams: Sequence[Stream], frames: Sequence[Any]) -> bool:
         """A model exported with its batch fixed (NNAPI, CoreML) cannot stack streams: at batch 1 each stream
         gets its own call; at batch N exactly N streams go in one call."""
-        fixed = self.model.manifest.batch if self.model.manifest is not None else None
+        fixed = self.batch
         if fixed is None or len(streams) == fixed:
             return False
         if fixed == 1:
             if len(streams) != len(frames):
                 raise InputError(f"{len(streams)} streams but {len(frames)} frames; give one frame per stream")
             return True
-        raise InputError(f"this model was exported with a fixed batch of {fixed}: step exactly {fixed} streams at once")
+        raise InputError(
+            f"this model was exported with a fixed batch of {fixed}: step exactly {fixed} streams at once (or one "
+            f"stream at a time with Stream.step, which runs it alone in a call of {fixed} rows)"
+        )
 
     def _run_many(self, streams: Sequence[Stream], frames: Sequence[Any]) -> list[np.ndarray]:
         """Stack the streams' frames and states along the batch axis, run once, write each state back."""
@@ -520,7 +554,8 @@ class StreamingModel:
                 f"a frame for {self.data.name!r} {_fmt(spec)} must be {self._frame_help()}; got shape {shape}"
             )
         for axis, (want, got) in enumerate(zip(spec, full, strict=True)):
-            if isinstance(want, int) and want != got:
+            # the batch axis is 1 here, one stream's; a graph that fixes it to N (--batch N) takes N streams per call
+            if isinstance(want, int) and want != got and axis != ax.batch:
                 if axis == ax.time:
                     raise InputError(
                         f"this model runs chunks of {want} steps per call; got {got} steps (shape {shape})"
@@ -610,7 +645,11 @@ class _Bound:
 
 
 class Stream:
-    """One live sequence over a ``StreamingModel``: its own state, advanced one step (or chunk) per call."""
+    """One live sequence over a ``StreamingModel``: its own state, advanced one step (or chunk) per call.
+
+    On a file exported with a fixed batch of N > 1 (``--batch N``), ``step`` runs this stream alone as row 0 of a
+    call of N rows (zeros frame and zeros state in the others, their outputs discarded), on the unbound path;
+    ``StreamingModel.step_many`` over exactly N streams, or ``StreamingModel.group(N)``, fills every row."""
 
     def __init__(self, model: StreamingModel) -> None:
         self.model = model
@@ -623,7 +662,7 @@ class Stream:
         self._bound: dict[tuple[int, ...], _Bound] = {}
         # the hot path of a float frame whose shape was validated and bound: the caller's shape -> the bound
         # buffers and a view of their input in that shape (no reshape, no shape check per call)
-        self._fast: dict[tuple[int, ...], tuple[_Bound, np.ndarray]] = {}
+        self._fast: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self._fast_dtype = model.dtype if model.dtype.kind == "f" else None  # token ids take the checked path
         self.steps = 0  # calls made since the last reset
 
@@ -631,17 +670,21 @@ class Stream:
         """Advance by one frame ``(features,)`` or one chunk ``(K, features)`` (a token stream: one id, or ``(K,)``
         ids); returns the model's primary output for this stream (its batch axis removed), e.g. ``(K, outputs)``
         for a per-step readout."""
-        fast = self._fast.get(x.shape) if type(x) is np.ndarray and x.dtype == self._fast_dtype else None
-        if fast is not None:  # a shape seen and bound before: copy, check the copy, run
-            bound, view = fast
-            with self._lock:
-                np.copyto(view, x)
-                if math.isnan(bound.flat.dot(bound.flat_zeros)):
-                    self._refuse(x)
-                self.model.session.run_with_iobinding(bound.io[self._cur])
-                self._cur ^= 1
-                self.steps += 1
-                return bound.primary.copy()  # a copy: the bound buffer is overwritten by the next step
+        # the dtype by identity: numpy's float32 is one object; an equal dtype that is another (a byte order
+        # spelled out) takes the checked path below
+        if type(x) is np.ndarray and x.dtype is self._fast_dtype:
+            fast = self._fast.get(x.shape)
+            if fast is not None:  # a shape seen and bound before: copy, check the copy, run
+                view, dot, zeros, io, run, primary = fast
+                with self._lock:
+                    view[...] = x  # same dtype and shape: a plain copy (np.copyto's dispatch costs ~0.3 us more)
+                    if isnan(dot(zeros)):  # x . 0 is NaN for a NaN or inf anywhere in the copied frame
+                        self._refuse(x)
+                    cur = self._cur
+                    run(io[cur], None)
+                    self._cur = cur ^ 1
+                    self.steps += 1
+                    return primary.copy()  # a copy: the bound buffer is overwritten by the next step
         sm = self.model
         a = sm._as_input(x)
         with self._lock:
@@ -656,9 +699,12 @@ class Stream:
             return bound.primary.copy()  # a copy: the bound buffer is overwritten by the next step
 
     def _remember(self, x: Any, bound: _Bound) -> None:
-        """Take the hot path for frames like ``x`` (validated by ``_as_input`` and bound) from now on."""
-        if type(x) is np.ndarray and x.dtype == self._fast_dtype and len(self._fast) < 8:
-            self._fast[x.shape] = (bound, bound.x.reshape(x.shape))
+        """Take the hot path for frames like ``x`` (validated by ``_as_input`` and bound) from now on: what it needs
+        is held in one tuple (bound methods included), because attribute lookups are a measurable part of a
+        step that costs the bound call a few microseconds on top."""
+        if type(x) is np.ndarray and x.dtype is self._fast_dtype and len(self._fast) < 8:
+            run, io = _bound_call(self.model.session, bound.io)
+            self._fast[x.shape] = (bound.x.reshape(x.shape), bound.flat.dot, bound.flat_zeros, io, run, bound.primary)
 
     def _refuse(self, x: np.ndarray) -> None:
         """The frame copied into the bound input is not finite: the checked path's error (the state, read from
@@ -686,11 +732,34 @@ class Stream:
         """The first call with an input shape (lock held): a plain run tells the output shapes, then this
         stream's buffers are bound for the next calls."""
         sm = self.model
+        if sm.batch is not None and sm.batch > 1:
+            return self._step_padded(a)
         results = _run_in_place(sm, a, self._buf[self._cur])
         if len(self._bound) < 8:  # a stream sees one or two chunk shapes; do not bind for every odd one
             self._bound[a.shape] = _Bound(sm, self._buf, a.shape, results)
         self.steps += 1
         return [_drop_batch(results[o.index], _batch_of(o.axes)) for o in sm.outputs]
+
+    def _step_padded(self, a: np.ndarray) -> list[np.ndarray]:
+        """One stream on a file whose batch is fixed to N > 1 (lock held): the stream is row 0 of one call of N
+        rows, the other rows a zeros frame from a zeros state, their outputs discarded. Unbound, N times the
+        arithmetic: ``step_many`` over N streams, or ``group(N)``, fills every row."""
+        sm = self.model
+        n = sm.batch or 1
+        if sm.axes.batch is None or any(st.batch_axis is None for st in sm.states):
+            raise ModelFormatError(
+                f"this model's batch is fixed to {n}, but its data or states have no batch axis to put one stream "
+                "in; name it (b in the state shape, e.g. 2xbx64, and the layout)"
+            )
+        split = [_split_axis(o) for o in sm.outputs]  # before the run: an error leaves the state where it was
+        feed = {sm.data.name: _pad_rows(a, sm.axes.batch, n), **sm.constants}
+        for st, buf in zip(sm.states, self._buf[self._cur], strict=True):
+            feed[st.input] = _pad_rows(buf, st.batch_axis, n)  # type: ignore[arg-type]
+        results = sm.session.run(sm._output_names, feed)
+        for st, buf in zip(sm.states, self._buf[self._cur], strict=True):
+            buf[...] = np.take(results[st.out_index], [0], axis=st.batch_axis)
+        self.steps += 1
+        return [np.take(results[o.index], 0, axis=axis) for o, axis in zip(sm.outputs, split, strict=True)]
 
     def reset(self) -> None:
         """Back to the initial state, as a new stream."""
@@ -759,7 +828,7 @@ class StreamGroup:
             raise ModelFormatError(
                 "this model's data or states have no batch axis, so streams cannot be grouped; use one Stream each"
             )
-        fixed = model.model.manifest.batch if model.model.manifest is not None else None
+        fixed = model.batch
         if fixed is not None and fixed != n:
             raise ConfigError(f"this model was exported with a fixed batch of {fixed}: a group must have {fixed}")
         self._split = [_split_axis(o) for o in model.outputs]  # each output's member axis
@@ -838,6 +907,30 @@ def _run_in_place(sm: StreamingModel, a: np.ndarray, state: list[np.ndarray]) ->
     for st, buf in zip(sm.states, state, strict=True):
         buf[...] = results[st.out_index]
     return results
+
+
+def _bound_call(session: Any, ios: Sequence[Any]) -> tuple[Any, list[Any]]:
+    """The bound call of the hot path, ``run(io[cur], None)``: onnxruntime's own entry point under its Python
+    ``InferenceSession.run_with_iobinding`` where that is the same call. The wrapper checks that each binding
+    belongs to the session (true here by construction) and whether WebGPU graph capture is on (fixed for a
+    session), and those checks cost ~0.8 us of a ~30 us step; with capture on, or an onnxruntime whose wrapper
+    is built otherwise, the public method is used."""
+    public = session.run_with_iobinding, list(ios)
+    inner = getattr(session, "_sess", None)
+    run = getattr(inner, "run_with_iobinding", None)
+    capture = getattr(inner, "is_webgpu_graph_capture_enabled", None)
+    raw = [getattr(io, "_iobinding", None) for io in ios]
+    ours = all(r is not None and getattr(io, "_session", None) is inner for r, io in zip(raw, ios, strict=True))
+    if run is None or not ours or capture is None or capture():
+        return public
+    return run, raw
+
+
+def _pad_rows(a: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """``a`` (size 1 along ``axis``) as row 0 of ``n`` rows along ``axis``, the others zeros."""
+    out = np.zeros((*a.shape[:axis], n, *a.shape[axis + 1 :]), a.dtype)
+    out[(slice(None),) * axis + (slice(0, 1),)] = a
+    return out
 
 
 def _split_axis(o: _Output) -> int:
