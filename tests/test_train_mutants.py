@@ -91,8 +91,15 @@ def test_per_step_classification_loss_and_accuracy_count_real_steps_only() -> No
     assert evaluate(model, task, examples, batch_size=3) == pytest.approx(hits.mean(), abs=1e-12)
 
 
-def test_regression_metric_is_the_mean_squared_error() -> None:
+def test_the_metrics_are_the_accuracy_and_mean_squared_error_of_the_models_outputs() -> None:
     torch.manual_seed(0)
+    task = get_task("sign")
+    model = build_model(model_config_for(task, cell="gru", hidden_size=6)).eval()
+    _, val = make_splits(task, n_train=1, n_val=40, min_len=4, max_len=9, seed=2)
+    hits = np.array([o.argmax() == e.y for o, e in zip(_outputs(model, val), val, strict=True)])
+    assert 0 < hits.sum() < len(hits)  # neither all right nor all wrong: the count is informative
+    assert evaluate(model, task, val, batch_size=16) == pytest.approx(hits.mean(), abs=1e-12)
+
     task = get_task("sine")
     model = build_model(model_config_for(task, cell="gru", hidden_size=6)).eval()
     _, val = make_splits(task, n_train=1, n_val=10, min_len=4, max_len=9, seed=2)
