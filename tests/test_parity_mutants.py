@@ -82,7 +82,7 @@ def test_made_inputs_leave_states_out_and_draw_ints_from_zero() -> None:
 def test_check_feeds_states_only_when_asked() -> None:
     seen: list[set[str]] = []
 
-    def reference(feed):  # noqa: ANN001, ANN202
+    def reference(feed):
         seen.append(set(feed))
         return [feed["x"].sum(axis=2)]
 
@@ -107,7 +107,15 @@ def test_first_excess_names_the_step_of_a_rank_three_output() -> None:
 
 
 def test_the_table_shows_where_at_most_five_failures_first_leave_the_tolerance() -> None:
-    first = {"index": [0, 0], "batch item": 0, "step": 0, "candidate": 1.0, "reference": 0.0, "diff": 1.0, "bound": 1e-5}
+    first = {
+        "index": [0, 0],
+        "batch item": 0,
+        "step": 0,
+        "candidate": 1.0,
+        "reference": 0.0,
+        "diff": 1.0,
+        "bound": 1e-5,
+    }
     report = ParityReport("fp32", 1e-5, 1e-5)
     report.comparisons = [Comparison(f"case{i}", "onnxruntime:cpu", "y", 1.0, 1.0, False, first) for i in range(7)]
     lines = report.table().splitlines()
@@ -135,12 +143,12 @@ def _run(x: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(ys, axis=1).astype(np.float32), h.astype(np.float32)
 
 
-def _reference(feed):  # noqa: ANN001, ANN202
+def _reference(feed):
     x = feed["x"]
     return list(_run(x, np.zeros((x.shape[0], 2), dtype=np.float32)))
 
 
-def _step(feed):  # noqa: ANN001, ANN202
+def _step(feed):
     return list(_run(feed["x"], feed["h_in"]))
 
 
@@ -168,27 +176,29 @@ def test_chained_parity_on_given_inputs_streams_whole_chunks() -> None:
 
 
 def test_chained_parity_notes_an_output_the_stream_cannot_give() -> None:
-    def last_only(feed):  # noqa: ANN001, ANN202  the step returns every step, the module only the last
+    def last_only(feed):  # the module returns only the last step, the step call every step of its chunk
         y, h = _reference(feed)
         return [y[:, -1:], h]
 
-    def step_all(feed):  # noqa: ANN001, ANN202
+    def step_all(feed):
         y, h = _step(feed)
         return [np.concatenate([y, y], axis=2), h]
 
     report = check_chained(last_only, step_all, [X], [H], ["y"], 3, [Case(2, 6)])
     assert not report.passed
-    assert len(report.notes) == 1 and report.notes[0].startswith("output y: a call on 3 step(s) returns shape (2, 3, 4)")
+    assert len(report.notes) == 1 and report.notes[0].startswith(
+        "output y: a call on 3 step(s) returns shape (2, 3, 4)"
+    )
 
 
 def test_chained_parity_refuses_an_oracle_with_too_few_outputs() -> None:
     two = TensorSpec("x", "float32", ["batch", "time", 2])
 
-    def reference(feed):  # noqa: ANN001, ANN202
+    def reference(feed):
         y, h = _reference(feed)
         return [y, 2 * y, h]
 
-    def step(feed):  # noqa: ANN001, ANN202
+    def step(feed):
         y, h = _step(feed)
         return [y, 2 * y, h]
 

@@ -201,7 +201,10 @@ def main() -> int:
     ap.add_argument("--equivalent", type=Path, help="ids of mutants judged equivalent by reading")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument(
-        "--tests", nargs="+", metavar="FILE", help="run only these test files (default: the tests that exercise the module)"
+        "--tests",
+        nargs="+",
+        metavar="FILE",
+        help="run only these test files (default: the tests that exercise the module)",
     )
     a = ap.parse_args()
     if a.sample < 0:
