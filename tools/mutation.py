@@ -10,6 +10,7 @@ the same mutants.
     python tools/mutation.py                         # every core module, 20 mutants each, seed 2026
     python tools/mutation.py --module model/cell_ops.py --sample 40 --json
     python tools/mutation.py --equivalent docs/mutation-equivalent.txt
+    python tools/mutation.py --module verify/parity.py --tests tests/test_parity_mutants.py   # the fast tests only
 
 A surviving mutant is either a gap in the tests or equivalent to the original (no input can tell them apart).
 Judge that by reading; list the equivalent ones (their ids, one per line, ``#`` comments allowed) in the file
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, list[str]] = {
     "model/cell_ops.py": ["tests/test_cell_ops.py"],
     "model/nn.py": ["tests/test_nn.py", "tests/test_cell_ops.py"],
-    "verify/parity.py": ["tests/test_parity_honesty.py", "tests/test_parity_tool.py"],
+    "verify/parity.py": ["tests/test_parity_mutants.py", "tests/test_parity_honesty.py", "tests/test_parity_tool.py"],
     "runtime/stream.py": [
         "tests/test_stream.py",
         "tests/test_stream_models.py",
@@ -47,7 +48,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "export/onnx_unroll.py": ["tests/test_onnx_unroll.py"],
     "optimize/quantize.py": ["tests/test_precision.py", "tests/test_scan_form.py"],
-    "train/loop.py": ["tests/test_train.py"],
+    "train/loop.py": ["tests/test_train_mutants.py", "tests/test_train.py"],
 }
 
 _COMPARE_SWAPS: dict[type, type] = {
@@ -199,6 +200,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant's test run")
     ap.add_argument("--equivalent", type=Path, help="ids of mutants judged equivalent by reading")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="FILE",
+        help="run only these test files (default: the tests that exercise the module)",
+    )
     a = ap.parse_args()
     if a.sample < 0:
         ap.error("--sample must be >= 0")
@@ -228,7 +235,8 @@ def main() -> int:
             chosen = every if a.sample == 0 or a.sample >= len(every) else rng.sample(every, a.sample)
             chosen.sort(key=lambda m: m.index)
             original = (pkg / module).read_text()
-            if run_tests(parent, MODULES[module], a.timeout) != "survived":  # the unmutated code must pass
+            tests = a.tests or MODULES[module]
+            if run_tests(parent, tests, a.timeout) != "survived":  # the unmutated code must pass
                 print(f"error: {module}'s tests fail without a mutant: fix them first", file=sys.stderr)
                 return 1
             counts = {"killed": 0, "survived": 0, "timeout": 0, "equivalent": 0}
@@ -240,7 +248,7 @@ def main() -> int:
                     else:
                         (pkg / module).write_text(mutated_source(m))
                         t0 = time.monotonic()
-                        verdict = run_tests(parent, MODULES[module], a.timeout)
+                        verdict = run_tests(parent, tests, a.timeout)
                         took = time.monotonic() - t0
                         print(
                             f"  [{k}/{len(chosen)}] line {m.line}:{m.col} {m.what}: {verdict} ({took:.0f} s)",
