@@ -162,11 +162,85 @@ def test_a_token_that_does_not_fit_the_body_bound_is_refused_at_deploy(model_pat
         {"health_timeout_s": 1e9},
         {"drain_timeout_s": 0},
         {"drain_timeout_s": True},
+        {"max_wait_s": 0.001},
+        {"max_wait_s": 601},
+        {"max_wait_s": True},
+        {"max_wait_s": float("nan")},
     ],
 )
 def test_serving_bounds_are_checked(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="must be"):
         check_serving(**kwargs)
+
+
+@pytest.mark.parametrize(("value", "code"), [("0", 2), ("601", 2), ("nan", 2)])
+def test_the_cli_refuses_a_max_wait_out_of_bounds_before_ray_starts(model_path: Path, value: str, code: int) -> None:
+    from click.testing import CliRunner
+
+    from edgernn.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "ray", str(model_path), "--max-wait", value])
+    assert r.exit_code == code and "--max-wait" in r.output and "0.01..600" in r.output, r.output
+
+
+def _replica(model_path: Path, max_wait_s: float) -> Any:
+    """A StreamReplica object outside Serve (its batcher runs in this process's event loop)."""
+    from types import SimpleNamespace
+
+    from edgernn.serve.ray import _deployments
+
+    cls = _deployments()[0].func_or_class
+    replica = cls.__new__(cls)
+    replica.table, replica.stateless, replica.replica = StreamTable(model_path), False, "r0"
+    replica._serve_replica, replica.waiting, replica.max_wait_s = None, 0, max_wait_s
+    replica.metrics = SimpleNamespace(sync=lambda st: None, batch=lambda n: None, queued=lambda n: None)
+    return replica
+
+
+def test_a_request_that_waited_past_max_wait_is_refused_unrun_and_its_stream_goes_on(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray.serve", reason="the replica needs ray[serve]: pip install 'edgernn[ray]'")
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    # Serve's batcher reads the replica's max_ongoing_requests from its context: this one runs outside Serve
+    config = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: config)
+    frames = np.random.default_rng(13).standard_normal((2, 3, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+    replica = _replica(model_path, max_wait_s=0.5)
+
+    async def batch(*items: tuple[dict[str, Any], float]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(replica._batched(item) for item in items)))  # one batch: under 32
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        now = time.time()
+        first = await batch(
+            ({"stream": "a", "frame": frames[0, 0]}, now), ({"stream": "b", "frame": frames[1, 0]}, now)
+        )
+        # a replica too slow for a: its frame 1 reached the batch 10 s after the ingress took it; b's is fresh
+        late = await batch(
+            ({"stream": "a", "frame": frames[0, 1]}, now - 10.0), ({"stream": "b", "frame": frames[1, 1]}, time.time())
+        )
+        again = await batch(({"stream": "a", "frame": frames[0, 1]}, time.time()))
+        return [first, late, again]
+
+    first, late, again = asyncio.run(scenario())
+    for i, r in enumerate(first):
+        assert r["steps"] == 1 and np.array_equal(r["output"], want[i][0]), r
+        assert 0 <= r["waited_s"] <= 0.5 and r["ran_s"] >= 0 and r["replica"] == "r0"
+    refused, ran = late
+    assert refused["status"] == 503 and refused["code"] == 1 and refused["retry_after"] == 1, refused
+    assert refused["stream"] == "a" and refused["state_lost"] is False and refused["waited_s"] >= 10.0
+    assert "--max-wait 0.5 s" in refused["error"] and "nothing ran" in refused["error"]
+    assert "output" not in refused and "token" not in refused
+    assert isinstance(refusal(refused), OverloadedError)
+    assert ran["steps"] == 2 and np.array_equal(ran["output"], want[1][1])  # b ran in the same batch
+    assert replica.table.stats()["requests"] == 4  # 5 frames sent: a's late one never reached the model
+    (r,) = again  # a's state was untouched: its frame 1 sent again runs as frame 1
+    assert r["steps"] == 2 and np.array_equal(r["output"], want[0][1]), r
 
 
 def test_check_health_runs_the_model_and_fails_on_a_broken_one(model_path: Path) -> None:
@@ -416,7 +490,7 @@ class _Fails:
         outer = self
 
         class _Step:
-            def remote(self, body: Any) -> Any:
+            def remote(self, body: Any, arrived: float | None = None) -> Any:
                 async def fail() -> Any:
                     raise outer.error
 
