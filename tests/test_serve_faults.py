@@ -596,6 +596,48 @@ def test_overload_is_refused_with_503_retry_after_and_edgernns_body(cluster: Any
     serve.delete(app)
 
 
+def _post(port: int, app: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    """POST one request: the HTTP status, the JSON body and the Retry-After header."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/{app}", json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read()), r.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers.get("Retry-After")
+
+
+@pytest.mark.slow  # a Ray cluster, a deployment and a 4 s batch wait
+def test_a_replica_too_slow_for_max_wait_answers_503_and_the_stream_is_untouched(
+    cluster: Any, model_path: Path
+) -> None:
+    from ray import serve
+
+    # a replica slow on purpose: a batch of 2 waits up to 4 s to fill, 4 times --max-wait. Two requests at once
+    # fill it at once and run; a lone one is taken after 4 s, having waited past the bound: refused, never run
+    app = deploy("late", model_path, replicas=1, max_batch_size=2, batch_wait_timeout_s=4.0, max_wait_s=1.0)
+    handle = serve.get_app_handle(app)
+    frames = np.random.default_rng(23).standard_normal((2, 2, FEATURES)).astype(np.float32)
+    want = local_outputs(model_path, frames)
+
+    def pair(t: int) -> list[dict[str, Any]]:
+        sent = [handle.remote({"stream": f"p{i}", "frame": frames[i, t]}) for i in range(2)]
+        return [r.result(timeout_s=60) for r in sent]
+
+    for i, r in enumerate(pair(0)):
+        assert r["steps"] == 1 and np.array_equal(r["output"], want[i][0]) and r["waited_s"] <= 1.0, r
+    status, body, retry_after = _post(cluster["port"], "late", {"stream": "p0", "frame": frames[0, 1].tolist()})
+    assert status == 503 and retry_after == "1", (status, body)
+    assert set(body) >= {"stream", "error", "code", "status", "retry_after", "state_lost", "waited_s"}, body
+    assert body["stream"] == "p0" and body["code"] == 1 and body["state_lost"] is False and body["waited_s"] >= 4.0
+    assert "--max-wait 1 s" in body["error"] and "output" not in body and "token" not in body
+    for i, r in enumerate(pair(1)):  # p0's frame 1 again: the refused one changed nothing
+        assert r["steps"] == 2 and np.array_equal(r["output"], want[i][1]), r
+    assert app_stats(app)["total"]["requests"] == 4  # 5 frames sent: the refused one never reached the model
+    serve.delete(app)
+
+
 class _Recording(StreamClient):
     """A StreamClient that records every HTTP status and error body it got, and the replica that last answered."""
 
