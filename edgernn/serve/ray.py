@@ -859,6 +859,10 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
                     moved = self.table.moved(request)
                     self.metrics.sync(self.table.stats())
                     return {**moved, "replica": self.replica}
+            waited = time.time() - arrived
+            if waited > self.max_wait_s:  # waited past the bound before it got here: refused now, not after a batch
+                sid = request.get("stream") if isinstance(request, Mapping) else None
+                return {**waited_too_long(sid, waited, self.max_wait_s), "replica": self.replica}
             self.waiting += 1
             self.metrics.queued(self.waiting)
             try:
