@@ -6,7 +6,9 @@ Two phases against one stateful deployment (``edgernn.serve.ray.stream_deploymen
    answer, send the next), for ``--capacity-s`` seconds: the accepted frames per second at saturation.
 2. **Overload**: ``--factor`` (2) times that rate, open loop: request k is due at ``t0 + k / rate`` whatever the
    answers do (a fixed arrival schedule), for ``--overload-s`` seconds. Each due request takes a stream that has
-   no request in flight (``--streams`` of them) and sends its next frame; ``--workers`` threads send them.
+   no request in flight (``--streams`` of them) and sends its next frame; ``--workers`` threads send them. A due
+   request that no worker could send within ``BEHIND_S`` (2 s) of its time is not sent and is counted
+   (``client_behind``): the client, not the server, fell short of the offered rate.
 
 Reported for the overload phase: requests accepted (200) and refused (503, with the reason: the queue bound
 ``--max-queued`` or the wait bound ``--max-wait``), and the wait of the accepted ones: as the replica measured it
@@ -18,8 +20,8 @@ every 503 carries edgernn's body and ``Retry-After``; every accepted output equa
 (a refused frame changed nothing: the stream's next frame is the same one again); the ``steps`` of every answer.
 
 Loopback only: a local Ray cluster (``init_ray``, ``local_ray_options``) and Serve's proxy on 127.0.0.1. The run
-time is bounded: about ``--capacity-s + --overload-s`` plus Ray's start and a drain of at most ``--max-wait`` +
-``--timeout-s``.
+time is bounded: about ``--capacity-s + --overload-s`` + 3 s plus Ray's start, and at most ``--timeout-s`` (30 s)
+more for the last answers.
 
     python benchmarks/serve_overload.py --json overload.json
     python benchmarks/serve_overload.py --step step.onnx --features 1 --overload-s 20
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MAX_SECONDS = 600.0  # the most --capacity-s + --overload-s may be
 MAX_STREAMS = 100_000  # the most --streams may be (each holds its outputs until the check)
+BEHIND_S = 2.0  # a due request that no worker could send within this many seconds is dropped, counted (client_behind)
 
 
 def frame(stream: int, t: int, features: int) -> np.ndarray:
@@ -180,11 +183,15 @@ def overload(
     rows: list[tuple[str, float, float, float, float, float]] = []  # outcome, late, wait, waited_s, ran_s, latency
     errors: list[BaseException] = []
     lock = threading.Lock()
-    no_stream = [0]
+    no_stream, behind = [0], [0]
 
     def run() -> None:
         client = Client(port, path, timeout_s)
         while (at := due.get()) is not None:
+            if time.perf_counter() - at > BEHIND_S:  # this client is behind its schedule: not sent, counted
+                with lock:
+                    behind[0] += 1
+                continue
             try:
                 i = streams.idle.get_nowait()
             except queue.Empty:
@@ -244,6 +251,7 @@ def overload(
         "sent": len(rows),
         "sent_per_s": len(rows) / took,
         "no_idle_stream": no_stream[0],
+        "client_behind": behind[0],
         "accepted": len(ok),
         "accepted_per_s": len(ok) / took,
         **{f"refused_{k}": sum(r[0] == k for r in rows) for k in ("wait", "queue", "other")},
@@ -273,7 +281,7 @@ def run(
     overload_s: float = 20.0,
     factor: float = 2.0,
     streams: int = 512,
-    workers: int = 128,
+    workers: int = 256,
     timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Deploy ``step`` as application ``name`` on the running Serve (HTTP on 127.0.0.1:``port``), measure its
@@ -344,7 +352,7 @@ def main() -> None:
     p.add_argument("--overload-s", type=float, default=20.0)
     p.add_argument("--factor", type=float, default=2.0, help="the offered rate, in multiples of the capacity")
     p.add_argument("--streams", type=int, default=512)
-    p.add_argument("--workers", type=int, default=128, help="threads that send the open-loop requests")
+    p.add_argument("--workers", type=int, default=256, help="threads that send the open-loop requests")
     p.add_argument("--json", type=Path, help="also write every number to this JSON file")
     args = p.parse_args()
 
@@ -396,7 +404,8 @@ def report(r: dict[str, Any]) -> None:
     )
     print(
         f"offered {o['rate_per_s']:.0f}/s ({s['factor']:g}x) for {o['seconds']:.1f} s: sent {o['sent']} "
-        f"({o['sent_per_s']:.0f}/s; {o['no_idle_stream']} found no idle stream), accepted {o['accepted']} "
+        f"({o['sent_per_s']:.0f}/s; {o['no_idle_stream']} found no idle stream, {o['client_behind']} not sent: "
+        f"the client over {BEHIND_S:g} s behind), accepted {o['accepted']} "
         f"({o['accepted_per_s']:.0f}/s), refused 503: {o['refused_wait']} past --max-wait, {o['refused_queue']} "
         f"past --max-queued, {o['refused_other']} other"
     )
