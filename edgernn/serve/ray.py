@@ -138,6 +138,37 @@ def waited_too_long(stream_id: Any, waited_s: float, max_wait_s: float) -> dict[
     }
 
 
+def overdue(request: Any, arrived: float, max_wait_s: float, now: float | None = None) -> dict[str, Any] | None:
+    """``waited_too_long``'s answer if ``request``, received at ``arrived`` (``time.time()``), has waited longer
+    than ``max_wait_s`` by ``now`` (default: now); else None."""
+    waited = (time.time() if now is None else now) - arrived
+    if waited <= max_wait_s:
+        return None
+    return waited_too_long(request.get("stream") if isinstance(request, Mapping) else None, waited, max_wait_s)
+
+
+async def run_batch(
+    table: StreamTable, items: Sequence[tuple[Any, float]], max_wait_s: float
+) -> tuple[list[dict[str, Any]], int]:
+    """One batch of (request, arrival time) as a replica takes it: a request that has waited longer than
+    ``max_wait_s`` by now is answered 503 (``waited_too_long``) and never runs; the others run together in
+    ``table.step_batch`` (in a worker thread: the event loop keeps queueing the next batch meanwhile), and each of
+    their responses says how long it waited (``waited_s``) and the batch ran (``ran_s``). Returns the responses,
+    in order, and how many ran."""
+    import asyncio
+
+    taken = time.time()
+    results: list[dict[str, Any] | None] = [overdue(raw, arrived, max_wait_s, taken) for raw, arrived in items]
+    run = [k for k, r in enumerate(results) if r is None]
+    if run:
+        t0 = time.perf_counter()
+        ran = await asyncio.to_thread(table.step_batch, [items[k][0] for k in run])
+        ran_s = round(time.perf_counter() - t0, 6)
+        for k, r in zip(run, ran, strict=True):
+            results[k] = {**r, "waited_s": round(max(taken - items[k][1], 0.0), 6), "ran_s": ran_s}
+    return [r if r is not None else {"error": "not run", "code": 70} for r in results], len(run)
+
+
 class ReplicaLostError(EdgeRNNError):
     """The replica serving a stream stopped (killed, crashed) or failed while running its request: HTTP 503, the
     response says ``state_lost: true``; resend the frame with the last response's ``token`` to resume."""
@@ -835,8 +866,7 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
             """One frame of one stream; refused unless it was routed by its stream id (stateful mode). A stateful
             replica that is draining answers a new frame with ``StreamMovedError`` (HTTP 421, the stream's token):
             the frames it already holds run to the end, a new one runs on the replica that owns the stream next.
-            ``arrived``: when the ingress received the request (``time.time()``; default: now), from which its
-            wait is counted against ``max_wait_s``."""
+            ``arrived``: the ingress's ``time.time()`` on receipt (default: now), whence ``max_wait_s`` counts."""
             arrived = time.time() if arrived is None else float(arrived)
             if not self.stateless and isinstance(request, Mapping):
                 try:
@@ -859,10 +889,9 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
                     moved = self.table.moved(request)
                     self.metrics.sync(self.table.stats())
                     return {**moved, "replica": self.replica}
-            waited = time.time() - arrived
-            if waited > self.max_wait_s:  # waited past the bound before it got here: refused now, not after a batch
-                sid = request.get("stream") if isinstance(request, Mapping) else None
-                return {**waited_too_long(sid, waited, self.max_wait_s), "replica": self.replica}
+            late = overdue(request, arrived, self.max_wait_s)
+            if late is not None:  # waited past the bound before it got here: refused now, not after a batch
+                return {**late, "replica": self.replica}
             self.waiting += 1
             self.metrics.queued(self.waiting)
             try:
@@ -873,31 +902,11 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
         async def _batched(self, items: list[tuple[Any, float]]) -> list[dict[str, Any]]:
-            """One batch of (request, arrival time): a request that has waited longer than ``max_wait_s`` when
-            the batch is taken is answered 503 (``waited_too_long``) and never runs; the others run together.
-            Each response says how long its request waited (``waited_s``) and its batch ran (``ran_s``)."""
-            import asyncio
-
-            taken = time.time()
-            waited = [max(taken - arrived, 0.0) for _, arrived in items]
-            run = [k for k, w in enumerate(waited) if w <= self.max_wait_s]
-            results: list[dict[str, Any]] = [{}] * len(items)
-            for k, w in enumerate(waited):
-                if w > self.max_wait_s:
-                    raw = items[k][0]
-                    results[k] = waited_too_long(
-                        raw.get("stream") if isinstance(raw, Mapping) else None, w, self.max_wait_s
-                    )
-            if run:
-                # onnxruntime runs in a worker thread: the event loop keeps queueing the next batch meanwhile
-                t0 = time.perf_counter()
-                ran = await asyncio.to_thread(self.table.step_batch, [items[k][0] for k in run])
-                ran_s = round(time.perf_counter() - t0, 6)
-                for k, r in zip(run, ran, strict=True):
-                    results[k] = {**r, "waited_s": round(waited[k], 6), "ran_s": ran_s}
-                self.metrics.batch(len(run))
+            results, ran = await run_batch(self.table, items, self.max_wait_s)
             for r in results:
                 r["replica"] = self.replica
+            if ran:
+                self.metrics.batch(ran)
             self.metrics.sync(self.table.stats())
             return results
 
