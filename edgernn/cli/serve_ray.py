@@ -84,6 +84,15 @@ from .common import handle_errors
     "Retry-After (nothing ran, the stream's state is kept).",
 )
 @click.option(
+    "--max-wait",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds a request may wait, from its arrival at the ingress until its replica takes it into a batch "
+    "(0.01 to 600); one that waited longer is refused with HTTP 503 and Retry-After and never runs (the stream's "
+    "state is kept). An accepted request takes at most this plus the run of one batch.",
+)
+@click.option(
     "--health-period",
     type=float,
     default=10.0,
@@ -148,6 +157,7 @@ def ray_command(
     max_id_chars: int,
     max_body_bytes: int,
     max_queued: int,
+    max_wait: float,
     health_period: float,
     health_timeout: float,
     drain_timeout: float,
@@ -160,7 +170,8 @@ def ray_command(
     batches frames of different streams into one call; a stream's frames all go to one replica (consistent
     hashing on its id), or with --stateless its state travels with each request. Runs until Ctrl-C. What a
     client sends is bounded (--max-streams, --max-id-chars, --max-body-bytes): beyond a bound a request gets an
-    HTTP 4xx with a JSON error; beyond --max-queued waiting requests, an HTTP 503 with Retry-After. Each stateful
+    HTTP 4xx with a JSON error; beyond --max-queued waiting requests, or after --max-wait seconds of waiting, an
+    HTTP 503 with Retry-After. Each stateful
     response carries a state token: send it back ("token") to resume the stream on any replica after a 503 or a
     replica's death (edgernn.serve.StreamClient does). A local cluster listens on 127.0.0.1 only.
 
@@ -193,6 +204,7 @@ def ray_command(
         health_period_s=health_period,
         health_timeout_s=health_timeout,
         drain_timeout_s=drain_timeout,
+        max_wait_s=max_wait,
     )
     check_ray_timeout(ray_timeout)
     frame = check_stream_model(model)  # before Ray starts: a model that cannot stream is refused at once
@@ -223,6 +235,7 @@ def ray_command(
             health_period_s=health_period,
             health_timeout_s=health_timeout,
             drain_timeout_s=drain_timeout,
+            max_wait_s=max_wait,
             state_tokens=state_tokens,
         )
         serve.run(app, name=app_name, route_prefix=route)

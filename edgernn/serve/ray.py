@@ -34,7 +34,9 @@
   (``StateCodec``: versioned, tied to the model's sha256, sized by the model); a request that sends it back
   resumes the stream from it on any replica, so a replica's death loses nothing for a client that keeps it
   (``edgernn.serve.StreamClient`` does). Beyond ``max_queued`` waiting requests Serve refuses and the ingress
-  answers HTTP 503 with ``Retry-After`` (``OverloadedError``); a replica that dies or fails while it holds a
+  answers HTTP 503 with ``Retry-After`` (``OverloadedError``); so is a request that waited longer than
+  ``max_wait_s`` (from the ingress's receipt) when its batch is taken: it never runs. Each response says how long
+  its request waited (``waited_s``) and its batch ran (``ran_s``). A replica that dies or fails while it holds a
   request is answered HTTP 503 with ``"state_lost": true`` (``ReplicaLostError``), never a bare 500. Each replica
   runs the model on a zero frame at start and in Serve's periodic ``check_health``, and forgets idle streams on a
   timer. ``init_ray`` starts a local cluster on 127.0.0.1 only (``local_ray_options``).
@@ -92,6 +94,8 @@ DEFAULT_HEALTH_TIMEOUT_S = 30.0  # how long one check may take before the replic
 MAX_HEALTH_S = 3600.0
 DEFAULT_DRAIN_TIMEOUT_S = 20.0  # how long a stopping replica may finish the frames it holds; --drain-timeout
 MAX_DRAIN_S = 3600.0
+DEFAULT_MAX_WAIT_S = 5.0  # how long a request may wait for its batch before it is refused (HTTP 503); --max-wait
+MIN_MAX_WAIT_S, MAX_MAX_WAIT_S = 0.01, 600.0
 DRAIN_POLL_S = 0.1  # how often Serve looks whether a draining replica still holds requests
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]  # the batch-size histogram's bounds
 TOKEN_VERSION = 1  # of the state token's layout (a token of another version is refused, never misread)
@@ -117,6 +121,52 @@ class OverloadedError(EdgeRNNError):
 
     exit_code = 1
     http_status = 503
+
+
+def waited_too_long(stream_id: Any, waited_s: float, max_wait_s: float) -> dict[str, Any]:
+    """The answer of a request that waited ``waited_s`` seconds, more than ``max_wait_s``, for its batch: HTTP 503,
+    ``Retry-After``, edgernn's body (``OverloadedError``); it did not run and the stream's state is as it was."""
+    busy = OverloadedError(
+        f"this request waited {waited_s:.3f} s for a busy replica, more than --max-wait {max_wait_s:g} s; nothing "
+        f"ran and the stream's state is kept: retry after {RETRY_AFTER_S} s"
+    )
+    return {
+        **error_response(stream_id, busy),
+        "retry_after": RETRY_AFTER_S,
+        "state_lost": False,
+        "waited_s": round(waited_s, 6),
+    }
+
+
+def overdue(request: Any, arrived: float, max_wait_s: float, now: float | None = None) -> dict[str, Any] | None:
+    """``waited_too_long``'s answer if ``request``, received at ``arrived`` (``time.time()``), has waited longer
+    than ``max_wait_s`` by ``now`` (default: now); else None."""
+    waited = (time.time() if now is None else now) - arrived
+    if waited <= max_wait_s:
+        return None
+    return waited_too_long(request.get("stream") if isinstance(request, Mapping) else None, waited, max_wait_s)
+
+
+async def run_batch(
+    table: StreamTable, items: Sequence[tuple[Any, float]], max_wait_s: float
+) -> tuple[list[dict[str, Any]], int]:
+    """One batch of (request, arrival time) as a replica takes it: a request that has waited longer than
+    ``max_wait_s`` by now is answered 503 (``waited_too_long``) and never runs; the others run together in
+    ``table.step_batch`` (in a worker thread: the event loop keeps queueing the next batch meanwhile), and each of
+    their responses says how long it waited (``waited_s``) and the batch ran (``ran_s``). Returns the responses,
+    in order, and how many ran."""
+    import asyncio
+
+    taken = time.time()
+    results: list[dict[str, Any] | None] = [overdue(raw, arrived, max_wait_s, taken) for raw, arrived in items]
+    run = [k for k, r in enumerate(results) if r is None]
+    if run:
+        t0 = time.perf_counter()
+        ran = await asyncio.to_thread(table.step_batch, [items[k][0] for k in run])
+        ran_s = round(time.perf_counter() - t0, 6)
+        for k, r in zip(run, ran, strict=True):
+            results[k] = {**r, "waited_s": round(max(taken - items[k][1], 0.0), 6), "ran_s": ran_s}
+    return [r if r is not None else {"error": "not run", "code": 70} for r in results], len(run)
 
 
 class ReplicaLostError(EdgeRNNError):
@@ -783,7 +833,9 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
             max_streams: int = DEFAULT_MAX_STREAMS,
             max_id_chars: int = DEFAULT_MAX_ID_CHARS,
             state_tokens: bool = True,
+            max_wait_s: float = DEFAULT_MAX_WAIT_S,
         ) -> None:
+            self.max_wait_s = max_wait_s
             self.table = StreamTable(
                 model,
                 ttl_s=ttl_s,
@@ -810,10 +862,12 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
             ``_serve_replica``); False where that cannot be read, and the replica then serves until it stops."""
             return bool(getattr(self._serve_replica, "_shutting_down", False))
 
-        async def step(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        async def step(self, request: Mapping[str, Any], arrived: float | None = None) -> dict[str, Any]:
             """One frame of one stream; refused unless it was routed by its stream id (stateful mode). A stateful
             replica that is draining answers a new frame with ``StreamMovedError`` (HTTP 421, the stream's token):
-            the frames it already holds run to the end, a new one runs on the replica that owns the stream next."""
+            the frames it already holds run to the end, a new one runs on the replica that owns the stream next.
+            ``arrived``: the ingress's ``time.time()`` on receipt (default: now), whence ``max_wait_s`` counts."""
+            arrived = time.time() if arrived is None else float(arrived)
             if not self.stateless and isinstance(request, Mapping):
                 try:
                     key = stream_key(request, self.table.max_id_chars)
@@ -835,23 +889,24 @@ def _replica_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
                     moved = self.table.moved(request)
                     self.metrics.sync(self.table.stats())
                     return {**moved, "replica": self.replica}
+            late = overdue(request, arrived, self.max_wait_s)
+            if late is not None:  # waited past the bound before it got here: refused now, not after a batch
+                return {**late, "replica": self.replica}
             self.waiting += 1
             self.metrics.queued(self.waiting)
             try:
-                return await self._batched(request)
+                return await self._batched((request, arrived))
             finally:
                 self.waiting -= 1
                 self.metrics.queued(self.waiting)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-        async def _batched(self, requests: list[Any]) -> list[dict[str, Any]]:
-            import asyncio
-
-            # onnxruntime runs in a worker thread: the event loop keeps queueing the next batch meanwhile
-            results = await asyncio.to_thread(self.table.step_batch, requests)
+        async def _batched(self, items: list[tuple[Any, float]]) -> list[dict[str, Any]]:
+            results, ran = await run_batch(self.table, items, self.max_wait_s)
             for r in results:
                 r["replica"] = self.replica
-            self.metrics.batch(len(requests))
+            if ran:
+                self.metrics.batch(ran)
             self.metrics.sync(self.table.stats())
             return results
 
@@ -903,10 +958,11 @@ def _ingress_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
             from starlette.requests import Request
             from starlette.responses import JSONResponse
 
+            arrived = time.time()  # a request's wait for its batch counts from here (max_wait_s)
             if not isinstance(request, Request):  # a handle's call (a starlette Request is a Mapping too)
                 if not isinstance(request, Mapping):
                     raise InputError(f"a request is a dict with 'stream' and 'frame'; got {type(request).__name__}")
-                result = await self._route(request)
+                result = await self._route(request, arrived)
                 if "error" in result:
                     raise refusal(result)
                 return result
@@ -914,7 +970,7 @@ def _ingress_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
                 body = parse_body(await self._read(request), self.max_body_bytes)
             except InputError as e:
                 return JSONResponse(error_response(None, e), status_code=http_status(e))
-            result = await self._route(body)
+            result = await self._route(body, arrived)
             status = int(result.get("status", 400)) if "error" in result else 200
             headers = {"Retry-After": str(result["retry_after"])} if "retry_after" in result else None
             try:
@@ -943,15 +999,16 @@ def _ingress_deployment(serve: Any, quiet: Mapping[str, Any]) -> Any:
                 chunks.append(chunk)
             return b"".join(chunks)
 
-        async def _route(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        async def _route(self, body: Mapping[str, Any], arrived: float | None = None) -> dict[str, Any]:
             try:
                 key = stream_key(body, self.max_id_chars)
             except InputError as e:
                 return error_response(None, e)
+            arrived = time.time() if arrived is None else arrived
             try:
                 if self.stateless:
-                    return await self.replicas.step.remote(body)
-                return await self.replicas.options(session_id=key).step.remote(body)
+                    return await self.replicas.step.remote(body, arrived)
+                return await self.replicas.options(session_id=key).step.remote(body, arrived)
             except Exception as e:  # every failure is answered in edgernn's error body
                 return failure_response(body.get("stream"), e, stateless=self.stateless)
 
@@ -1148,6 +1205,7 @@ def stream_deployment(
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     state_tokens: bool = True,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> Any:
     """A Ray Serve application serving the streams of the ``step`` export at ``model_path`` (see the module
     docstring); run it with ``serve.run(app, name=...)``, which returns the handle to send requests to.
@@ -1167,7 +1225,10 @@ def stream_deployment(
     to resume it on any replica (``StateCodec``); False saves its bytes but a replica's death loses its streams.
     ``drain_timeout_s``: how long a replica that Serve stops (scale-down, update, delete) may take to finish the
     frames it holds (Serve's ``graceful_shutdown_timeout_s``); meanwhile a stateful one answers new frames with
-    ``StreamMovedError`` and the stream's token (docs/scale-out.md, "Drain").
+    ``StreamMovedError`` and the stream's token (docs/scale-out.md, "Drain"). ``max_wait_s``: the longest a
+    request may wait, from the ingress's receipt until its batch is taken; one that waited longer is answered
+    HTTP 503 with ``Retry-After`` and never runs (docs/scale-out.md, "Overload"), so an accepted request's time in
+    the application is at most ``max_wait_s`` plus the run of one batch.
 
     The model is read here and shipped to the replicas as bytes (no shared file system needed), after a check that
     it is a stateful model that can stream.
@@ -1184,6 +1245,7 @@ def stream_deployment(
         health_period_s=health_period_s,
         health_timeout_s=health_timeout_s,
         drain_timeout_s=drain_timeout_s,
+        max_wait_s=max_wait_s,
     )
     path = Path(model_path)
     if not path.is_file():
@@ -1223,6 +1285,7 @@ def stream_deployment(
         max_streams=max_streams,
         max_id_chars=max_id_chars,
         state_tokens=state_tokens,
+        max_wait_s=float(max_wait_s),
     )
     return ingress_cls.options(num_replicas=ingress_replicas, graceful_shutdown_wait_loop_s=DRAIN_POLL_S).bind(
         replica, stateless=stateless, max_id_chars=max_id_chars, max_body_bytes=max_body_bytes
@@ -1235,8 +1298,10 @@ def check_serving(
     health_period_s: float = DEFAULT_HEALTH_PERIOD_S,
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> None:
-    """ConfigError for a queue bound, health-check or drain time outside its documented range (docs/scale-out.md)."""
+    """ConfigError for a queue bound, health-check, drain or wait time outside its documented range
+    (docs/scale-out.md)."""
     if isinstance(max_queued, bool) or not isinstance(max_queued, int) or not 1 <= max_queued <= MAX_QUEUED_LIMIT:
         raise ConfigError(
             f"max_queued (--max-queued) must be an integer in 1..{MAX_QUEUED_LIMIT:,}; got {max_queued!r}"
@@ -1251,6 +1316,11 @@ def check_serving(
     if bad or not 0.1 <= drain_timeout_s <= MAX_DRAIN_S:
         raise ConfigError(
             f"drain_timeout_s (--drain-timeout) must be seconds in 0.1..{MAX_DRAIN_S:g}; got {drain_timeout_s!r}"
+        )
+    bad = isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float))
+    if bad or not MIN_MAX_WAIT_S <= max_wait_s <= MAX_MAX_WAIT_S:
+        raise ConfigError(
+            f"max_wait_s (--max-wait) must be seconds in {MIN_MAX_WAIT_S:g}..{MAX_MAX_WAIT_S:g}; got {max_wait_s!r}"
         )
 
 
