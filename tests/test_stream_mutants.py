@@ -94,3 +94,20 @@ def test_an_output_without_a_batch_axis_is_refused_by_batched_calls_before_any_s
         np.testing.assert_array_equal(out["y"], xa[: t + 1].sum(0))
         assert out["total"] == xa[: t + 1].sum()
         np.testing.assert_array_equal(b.step(xb[t]), xb[: t + 1].sum(0))
+
+
+def test_step_all_carries_the_state_from_call_to_call_and_mixes_with_step() -> None:
+    """Every output of every step, through step_all alone (first the plain run, then the bound buffers whose
+    state inputs and outputs swap each call) and then alternating with step: the running sums, exactly."""
+    sm = StreamingModel(summing_model_with_a_total())
+    x = frames(9, seed=3)
+    s = sm.stream()
+    for t in range(5):
+        out = s.step_all(x[t])
+        np.testing.assert_array_equal(out["y"], x[: t + 1].sum(0))
+        assert out["total"] == x[: t + 1].sum()
+        np.testing.assert_array_equal(s.state["s_in"], x[: t + 1].sum(0)[None])
+    for t in range(5, 9):
+        got = s.step(x[t]) if t % 2 else s.step_all(x[t])["y"]
+        np.testing.assert_array_equal(got, x[: t + 1].sum(0))
+    assert s.steps == 9
