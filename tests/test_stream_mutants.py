@@ -111,3 +111,58 @@ def test_step_all_carries_the_state_from_call_to_call_and_mixes_with_step() -> N
         got = s.step(x[t]) if t % 2 else s.step_all(x[t])["y"]
         np.testing.assert_array_equal(got, x[: t + 1].sum(0))
     assert s.steps == 9
+
+
+def summing_token_model(chunk: int = 3) -> bytes:
+    """A token stream in chunks of ``chunk`` ids, x (batch, chunk) int64 with no feature axis (layout 'bt'):
+    s_out = s_in + the sum of the chunk's ids, y = s_out (batch, 1), a last-step readout."""
+    F = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["xf"], to=F),
+            helper.make_node("ReduceSum", ["xf", "axis1"], ["xs"], keepdims=1),
+            helper.make_node("Add", ["s_in", "xs"], ["s_out"]),
+            helper.make_node("Identity", ["s_out"], ["y"]),
+        ],
+        "summing_tokens",
+        [
+            helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", chunk]),
+            helper.make_tensor_value_info("s_in", F, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("y", F, ["batch", 1]), helper.make_tensor_value_info("s_out", F, ["batch", 1])],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m = Manifest(
+        strategy="step",
+        cell=None,
+        num_layers=1,
+        hidden_size=1,
+        bidirectional=False,
+        opset=OPSET,
+        inputs=[
+            TensorSpec("x", "int64", ["batch", chunk]),
+            TensorSpec("s_in", "float32", ["batch", 1], role="state"),
+        ],
+        outputs=[
+            TensorSpec("y", "float32", ["batch", 1]),
+            TensorSpec("s_out", "float32", ["batch", 1], role="state"),
+        ],
+        states=[StateSpec("s_in", "s_out", ["batch", 1])],
+        chunk=chunk,
+    )
+    helper.set_model_props(model, {MANIFEST_KEY: m.to_json()})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_token_stream_in_fixed_chunks_has_no_feature_size() -> None:
+    """x (batch, 3) with layout 'bt': its last axis is time, so a frame is one id and the model has no feature
+    size (what `edgernn run` shows and checks stdin's frames against); chunks of 3 ids give the running sums."""
+    sm = StreamingModel(summing_token_model(3), layout="bt")
+    assert sm.chunk == 3 and sm.axes.time == 1
+    assert sm.features is None
+    ids = np.random.default_rng(4).integers(0, 50, 12)
+    s = sm.stream()
+    got = [s.step(ids[i : i + 3]) for i in range(0, 12, 3)]
+    np.testing.assert_array_equal(np.concatenate(got), np.cumsum(ids.reshape(4, 3).sum(1)))
