@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgernn.errors import ModelFormatError
+from edgernn.errors import InputError, ModelFormatError
 from edgernn.manifest import MANIFEST_KEY, Manifest, StateSpec, TensorSpec
 from edgernn.runtime.stream import StreamingModel
 
@@ -166,3 +166,19 @@ def test_a_token_stream_in_fixed_chunks_has_no_feature_size() -> None:
     s = sm.stream()
     got = [s.step(ids[i : i + 3]) for i in range(0, 12, 3)]
     np.testing.assert_array_equal(np.concatenate(got), np.cumsum(ids.reshape(4, 3).sum(1)))
+
+
+def test_set_state_counts_the_values_that_are_not_finite_and_changes_nothing() -> None:
+    """set_state refuses a state with NaN, inf or a float64 beyond float32's range, saying how many values are
+    bad (counted after the cast to float32), and the stream goes on from the state it had."""
+    sm = StreamingModel(summing_model_with_a_total())
+    x = frames(2, seed=5)
+    s = sm.stream()
+    s.step(x[0])
+    with pytest.raises(InputError, match=r"state 's_in' has 3 value\(s\) that are not finite as float32"):
+        s.set_state({"s_in": np.array([[np.nan, 1.0, np.inf, 1e39]])})
+    with pytest.raises(InputError, match=r"state 's_in' has 1 value\(s\) that are not finite as float32"):
+        s.set_state({"s_in": np.array([[0.0, -np.inf, 2.0, 3.0]], np.float32)})
+    np.testing.assert_array_equal(s.step(x[1]), x.sum(0))
+    s.set_state({"s_in": np.array([[1.0, 2.0, 3.0, 4.0]])})
+    np.testing.assert_array_equal(s.step(x[0]), x[0] + [1, 2, 3, 4])
