@@ -182,3 +182,31 @@ def test_set_state_counts_the_values_that_are_not_finite_and_changes_nothing() -
     np.testing.assert_array_equal(s.step(x[1]), x.sum(0))
     s.set_state({"s_in": np.array([[1.0, 2.0, 3.0, 4.0]])})
     np.testing.assert_array_equal(s.step(x[0]), x[0] + [1, 2, 3, 4])
+
+
+def test_a_manifest_whose_data_input_has_another_rank_than_the_graph_is_refused_at_load() -> None:
+    """A manifest that gives the data input fewer dimensions than its graph (and names no batch or time axis) is a
+    file whose manifest does not describe it: refused when the stream model is made (ModelFormatError, exit 6),
+    not a bare ValueError from a later step."""
+    good = onnx.load_from_string(summing_model_with_a_total())
+    props = {p.key: p.value for p in good.metadata_props}
+    bad = onnx.load_from_string(summing_model_with_a_total())
+    text = props[MANIFEST_KEY].replace('"shape":["batch",1,4]', '"shape":[1,4]', 1)
+    assert text != props[MANIFEST_KEY]
+    helper.set_model_props(bad, {MANIFEST_KEY: text})
+    with pytest.raises(ModelFormatError, match=r"2 dimensions .* the graph has 3"):
+        StreamingModel(bad.SerializeToString())
+    StreamingModel(good.SerializeToString())  # the same graph with its own manifest loads
+
+
+def test_a_group_just_over_its_state_bound_is_refused_before_any_allocation() -> None:
+    """The group's state buffers are bounded at 4 GiB: 65,536 members (the most a group takes) of 8,193 float32
+    state values need 2 x 65,536 x 8,193 x 4 bytes, just over it, and are refused with the estimate named."""
+    from edgernn.errors import ConfigError
+    from edgernn.runtime.stream import StreamGroup
+
+    sm = StreamingModel(summing_model_with_a_total(features=8193))
+    need = 2 * 65536 * 8193 * 4
+    assert StreamGroup.MAX_STATE_BYTES == 4 << 30 < need
+    with pytest.raises(ConfigError, match=r"would need 4\.0 GiB of state buffers.*65,536 members and 4\.0 GiB"):
+        StreamGroup(sm, 65536)

@@ -100,10 +100,16 @@ class StreamingModel:
                 f"data input {self.data.name!r} is {self.dtype}; streams take floating point frames or integer ids"
             )
         graph_data = self.model.graph_inputs[self.data.name].shape
+        if graph_data and len(graph_data) != len(self.data.shape):
+            raise ModelFormatError(
+                f"the manifest gives input {self.data.name!r} {len(self.data.shape)} dimensions "
+                f"{_fmt(self.data.shape)} but the graph has {len(graph_data)} {_fmt(graph_data)}: the manifest does "
+                "not describe this graph; export the model again"
+            )
         # the graph's fixed sizes win over a manifest that still names an axis (e.g. "time" fixed to the chunk)
         self.shape: list[int | str] = (
             [g if isinstance(g, int) else d for d, g in zip(self.data.shape, graph_data, strict=True)]
-            if len(graph_data) == len(self.data.shape)
+            if graph_data
             else list(self.data.shape)
         )
         batch_dims = self._state_batch_names()
