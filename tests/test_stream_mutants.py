@@ -210,3 +210,22 @@ def test_a_group_just_over_its_state_bound_is_refused_before_any_allocation() ->
     assert StreamGroup.MAX_STATE_BYTES == 4 << 30 < need
     with pytest.raises(ConfigError, match=r"would need 4\.0 GiB of state buffers.*65,536 members and 4\.0 GiB"):
         StreamGroup(sm, 65536)
+
+
+def test_edgernn_run_streams_a_token_model_in_fixed_chunks_one_id_a_line() -> None:
+    """`edgernn run --stream` on a token model in chunks of 3 with no feature axis: each stdin line is one id, three
+    lines make a chunk, and each chunk's line is the running sum; a line with two ids is refused, naming it."""
+    import io
+
+    from edgernn.runtime.io import run_stream
+
+    sm = StreamingModel(summing_token_model(3), layout="bt")
+    ids = np.random.default_rng(9).integers(0, 50, 7)
+    out = io.StringIO()
+    notes = io.StringIO()
+    assert run_stream(sm, io.StringIO("".join(f"{i}\n" for i in ids)), out, notes=notes) == 7
+    got = [float(line) for line in out.getvalue().split()]
+    assert got == np.cumsum(ids[:6].reshape(2, 3).sum(1)).astype(float).tolist()
+    assert "1 frame(s) into a chunk of 3" in notes.getvalue()
+    with pytest.raises(InputError, match="stdin line 2: 2 values"):
+        run_stream(sm, io.StringIO("1\n2 3\n4\n"), io.StringIO())

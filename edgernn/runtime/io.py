@@ -362,7 +362,11 @@ def run_stream(
         raise ConfigError(f"--binary streams float32 frames; {sm.data.name!r} takes {sm.dtype} ids: send them as text")
     if binary and sm.features is None:
         raise ModelFormatError(f"the feature size of {sm.data.name!r} is not fixed in the graph; --binary needs it")
-    frames = binary_frames(stdin, sm.features or 0) if binary else text_frames(stdin, sm.features, sm.dtype)
+    ax = sm.axes
+    # a data input with no feature axis (token ids, layout "bt"): a frame is one value, and a chunk of k is (k,)
+    bare = ax.rank - (ax.batch is not None) - (ax.time is not None) == 0
+    features = 1 if bare else sm.features
+    frames = binary_frames(stdin, features or 0) if binary else text_frames(stdin, features, sm.dtype)
     stream = sm.stream()
     primary = sm.outputs[0]
     time_axis = _time_axis_without_batch(primary.axes)
@@ -373,7 +377,7 @@ def run_stream(
         pending.append(frame)
         if len(pending) < k:
             continue
-        y = stream.step(pending[0] if k == 1 else np.stack(pending))
+        y = stream.step(pending[0] if k == 1 else (np.concatenate if bare else np.stack)(pending))
         pending.clear()
         rows = [y] if time_axis is None else list(np.moveaxis(y, time_axis, 0))
         for row in rows:
