@@ -387,3 +387,71 @@ def test_the_long_run_is_bounded_before_any_work(tmp_path: Path) -> None:
     assert not out.exists()
     with pytest.raises(ConfigError, match="--long-steps must be from 1"):
         quantize(src.read_bytes(), "int8", long_steps=0, verify=False)
+
+
+@pytest.fixture(scope="module")
+def trained_rnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tools/arm64/int8_check.py's rnn-tanh H32 model (the sine task, 2 layers, 3 epochs of 512 sequences, seed 0),
+    exported native: trained, its MSE is sensitive to int8 rounding (untrained weights' is not)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    run = tmp / "run"
+    train = ["train", "--task", "sine", "--cell", "rnn-tanh", "--hidden", "32", "--layers", "2", "--epochs", "3"]
+    r = CliRunner().invoke(main, [*train, "--n-train", "512", "--seed", "0", "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    path = tmp / "rnn.onnx"
+    r = CliRunner().invoke(main, ["export", str(run), "--strategy", "native", "--out", str(path)])
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def test_recurrent_products_stay_fp32_when_per_tensor_and_per_channel_are_over_budget(
+    trained_rnn: Path, tmp_path: Path
+) -> None:
+    from edgernn.cli.optimize import format_precision
+    from edgernn.optimize.workflow import judge_task
+    from edgernn.verify.drift import metric_drop, task_metric
+
+    src = trained_rnn.read_bytes()
+    man = read_manifest({p.key: p.value for p in onnx.load_from_string(src).metadata_props})
+    task, examples = judge_task(man, None)
+    judged = {"task": task, "examples": examples, "long_steps": 50, "timing": False}
+    # the premise, measured: this model loses more than a budget under both plain schemes
+    plain = [quantize(src, "int8", per_channel=pc, max_metric_drop=1.0, **judged) for pc in (False, True)]
+    drops = [q.report["metric"]["drop"] for q in plain]
+    budget = min(drops) / 2
+    assert budget > 0, drops
+    out = tmp_path / "q.onnx"
+    q = quantize(src, "int8", out, max_metric_drop=budget, **judged)
+    how = q.report["how"]
+    assert how["recurrent"] == "fp32" and how["recurrent_products"] == 2 and how["per_channel"] is False
+    assert "per tensor loses" in how["recurrent_because"] and "per channel loses" in how["recurrent_because"]
+    assert "per_channel_because" not in how
+    # recorded in the file's manifest, and judged again here from the written file by the task's own metric
+    written = onnx.load(str(out))
+    assert read_manifest({p.key: p.value for p in written.metadata_props}).precision["how"] == how
+    fp32, low = task_metric(src, task, examples, man), task_metric(out.read_bytes(), task, examples, man)
+    assert metric_drop(task, fp32, low) == pytest.approx(q.report["metric"]["drop"], rel=1e-6)
+    assert q.report["metric"]["drop"] <= budget < min(drops)
+    # the Scan bodies multiply by R in fp32 (a MatMul, or the Gemm onnxruntime fuses it into with its bias); the
+    # input projections outside them are integer products
+    bodies = [a.g for n in written.graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body"]
+    assert len(bodies) == 2
+    integer = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    for body in bodies:
+        ops = {n.op_type for n in body.node}
+        assert ops & {"MatMul", "Gemm"} and not ops & integer, ops
+    assert integer & {n.op_type for n in written.graph.node}
+    # the size told as it is: fewer weights reduced, a smaller ratio than the all-int8 file's
+    assert 0 < q.report["weights_reduced"] < plain[0].report["weights_reduced"]
+    assert 1 < q.report["size_ratio"] < plain[0].report["size_ratio"]
+    assert "recurrent  the 2 recurrent products (h times R, every step) kept in fp32" in format_precision(q.report)
+    text = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "one scale per tensor, recurrent products in fp32" in text
+    # under what the fallback loses too: all three told, nothing written
+    out.unlink()
+    with pytest.raises(ParityError, match=r"\(per channel\) loses .*\(per tensor, recurrent products in fp32\) loses"):
+        quantize(src, "int8", out, max_metric_drop=q.report["metric"]["drop"] / 2, **judged)
+    assert not out.exists()
+    # a scale asked for: no fallback
+    with pytest.raises(ParityError, match="try --per-channel"):
+        quantize(src, "int8", out, per_channel=False, max_metric_drop=budget, **judged)

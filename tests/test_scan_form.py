@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgernn.errors import ModelFormatError
-from edgernn.optimize.scan_form import rewrite
+from edgernn.optimize.scan_form import recurrent_products, rewrite
 
 T, BATCH, IN, H = 11, 3, 5, 7
 LENGTHS = np.array([11, 6, 1], np.int32)  # a full sequence, a padded one, a single step
@@ -173,3 +173,59 @@ def test_lstm_scan_refuses_weights_that_are_not_initializers() -> None:
 def test_lstm_left_alone_unless_asked() -> None:
     model = _lstm_model()
     assert rewrite(model) == {} and [n.op_type for n in model.graph.node] == ["LSTM"]  # default ops: GRU, RNN
+
+
+def _gru_model(linear_before_reset: int) -> onnx.ModelProto:
+    """One bidirectional GRU node with random initializer weights."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (2, 3 * H, IN)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (2, 3 * H, H)).astype(np.float32), "R"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (2, 6 * H)).astype(np.float32), "B"),
+    ]
+    node = helper.make_node(
+        "GRU", ["x", "W", "R", "B"], ["Y"], name="gru", hidden_size=H, direction="bidirectional",
+        linear_before_reset=linear_before_reset,
+    )  # fmt: skip
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", f, ["T", "B", IN])],
+        [helper.make_tensor_value_info("Y", f, ["T", 2, "B", H])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(
+    ("make", "per_direction"),
+    [
+        (lambda: _lstm_model("bidirectional"), 1),
+        (lambda: _gru_model(1), 1),
+        (lambda: _gru_model(0), 2),  # h R and (r h) R_h: both carry the state into the product
+    ],
+    ids=["lstm", "gru-linear-before-reset", "gru-reset-first"],
+)
+def test_recurrent_products_are_the_state_times_r_in_each_body(make: object, per_direction: int) -> None:
+    """What a quantiser may leave in fp32: every MatMul in the rewritten bodies that takes the carried state (or
+    the reset state r h) times a slice of R, and no input projection (those are outside the Scan)."""
+    model = make()  # type: ignore[operator]
+    assert recurrent_products(model) == []  # before the rewrite: none
+    op = model.graph.node[0].op_type
+    assert rewrite(model, (op,)) == {op: 1}
+    names = recurrent_products(model)
+    assert len(names) == 2 * per_direction and len(set(names)) == len(names)
+    outer = {t.name: t for t in model.graph.initializer}
+    found = []
+    for scan in (n for n in model.graph.node if n.op_type == "Scan"):
+        body = next(a.g for a in scan.attribute if a.name == "body")
+        state = body.input[0].name
+        by_out = {o: n for n in body.node for o in n.output}
+        for n in body.node:
+            if n.op_type != "MatMul":
+                continue
+            assert n.name in names  # every product in a body is a recurrent one
+            # h itself, or r * h
+            assert n.input[0] == state or (by_out[n.input[0]].op_type == "Mul" and state in by_out[n.input[0]].input)
+            assert outer[n.input[1]].dims[0] == H  # R transposed (H, G*H) or its h-gate block
+            found.append(n.name)
+    assert sorted(found) == sorted(names)
+    assert not {n.name for n in model.graph.node} & set(names)  # the input projections are not listed

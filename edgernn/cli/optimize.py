@@ -23,6 +23,12 @@ def format_precision(report: dict[str, Any]) -> str:
         scheme = "per output channel" if how["per_channel"] else "per tensor"
         because = how.get("per_channel_because")
         lines.append(f"weights    one scale {scheme}" + (f" ({because})" if because else ""))
+    if how.get("recurrent") == "fp32":
+        because = how.get("recurrent_because")
+        lines.append(
+            f"recurrent  the {how.get('recurrent_products', '')} recurrent products (h times R, every step) kept in "
+            "fp32; only the input projections and the rest quantised" + (f" ({because})" if because else "")
+        )
     if how.get("embeddings"):
         lines.append(f"embedding  {how['embeddings']}")
     if how.get("scheme"):
@@ -117,7 +123,8 @@ def format_speed(speed: dict[str, Any] | None, to: str) -> list[str]:
     "--per-channel/--per-tensor",
     default=None,
     help="int8: one weight scale per output channel, or one per tensor. Default: per tensor, and for int8 "
-    "(dynamic) judged by a task, per channel when per tensor is over --max-metric-drop.",
+    "(dynamic) judged by a task, per channel when per tensor is over --max-metric-drop, then, when both are, the "
+    "recurrent products (h times R) kept in fp32.",
 )
 @click.option(
     "--cpu",

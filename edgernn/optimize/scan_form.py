@@ -25,6 +25,9 @@ from ..graphs import all_graphs
 _DEFAULT = ("", "ai.onnx")
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+# the names (before a fresh-name suffix) of a Scan body's recurrent products: the carried h (or, for a GRU with
+# linear_before_reset=0, r * h) times R; every other MatMul the rewrite writes is an input projection, outside
+RECURRENT = ("hr_mm", "rh_mm")
 
 
 def rewrite(model: Any, ops: tuple[str, ...] = ("GRU", "RNN")) -> dict[str, int]:
@@ -46,6 +49,24 @@ def rewrite(model: Any, ops: tuple[str, ...] = ("GRU", "RNN")) -> dict[str, int]
         graph.node.extend(out_nodes)
         _drop_unread(graph)
     return counts
+
+
+def recurrent_products(model: Any) -> list[str]:
+    """The names of the recurrent MatMul nodes (h times R, one per step) in the Scan bodies ``rewrite`` wrote into
+    ``model`` (an onnx.ModelProto), for a quantiser to leave in fp32 (``nodes_to_exclude``). Found by the names the
+    rewrite gives the Scan and its products: give it a model whose own nodes are named otherwise (the quantiser
+    renames every node ``n{i}`` before the rewrite)."""
+    import re
+
+    scan, product = re.compile(r"_scan\d(_\d+)?$"), re.compile(rf"_d\d_({'|'.join(RECURRENT)})(_\d+)?$")
+    names: list[str] = []
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            if node.op_type != "Scan" or not scan.search(node.name):
+                continue
+            body = next(a.g for a in node.attribute if a.name == "body")
+            names += [n.name for n in body.node if n.op_type == "MatMul" and product.search(n.name)]
+    return names
 
 
 def _drop_unread(graph: Any) -> None:
@@ -243,7 +264,7 @@ def _body(op: str, act: str, hidden: int, rt: str, rb: str, extra: tuple[str, ..
     gh = _GATES[op] * hidden
     h, xw, m = e.name("h"), e.name("xw"), e.name("m")
     states = [h] + ([e.name("c")] if op == "LSTM" else [])
-    hr = e.make("Add", [e.make("MatMul", [h, rt], "hr_mm"), rb], "hr")
+    hr = e.make("Add", [e.make("MatMul", [h, rt], RECURRENT[0]), rb], "hr")
     if op == "RNN":
         new = [e.make(act, [e.make("Add", [xw, hr], "pre")], "h_new")]
     elif op == "GRU":
@@ -272,7 +293,7 @@ def _gru_cell(e: _Emit, h: str, xw: str, hr: str, hidden: int, reset_h: tuple[st
     r = e.make("Sigmoid", [e.make("Add", [e.gate(xw, 1, hidden, "xr"), e.gate(hr, 1, hidden, "hrr")], "ar")], "r")
     if reset_h:
         rt_h, rb_h = reset_h
-        hh = e.make("Add", [e.make("MatMul", [e.make("Mul", [r, h], "rh"), rt_h], "rh_mm"), rb_h], "hh")
+        hh = e.make("Add", [e.make("MatMul", [e.make("Mul", [r, h], "rh"), rt_h], RECURRENT[1]), rb_h], "hh")
     else:
         hh = e.make("Mul", [r, e.gate(hr, 2, hidden, "hh_lin")], "hh")
     n = e.make("Tanh", [e.make("Add", [e.gate(xw, 2, hidden, "xh"), hh], "an")], "n")

@@ -165,6 +165,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         scheme = ""
         if prec["precision"] != "fp16" and "per_channel" in how:
             scheme = ", one scale per output channel" if how["per_channel"] else ", one scale per tensor"
+        if how.get("recurrent") == "fp32":
+            scheme += ", recurrent products in fp32"
         if how.get("scheme"):
             scheme += f", {how['scheme']} products for {how['cpu']} CPUs"
         on = prec.get("judged_on") or {}
