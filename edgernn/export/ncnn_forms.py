@@ -179,7 +179,8 @@ def _slice(
 def final_state_from_sequence(model: ModelProto) -> ModelProto:
     """Each top-graph RNN/GRU/LSTM (no ``sequence_lens``, ``layout`` 0) whose final state ``Y_h`` is read, and whose
     output sequence ``Y`` is unused or read only by a ``Transpose(0, 2, 1, 3)`` + ``Reshape(0, 0, -1)`` (the form
-    a stacked layer's ``Y`` has; added when ``Y`` is unused) or by a ``Squeeze`` of axis 1 (a fused step's form): ``Y_h`` sliced out of that, under its own name: the last
+    a stacked layer's ``Y`` has; added when ``Y`` is unused) or by a ``Squeeze`` of axis 1 (a fused step's
+    form): ``Y_h`` sliced out of that, under its own name: the last
     step for a forward layer, the first for a reverse one, and for a bidirectional one the forward half of the
     last step concatenated (axis 0) with the backward half of the first. The op then outputs ``Y`` alone, or,
     for an LSTM whose ``Y_c`` is used, ``Y``, an unused ``Y_h`` and ``Y_c``. The slices copy values: onnxruntime
