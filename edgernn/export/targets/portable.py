@@ -85,7 +85,8 @@ def engines_for(model: Any) -> tuple[list[str], dict[str, str]]:
     """The edge engines installed here that the portable check runs on ``model``, and those installed but left
     out for this graph's form, with the reason (their own target refuses that form): MNN has no Scan (`loop`);
     onnx2tf fails on Scan and fixes a recurrent op's dynamic time axis at 1, so LiteRT is run on `unroll` and the
-    plain `step` only. Engines that are not installed are in neither."""
+    plain `step` only; ncnn has no batch axis and no comparison or select layer, so it takes none of portable's
+    forms (its own target's form: batch 1, a float mask). Engines that are not installed are in neither."""
     import importlib.util
 
     from ...verify.check import as_proto
@@ -109,6 +110,9 @@ def engines_for(model: Any) -> tuple[list[str], dict[str, str]]:
         for name, module in ENGINES
         if (litert_available() if name == "litert" else importlib.util.find_spec(module) is not None)
     ]
+    if all(importlib.util.find_spec(m) is not None for m in ("ncnn", "pnnx")):
+        installed.append("ncnn")
+        refuses["ncnn"] = "no batch axis, and pnnx cannot lower Less/Where: the ncnn target's own form only"
     ran = [n for n in installed if refuses.get(n) is None]
     return ran, {n: str(refuses[n]) for n in installed if refuses.get(n) is not None}
 
