@@ -138,3 +138,83 @@ def test_an_output_whose_axes_onnx2tf_moved_is_refused() -> None:
     assert engine._shaped("h_out", np.zeros((1, 2, 8), np.float32)).shape == (2, 1, 8)  # size-1 axis moved only
     with pytest.raises(TargetError, match="onnx2tf moved its axes"):
         engine._shaped("h_out", np.zeros((8, 2, 1), np.float32))
+
+
+def test_portable_runs_litert_on_the_forms_it_takes_and_names_it_left_out_of_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgernn.export.targets.portable import engines_for
+
+    monkeypatch.setattr(litert, "litert_available", lambda: True)
+    forms = {
+        "unroll": {"seq_len": 12},
+        "step": {"chunk": 1},
+        "loop": {},
+        "native": {},
+    }
+    made = {s: export_model(_model(), None, strategy=s, target="portable", verify=False, **o) for s, o in forms.items()}
+    for strategy in ("unroll", "step"):
+        ran, left_out = engines_for(onnx.load_from_string(made[strategy].model_bytes))
+        assert "litert" in ran and "litert" not in left_out, strategy
+    ran, left_out = engines_for(onnx.load_from_string(made["loop"].model_bytes))
+    assert "litert" not in ran and left_out["litert"] == "onnx2tf fails on Scan"
+    ran, left_out = engines_for(onnx.load_from_string(made["native"].model_bytes))
+    assert "litert" not in ran and left_out["litert"] == "onnx2tf fixes the time axis of ONNX's GRU at 1"
+    assert "not this form: " in made["loop"].manifest.target_check["summary"]
+    assert "litert (onnx2tf fails on Scan)" in made["loop"].manifest.target_check["summary"]
+    monkeypatch.setattr(litert, "litert_available", lambda: False)  # not installed: neither run nor left out
+    ran, left_out = engines_for(onnx.load_from_string(made["unroll"].model_bytes))
+    assert "litert" not in ran and "litert" not in left_out
+
+
+@cache
+def _portable_unroll() -> ExportResult:
+    return export_model(_model(), None, strategy="unroll", target="portable", seq_len=12)
+
+
+@needs_litert
+def test_a_portable_export_is_checked_on_litert_a_padded_batch_included() -> None:
+    result = _portable_unroll()
+    rows = _litert_rows(result)
+    assert result.report.passed and any("padded" in c.case for c in rows), result.report.table()
+    assert all(c.max_abs <= TOL.atol for c in rows), result.report.table()
+    assert [s.name for s in result.manifest.inputs] == ["x", "lengths"]  # the portable form itself, not litert's
+    check = result.manifest.target_check
+    assert "litert" in check["parity"]["candidates"] and ", litert" in check["summary"]
+
+
+def test_a_portable_export_litert_disagrees_with_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edgernn.errors import ParityError
+
+    monkeypatch.setattr(litert, "litert_available", lambda: True)
+
+    def off_by_one(model: object, converted: object = None) -> object:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(litert._bytes(model))
+        names = {i.name for i in session.get_inputs()}
+        return lambda feed: [o + 1.0 for o in session.run(None, {k: v for k, v in feed.items() if k in names})]
+
+    monkeypatch.setattr(litert, "litert_runner", off_by_one)
+    with pytest.raises(ParityError, match="litert") as e:
+        export_model(_model(), tmp_path / "m.onnx", strategy="unroll", target="portable", seq_len=12)
+    assert e.value.exit_code == 5 and list(tmp_path.iterdir()) == []
+
+
+@needs_litert
+@pytest.mark.slow
+def test_check_target_all_includes_litert(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgernn.cli import main
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_portable_unroll().model_bytes)
+    r = CliRunner().invoke(main, ["check", str(path), "--target", "all", "--json"])
+    reports = {x["target"]: x for x in json.loads(r.output)}
+    assert reports["litert"]["passed"] is True, reports["litert"]
+    assert reports["litert"]["parity"]["passed"] is True and reports["litert"]["parity"]["max_abs"] <= TOL.atol
+    text = CliRunner().invoke(main, ["check", str(path), "--target", "all"]).output
+    assert any(line.split()[:2] == ["litert", "ok"] for line in text.splitlines()), text

@@ -1,7 +1,10 @@
 """The engine x cell x strategy matrix of docs/targets.md, generated here: every strategy each engine target claims
 is exported for that target (its own engine checked against torch as part of the export, on a padded batch where
 the form takes lengths, on a chained stream for `step`), for an Elman RNN, an LSTM, a GRU (2 layers) and a
-bidirectional GRU. A claimed cell that breaks fails this test; the table in the docs must be the one generated
+bidirectional GRU, in fp32; and the GRU's exports made int8 and fp16 by `edgernn quantize` (the file for a target
+other than `ort` holds standard ONNX ops only, checked here), run on the same engine against the fp32 file within
+that precision's own budget (``PRECISION_BOUND``), or the engine's first error line where it refuses the file. A
+claimed cell that breaks fails this test; the table in the docs must be the one generated
 (`EDGERNN_WRITE_DOCS=1 pytest tests/test_engine_matrix.py` rewrites it)."""
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ import re
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
 from edgernn.errors import TargetError
-from edgernn.export import export_model
+from edgernn.export import ExportResult, export_model
 from edgernn.export.registry import get_strategy_class
 from edgernn.export.targets import get_target
+from edgernn.graphs import all_graphs
 from edgernn.model.zoo import ModelConfig, build_model
+from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
+from edgernn.runtime.providers import make_session
+from edgernn.verify.check import check_model_inputs, first_line
+from edgernn.verify.parity import Tolerance, check, session_runner, tolerance
 
 # the quick run (-m "not slow") leaves it out: every engine x cell x strategy takes minutes
 pytestmark = pytest.mark.slow
@@ -58,9 +68,20 @@ def _missing() -> list[str]:
     )
 
 
+# the reduced precisions, each on one small model (the GRU's cells) to keep the test to minutes; the bound each is
+# judged by is quantize's own: fp16 its parity tolerance, int8 (judged by a task there, reported here) its
+# --max-drift default, the largest difference as a share of the largest fp32 output
+PRECISIONS = ("fp32", "int8", "fp16")
+PRECISION_MODELS = ("gru",)
+PRECISION_BOUND = {
+    "int8": f"max abs difference <= {DEFAULT_MAX_DRIFT:.0%} of the largest fp32 output",
+    "fp16": f"|difference| <= {tolerance('fp16').atol:g} + {tolerance('fp16').rtol:g} * |fp32 output|",
+}
+
+
 @cache
-def _cell(target: str, model: str, strategy: str) -> str:
-    """What the matrix shows for one cell: "yes" (exported and checked on the engine against torch), or why not."""
+def _export(target: str, model: str, strategy: str) -> ExportResult | str:
+    """The fp32 export for one cell (checked on the engine against torch), or why there is none."""
     tgt = get_target(target)
     if strategy not in tgt.strategies:
         return "no: " + tgt.why_not(strategy).split(";")[0].split(" (")[0]
@@ -79,7 +100,73 @@ def _cell(target: str, model: str, strategy: str) -> str:
     engines = {c.candidate for c in report.comparisons} - {"numpy", "onnxruntime:cpu"}
     if not report.passed or not engines:
         raise AssertionError(f"{target} {model} {strategy}: {report.table()}")
-    return "yes"
+    return result
+
+
+def _cell(target: str, model: str, strategy: str, precision: str = "fp32") -> str:
+    """What the matrix shows for one cell: "yes" (exported, made ``precision`` where reduced, and run on the
+    engine within that precision's bound), or why not."""
+    made = _export(target, model, strategy)
+    if isinstance(made, str):
+        return made if precision == "fp32" else "-"
+    return "yes" if precision == "fp32" else _reduced(target, model, strategy, precision)
+
+
+def _standard_ops_only(target: str, data: bytes) -> None:
+    """A file for a target other than onnxruntime holds ONNX's own ops only (no com.microsoft contrib op)."""
+    domains = {n.domain or "ai.onnx" for g in all_graphs(onnx.load_from_string(data).graph) for n in g.node}
+    assert domains <= {"ai.onnx"}, f"quantize wrote ops of {sorted(domains - {'ai.onnx'})} for target {target}"
+
+
+@cache
+def _reduced(target: str, model: str, strategy: str, precision: str) -> str:
+    """The cell's fp32 export made ``precision`` by quantize, and the target's engine(s) on it against the fp32
+    file on onnxruntime (itself within 1e-5 of torch at export) on the file's parity cases: "yes" within
+    ``PRECISION_BOUND``; else "no: " and the engine's first error line where it refuses the file, or what it
+    got wrong where it runs it (an output of another shape, or outside the bound)."""
+    made = _export(target, model, strategy)
+    assert isinstance(made, ExportResult)
+    reduced = quantize(made.model_bytes, precision, verify=False, timing=False).model_bytes
+    _standard_ops_only(target, reduced)
+    tgt = get_target(get_target(target).check)
+    structure = tgt.structure_report(reduced)
+    if structure.passed is False:
+        return "no: " + _cell_text(structure.summary)
+    session, _ = make_session(made.model_bytes, "cpu", threads=1)
+    specs, cases, through = check_model_inputs(session)
+    largest = [0.0]
+
+    def fp32(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = session_runner(session)(feed)
+        largest[0] = max([largest[0], *(float(np.max(np.abs(o))) for o in out)])
+        return out
+
+    tol = tolerance("fp16") if precision == "fp16" else Tolerance(atol=0.0, rtol=0.0)  # int8: judged below
+    try:
+        runners = {name: through(run) for name, run in tgt.runners(reduced).items()}
+        report = check(
+            through(fp32), runners, specs, [o.name for o in session.get_outputs()], cases, states=True, tol=tol
+        )
+    except TargetError as e:
+        return "no: " + _cell_text(first_line(e))
+    bound = tol.atol if precision == "fp16" else DEFAULT_MAX_DRIFT * largest[0]
+    if precision == "fp16":
+        off = [c for c in report.comparisons if not c.passed]
+    else:
+        off = [c for c in report.comparisons if not c.max_abs <= bound]
+    if not off:
+        return "yes"
+    worst = off[0]
+    shape = next((n.split(": ", 1)[1] for n in report.notes if n.startswith(f"output {worst.output} ")), None)
+    if shape is not None:  # e.g. "openvino:cpu returns shape (0, 1), the reference (1, 1)"
+        return "no: " + shape.replace("the reference", "fp32")
+    return f"no: {worst.candidate}'s {worst.output} is outside the {precision} bound"
+
+
+def _cell_text(line: str) -> str:
+    """An engine's error line as a table cell: one line, no pipes, and none of a temporary folder's path."""
+    line = re.sub(r"/tmp/[^\s:'\"]*", "…", line.replace("|", "/"))
+    return line[:160].rstrip()
 
 
 def _left_out() -> set[str]:
@@ -87,14 +174,17 @@ def _left_out() -> set[str]:
 
 
 def _table(left_out: frozenset[str] | set[str] = frozenset()) -> str:
-    head = "| target (engine) | cell | " + " | ".join(f"`{s}`" for s in STRATEGIES) + " |"
-    rows = [head, "|" + "---|" * (len(STRATEGIES) + 2)]
+    head = "| target (engine) | cell | precision | " + " | ".join(f"`{s}`" for s in STRATEGIES) + " |"
+    rows = [head, "|" + "---|" * (len(STRATEGIES) + 3)]
     for target, (engine, _) in ENGINES.items():
         if target in left_out:
             continue
         for model in MODELS:
-            cells = [_cell(target, model, s) for s in STRATEGIES]
-            rows.append(f"| `{target}` ({engine}) | {model} | " + " | ".join(cells) + " |")
+            for precision in PRECISIONS:
+                if precision != "fp32" and model not in PRECISION_MODELS:
+                    continue
+                cells = [_cell(target, model, s, precision) for s in STRATEGIES]
+                rows.append(f"| `{target}` ({engine}) | {model} | {precision} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

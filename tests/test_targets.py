@@ -240,6 +240,22 @@ def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, s
     _assert_close(_alone(model, x, lengths), run({"x": x, "lengths": lengths})[0], f"openvino {cell} {strategy}")
 
 
+def test_openvino_feeds_an_input_that_carries_several_names() -> None:
+    """An fp16 file's input also names the Cast it feeds; OpenVINO may call it by that other name, and the runner
+    dropped the input from the feed (OpenVINO then returned an empty batch, shape (0, 1))."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from edgernn.export.targets.openvino import openvino_runner
+    from edgernn.optimize.quantize import quantize
+
+    res = export_model(_model("gru"), None, strategy="native", target="openvino", verify=False)
+    fp16 = quantize(res.model_bytes, "fp16", verify=False, timing=False).model_bytes
+    x = np.random.default_rng(3).standard_normal((3, T, 3)).astype(np.float32)
+    want = ort.InferenceSession(fp16).run(None, {"x": x})[0]
+    got = openvino_runner(fp16)({"x": x})[0]
+    assert got.shape == want.shape and want.shape[0] == 3
+    assert compare(want, got, TOLERANCES["fp16"])[2], (want, got)
+
+
 @pytest.mark.slow
 def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")

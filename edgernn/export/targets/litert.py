@@ -284,7 +284,12 @@ class _Litert:
             raise TargetError(
                 f"the converted model has no input(s) {', '.join(missing)} (its inputs: {', '.join(wanted)})"
             )
-        self.input_shapes = {n: tuple(int(d) for d in wanted[n]["shape"]) for n in self.inputs}
+        # the shape each input takes, -1 where the converted model keeps an axis dynamic (a portable file's
+        # batch), and its dtype (int64 lengths stay int64)
+        self.input_shapes = {
+            n: tuple(int(d) for d in wanted[n].get("shape_signature", wanted[n]["shape"])) for n in self.inputs
+        }
+        self.input_dtypes = {n: np.dtype(wanted[n]["dtype"]) for n in self.inputs}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.inputs if n not in feed]
@@ -293,12 +298,14 @@ class _Litert:
         values = {}
         for n in self.inputs:
             v = np.asarray(feed[n])
-            if v.dtype != np.float32:
-                raise TargetError(f"litert: input {n} has dtype {v.dtype}; the litert forms take float32 only")
-            if tuple(v.shape) != self.input_shapes[n]:
+            if v.dtype != self.input_dtypes[n]:
+                takes = self.input_dtypes[n]
+                raise TargetError(f"litert: input {n} has dtype {v.dtype}; the converted model takes {takes}")
+            want = self.input_shapes[n]
+            if len(v.shape) != len(want) or any(w not in (-1, d) for d, w in zip(v.shape, want, strict=True)):
                 raise TargetError(
-                    f"litert: input {n} has shape {tuple(v.shape)}; the converted model takes {self.input_shapes[n]}"
-                    " only (fixed shapes: export for the shape you run)"
+                    f"litert: input {n} has shape {tuple(v.shape)}; the converted model takes {want} only (-1: any "
+                    "size; fixed shapes: export for the shape you run)"
                 )
             values[n] = np.ascontiguousarray(v)
         try:

@@ -45,7 +45,9 @@ def openvino_runner(model: bytes, *, threads: int = 1) -> Runner:
     except RuntimeError as e:
         raise TargetError(f"OpenVINO cannot compile this model: {_ov_message(e)}") from None
     names = [o.get_any_name() for o in compiled.outputs]
-    wanted = {i.get_any_name() for i in compiled.inputs}
+    # every name of each input: a tensor can carry several (an fp16 file's input also names the Cast it feeds), and
+    # get_any_name() may return another one than the graph input's, which dropped that input from the feed
+    wanted = {n for i in compiled.inputs for n in i.get_names()}
 
     def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result = compiled({k: v for k, v in feed.items() if k in wanted})

@@ -4,7 +4,9 @@ Padded batches are masked in plain ops (several runtimes, and onnx's own referen
 ``sequence_lens`` input of ONNX's recurrent ops), so `native` is taken only without lengths. The file is written in
 the form engines that bind concrete shapes load (``edgernn.export.travel``). The check on every export: onnx's
 reference implementation (``onnx.reference``), which follows the specification, and every edge engine installed
-here that takes the graph's form (OpenVINO, tract, MNN) compute what torch computes.
+here that takes the graph's form (OpenVINO, tract, MNN, LiteRT) compute what torch computes. An engine is left out
+only for a graph form its own target refuses (MNN: no Scan; LiteRT: no Scan and no ONNX recurrent op, so `unroll`
+and plain `step` only); the check's summary names the engines that ran and those left out, and why.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ class PortableTarget(Target):
             onnx.checker.check_model(as_proto(model), full_check=True)
         except Exception as e:
             return TargetReport(self.name, False, f"onnx checker (full): {first_line(e)}")
-        return TargetReport(self.name, True, "onnx checker (full) and strict shape inference pass")
+        ran, left_out = engines_for(model)
+        engines = "; engines: onnx.reference" + "".join(f", {n}" for n in ran)
+        if left_out:
+            engines += "; not this form: " + ", ".join(f"{n} ({why})" for n, why in left_out.items())
+        return TargetReport(self.name, True, "onnx checker (full) and strict shape inference pass" + engines)
 
     def runners(self, model: Any) -> dict[str, Runner]:
         """onnx's reference implementation, which follows the specification, and every other engine installed
@@ -70,28 +76,73 @@ class PortableTarget(Target):
         return {"onnx.reference": reference_runner(as_proto(model)), **engine_runners(model)}
 
 
-def engine_runners(model: Any) -> dict[str, Runner]:
-    """A parity runner for each edge engine installed here whose target takes this graph's form: OpenVINO and
-    tract (every strategy), MNN (no Scan: not `loop` files). An engine that is not installed is left out (the
-    export's report names the runners that ran); one that is installed and refuses the file raises TargetError."""
+# engines the portable check runs where installed: (runner name, module that must be importable)
+ENGINES = (("openvino:cpu", "openvino"), ("tract", "tract"), ("mnn", "MNN"), ("litert", "onnx2tf"))
+RECURRENT_OPS = ("RNN", "LSTM", "GRU")
+
+
+def engines_for(model: Any) -> tuple[list[str], dict[str, str]]:
+    """The edge engines installed here that the portable check runs on ``model``, and those installed but left
+    out for this graph's form, with the reason (their own target refuses that form): MNN has no Scan (`loop`);
+    onnx2tf fails on Scan and fixes a recurrent op's dynamic time axis at 1, so LiteRT is run on `unroll` and the
+    plain `step` only; ncnn has no batch axis and no comparison or select layer, so it takes none of portable's
+    forms (its own target's form: batch 1, a float mask). Engines that are not installed are in neither."""
     import importlib.util
 
-    from ...verify.check import as_bytes, as_proto
+    from ...verify.check import as_proto
+    from .litert import litert_available
 
+    ops = {n.op_type for n in as_proto(model).graph.node}
+    scan = bool(ops & {"Scan", "Loop"})
+    recurrent = sorted(ops & set(RECURRENT_OPS))
+    refuses = {
+        "mnn": "MNN's converter has no Scan" if scan else None,
+        "litert": (
+            "onnx2tf fails on Scan"
+            if scan
+            else f"onnx2tf fixes the time axis of ONNX's {'/'.join(recurrent)} at 1"
+            if recurrent
+            else None
+        ),
+    }
+    installed = [
+        name
+        for name, module in ENGINES
+        if (litert_available() if name == "litert" else importlib.util.find_spec(module) is not None)
+    ]
+    if all(importlib.util.find_spec(m) is not None for m in ("ncnn", "pnnx")):
+        installed.append("ncnn")
+        refuses["ncnn"] = "no batch axis, and pnnx cannot lower Less/Where: the ncnn target's own form only"
+    ran = [n for n in installed if refuses.get(n) is None]
+    return ran, {n: str(refuses[n]) for n in installed if refuses.get(n) is not None}
+
+
+def engine_runners(model: Any) -> dict[str, Runner]:
+    """A parity runner for each edge engine installed here whose target takes this graph's form
+    (``engines_for``): OpenVINO and tract (every strategy), MNN (not `loop`), LiteRT (`unroll` and plain `step`,
+    the portable file itself converted by the litert target's onnx2tf child process). An engine that is not
+    installed is left out (the export's report names the runners that ran); one that is installed and refuses
+    the file raises TargetError."""
+    from ...verify.check import as_bytes
+
+    ran, _ = engines_for(model)
     out: dict[str, Runner] = {}
-    if importlib.util.find_spec("openvino") is not None:
+    if "openvino:cpu" in ran:
         from .openvino import openvino_runner
 
         out["openvino:cpu"] = openvino_runner(as_bytes(model))
-    if importlib.util.find_spec("tract") is not None:
+    if "tract" in ran:
         from .tract import tract_runner
 
         out["tract"] = tract_runner(model)
-    scan = any(n.op_type in ("Scan", "Loop") for n in as_proto(model).graph.node)
-    if importlib.util.find_spec("MNN") is not None and not scan:
+    if "mnn" in ran:
         from .mnn import mnn_runner
 
         out["mnn"] = mnn_runner(as_bytes(model))
+    if "litert" in ran:
+        from .litert import litert_runner
+
+        out["litert"] = litert_runner(as_bytes(model))
     return out
 
 
