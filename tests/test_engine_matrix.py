@@ -23,7 +23,7 @@ import torch
 from edgernn.errors import TargetError
 from edgernn.export import ExportResult, export_model
 from edgernn.export.registry import get_strategy_class
-from edgernn.export.targets import get_target
+from edgernn.export.targets import get_target, reduced_form
 from edgernn.graphs import all_graphs
 from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
@@ -126,7 +126,7 @@ def _reduced(target: str, model: str, strategy: str, precision: str) -> str:
     got wrong where it runs it (an output of another shape, or outside the bound)."""
     made = _export(target, model, strategy)
     assert isinstance(made, ExportResult)
-    reduced = quantize(made.model_bytes, precision, verify=False, timing=False).model_bytes
+    reduced = quantize(made.model_bytes, precision, verify=False, timing=False, target_form=reduced_form).model_bytes
     _standard_ops_only(target, reduced)
     tgt = get_target(get_target(target).check)
     structure = tgt.structure_report(reduced)

@@ -322,3 +322,29 @@ def test_tract_limits_recorded_in_docs_still_hold() -> None:
     for message, model in expected.items():
         report = tract_structure(model)
         assert report.passed is False and message in report.summary, report.summary
+
+
+@needs_tract
+@pytest.mark.parametrize("strategy", ["native", "loop"])
+def test_an_int8_file_of_a_tract_export_loads_in_tract_and_stays_near_torch(strategy: str) -> None:
+    """onnxruntime's quantiser writes symbolic dims (``unk__1``) into the graph's value_info, which tract refuses
+    against a bound size ("Impossible to unify Sym(unk__1) with Val(2)" at the Scan); `edgernn quantize` puts the
+    reduced file back in the tract target's form (``reduced_form``), and tract then runs it within quantize's own
+    drift bound of torch (5% of the largest output) on a padded batch."""
+    from edgernn.export.targets import reduced_form
+    from edgernn.export.travel import bound_shape_problems
+    from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
+
+    made = _export("gru", strategy, target="tract")
+    raw = quantize(made.model_bytes, "int8", verify=False, timing=False).model_bytes
+    assert bound_shape_problems(onnx.load_from_string(raw))  # what tract refused before
+    reduced = quantize(made.model_bytes, "int8", verify=False, timing=False, target_form=reduced_form).model_bytes
+    assert bound_shape_problems(onnx.load_from_string(reduced)) == []
+    feed, want = _feed("gru", strategy)
+    if strategy == "native":  # the tract target's native export takes no lengths: every sequence is whole
+        x = feed["x"]
+        feed, want = {"x": x}, _torch("gru", x)
+    (got,) = tract_runner(reduced)(feed)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= DEFAULT_MAX_DRIFT * np.abs(want).max()
+    assert reduced_form("ort", made.model_bytes) is made.model_bytes  # other targets' files are left as they are

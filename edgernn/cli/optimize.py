@@ -158,10 +158,10 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
     """
     require_model_file(model)
     require_checkpoint(o["ckpt"])
-    from ..export.targets import recheck_structure
+    from ..export.targets import recheck_structure, reduced_form
     from ..optimize.workflow import quantize_file
 
-    result = quantize_file(model, to, out, target_check=recheck_structure, **o)
+    result = quantize_file(model, to, out, target_check=recheck_structure, target_form=reduced_form, **o)
     if as_json:
         echo_json(result.to_dict())
         return

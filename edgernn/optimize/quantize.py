@@ -117,6 +117,7 @@ def quantize(
     timing: bool = True,
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: Callable[[str | None, bytes], dict[str, Any] | None] | None = None,
+    target_form: Callable[[str | None, bytes], bytes] | None = None,
 ) -> QuantizeResult:
     """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
 
@@ -134,6 +135,8 @@ def quantize(
     ``timing``: time the reduced file against the fp32 one on this CPU (in turns) and report both.
     ``max_drift``: without a task, the reduced file's outputs on ``data`` may differ from the fp32 file's by at
     most this share of the fp32 outputs' largest magnitude, or ``ParityError`` and nothing is written.
+    ``target_form(target, reduced)``: the reduced file in the form its target's engine loads, before it is judged
+    (``edgernn.export.targets.reduced_form``: e.g. no symbolic shapes where tract binds concrete ones).
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -177,6 +180,7 @@ def quantize(
                 verify,
                 product,
                 max_drift,
+                target_form,
             )
             break
         except _OverBudget as e:
@@ -239,6 +243,7 @@ def _make_and_judge(
     verify: bool,
     scheme: Scheme,
     max_drift: float,
+    target_form: Callable[[str | None, bytes], bytes] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The reduced file and its report; ``_OverBudget`` when its task metric is over the budget (other failures
     raise their own errors)."""
@@ -254,6 +259,8 @@ def _make_and_judge(
     if tables:
         how["embeddings"] = tables
     reduced = shrunk.SerializeToString()
+    if target_form is not None and manifest is not None:
+        reduced = target_form(manifest.target, reduced)
     _loads_at_every_level(reduced)
     report: dict[str, Any] = {"precision": to, "how": how, **_storage(proto, reduced, to)}
     if verify:

@@ -19,6 +19,7 @@ from .schemes import scheme_for
 
 # (target, reduced model bytes) -> the target's check as the manifest records it, or None (nothing to record)
 TargetCheck = Callable[[str | None, bytes], dict[str, Any] | None]
+TargetForm = Callable[[str | None, bytes], bytes]
 
 
 def quantize_file(
@@ -36,6 +37,7 @@ def quantize_file(
     golden: bool | str | os.PathLike[str] = False,
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: TargetCheck | None = None,
+    target_form: TargetForm | None = None,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -58,6 +60,7 @@ def quantize_file(
         golden=golden,
         max_drift=max_drift,
         target_check=target_check,
+        target_form=target_form,
     )
 
 
@@ -76,10 +79,12 @@ def quantize_bytes(
     golden: bool | str | os.PathLike[str] = False,
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: TargetCheck | None = None,
+    target_form: TargetForm | None = None,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
     ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
-    the export room above passes it in)."""
+    the export room above passes it in), and ``target_form`` puts the reduced file in the form its target's engine
+    loads (``edgernn.export.targets.reduced_form``)."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     check_budget(max_drift, "--max-drift")
     if long_steps is not None:
@@ -115,6 +120,7 @@ def quantize_bytes(
         golden=golden,
         max_drift=max_drift,
         target_check=target_check,
+        target_form=target_form,
     )
 
 

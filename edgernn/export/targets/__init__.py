@@ -180,6 +180,20 @@ def target_runners(target: str, model: Any) -> dict[str, Runner]:
     return get_target(target).runners(model)
 
 
+def reduced_form(target: str | None, model: bytes) -> bytes:
+    """A reduced (int8/fp16) version of one of ``target``'s exports in the shape form its engine loads: for a
+    target whose engine binds concrete shapes (tract, portable, LiteRT), without the symbolic dims that
+    onnxruntime's quantiser writes into the graph's value_info (tract refuses ``Sym(unk__1)`` against a bound
+    size); otherwise ``model`` unchanged. ``edgernn.optimize.quantize`` takes this as its ``target_form``."""
+    if target is None or target not in target_names() or not get_target(target).bound_shapes:
+        return model
+    import onnx
+
+    from ..travel import for_bound_shapes
+
+    return for_bound_shapes(onnx.load_from_string(model)).SerializeToString()
+
+
 def recheck_structure(target: str | None, model: bytes) -> dict[str, Any] | None:
     """The target's check of a reduced (int8/fp16) version of one of its exports, as the manifest records it;
     None for onnxruntime's (nothing to ask again) or a file with no known target. ``edgernn.optimize.quantize``
