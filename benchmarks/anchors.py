@@ -14,7 +14,10 @@ Candidates, each with one thread:
                  floor of any onnxruntime caller)
     torch        torch eager (the edgernn model itself)
     executorch   ExecuTorch with the XNNPACK delegate: torch.export -> to_edge_transform_and_lower -> .pte
-                 (the `bench-anchors` extra: pip install 'edgernn[bench-anchors]')
+                 (the `bench-anchors` extra: pip install 'edgernn[bench-anchors]'); the lowering runs in a child
+                 process given --lower-budget seconds (past it: "not measured", naming the cached lowerings of the
+                 same model at other T), and its .pte is kept in --cache (~/.cache/edgernn/anchors), named by a
+                 hash of the module, its weights, the input shapes and the versions, so a run pays it once
     tract        tract on edgernn's export for target tract
     openvino     OpenVINO's CPU plugin on edgernn's export for target openvino, inputs and outputs shared
 
