@@ -14,7 +14,10 @@ Candidates, each with one thread:
                  floor of any onnxruntime caller)
     torch        torch eager (the edgernn model itself)
     executorch   ExecuTorch with the XNNPACK delegate: torch.export -> to_edge_transform_and_lower -> .pte
-                 (the `bench-anchors` extra: pip install 'edgernn[bench-anchors]')
+                 (the `bench-anchors` extra: pip install 'edgernn[bench-anchors]'); the lowering runs in a child
+                 process given --lower-budget seconds (past it: "not measured", naming the cached lowerings of the
+                 same model at other T), and its .pte is kept in --cache (~/.cache/edgernn/anchors), named by a
+                 hash of the module, its weights, the input shapes and the versions, so a run pays it once
     tract        tract on edgernn's export for target tract
     openvino     OpenVINO's CPU plugin on edgernn's export for target openvino, inputs and outputs shared
 
@@ -209,26 +212,132 @@ class FeedStep:
         return out[0]
 
 
-def executorch_program(net: Any, example: tuple[Any, ...]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    if importlib.util.find_spec("executorch") is None:
-        raise Missing("executorch")
+def executorch_lowered(net: Any, example: tuple[Any, ...]) -> bytes:
+    """The ``.pte`` of ``net`` for ``example``: torch.export -> to_edge_transform_and_lower (XNNPACK) ->
+    to_executorch."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        exported = torch.export.export(net, example)
+    return bytes(to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+
+
+def executorch_program(pte: bytes) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    if importlib.util.find_spec("executorch") is None:
+        raise Missing("executorch")
+    import torch
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
     portable_lib._unsafe_reset_threadpool(1)  # one thread, as every other candidate
-    with torch.no_grad():
-        exported = torch.export.export(net, example)
-    pte = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-    program = Runtime.get().load_program(pte.buffer)  # the method reads the program: keep both alive
+    program = Runtime.get().load_program(pte)  # the method reads the program: keep both alive
     method = program.load_method("forward")
 
-    def run(feed: list[np.ndarray], _keep: Any = program) -> list[np.ndarray]:
+    def run(feed: list[np.ndarray], _keep: Any = (program, pte)) -> list[np.ndarray]:
         return [o.numpy() for o in method.execute([torch.from_numpy(a) for a in feed])]
 
     return run
+
+
+# -- the lowered programs, cached: ExecuTorch's lowering of the T=100 sequence takes minutes -------------------------
+
+
+class NotMeasured(Exception):
+    """The candidate could not be prepared within its time budget."""
+
+
+def cache_key(net: Any, shapes: list[tuple[int, ...]]) -> str:
+    """A hash of everything the lowered program depends on: the module's structure (its repr names the cell, the
+    sizes and the layers), every weight's name, shape and bytes, the example inputs' shapes, and the versions of
+    torch and ExecuTorch. Another model, other weights or another T give another key."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(repr(net).encode())
+    h.update(repr(shapes).encode())
+    versions = _versions()
+    h.update(f"torch {versions['torch']} executorch {versions['executorch']}".encode())
+    for name, tensor in net.state_dict().items():
+        a = tensor.detach().cpu().contiguous().numpy()
+        h.update(f"{name} {a.dtype} {a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _lower_to(path: str, cell: str, dims: tuple[int, int, int, int], seq_len: int | None) -> None:
+    """In a child process: rebuild the model (``build`` is seeded: the same weights), lower it, write the .pte."""
+    import torch
+
+    from edgernn.files import write_atomic
+
+    torch.set_num_threads(1)
+    model = build(cell, *dims)
+    x = torch.zeros(1, seq_len or 1, dims[0])
+    write_atomic(path, executorch_lowered(plain_twin(model), (x, *(torch.from_numpy(z) for z in zero_states(model)))))
+
+
+def cache_path(cell: str, dims: tuple[int, int, int, int], seq_len: int | None, cache: Path) -> Path:
+    """Where the lowered program of ``build(cell, *dims)`` (one step when ``seq_len`` is None) is kept."""
+    model = build(cell, *dims)
+    shapes = [(1, seq_len or 1, dims[0]), *(z.shape for z in zero_states(model))]
+    key = cache_key(plain_twin(model), shapes)
+    return cache / f"{cell}-{'step' if seq_len is None else f'T{seq_len}'}-{key}.pte"
+
+
+def cached_pte(cell: str, dims: tuple[int, int, int, int], seq_len: int | None, cache: Path, budget: float,
+               info: dict[str, Any]) -> bytes:  # fmt: skip
+    """The lowered program of the model ``build(cell, *dims)`` stepping one frame (``seq_len`` None) or running
+    ``seq_len`` steps: read from ``cache`` when a run already lowered the same model, else lowered in a child
+    process given ``budget`` seconds (NotMeasured past it) and kept there. ``info`` gets the key, whether it came
+    from the cache and the lowering's seconds."""
+    import multiprocessing
+
+    path = cache_path(cell, dims, seq_len, cache)
+    info.update(cache_key=path.stem.rsplit("-", 1)[1], cached=path.exists())
+    if path.exists():
+        return path.read_bytes()
+    if importlib.util.find_spec("executorch") is None:
+        raise Missing("executorch")
+    t = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_lower_to, args=(str(path), cell, dims, seq_len), daemon=True
+    )
+    child.start()
+    child.join(budget)
+    if child.is_alive():
+        child.terminate()
+        child.join()
+        earlier = ", ".join(f"T={n}: {s:g} s" for n, s in lowering_times(cache, cell, dims).items())
+        raise NotMeasured(
+            f"ExecuTorch's lowering (torch.export -> to_edge_transform_and_lower with XNNPACK) of "
+            f"{'the step' if seq_len is None else f'T={seq_len}'} did not finish within {budget:g} s "
+            f"(--lower-budget)" + (f"; the same model's lowerings in the cache took {earlier}" if earlier else "")
+        )
+    if child.exitcode != 0 or not path.exists():
+        raise RuntimeError(f"ExecuTorch's lowering failed (exit code {child.exitcode})")
+    info["lower_s"] = round(time.perf_counter() - t, 1)
+    from edgernn.files import write_atomic
+
+    record = {"cell": cell, "dims": list(dims), "seq_len": seq_len, "lower_s": info["lower_s"], **_versions()}
+    write_atomic(path.with_suffix(".json"), json.dumps(record).encode())
+    return path.read_bytes()
+
+
+def lowering_times(cache: Path, cell: str, dims: tuple[int, int, int, int]) -> dict[int, float]:
+    """The seconds each lowering of this model's sequence kept in ``cache`` took (with these versions), by T:
+    how the lowering grows with T."""
+    versions = _versions()
+    out = {}
+    for f in cache.glob(f"{cell}-T*.json"):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("dims") == list(dims) and all(r.get(k) == versions[k] for k in ("torch", "executorch")):
+            out[int(r["seq_len"])] = float(r["lower_s"])
+    return dict(sorted(out.items()))
 
 
 def tract_program(path: Path, feed: list[np.ndarray]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
@@ -284,6 +393,8 @@ def _guard(name: str, make: Callable[[], Any], report: dict[str, Any]) -> Any:
         return make()
     except Missing as e:
         report[name] = {"status": "missing", "why": f"{e} is not installed: pip install 'edgernn[{EXTRAS[name]}]'"}
+    except NotMeasured as e:
+        report[name] = {"status": "not measured", "why": str(e)}
     except Exception as e:  # an engine that cannot load or run the model: reported, not timed
         report[name] = {"status": "failed", "why": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     return None
@@ -294,25 +405,39 @@ def run_cell(cell: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     model = build(cell, args.features, args.hidden, args.layers, args.outputs)
-    twin = plain_twin(model)
-    zeros = zero_states(model)
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((CHECK_STEPS, 1, 1, args.features)).astype(np.float32)
     seq = rng.standard_normal((1, args.seq_len, args.features)).astype(np.float32)
+    dims = (args.features, args.hidden, args.layers, args.outputs)
+    out: dict[str, Any] = {"step": {}, "sequence": {}}
+    if "step" in args.parts:
+        out["step"] = run_step(cell, model, dims, frames, args, tmp)
+    if "sequence" in args.parts:
+        out["sequence"] = run_sequence(cell, model, dims, seq, args, tmp)
+    return out
+
+
+def run_step(cell: str, model: Any, dims: tuple[int, int, int, int], frames: np.ndarray, args: argparse.Namespace,
+             tmp: Path) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    zeros = zero_states(model)
     with torch.inference_mode():
         want_steps = [y.numpy() for y in model(torch.from_numpy(frames[:, 0, 0][None])).split(1, dim=1)]
-        want_seq = model(torch.from_numpy(seq)).numpy()
-
     step_file = _export(model, tmp / f"{cell}-step.onnx", strategy="step", chunk=1)
-    native_file = _export(model, tmp / f"{cell}-native.onnx", strategy="native")
-    example = (torch.from_numpy(frames[0]), *(torch.from_numpy(z) for z in zeros))
-
-    step_report: dict[str, Any] = {}
+    report: dict[str, Any] = {}
+    lowering: dict[str, Any] = {}
     steppers: dict[str, Any] = {
-        "edgernn": _guard("edgernn", lambda: EdgernnStep(step_file), step_report),
-        "ort_bound": _guard("ort_bound", lambda: BoundStep(step_file, zeros), step_report),
+        "edgernn": _guard("edgernn", lambda: EdgernnStep(step_file), report),
+        "ort_bound": _guard("ort_bound", lambda: BoundStep(step_file, zeros), report),
         "torch": TorchStep(model),
-        "executorch": _guard("executorch", lambda: FeedStep(executorch_program(twin, example), zeros), step_report),
+        "executorch": _guard(
+            "executorch",
+            lambda: FeedStep(
+                executorch_program(cached_pte(cell, dims, None, args.cache, args.lower_budget, lowering)), zeros
+            ),
+            report,
+        ),
         "tract": _guard(
             "tract",
             lambda: FeedStep(
@@ -322,7 +447,7 @@ def run_cell(cell: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 ),
                 zeros,
             ),
-            step_report,
+            report,
         ),
         "openvino": _guard(
             "openvino",
@@ -332,31 +457,45 @@ def run_cell(cell: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 ),
                 zeros,
             ),
-            step_report,
+            report,
         ),
     }
     timed: dict[str, Callable[[], Any]] = {}
     for name, st in steppers.items():
         if st is None:
             continue
-        diff = _guarded_diff(name, lambda st=st: _step_diff(st, frames, want_steps), step_report)
+        diff = _guarded_diff(name, lambda st=st: _step_diff(st, frames, want_steps), report)
         if diff is None:
             continue
         st.reset()
         frame = frames[0]
         timed[name] = st.bare if isinstance(st, BoundStep) else (lambda st=st, frame=frame: st.step(frame))
-    _time(timed, step_report, args)
+    _time(timed, report, args)
+    if (lowering.get("cached") or "lower_s" in lowering) and "executorch" in report:  # a program was loaded
+        report["executorch"]["lowering"] = lowering
+    return report
 
-    seq_report: dict[str, Any] = {}
-    if "sequence" not in args.parts:
-        return {"step": step_report, "sequence": seq_report}
+
+def run_sequence(cell: str, model: Any, dims: tuple[int, int, int, int], seq: np.ndarray, args: argparse.Namespace,
+                 tmp: Path) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    zeros = zero_states(model)
+    with torch.inference_mode():
+        want_seq = model(torch.from_numpy(seq)).numpy()
+    native_file = _export(model, tmp / f"{cell}-native.onnx", strategy="native")
+    report: dict[str, Any] = {}
+    lowering: dict[str, Any] = {}
     runners: dict[str, Any] = {
-        "edgernn": _guard("edgernn", lambda: _edgernn_sequence(native_file), seq_report),
+        "edgernn": _guard("edgernn", lambda: _edgernn_sequence(native_file), report),
         "torch": lambda x: _torch_sequence(model, x),
         "executorch": _guard(
             "executorch",
-            lambda: _with_zero_state(executorch_program(twin, (torch.from_numpy(seq), *example[1:])), zeros),
-            seq_report,
+            lambda: _with_zero_state(
+                executorch_program(cached_pte(cell, dims, seq.shape[1], args.cache, args.lower_budget, lowering)),
+                zeros,
+            ),
+            report,
         ),
         "tract": _guard(
             "tract",
@@ -365,25 +504,27 @@ def run_cell(cell: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     _export(model, tmp / f"{cell}-native-tract.onnx", strategy="native", target="tract"), [seq]
                 )
             ),
-            seq_report,
+            report,
         ),
         "openvino": _guard(
             "openvino",
             lambda: _first(
                 openvino_program(_export(model, tmp / f"{cell}-native-ov.onnx", strategy="native", target="openvino"))
             ),
-            seq_report,
+            report,
         ),
     }
     timed = {}
     for name, fn in runners.items():
         if fn is None:
             continue
-        diff = _guarded_diff(name, lambda fn=fn: float(np.abs(fn(seq) - want_seq).max()), seq_report)
+        diff = _guarded_diff(name, lambda fn=fn: float(np.abs(fn(seq) - want_seq).max()), report)
         if diff is not None:
             timed[name] = lambda fn=fn: fn(seq)
-    _time(timed, seq_report, args, calls=max(1, args.calls // 10))
-    return {"step": step_report, "sequence": seq_report}
+    _time(timed, report, args, calls=max(1, args.calls // 10))
+    if (lowering.get("cached") or "lower_s" in lowering) and "executorch" in report:  # a program was loaded
+        report["executorch"]["lowering"] = lowering
+    return report
 
 
 def _with_zero_state(
@@ -470,7 +611,21 @@ def main() -> None:
     ap.add_argument(
         "--parts",
         default="step,sequence",
-        help="comma list of step, sequence (default both; ExecuTorch lowers the sequence unrolled: minutes)",
+        help="comma list of step, sequence (default both; ExecuTorch lowers the sequence unrolled: see --lower-budget)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "edgernn" / "anchors",
+        help="folder of ExecuTorch's lowered programs, keyed by the model, its weights, T and the versions "
+        "(default ~/.cache/edgernn/anchors)",
+    )
+    ap.add_argument(
+        "--lower-budget",
+        type=float,
+        default=300.0,
+        help="seconds ExecuTorch may spend lowering one program not in the cache; past it the candidate is "
+        "reported as not measured (default 300)",
     )
     out = ap.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
@@ -479,6 +634,8 @@ def main() -> None:
     for name in ("features", "hidden", "layers", "outputs", "seq_len", "rounds", "calls"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.lower_budget > 0:
+        ap.error("--lower-budget must be above 0 seconds")
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts or args.parts - {"step", "sequence"}:
         ap.error("--parts takes step and/or sequence")
@@ -550,11 +707,14 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for part in ("step", "sequence"):
         for cell, entries in r[part].items():
-            lines.append(f"| {part} | {cell} | " + " | ".join(_cell(entries, c) for c in CANDIDATES) + " |")
+            if entries:  # a part not asked for (--parts) has no rows
+                lines.append(f"| {part} | {cell} | " + " | ".join(_cell(entries, c) for c in CANDIDATES) + " |")
     lines += ["", "Time over edgernn's (below 1: faster than edgernn):", ""]
     lines += ["| call | cell | " + " | ".join(CANDIDATES[1:]) + " |", "|---|---|" + "---|" * (len(CANDIDATES) - 1)]
     for part in ("step", "sequence"):
         for cell, q in r["ratios"][part].items():
+            if not r[part][cell]:
+                continue
             lines.append(
                 f"| {part} | {cell} | " + " | ".join(f"{q[c]:.2f}x" if q.get(c) else "-" for c in CANDIDATES[1:]) + " |"
             )
@@ -565,6 +725,15 @@ def markdown(r: dict[str, Any]) -> str:
         for name, e in entries.items()
         if isinstance(e, dict) and e.get("status") not in ("timed",)
     ]
+    notes += [
+        f"- {part} {cell} executorch: " + (
+            "lowered program read from the cache" if e["lowering"]["cached"]
+            else f"lowered in {e['lowering']['lower_s']:g} s (now cached)"
+        )
+        for part in ("step", "sequence")
+        for cell, entries in r[part].items()
+        if isinstance(e := entries.get("executorch"), dict) and "lowering" in e
+    ]  # fmt: skip
     return "\n".join([*lines, *([""] if notes else []), *notes])
 
 

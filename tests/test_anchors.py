@@ -14,10 +14,11 @@ CANDIDATES = {"edgernn", "ort_bound", "torch", "executorch", "tract", "openvino"
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = tmp_path_factory.mktemp("anchors-cache")  # ExecuTorch's lowered programs, where it is installed
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--cells", "gru", "--features", "3", "--hidden", "4", "--layers", "2",
-         "--outputs", "2", "--seq-len", "4", "--rounds", "2", "--calls", "3", "--json"],
+         "--outputs", "2", "--seq-len", "4", "--rounds", "2", "--calls", "3", "--cache", str(cache), "--json"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -46,7 +47,7 @@ def test_every_timed_candidate_was_checked_against_torch(report: dict) -> None:
                 if entry is not None:
                     assert report[part]["gru"][name[:-3]]["status"] == "timed"
                 continue
-            assert entry["status"] in {"timed", "missing", "failed", "wrong"}, entry
+            assert entry["status"] in {"timed", "missing", "failed", "wrong", "not measured"}, entry
             if entry["status"] == "timed":
                 seen += 1
                 assert entry["max_abs_diff"] <= 1e-5  # checked, within tolerance, before it was timed
@@ -65,3 +66,47 @@ def test_markdown_names_every_candidate(report: dict) -> None:
 
     text = anchors.markdown(report)
     assert all(c in text for c in CANDIDATES) and report["command"] in text and "| step | gru |" in text
+
+
+def _anchors():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import anchors
+
+    return anchors
+
+
+DIMS = (3, 4, 2, 2)  # features, hidden, layers, outputs
+
+
+def test_cache_key_follows_the_model_its_weights_and_t() -> None:
+    import torch
+
+    anchors = _anchors()
+    shapes = [(1, 4, 3), (2, 1, 4)]
+    twin = anchors.plain_twin(anchors.build("gru", *DIMS))
+    key = anchors.cache_key(twin, shapes)
+    assert anchors.cache_key(anchors.plain_twin(anchors.build("gru", *DIMS)), shapes) == key  # the same model
+    assert anchors.cache_key(twin, [(1, 5, 3), (2, 1, 4)]) != key  # another T
+    lstm = anchors.plain_twin(anchors.build("lstm", *DIMS))
+    assert anchors.cache_key(lstm, [*shapes, (2, 1, 4)]) != key
+    assert anchors.cache_key(anchors.plain_twin(anchors.build("gru", 3, 5, 2, 2)), [(1, 4, 3), (2, 1, 5)]) != key
+    with torch.no_grad():
+        twin.rnn.weight_hh_l1[0, 0] += 1e-6  # one weight, barely changed
+    assert anchors.cache_key(twin, shapes) != key
+
+
+def test_cache_is_never_read_for_another_model(tmp_path: Path) -> None:
+    anchors = _anchors()
+    path = anchors.cache_path("gru", DIMS, 4, tmp_path)
+    path.write_bytes(b"the gru's T=4 program")
+    info: dict = {}
+    assert anchors.cached_pte("gru", DIMS, 4, tmp_path, 0.001, info) == b"the gru's T=4 program"
+    assert info["cached"] is True and info["cache_key"] in path.name
+    for cell, dims, seq_len in [("lstm", DIMS, 4), ("gru", (3, 5, 2, 2), 4), ("gru", DIMS, 5), ("gru", DIMS, None)]:
+        assert anchors.cache_path(cell, dims, seq_len, tmp_path) != path
+        info = {}
+        # not in the cache: lowered (not within 1 ms) where ExecuTorch is installed, missing where it is not
+        with pytest.raises((anchors.Missing, anchors.NotMeasured)):
+            anchors.cached_pte(cell, dims, seq_len, tmp_path, 0.001, info)
+        assert info["cached"] is False
+    assert [f.name for f in tmp_path.iterdir()] == [path.name]  # nothing half-written beside it
