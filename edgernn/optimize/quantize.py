@@ -198,19 +198,7 @@ def quantize(
         report["how"]["recurrent_because"] = "; ".join(_because(o) for o in over)
     elif over:
         report["how"]["per_channel_because"] = _because(over[0])
-    out_bytes = reduced
-    new_manifest = None
-    if manifest is not None:
-        new_manifest = replace(manifest, precision=report)
-        # target_check(target, reduced): the target's tool asked again (edgernn.export.targets.recheck_structure)
-        found = target_check(manifest.target, reduced) if target_check is not None else None
-        if found is not None:  # its tool asked again: recorded, not fatal
-            new_manifest = replace(new_manifest, target_check=found)
-        import onnx
-
-        q = onnx.load_from_string(reduced)
-        write_manifest(q, new_manifest)
-        out_bytes = q.SerializeToString(deterministic=True)
+    out_bytes, new_manifest = _with_manifest(reduced, manifest, report, target_check)
     # timed on this CPU at this moment: reported, never written into the file
     speed = _speed(source, reduced, manifest) if timing and verify else None
     path = None
@@ -226,6 +214,28 @@ def quantize(
             golden_at, new_manifest, task, examples, fp32_metric=metric["fp32"], budget=max_metric_drop
         )
     return result
+
+
+def _with_manifest(
+    reduced: bytes,
+    manifest: Manifest | None,
+    report: dict[str, Any],
+    target_check: Callable[[str | None, bytes], dict[str, Any] | None] | None,
+) -> tuple[bytes, Manifest | None]:
+    """The reduced file with the fp32 file's manifest, its ``precision`` entry set to ``report`` and, where
+    ``target_check`` gives one, the target's tool's answer on the reduced file; unchanged without a manifest."""
+    if manifest is None:
+        return reduced, None
+    new_manifest = replace(manifest, precision=report)
+    # target_check(target, reduced): the target's tool asked again (edgernn.export.targets.recheck_structure)
+    found = target_check(manifest.target, reduced) if target_check is not None else None
+    if found is not None:  # its tool asked again: recorded, not fatal
+        new_manifest = replace(new_manifest, target_check=found)
+    import onnx
+
+    q = onnx.load_from_string(reduced)
+    write_manifest(q, new_manifest)
+    return q.SerializeToString(deterministic=True), new_manifest
 
 
 def _make_and_judge(

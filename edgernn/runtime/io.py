@@ -363,8 +363,9 @@ def run_stream(
     if binary and sm.features is None:
         raise ModelFormatError(f"the feature size of {sm.data.name!r} is not fixed in the graph; --binary needs it")
     ax = sm.axes
-    # a data input with no feature axis (token ids, layout "bt"): a frame is one value, and a chunk of k is (k,)
-    bare = ax.rank - (ax.batch is not None) - (ax.time is not None) == 0
+    # a data input with no feature axis (token ids, layout "bt") in fixed chunks of k > 1: a line is one id, and
+    # k of them make the chunk (k,); with k = 1 a line is passed as it is (a dynamic time axis takes a line of ids)
+    bare = k > 1 and ax.rank - (ax.batch is not None) - (ax.time is not None) == 0
     features = 1 if bare else sm.features
     frames = binary_frames(stdin, features or 0) if binary else text_frames(stdin, features, sm.dtype)
     stream = sm.stream()
