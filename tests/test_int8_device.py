@@ -389,6 +389,15 @@ def test_the_long_run_is_bounded_before_any_work(tmp_path: Path) -> None:
         quantize(src.read_bytes(), "int8", long_steps=0, verify=False)
 
 
+def _max_error(fp32: bytes, reduced: bytes, examples: list) -> float:
+    """The largest difference between two files' predictions on the task's validation sequences."""
+    from edgernn.verify.drift import task_predictions
+
+    man = read_manifest({p.key: p.value for p in onnx.load_from_string(fp32).metadata_props})
+    pairs = zip(task_predictions(fp32, examples, man), task_predictions(reduced, examples, man), strict=True)
+    return max(float(np.abs(a - b).max()) for a, b in pairs)
+
+
 @pytest.fixture(scope="module")
 def trained_rnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tools/arm64/int8_check.py's rnn-tanh H32 model (the sine task, 2 layers, 3 epochs of 512 sequences, seed 0),
@@ -405,9 +414,10 @@ def trained_rnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_recurrent_products_stay_fp32_when_per_tensor_and_per_channel_are_over_budget(
-    trained_rnn: Path, tmp_path: Path
+    trained_rnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from edgernn.cli.optimize import format_precision
+    from edgernn.graphs import all_graphs
     from edgernn.optimize.workflow import judge_task
     from edgernn.verify.drift import metric_drop, task_metric
 
@@ -447,10 +457,41 @@ def test_recurrent_products_stay_fp32_when_per_tensor_and_per_channel_are_over_b
     assert "recurrent  the 2 recurrent products (h times R, every step) kept in fp32" in format_precision(q.report)
     text = CliRunner().invoke(main, ["inspect", str(out)]).output
     assert "one scale per tensor, recurrent products in fp32" in text
-    # under what the fallback loses too: all three told, nothing written
+    # under what that loses too: the weights alone in int8, every product in fp32 (the fourth try)
+    recurrent_drop = q.report["metric"]["drop"]
+    tight = recurrent_drop / 2
+    w = quantize(src, "int8", out, max_metric_drop=tight, **judged)
+    how = w.report["how"]
+    assert how["weight_only"] is True and how["products"] == "fp32" and how["per_channel"] is True
+    assert how["weight_matrices"] == 5  # two layers' W and R, and the head
+    for label in ("per tensor loses", "per channel loses", "per tensor, recurrent products in fp32 loses"):
+        assert label in how["weight_only_because"], how["weight_only_because"]
+    assert w.report["metric"]["drop"] <= tight
+    assert w.report["judged_on"].get("note") is None  # no integer product: the same numbers on every CPU
+    written = onnx.load(str(out))
+    assert read_manifest({p.key: p.value for p in written.metadata_props}).precision["how"] == how
+    fp32, low = task_metric(src, task, examples, man), task_metric(out.read_bytes(), task, examples, man)
+    assert metric_drop(task, fp32, low) == pytest.approx(w.report["metric"]["drop"], rel=1e-6)
+    ops = {n.op_type for g in all_graphs(written.graph) for n in g.node}
+    assert not ops & (integer | {"DequantizeLinear", "DynamicQuantizeLinear"}), ops
+    int8 = [t for g in all_graphs(written.graph) for t in g.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 5 and w.report["size_ratio"] > q.report["size_ratio"]
+    assert "weights    only the 5 weight matrices int8" in format_precision(w.report)
+    assert (
+        "weights only (one scale per output channel), products in fp32"
+        in CliRunner().invoke(main, ["inspect", str(out)]).output
+    )
+    # and it is the closest of the four to the fp32 file on the validation set
+    errors = [_max_error(src, x.model_bytes, examples) for x in (*plain, q, w)]
+    assert errors[-1] == min(errors), errors
+    # a budget every try is over: all four told, nothing written
     out.unlink()
-    with pytest.raises(ParityError, match=r"\(per channel\) loses .*\(per tensor, recurrent products in fp32\) loses"):
-        quantize(src, "int8", out, max_metric_drop=q.report["metric"]["drop"] / 2, **judged)
+    with monkeypatch.context() as mp:
+        mp.setattr(drift_mod, "metric_drop", lambda task, a, b: 0.5)
+        with pytest.raises(
+            ParityError, match=r"\(per channel\) loses .*\(weights only, per channel, products in fp32\) loses"
+        ):
+            quantize(src, "int8", out, max_metric_drop=budget, **judged)
     assert not out.exists()
     # a scale asked for: no fallback
     with pytest.raises(ParityError, match="try --per-channel"):

@@ -110,6 +110,9 @@ def test_over_the_metric_budget_nothing_is_written(tmp_path: Path, monkeypatch: 
     assert r.exit_code == ParityError.exit_code, r.output
     assert "over the budget of 1.00%; nothing was written" in r.output
     assert "(per tensor) loses 25.00%" in r.output and "(per channel) loses 25.00%" in r.output  # both were tried
+    # and the two last tries: the recurrent products in fp32, then the weights alone in int8
+    assert "(per tensor, recurrent products in fp32) loses 25.00%" in r.output
+    assert "(weights only, per channel, products in fp32) loses 25.00%" in r.output
     assert not out.exists()
 
 

@@ -19,7 +19,14 @@ def format_precision(report: dict[str, Any]) -> str:
         f"{(report.get('how') or {}).get('weights') or report['precision'].split('-')[0]}"
     ]
     how = report.get("how") or {}
-    if report["precision"] != "fp16" and "per_channel" in how:
+    if how.get("weight_only"):
+        because = how.get("weight_only_because")
+        lines.append(
+            f"weights    only the {how.get('weight_matrices', '')} weight matrices int8 (one scale per output "
+            "channel), turned back into fp32 in the graph: every product fp32, at fp32's speed, the same on every CPU"
+            + (f" ({because})" if because else "")
+        )
+    elif report["precision"] != "fp16" and "per_channel" in how:
         scheme = "per output channel" if how["per_channel"] else "per tensor"
         because = how.get("per_channel_because")
         lines.append(f"weights    one scale {scheme}" + (f" ({because})" if because else ""))
@@ -31,7 +38,7 @@ def format_precision(report: dict[str, Any]) -> str:
         )
     if how.get("embeddings"):
         lines.append(f"embedding  {how['embeddings']}")
-    if how.get("scheme"):
+    if how.get("scheme") and not how.get("weight_only"):
         lines.append(f"products   {how['scheme']} ({how['weights']} weights) for {how['cpu']} CPUs")
     if "drift" in report:
         lines.append(f"drift      max abs {report['drift']['max_abs']:.3g} against fp32 on the parity cases")

@@ -163,7 +163,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         long = prec.get("long_drift") or {}
         how = prec.get("how") or {}
         scheme = ""
-        if prec["precision"] != "fp16" and "per_channel" in how:
+        if how.get("weight_only"):
+            scheme = ", weights only (one scale per output channel), products in fp32"
+        elif prec["precision"] != "fp16" and "per_channel" in how:
             scheme = ", one scale per output channel" if how["per_channel"] else ", one scale per tensor"
         if how.get("recurrent") == "fp32":
             scheme += ", recurrent products in fp32"

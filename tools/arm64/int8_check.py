@@ -9,11 +9,11 @@ For each cell and hidden size (2 layers, the sine task): ``edgernn train`` (a fe
 means something), ``edgernn export RUN --strategy S``, then for each scheme ``edgernn quantize M --to int8 --cpu C
 --golden`` here, which must pass the 1% budget. A file over the budget here is made again with the budget lifted
 just over the smallest loss quantize reported (so the file measured is the best of its tries: per tensor, per
-channel, recurrent products in fp32), and its golden file's budget set back to 1%: the aarch64 verdict is then the
-one a 1% golden would give. In the root: ``edgernn verify INT8 --golden INT8.golden.npz`` (exit 0: within the budget
-there), and ``task_outputs.py`` on the fp32 and int8 files (the golden's validation sequences); the same script
-here. Reported per file: the task metric (fp32, int8 here, int8 on aarch64), the drop on each, the max abs error
-of the int8 predictions against the fp32 ones on each CPU, and their ratio x86 / aarch64.
+channel, recurrent products in fp32, weights only), and its golden file's budget set back to 1%: the aarch64 verdict
+is then the one a 1% golden would give. In the root: ``edgernn verify INT8 --golden INT8.golden.npz`` (exit 0:
+within the budget there), and ``task_outputs.py`` on the fp32 and int8 files (the golden's validation sequences);
+the same script here. Reported per file: the task metric (fp32, int8 here, int8 on aarch64), the drop on each, the
+max abs error of the int8 predictions against the fp32 ones on each CPU, and their ratio x86 / aarch64.
 
 Exit 0 when every ``any`` file passed the budget here, passed verify in the root, and its x86 error is at most
 ``RATIO_BOUND`` times its aarch64 error; other schemes are reported, not required. 1 otherwise, 2 when the device
@@ -66,6 +66,7 @@ class Row:
     file: str
     per_channel: bool | None = None
     recurrent_fp32: bool = False  # quantize's third try: the recurrent products (h times R) kept in fp32
+    weight_only: bool = False  # its fourth: only the weights int8, every product fp32
     quantize_rc: int = -1  # with the 1% budget, here
     quantize_error: str = ""  # quantize's message when it refused
     lifted: bool = False  # made again with the budget lifted (over budget here)
@@ -235,6 +236,7 @@ def quantize(work: Path, fp32: Path, row: Row) -> tuple[Path, Path]:
         _set_budget(golden, BUDGET)
     row.per_channel = bool(rep["how"]["per_channel"])
     row.recurrent_fp32 = rep["how"].get("recurrent") == "fp32"
+    row.weight_only = bool(rep["how"].get("weight_only"))
     row.metric = rep["metric"]["name"]
     row.fp32, row.int8_x86, row.drop_x86 = rep["metric"]["fp32"], rep["metric"]["reduced"], rep["metric"]["drop"]
     return out, golden
@@ -381,6 +383,8 @@ def table(report: Report) -> str:
     ]
     for r in report.rows:
         weights = ("per channel" if r.per_channel else "per tensor") + (", recurrent fp32" if r.recurrent_fp32 else "")
+        if r.weight_only:
+            weights = "weights only, per channel"
         lines.append(
             f"| {r.cell} | {r.hidden} | {r.strategy} | {r.scheme} | {weights} "
             f"| {_g(r.fp32)} / {_g(r.int8_x86)} / {_g(r.int8_arm)} "
