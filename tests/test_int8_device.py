@@ -413,6 +413,26 @@ def trained_rnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_weights_only_asked_for_is_the_only_try(trained_rnn: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w.onnx"
+    bad_options = [(["--to", "fp16"], "cannot be combined with --to fp16"), (["--to", "int8", "--per-tensor"], "drop")]
+    for bad, says in bad_options:
+        r = CliRunner().invoke(main, ["quantize", str(trained_rnn), *bad, "--weights-only", "--out", str(out)])
+        assert r.exit_code == 2 and says in r.output, r.output
+        assert not out.exists()
+    args = ["quantize", str(trained_rnn), "--to", "int8", "--weights-only", "--long-steps", "50", "--json"]
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = _strict(r.output[r.output.index("{") :])
+    how = rep["how"]
+    assert how["weight_only"] is True and "weight_only_because" not in how  # asked for: nothing else was tried
+    assert rep["metric"]["drop"] <= rep["metric"]["budget"]
+    inits = onnx.load(str(out)).graph.initializer
+    int8 = [int(np.prod(t.dims)) for t in inits if t.data_type == onnx.TensorProto.INT8]
+    fp32 = [int(np.prod(t.dims)) for t in inits if t.data_type == onnx.TensorProto.FLOAT]
+    assert len(int8) == 5 and sum(int8) > 10 * sum(fp32)  # W and R of 2 layers and the head; biases and scales fp32
+
+
 def test_recurrent_products_stay_fp32_when_per_tensor_and_per_channel_are_over_budget(
     trained_rnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,6 +131,7 @@ def quantize(
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: Callable[[str | None, bytes], dict[str, Any] | None] | None = None,
     target_form: Callable[[str | None, bytes], bytes] | None = None,
+    weight_only: bool = False,
 ) -> QuantizeResult:
     """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
 
@@ -150,9 +151,12 @@ def quantize(
     most this share of the fp32 outputs' largest magnitude, or ``ParityError`` and nothing is written.
     ``target_form(target, reduced)``: the reduced file in the form its target's engine loads, before it is judged
     (``edgernn.export.targets.reduced_form``: e.g. no symbolic shapes where tract binds concrete ones).
+    ``weight_only``: int8 with only the weights reduced (``edgernn.optimize.weight_only``), the only try; without
+    it, that is the last try of int8 judged without a choice of scale.
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
+    check_weight_only(to, per_channel, weight_only)
     check_budget(max_metric_drop)
     check_budget(max_drift, "--max-drift")
     if long_steps is not None:
@@ -169,8 +173,8 @@ def quantize(
     # int8 (dynamic) without a choice: per tensor; per output channel when per tensor is over the budget; and when
     # both are, the recurrent products (h times R, once per step) kept in fp32 and only the rest quantised
     judged = (task is not None and examples is not None) or data is not None
-    fallback = to == "int8" and per_channel is None and verify and judged
-    candidates = list(_CANDIDATES) if fallback else [_Candidate(bool(per_channel))]
+    fallback = to == "int8" and per_channel is None and verify and judged and not weight_only
+    candidates = list(_CANDIDATES) if fallback else [_Candidate(bool(per_channel) or weight_only, False, weight_only)]
     over: list[str] = []
     tried: list[_Candidate] = []
     for candidate in candidates:
@@ -392,6 +396,14 @@ def _duplicate_initializers(graph: Any, keep: set[str]) -> dict[str, str]:
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return same
+
+
+def check_weight_only(to: str, per_channel: bool | None, weight_only: bool) -> None:
+    """ConfigError when ``--weights-only`` is combined with what it cannot be."""
+    if weight_only and to != "int8":
+        raise ConfigError(f"--weights-only makes an int8 file; it cannot be combined with --to {to}")
+    if weight_only and per_channel is False:
+        raise ConfigError("--weights-only keeps one scale per output channel; drop --per-tensor")
 
 
 def check_budget(value: Any, option: str = "--max-metric-drop") -> None:

@@ -14,7 +14,14 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..manifest import MANIFEST_KEY, Manifest, read_manifest
 from ..progress import stage
 from ..verify.drift import check_long_steps
-from .quantize import DEFAULT_MAX_DRIFT, DEFAULT_MAX_METRIC_DROP, QuantizeResult, check_budget, quantize
+from .quantize import (
+    DEFAULT_MAX_DRIFT,
+    DEFAULT_MAX_METRIC_DROP,
+    QuantizeResult,
+    check_budget,
+    check_weight_only,
+    quantize,
+)
 from .schemes import scheme_for
 
 # (target, reduced model bytes) -> the target's check as the manifest records it, or None (nothing to record)
@@ -38,6 +45,7 @@ def quantize_file(
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: TargetCheck | None = None,
     target_form: TargetForm | None = None,
+    weights_only: bool = False,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -61,6 +69,7 @@ def quantize_file(
         max_drift=max_drift,
         target_check=target_check,
         target_form=target_form,
+        weights_only=weights_only,
     )
 
 
@@ -80,12 +89,14 @@ def quantize_bytes(
     max_drift: float = DEFAULT_MAX_DRIFT,
     target_check: TargetCheck | None = None,
     target_form: TargetForm | None = None,
+    weights_only: bool = False,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
     ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
     the export room above passes it in), and ``target_form`` puts the reduced file in the form its target's engine
     loads (``edgernn.export.targets.reduced_form``)."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
+    check_weight_only(to, per_channel, weights_only)
     check_budget(max_drift, "--max-drift")
     if long_steps is not None:
         check_long_steps(long_steps)
@@ -121,6 +132,7 @@ def quantize_bytes(
         max_drift=max_drift,
         target_check=target_check,
         target_form=target_form,
+        weight_only=weights_only,
     )
 
 
