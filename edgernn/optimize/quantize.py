@@ -170,11 +170,8 @@ def quantize(
         raise ConfigError("this file is already reduced; quantise the fp32 export")
     product = scheme_for(cpu)
     golden_at = _golden_target(golden, out, task, examples, manifest, verify)
-    # int8 (dynamic) without a choice: per tensor; per output channel when per tensor is over the budget; and when
-    # both are, the recurrent products (h times R, once per step) kept in fp32 and only the rest quantised
     judged = (task is not None and examples is not None) or data is not None
-    fallback = to == "int8" and per_channel is None and verify and judged and not weight_only
-    candidates = list(_CANDIDATES) if fallback else [_Candidate(bool(per_channel) or weight_only, False, weight_only)]
+    candidates = _candidates(to, per_channel, weight_only, verify and judged)
     over: list[str] = []
     tried: list[_Candidate] = []
     for candidate in candidates:
@@ -233,6 +230,15 @@ def quantize(
             golden_at, new_manifest, task, examples, fp32_metric=metric["fp32"], budget=max_metric_drop
         )
     return result
+
+
+def _candidates(to: str, per_channel: bool | None, weight_only: bool, judged: bool) -> list[_Candidate]:
+    """The files to try in turn. int8 (dynamic) judged, without a choice: per tensor; per output channel when per
+    tensor is over the budget; when both are, the recurrent products (h times R, once per step) kept in fp32 and
+    only the rest quantised; when that is over too, the weights alone (``_CANDIDATES``). Otherwise the one asked."""
+    if to == "int8" and per_channel is None and judged and not weight_only:
+        return list(_CANDIDATES)
+    return [_Candidate(bool(per_channel) or weight_only, weight_only=weight_only)]
 
 
 def _with_manifest(
