@@ -169,6 +169,18 @@ def test_a_tensor_used_as_anything_but_a_weight_is_left_alone() -> None:
     assert [t.name for t in m.graph.initializer] == ["w"] and len(m.graph.node) == 2
 
 
+def test_an_initializer_that_is_also_an_input_is_left_alone() -> None:
+    """A default value the caller may feed instead (initializers listed as inputs): it must stay a graph input."""
+    w = np.full((4, 4), 0.3, np.float32)
+    m = _tiny([numpy_helper.from_array(w, "w")], [helper.make_node("MatMul", ["x", "w"], ["y"])])
+    m.graph.input.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 4]))
+    assert quantize_weights(m) == 0
+    assert [t.data_type for t in m.graph.initializer] == [onnx.TensorProto.FLOAT] and len(m.graph.node) == 1
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, other = np.ones((2, 4), np.float32), np.eye(4, dtype=np.float32)
+    np.testing.assert_array_equal(s.run(None, {"x": x, "w": other})[0], x)  # still the caller's to replace
+
+
 def test_a_tensor_read_as_two_kinds_of_weight_gets_one_scale() -> None:
     w = np.array([[1.0, 0.01, 2.0, 0.5], [0.5, -2.0, 0.0, 1.0], [0.0, 1.0, 3.0, 0.0], [3.0, 0.0, 0.1, 0.2]], np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gemm", ["h", "w"], ["y"], transB=1)]

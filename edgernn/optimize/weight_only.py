@@ -14,9 +14,10 @@ activations to int8 as well (its accuracy level 4): measured on an LSTM loop exp
 from what the rounded weights compute. ``Cast`` and ``Mul`` of constants are folded by onnxruntime's constant
 folding when the session is made, into exactly the rounded fp32 weights: the products are fp32, at fp32's speed.
 
-A weight is an fp32 initializer of rank >= 2 that every node using it (in the main graph or in a Scan, Loop or If
-body) takes as a weight: ``MatMul``'s second input, ``Gemm``'s B, the W and R of ``LSTM``/``GRU``/``RNN``. Anything
-else (biases, embedding tables read by ``Gather``, shapes) stays as it is. Torch-free.
+A weight is an fp32 initializer of rank >= 2 (not also a graph input) that every node using it (in the main graph or
+in a Scan, Loop or If body) takes as a weight: ``MatMul``'s second input, ``Gemm``'s B, the W and R of
+``LSTM``/``GRU``/``RNN``. Anything else (biases, embedding tables read by ``Gather``, shapes) stays as it is.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ def _quantize_graph(graph: Any) -> int:
     restore: list[Any] = []
     taken = {t.name for t in graph.initializer} | {n for node in graph.node for n in node.output}
     taken |= {v.name for v in (*graph.input, *graph.output)}
+    fed = {v.name for v in graph.input}  # an initializer also listed as an input is a default the caller may replace
     for init in graph.initializer:
         seen = axes.get(init.name, set())
-        if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2 or not seen or None in seen:
+        weight = init.data_type == onnx.TensorProto.FLOAT and len(init.dims) >= 2 and seen and None not in seen
+        if not weight or init.name in fed:
             kept.append(init)
             continue
         w = numpy_helper.to_array(init)
