@@ -25,6 +25,16 @@ def all_graphs(graph: Any) -> Iterator[Any]:
             yield from all_graphs(g)
 
 
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... whichever is not in ``taken`` (which it joins)."""
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
 def constant_value(name: str, initializers: Mapping[str, Any], producer: Mapping[str, Any]) -> np.ndarray | None:
     """The value of tensor ``name`` when it is an initializer or a (default-domain) ``Constant`` node's output
     (``value`` or ``value_ints``), else None. ``producer`` maps output names to the nodes that make them."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..graphs import all_graphs, subgraphs
+from ..graphs import all_graphs, fresh_name, subgraphs
 
 _DEFAULT = ("", "ai.onnx")
 # ops with no data input whose output is a constant by definition: never "computing on weights"
@@ -164,15 +164,6 @@ def _drop_unused_initializers(top: Any) -> None:
             g.initializer.extend(kept)
 
 
-def _fresh(graph: Any, base: str, taken: set[str]) -> str:
-    name, n = base, 0
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
-
-
 def _all_names(graph: Any) -> set[str]:
     names: set[str] = set()
     for g in all_graphs(graph):
@@ -199,7 +190,7 @@ def _separate_outputs(graph: Any) -> None:
         return
     taken = _all_names(graph)
     for name in shared:
-        inner = _fresh(graph, f"{name}__value", taken)
+        inner = fresh_name(f"{name}__value", taken)
         for g in all_graphs(graph):
             for node in g.node:
                 node.input[:] = [inner if n == name else n for n in node.input]
@@ -207,7 +198,7 @@ def _separate_outputs(graph: Any) -> None:
         for vi in graph.value_info:
             if vi.name == name:
                 vi.name = inner
-        graph.node.append(onnx.helper.make_node("Identity", [inner], [name], name=_fresh(graph, f"{name}_out", taken)))
+        graph.node.append(onnx.helper.make_node("Identity", [inner], [name], name=fresh_name(f"{name}_out", taken)))
 
 
 def _constant_value(graph: Any, top: Any, name: str) -> np.ndarray | None:
@@ -239,7 +230,7 @@ def _gather_as_slice(graph: Any, top: Any) -> None:
 
     def const(values: tuple[int, ...]) -> str:
         if values not in consts:
-            name = _fresh(graph, "gather_slice_" + "_".join(str(v).replace("-", "m") for v in values), taken)
+            name = fresh_name("gather_slice_" + "_".join(str(v).replace("-", "m") for v in values), taken)
             graph.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
             consts[values] = name
         return consts[values]
@@ -255,18 +246,18 @@ def _gather_as_slice(graph: Any, top: Any) -> None:
         i = int(idx)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         end = i + 1 if i != -1 else np.iinfo(np.int64).max
-        sliced = _fresh(graph, f"{node.output[0]}__slice", taken)
+        sliced = fresh_name(f"{node.output[0]}__slice", taken)
         new_nodes.append(
             helper.make_node(
                 "Slice",
                 [node.input[0], const((i,)), const((int(end),)), const((axis,))],
                 [sliced],
-                name=_fresh(graph, f"{node.name or 'gather'}_slice", taken),
+                name=fresh_name(f"{node.name or 'gather'}_slice", taken),
             )
         )
         new_nodes.append(
             helper.make_node(
-                "Squeeze", [sliced, const((axis,))], list(node.output), name=node.name or _fresh(graph, "sq", taken)
+                "Squeeze", [sliced, const((axis,))], list(node.output), name=node.name or fresh_name("sq", taken)
             )
         )
     del graph.node[:]

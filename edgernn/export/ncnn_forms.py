@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..graphs import constant_value
+from ..graphs import constant_value, fresh_name
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -57,15 +57,6 @@ def _attr(node: Any, name: str) -> Any:
         if a.name == name:
             return helper.get_attribute_value(a)
     return None
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
 
 
 def _names(graph: Any) -> set[str]:
@@ -100,20 +91,22 @@ def gemm_addend_as_add(model: ModelProto) -> ModelProto:
             nodes.append(node)
             continue
         base = node.name or "gemm"
-        product = _fresh(f"{node.output[0]}__product", taken)
+        product = fresh_name(f"{node.output[0]}__product", taken)
         kept = [a for a in node.attribute if a.name != "beta"]
-        gemm = helper.make_node("Gemm", list(node.input[:2]), [product], name=_fresh(f"{base}_product", taken))
+        gemm = helper.make_node("Gemm", list(node.input[:2]), [product], name=fresh_name(f"{base}_product", taken))
         gemm.attribute.extend(kept)
         nodes.append(gemm)
         addend = node.input[2]
         beta = _attr(node, "beta")
         if beta is not None and float(beta) != 1.0:
-            scale = _fresh(f"{base}_beta", taken)
+            scale = fresh_name(f"{base}_beta", taken)
             graph.initializer.append(numpy_helper.from_array(np.array(beta, np.float32), scale))
-            scaled = _fresh(f"{addend}__beta", taken)
-            nodes.append(helper.make_node("Mul", [addend, scale], [scaled], name=_fresh(f"{base}_scale", taken)))
+            scaled = fresh_name(f"{addend}__beta", taken)
+            nodes.append(helper.make_node("Mul", [addend, scale], [scaled], name=fresh_name(f"{base}_scale", taken)))
             addend = scaled
-        nodes.append(helper.make_node("Add", [product, addend], list(node.output), name=_fresh(f"{base}_add", taken)))
+        nodes.append(
+            helper.make_node("Add", [product, addend], list(node.output), name=fresh_name(f"{base}_add", taken))
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     return out
@@ -166,13 +159,13 @@ def _slice(
     ``graph``); returns its output, ``target`` when given."""
     from onnx import helper, numpy_helper
 
-    name = target or _fresh(f"{source}__slice", taken)
+    name = target or fresh_name(f"{source}__slice", taken)
     consts = []
     for what, value in (("starts", start), ("ends", end), ("axes", axis)):
-        const = _fresh(f"{base}_{what}", taken)
+        const = fresh_name(f"{base}_{what}", taken)
         graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), const))
         consts.append(const)
-    nodes.append(helper.make_node("Slice", [source, *consts], [name], name=_fresh(f"{base}_slice", taken)))
+    nodes.append(helper.make_node("Slice", [source, *consts], [name], name=fresh_name(f"{base}_slice", taken)))
     return name
 
 
@@ -249,22 +242,24 @@ def final_state_from_sequence(model: ModelProto) -> ModelProto:
         ):
             continue
         base = node.name or node.op_type.lower()
-        y = outs[0] or _fresh(f"{base}_Y", taken)
+        y = outs[0] or fresh_name(f"{base}_Y", taken)
         if used(y):
             sequence = sequence_of(y)
             if sequence is None:
                 continue
         else:
             if shape_name is None:
-                shape_name = _fresh("ncnn_sequence_shape", taken)
+                shape_name = fresh_name("ncnn_sequence_shape", taken)
                 graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape_name))
-            moved = _fresh(f"{y}__moved", taken)
-            sequence = _fresh(f"{y}__sequence", taken)
+            moved = fresh_name(f"{y}__moved", taken)
+            sequence = fresh_name(f"{y}__sequence", taken)
             nodes.append(
-                helper.make_node("Transpose", [y], [moved], name=_fresh(f"{base}_Y_moved", taken), perm=[0, 2, 1, 3])
+                helper.make_node(
+                    "Transpose", [y], [moved], name=fresh_name(f"{base}_Y_moved", taken), perm=[0, 2, 1, 3]
+                )
             )
             nodes.append(
-                helper.make_node("Reshape", [moved, shape_name], [sequence], name=_fresh(f"{base}_Y_seq", taken))
+                helper.make_node("Reshape", [moved, shape_name], [sequence], name=fresh_name(f"{base}_Y_seq", taken))
             )
         changed = True
         hidden = int(_attr(node, "hidden_size"))
@@ -277,7 +272,7 @@ def final_state_from_sequence(model: ModelProto) -> ModelProto:
             forward = cut(cut(sequence, 0, -1, _END), 2, 0, hidden)
             backward = cut(cut(sequence, 0, 0, 1), 2, hidden, 2 * hidden)
             nodes.append(
-                helper.make_node("Concat", [forward, backward], [final], name=_fresh(f"{base}_Y_h", taken), axis=0)
+                helper.make_node("Concat", [forward, backward], [final], name=fresh_name(f"{base}_Y_h", taken), axis=0)
             )
         elif direction == "forward":
             cut(sequence, 0, -1, _END, final)
@@ -285,7 +280,7 @@ def final_state_from_sequence(model: ModelProto) -> ModelProto:
             cut(sequence, 0, 0, 1, final)
         keep_c = node.op_type == "LSTM" and used(outs[2])
         del node.output[:]
-        node.output.extend([y, _fresh(f"{final}__unused", taken), outs[2]] if keep_c else [y])
+        node.output.extend([y, fresh_name(f"{final}__unused", taken), outs[2]] if keep_c else [y])
     if not changed:
         return out
     # the slices of a sequence made below the op (the Reshape that feeds the next layer) move down to after it

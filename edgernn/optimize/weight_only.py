@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graphs import subgraphs
+from ..graphs import fresh_name, subgraphs
 
 QMAX = 127  # symmetric int8: -127..127, so the scale is the same both ways and -128 is never used
 _RECURRENT = ("LSTM", "GRU", "RNN")
@@ -85,7 +85,7 @@ def _quantize_graph(graph: Any) -> int:
         w = numpy_helper.to_array(init)
         axis = next(iter(seen)) % w.ndim if len(seen) == 1 else None  # read two ways: one scale
         q, scale = _symmetric(w, axis)
-        values, scales, wide = (_free(f"{init.name}_{s}", taken) for s in ("int8", "scale", "fp32"))
+        values, scales, wide = (fresh_name(f"{init.name}_{s}", taken) for s in ("int8", "scale", "fp32"))
         kept += [numpy_helper.from_array(q, values), numpy_helper.from_array(scale, scales)]
         restore.append(helper.make_node("Cast", [values], [wide], to=onnx.TensorProto.FLOAT))
         restore.append(helper.make_node("Mul", [wide, scales], [init.name]))
@@ -110,13 +110,3 @@ def _symmetric(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]
     scale = np.where(peak > 0, peak / QMAX, np.float32(1.0)).astype(np.float32)
     q = np.clip(np.rint(w / scale), -QMAX, QMAX).astype(np.int8)
     return q, scale
-
-
-def _free(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``... whichever is not in ``taken`` (which it joins)."""
-    out, i = name, 0
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    taken.add(out)
-    return out
