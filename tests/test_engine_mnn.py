@@ -388,3 +388,155 @@ def test_bidirectional_last_step_readout_runs_on_mnn(cell: str) -> None:
         > len(onnx.load_from_string(plain).graph.node)
         > [n.op_type for n in onnx.load_from_string(plain).graph.node].count("Gather")
     )
+
+
+# ------------------------------------------------------------------------------------- fp16 files: the zero state
+
+
+def _fill_file(dtype: type) -> bytes:
+    """x (batch, 8) + Cast(ConstantOfShape(Shape(x), value=1.5 in ``dtype``)) to fp32: y = x + 1.5."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node(
+            "ConstantOfShape", ["s"], ["z"], "fill", value=numpy_helper.from_array(np.full(1, 1.5, dtype))
+        ),
+        helper.make_node("Cast", ["z"], ["zf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "zf"], ["y"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "fill", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def test_fp32_fills_computes_the_same_tensor_with_an_fp32_fill() -> None:
+    """The pass the mnn (and portable) target writes its fp16 files in: an fp16 fill becomes an fp32 fill and a
+    Cast to fp16, onnxruntime's outputs bit for bit the same; an fp32 fill and a file without fills are left as
+    they are (the same object back)."""
+    import onnxruntime as ort
+
+    from edgernn.export.travel import fp32_fills
+
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    before = onnx.load_from_string(_fill_file(np.float16))
+    after = fp32_fills(before)
+    fills = [n for n in after.graph.node if n.op_type == "ConstantOfShape"]
+    assert len(fills) == 1 and fills[0].attribute[0].t.data_type == onnx.TensorProto.FLOAT
+    assert [n.op_type for n in after.graph.node] == ["Shape", "ConstantOfShape", "Cast", "Cast", "Add"]
+    assert before.graph.node[1].attribute[0].t.data_type == onnx.TensorProto.FLOAT16  # its argument untouched
+    onnx.checker.check_model(after, full_check=True)
+    runs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (before, after)
+    ]
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[1], x + 1.5)
+    assert fp32_fills(after) is after
+    kept = onnx.load_from_string(_fill_file(np.float32))
+    assert fp32_fills(kept) is kept
+
+
+@needs_mnn
+def test_mnns_converter_reads_an_fp16_fill_as_fp32(tmp_path: Path) -> None:
+    """docs/engines/mnn.md: MNN's converter reads a ConstantOfShape's fp16 fill value as the first bytes of an
+    fp32, so a fill of 1.5 is not 1.5 in MNN (here: the two bytes past it make a number near 0; in a larger file
+    they were other bytes on each conversion). Written with ``fp32_fills``, MNN fills 1.5 exactly. If MNN
+    starts reading the fill right, the first half fails and the pass can go."""
+    from edgernn.export.travel import fp32_fills
+
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    model = _fill_file(np.float16)
+    (got,) = mnn_runner(model)({"x": x})
+    assert not np.allclose(got, x + 1.5, atol=0.1), "MNN now fills fp16 values right"
+    (got,) = mnn_runner(fp32_fills(onnx.load_from_string(model)))({"x": x})
+    assert np.array_equal(got, x + 1.5)
+
+
+@needs_mnn
+def test_an_fp16_unroll_file_for_mnn_matches_torch_on_every_load() -> None:
+    """An unroll export for the mnn target (its zero state a ConstantOfShape), made fp16 by `edgernn quantize`:
+    the file holds no fp16 fill, and MNN, converting and loading it three times, matches torch on the padded
+    batch within fp16's tolerance each time. Before the mnn target wrote the fp32 fill, MNN's state started at
+    whatever bytes lay past the fill and most loads returned numbers up to 1e38."""
+    from edgernn.export.targets import reduced_form
+    from edgernn.graphs import all_graphs
+    from edgernn.optimize.quantize import quantize
+    from edgernn.verify.parity import tolerance
+
+    result = export_model(_model("gru"), None, strategy="unroll", target="mnn", seq_len=T)
+    reduced = quantize(result.model_bytes, "fp16", verify=False, timing=False, target_form=reduced_form).model_bytes
+    proto = onnx.load_from_string(reduced)
+    fills = [
+        n.attribute[0].t.data_type for g in all_graphs(proto.graph) for n in g.node if n.op_type == "ConstantOfShape"
+    ]
+    assert fills and set(fills) == {onnx.TensorProto.FLOAT}
+    feed, want = _feed("gru", "unroll")
+    for load in range(3):
+        (got,) = mnn_runner(reduced)(feed)
+        a, rel, ok = compare(want, got, tolerance("fp16"))
+        assert ok, f"load {load + 1}: fp16 unroll on MNN vs torch: max abs {a:.3g} (rel {rel:.3g})"
+
+
+# ------------------------------------------------------------------------------------- int8 files: the zero state
+
+
+@needs_mnn
+def test_int8_for_mnn_is_the_weights_alone_and_streams_from_a_zero_state() -> None:
+    """Why `quantize --to int8` for the mnn target stores the weights alone (the target's ``int8_products``): the
+    int8-products file (DynamicQuantizeLinear and MatMulInteger, as for onnxruntime) returns NaN from MNN on the
+    first frame of a stream, whose state is all zeros (MNN divides by the zero range of an all-zero tensor; the
+    specification's onnxruntime returns 0). The file `quantize` writes for mnn streams 20 frames from that state
+    on MNN, its own states fed back, within int8's drift budget of torch on the whole sequence. If MNN starts
+    computing the products from zero, the first half fails and the target can take them."""
+    from edgernn.export.targets import int8_products_refused, reduced_form
+    from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
+    from edgernn.verify.parity import Tolerance
+
+    result = export_model(_model("gru"), None, strategy="step", target="mnn", chunk=1)
+    feeds, expected = _stream("gru")
+    states = [(s.input, s.output) for s in result.manifest.states]
+    products = quantize(result.model_bytes, "int8", verify=False, timing=False, target_form=reduced_form)
+    assert "MatMulInteger" in {n.op_type for n in onnx.load_from_string(products.model_bytes).graph.node}
+    (first, *_) = mnn_runner(products.model_bytes)(feeds[0])
+    assert np.isnan(first).all(), "MNN now computes int8 products from a zero state"
+
+    made = quantize(
+        result.model_bytes,
+        "int8",
+        verify=False,
+        timing=False,
+        target_form=reduced_form,
+        target_int8=int8_products_refused,
+    )
+    assert made.report["how"]["weight_only"] is True
+    assert "NaN" in made.report["how"]["weight_only_because"]
+    budget = DEFAULT_MAX_DRIFT * max(float(np.abs(e).max()) for frame in expected for e in frame)
+    report = mnn_report(made.model_bytes, feeds, expected, Tolerance(atol=budget, rtol=0.0), states=states)
+    assert report.passed is True, report.summary
+    print(
+        f"int8 weights alone on MNN, 20 frames from zero: max abs {report.parity['max_abs']:.3g} (budget {budget:.3g})"
+    )
+
+
+@needs_mnn
+def test_quantize_cli_writes_the_weights_alone_for_mnn_and_says_why(tmp_path: Path) -> None:
+    """`edgernn quantize --to int8` on an export for mnn: the weights-only file, the reason in its report and
+    printed; `--per-tensor` (int8 products' scale) is refused with exit 2 and nothing is written."""
+    from click.testing import CliRunner
+
+    from edgernn.cli import main
+
+    src, out = tmp_path / "step.onnx", tmp_path / "step.int8.onnx"
+    export_model(_model("gru"), src, strategy="step", target="mnn", chunk=1)
+    r = CliRunner().invoke(main, ["quantize", str(src), "--to", "int8", "--no-verify", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "only the" in r.output and "returns NaN for an all-zero tensor" in r.output
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "Cast" in ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger"}
+    out.unlink()
+    r = CliRunner().invoke(
+        main, ["quantize", str(src), "--to", "int8", "--no-verify", "--per-tensor", "--out", str(out)]
+    )
+    assert r.exit_code == 2 and "drop --per-tensor" in r.output and not out.exists(), r.output

@@ -211,3 +211,44 @@ def test_onnxruntime_computes_the_rounded_weights_in_fp32_at_every_level() -> No
             outs.append(s.run(None, _feed(s))[0])
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=0, atol=2e-6)
+
+
+def _ops(model: bytes) -> set[str]:
+    return {n.op_type for g in all_graphs(onnx.load_from_string(model).graph) for n in g.node}
+
+
+def test_int8_for_a_target_whose_engine_cannot_run_int8_products_is_the_weights_alone() -> None:
+    """quantize's ``target_int8`` (the registry's ``int8_products_refused``): a file whose target's engine cannot
+    run int8 products gets the weights-only file without being asked, and its report says why; a file for an
+    engine that can gets int8 products; --per-tensor for such a target is refused before any work."""
+    from edgernn.errors import ConfigError
+    from edgernn.optimize.quantize import quantize
+
+    fp32 = _fp32("lstm", "step")  # an export for target ort
+    why = "this engine has no DynamicQuantizeLinear"
+
+    def refused(target: str | None) -> str | None:
+        return why if target == "ort" else None
+
+    reduced = quantize(fp32, "int8", verify=False, timing=False, target_int8=refused)
+    assert not _ops(reduced.model_bytes) & {"DynamicQuantizeLinear", "MatMulInteger"}
+    assert reduced.report["how"]["weight_only"] is True
+    assert reduced.report["how"]["weight_only_because"] == f"target ort: {why}"
+    products = quantize(fp32, "int8", verify=False, timing=False, target_int8=lambda target: None)
+    assert _ops(products.model_bytes) & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul"}  # onnxruntime's fusion
+    assert not products.report["how"].get("weight_only")
+    with pytest.raises(ConfigError, match="drop --per-tensor"):
+        quantize(fp32, "int8", verify=False, timing=False, target_int8=refused, per_channel=False)
+    fp16 = quantize(fp32, "fp16", verify=False, timing=False, target_int8=refused)  # fp16 is not int8's business
+    assert "weight_only" not in fp16.report["how"]
+
+
+def test_the_targets_whose_engines_cannot_run_int8_products_say_why() -> None:
+    """Measured in the engine matrix (docs/targets.md): MNN computes NaN from a zero state, ncnn and LiteRT have
+    no such layer; onnxruntime, OpenVINO, tract and the portable check's engines run them."""
+    from edgernn.export.targets import int8_products_refused, target_names
+
+    refused = {t for t in target_names() if int8_products_refused(t)}
+    assert refused == {"mnn", "ncnn", "litert"}
+    assert "NaN" in int8_products_refused("mnn") and "Select TensorFlow" in int8_products_refused("litert")
+    assert int8_products_refused(None) is None and int8_products_refused("no-such-target") is None

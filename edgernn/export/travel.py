@@ -118,6 +118,51 @@ def for_bound_shapes(model: ModelProto) -> ModelProto:
     return unname_subgraph_dims(drop_symbolic_value_info(model))
 
 
+def fp32_fills(model: ModelProto) -> ModelProto:
+    """``model`` with every ``ConstantOfShape`` whose fill ``value`` is fp16 or bf16 (an fp16 file's zero state)
+    written as an fp32 fill and a ``Cast`` to the value's own type: the same tensor, bit for bit (fp32 holds
+    every fp16 and bf16 value exactly). Returns
+    ``model`` itself when there is none.
+
+    Needed by MNN: its converter (3.6) reads the fill's bytes as an fp32 whatever the type, so an fp16 zero
+    becomes two bytes of zero and two bytes of whatever lies beyond them, a different number on each
+    conversion (a state starting at 1e38 as often as at 0)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def odd(node: Any) -> bool:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return (
+            node.op_type == "ConstantOfShape"
+            and node.domain in ("", "ai.onnx")
+            and value is not None
+            and value.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+        )
+
+    if not any(odd(n) for g in all_graphs(model.graph) for n in g.node):
+        return model
+    from ..graphs import fresh_name
+
+    out = _copy(model)
+    taken = {o for g in all_graphs(out.graph) for n in g.node for o in (*n.input, *n.output)}
+    taken |= {v.name for g in all_graphs(out.graph) for v in (*g.input, *g.output, *g.initializer)}
+    names = {n.name for g in all_graphs(out.graph) for n in g.node}
+    for graph in all_graphs(out.graph):
+        nodes = []
+        for node in graph.node:
+            if not odd(node):
+                nodes.append(node)
+                continue
+            value = next(a.t for a in node.attribute if a.name == "value")
+            fill = numpy_helper.from_array(numpy_helper.to_array(value).astype("float32"), value.name)
+            wide = fresh_name(f"{node.output[0]}_fp32", taken)
+            cast = fresh_name(f"{node.name}_cast", names) if node.name else ""
+            nodes.append(helper.make_node("ConstantOfShape", list(node.input), [wide], node.name, value=fill))
+            nodes.append(helper.make_node("Cast", [wide], list(node.output), cast, to=value.data_type))
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return out
+
+
 def bound_shape_problems(model: ModelProto) -> list[str]:
     """What in ``model`` stops an engine that binds concrete shapes from loading it, one line each (empty when
     ``for_bound_shapes`` has nothing to do)."""

@@ -132,6 +132,7 @@ def quantize(
     target_check: Callable[[str | None, bytes], dict[str, Any] | None] | None = None,
     target_form: Callable[[str | None, bytes], bytes] | None = None,
     weight_only: bool = False,
+    target_int8: Callable[[str | None], str | None] | None = None,
 ) -> QuantizeResult:
     """Make the ``to`` precision version of an fp32 ONNX file, judge it, and write it to ``out`` (if given).
 
@@ -153,6 +154,9 @@ def quantize(
     (``edgernn.export.targets.reduced_form``: e.g. no symbolic shapes where tract binds concrete ones).
     ``weight_only``: int8 with only the weights reduced (``edgernn.optimize.weight_only``), the only try; without
     it, that is the last try of int8 judged without a choice of scale.
+    ``target_int8(target)``: why the file's target's engine cannot run int8 products (DynamicQuantizeLinear and
+    MatMulInteger), or None (``edgernn.export.targets.int8_products_refused``); where it says why, int8 is the
+    weights alone, and the report's ``how`` says so.
     """
     if to not in PRECISIONS:
         raise ConfigError(f"unknown precision {to!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -171,7 +175,8 @@ def quantize(
     product = scheme_for(cpu)
     golden_at = _golden_target(golden, out, task, examples, manifest, verify)
     judged = (task is not None and examples is not None) or data is not None
-    candidates = _candidates(to, per_channel, weight_only, verify and judged)
+    refused = _products_refused(to, manifest, target_int8, per_channel)
+    candidates = _candidates(to, per_channel, weight_only or refused is not None, verify and judged)
     over: list[str] = []
     tried: list[_Candidate] = []
     for candidate in candidates:
@@ -208,12 +213,7 @@ def quantize(
             else "try another strategy"
         )
         raise ParityError(f"the {to} model {'; '.join(over)}; nothing was written ({advice})")
-    if over and report["how"].get("weight_only"):
-        report["how"]["weight_only_because"] = "; ".join(_because(o) for o in over)
-    elif over and report["how"].get("recurrent") == "fp32":
-        report["how"]["recurrent_because"] = "; ".join(_because(o) for o in over)
-    elif over:
-        report["how"]["per_channel_because"] = _because(over[0])
+    _say_why(report["how"], over, None if weight_only else refused)
     out_bytes, new_manifest = _with_manifest(reduced, manifest, report, target_check)
     # timed on this CPU at this moment: reported, never written into the file
     speed = _speed(source, reduced, manifest) if timing and verify else None
@@ -230,6 +230,35 @@ def quantize(
             golden_at, new_manifest, task, examples, fp32_metric=metric["fp32"], budget=max_metric_drop
         )
     return result
+
+
+def _say_why(how: dict[str, Any], over: Sequence[str], refused: str | None) -> None:
+    """Why the file written is the try it is, into its ``how``: the target's engine that cannot run int8
+    products (``refused``), or the tries before it that were ``over`` the budget."""
+    if refused is not None:
+        how["weight_only_because"] = refused
+    elif over and how.get("weight_only"):
+        how["weight_only_because"] = "; ".join(_because(o) for o in over)
+    elif over and how.get("recurrent") == "fp32":
+        how["recurrent_because"] = "; ".join(_because(o) for o in over)
+    elif over:
+        how["per_channel_because"] = _because(over[0])
+
+
+def _products_refused(
+    to: str, manifest: Manifest | None, target_int8: Callable[[str | None], str | None] | None, per_channel: bool | None
+) -> str | None:
+    """Why the file's target's engine cannot run int8 products, so that int8 for it is the weights alone (None:
+    it can, or the file is not int8 or names no target); ConfigError where --per-tensor asks for products."""
+    if to != "int8" or target_int8 is None or manifest is None:
+        return None
+    why = target_int8(manifest.target)
+    if why is not None and per_channel is False:
+        raise ConfigError(
+            f"int8 for target {manifest.target!r} keeps the weights alone, one scale per output channel ({why}); "
+            "drop --per-tensor"
+        )
+    return None if why is None else f"target {manifest.target}: {why}"
 
 
 def _candidates(to: str, per_channel: bool | None, weight_only: bool, judged: bool) -> list[_Candidate]:

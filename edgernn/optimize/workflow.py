@@ -27,6 +27,8 @@ from .schemes import scheme_for
 # (target, reduced model bytes) -> the target's check as the manifest records it, or None (nothing to record)
 TargetCheck = Callable[[str | None, bytes], dict[str, Any] | None]
 TargetForm = Callable[[str | None, bytes], bytes]
+# target -> why its engine cannot run int8 products (DynamicQuantizeLinear + MatMulInteger), or None: it can
+TargetInt8 = Callable[[str | None], str | None]
 
 
 def quantize_file(
@@ -46,6 +48,7 @@ def quantize_file(
     target_check: TargetCheck | None = None,
     target_form: TargetForm | None = None,
     weights_only: bool = False,
+    target_int8: TargetInt8 | None = None,
 ) -> QuantizeResult:
     path = Path(model)
     if not path.is_file():
@@ -70,6 +73,7 @@ def quantize_file(
         target_check=target_check,
         target_form=target_form,
         weights_only=weights_only,
+        target_int8=target_int8,
     )
 
 
@@ -90,11 +94,13 @@ def quantize_bytes(
     target_check: TargetCheck | None = None,
     target_form: TargetForm | None = None,
     weights_only: bool = False,
+    target_int8: TargetInt8 | None = None,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
     ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
     the export room above passes it in), and ``target_form`` puts the reduced file in the form its target's engine
-    loads (``edgernn.export.targets.reduced_form``)."""
+    loads (``edgernn.export.targets.reduced_form``); ``target_int8`` says why a target's engine cannot run int8
+    products (``edgernn.export.targets.int8_products_refused``), where int8 stores the weights alone."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     check_weight_only(to, per_channel, weights_only)
     check_budget(max_drift, "--max-drift")
@@ -133,6 +139,7 @@ def quantize_bytes(
         target_check=target_check,
         target_form=target_form,
         weight_only=weights_only,
+        target_int8=target_int8,
     )
 
 

@@ -45,6 +45,9 @@ class Target:
     check: str = "ort"  # the target whose check (structure_report, runners) runs on every export for this one
     needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
     bound_shapes: bool = False  # its engine binds concrete shapes: written in edgernn.export.travel's form
+    # why its engine cannot run int8 products (onnxruntime's dynamic form: DynamicQuantizeLinear, MatMulInteger),
+    # so that `quantize --to int8` for it stores the weights alone (edgernn.optimize.weight_only); None: it can
+    int8_products: str | None = None
 
     def __post_init__(self) -> None:
         if self.padding not in PADDING_FORMS:
@@ -102,6 +105,18 @@ class Target:
         """The exported graph (an onnx.ModelProto, after hygiene) in the form this target's engine loads: for an
         engine that binds concrete shapes, ``edgernn.export.travel.for_bound_shapes``; a target whose engine needs
         more overrides this. Returns the model to write (may be ``proto`` itself)."""
+        if not self.bound_shapes:
+            return proto
+        from ..travel import for_bound_shapes
+
+        return for_bound_shapes(proto)
+
+    def reduced_graph_form(self, proto: Any) -> Any:
+        """A reduced (int8/fp16) version of one of this target's exports (an onnx.ModelProto, as
+        ``edgernn.optimize.quantize`` wrote it) in the form its engine loads: for an engine that binds concrete
+        shapes, without the symbolic dims onnxruntime's quantiser writes into value_info (tract refuses
+        ``Sym(unk__1)`` against a bound size); a target whose engine needs more overrides this. Returns the model
+        to write (may be ``proto`` itself)."""
         if not self.bound_shapes:
             return proto
         from ..travel import for_bound_shapes
@@ -181,17 +196,25 @@ def target_runners(target: str, model: Any) -> dict[str, Runner]:
 
 
 def reduced_form(target: str | None, model: bytes) -> bytes:
-    """A reduced (int8/fp16) version of one of ``target``'s exports in the shape form its engine loads: for a
-    target whose engine binds concrete shapes (tract, portable, LiteRT), without the symbolic dims that
-    onnxruntime's quantiser writes into the graph's value_info (tract refuses ``Sym(unk__1)`` against a bound
-    size); otherwise ``model`` unchanged. ``edgernn.optimize.quantize`` takes this as its ``target_form``."""
-    if target is None or target not in target_names() or not get_target(target).bound_shapes:
+    """A reduced (int8/fp16) version of one of ``target``'s exports in the form its engine loads (the target's
+    ``reduced_graph_form``: e.g. no symbolic shapes where tract binds concrete ones, fp32 fills for MNN);
+    ``model`` unchanged for a target with nothing to do or none known. ``edgernn.optimize.quantize`` takes this
+    as its ``target_form``."""
+    if target is None or target not in target_names():
         return model
     import onnx
 
-    from ..travel import for_bound_shapes
+    proto = onnx.load_from_string(model)
+    formed = get_target(target).reduced_graph_form(proto)
+    return model if formed is proto else formed.SerializeToString()
 
-    return for_bound_shapes(onnx.load_from_string(model)).SerializeToString()
+
+def int8_products_refused(target: str | None) -> str | None:
+    """Why ``target``'s engine cannot run int8 products (its ``int8_products``), or None: it can, or the target
+    is not known. ``edgernn.optimize.quantize`` takes this as its ``target_int8``."""
+    if target is None or target not in target_names():
+        return None
+    return get_target(target).int8_products
 
 
 def recheck_structure(target: str | None, model: bytes) -> dict[str, Any] | None:

@@ -141,6 +141,8 @@ TARGET = register_target(
         check="litert",
         needs="litert",
         bound_shapes=True,
+        int8_products="LiteRT runs DynamicQuantizeLinear and MatMulInteger only as Select TensorFlow ops, which its "
+        "interpreter does not link",
     ),
     why_not=WHY,
 )

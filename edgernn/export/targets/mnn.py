@@ -58,6 +58,13 @@ class MnnTarget(Target):
 
         return final_state_from_sequence(proto)
 
+    def reduced_graph_form(self, proto: Any) -> Any:
+        """An fp16 file's zero state filled in fp32 and cast (``edgernn.export.travel.fp32_fills``): MNN's
+        converter reads an fp16 fill's bytes as an fp32, a different number on each conversion."""
+        from ..travel import fp32_fills
+
+        return fp32_fills(proto)
+
     def structure_report(self, model: Any) -> TargetReport:
         """MNN's converter writes the .mnn and MNN loads it."""
         return mnn_structure(model)
@@ -75,6 +82,7 @@ TARGET = register_target(
         padding="masking",
         check="mnn",
         needs="mnn",
+        int8_products="MNN's DynamicQuantizeLinear returns NaN for an all-zero tensor (every stream's first state)",
     ),
     why_not={"loop": _NO_SCAN},
 )

@@ -87,6 +87,7 @@ TARGET = register_target(
         default_batch=1,
         check="ncnn",
         needs="ncnn",
+        int8_products="ncnn has no DynamicQuantizeLinear layer (pnnx leaves it as an op it cannot lower)",
     ),
     why_not={"loop": _NO_SCAN},
 )

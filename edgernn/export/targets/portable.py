@@ -52,6 +52,13 @@ class PortableTarget(Target):
 
         return final_state_from_sequence(super().graph_form(proto))
 
+    def reduced_graph_form(self, proto: Any) -> Any:
+        """The bound-shape form (tract), and an fp16 zero state filled in fp32 and cast (MNN:
+        ``edgernn.export.travel.fp32_fills``)."""
+        from ..travel import fp32_fills
+
+        return fp32_fills(super().reduced_graph_form(proto))
+
     def structure_report(self, model: Any) -> TargetReport:
         """onnx's checker, in full (strict shape inference included)."""
         import onnx
