@@ -64,8 +64,8 @@ def _dequantised(q: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int | None]]
     """The fp32 weight each ``Mul(Cast(int8), scale)`` of ``q`` makes, computed here in numpy from its int8 values
     and scales, and the axis its scales run along (None: one scale)."""
     out = {}
+    inits = {t.name: numpy_helper.to_array(t) for g in all_graphs(q.graph) for t in g.initializer}  # outer scopes too
     for g in all_graphs(q.graph):
-        inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         casts = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Cast" and n.input[0] in inits}
         for n in g.node:
             if n.op_type != "Mul" or n.input[0] not in casts:
@@ -245,10 +245,31 @@ def test_int8_for_a_target_whose_engine_cannot_run_int8_products_is_the_weights_
 
 def test_the_targets_whose_engines_cannot_run_int8_products_say_why() -> None:
     """Measured in the engine matrix (docs/targets.md): MNN computes NaN from a zero state, ncnn and LiteRT have
-    no such layer; onnxruntime, OpenVINO, tract and the portable check's engines run them."""
+    no such layer, so `portable` (all of them) takes the weights alone; onnxruntime, OpenVINO and tract run them."""
     from edgernn.export.targets import int8_products_refused, target_names
 
     refused = {t for t in target_names() if int8_products_refused(t)}
-    assert refused == {"mnn", "ncnn", "litert"}
+    assert refused == {"mnn", "ncnn", "litert", "portable"}
     assert "NaN" in int8_products_refused("mnn") and "Select TensorFlow" in int8_products_refused("litert")
     assert int8_products_refused(None) is None and int8_products_refused("no-such-target") is None
+
+
+def test_a_weight_one_body_alone_reads_is_made_inside_that_body() -> None:
+    """A loop export's recurrent weights (each read by one Scan body) are made inside their body from the int8
+    values outside (OpenVINO refuses a Scan body that reads a weight computed outside it); a weight the main graph
+    reads is made there. The checker passes, and every weight is made exactly once."""
+    model = onnx.load_from_string(_fp32("lstm", "loop"))
+    count = quantize_weights(model)
+    onnx.checker.check_model(model, full_check=True)
+    bodies = [g for g in all_graphs(model.graph) if g is not model.graph]
+    made_in = {
+        id(g): {n.output[0] for n in g.node if n.op_type == "Mul" and n.input[0].endswith("_fp32")} for g in bodies
+    }
+    outside = {n.output[0] for n in model.graph.node if n.op_type == "Mul" and n.input[0].endswith("_fp32")}
+    assert bodies and all(made_in.values()), "a Scan body makes none of its recurrent weights"
+    for body in bodies:
+        read = {n.input[1] for n in body.node if n.op_type in ("MatMul", "Gemm")}
+        assert made_in[id(body)] <= read
+    read_outside = {i for n in model.graph.node for i in n.input}
+    assert outside and outside <= read_outside  # the head and the input projections: read by the main graph
+    assert count == len(outside) + sum(len(m) for m in made_in.values())

@@ -121,12 +121,11 @@ def for_bound_shapes(model: ModelProto) -> ModelProto:
 def fp32_fills(model: ModelProto) -> ModelProto:
     """``model`` with every ``ConstantOfShape`` whose fill ``value`` is fp16 or bf16 (an fp16 file's zero state)
     written as an fp32 fill and a ``Cast`` to the value's own type: the same tensor, bit for bit (fp32 holds
-    every fp16 and bf16 value exactly). Returns
-    ``model`` itself when there is none.
+    every fp16 and bf16 value exactly). Returns ``model`` itself when there is none.
 
-    Needed by MNN: its converter (3.6) reads the fill's bytes as an fp32 whatever the type, so an fp16 zero
-    becomes two bytes of zero and two bytes of whatever lies beyond them, a different number on each
-    conversion (a state starting at 1e38 as often as at 0)."""
+    Needed by MNN: its converter (3.6.1) reads the fill's bytes as an fp32 whatever the type, so an fp16 zero
+    becomes two bytes of zero and two bytes of whatever lies beyond them, which may differ on each conversion
+    (docs/engines/mnn.md: a GRU unroll file's outputs were off by up to 4e23 on most conversions)."""
     from onnx import TensorProto, helper, numpy_helper
 
     def odd(node: Any) -> bool:

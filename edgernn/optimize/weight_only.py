@@ -17,7 +17,10 @@ folding when the session is made, into exactly the rounded fp32 weights: the pro
 A weight is an fp32 initializer of rank >= 2 (not also a graph input) that every node using it (in the main graph or
 in a Scan, Loop or If body) takes as a weight: ``MatMul``'s second input, ``Gemm``'s B, the W and R of
 ``LSTM``/``GRU``/``RNN``. Anything else (biases, embedding tables read by ``Gather``, shapes) stays as it is.
-Torch-free.
+A weight that one Scan/Loop/If body alone reads is made inside that body, from the int8 values outside: OpenVINO's
+ONNX frontend refuses a Scan whose body reads a value computed outside it (an initializer it takes), and
+onnxruntime folds the body's ``Cast`` and ``Mul`` just the same (measured: the same outputs at every level, the
+same speed). Torch-free.
 """
 
 from __future__ import annotations
@@ -87,8 +90,17 @@ def _quantize_graph(graph: Any) -> int:
         q, scale = _symmetric(w, axis)
         values, scales, wide = (fresh_name(f"{init.name}_{s}", taken) for s in ("int8", "scale", "fp32"))
         kept += [numpy_helper.from_array(q, values), numpy_helper.from_array(scale, scales)]
-        restore.append(helper.make_node("Cast", [values], [wide], to=onnx.TensorProto.FLOAT))
-        restore.append(helper.make_node("Mul", [wide, scales], [init.name]))
+        made = [
+            helper.make_node("Cast", [values], [wide], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [wide, scales], [init.name]),
+        ]
+        home = _home(graph, init.name)
+        if home is None:
+            restore.extend(made)
+        else:  # made in the one body that reads it: engines (OpenVINO) look for a body's weights there
+            nodes = [*made, *home.node]
+            del home.node[:]
+            home.node.extend(nodes)
         count += 1
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -100,6 +112,17 @@ def _quantize_graph(graph: Any) -> int:
         for sub in subgraphs(node):
             count += _quantize_graph(sub)
     return count
+
+
+def _home(graph: Any, name: str) -> Any:
+    """The one subgraph of ``graph``'s nodes that alone reads ``name`` (at any depth), or None when a node
+    of ``graph`` itself reads it, or more than one subgraph does."""
+    homes = []
+    for node in graph.node:
+        if name in node.input:
+            return None
+        homes += [sub for sub in subgraphs(node) if any(n == name for n, _ in _uses(sub))]
+    return homes[0] if len(homes) == 1 else None
 
 
 def _symmetric(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:

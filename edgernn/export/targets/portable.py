@@ -161,5 +161,7 @@ TARGET = register_target(
         padding="masking",
         check="portable",
         bound_shapes=True,
+        int8_products="not every engine runs them (MNN returns NaN from a zero state, ncnn has no such layer, LiteRT "
+        "needs Select TensorFlow ops)",
     )
 )
