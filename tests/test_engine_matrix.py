@@ -152,27 +152,28 @@ def _reduced(target: str, model: str, strategy: str, precision: str) -> str:
 
     tol = tolerance("fp16") if precision == "fp16" else Tolerance(atol=0.0, rtol=0.0)  # int8: judged below
 
-    def judged() -> Any:  # the engine(s), converting and loading the reduced file anew, against the fp32 file
+    def judged() -> tuple[Any, dict[str, Any]]:  # the engine(s), converting and loading the file anew, on it
         runners = {name: through(run) for name, run in tgt.runners(reduced).items()}
         outputs = [o.name for o in session.get_outputs()]
-        return check(through(fp32), runners, specs, outputs, cases, states=True, tol=tol)
+        return check(through(fp32), runners, specs, outputs, cases, states=True, tol=tol), runners
 
     try:
-        report = judged()
+        report, engines = judged()
     except TargetError as e:
         return "no: " + _cell_text(first_line(e))
     bound = tol.atol if precision == "fp16" else DEFAULT_MAX_DRIFT * largest[0]
-    if precision == "fp16":
-        off = [c for c in report.comparisons if not c.passed]
-    else:
-        off = [c for c in report.comparisons if not c.max_abs <= bound]
+
+    def outside(comparisons: list[Any]) -> list[Any]:  # fp16: its parity tolerance; int8: the drift bound
+        return [c for c in comparisons if not (c.passed if precision == "fp16" else c.max_abs <= bound)]
+
+    off = outside(report.comparisons)
     if not off and made.manifest.states:  # a stream starts from zero states, which random states never are
-        off = _stream_from_zero(made, session, {n: through(r) for n, r in tgt.runners(reduced).items()}, tol, bound)
+        off = outside(_stream_from_zero(made, session, engines, tol))
     if not off:
         # a cell holds on every load, not on a lucky one: an engine whose converter reads memory it never wrote
         # (MNN's did for an fp16 fill) passes on one load and not the next, so the file is judged twice
         first = {(c.candidate, c.output, c.case): c.max_abs for c in report.comparisons}
-        moved = [c for c in judged().comparisons if first.get((c.candidate, c.output, c.case)) != c.max_abs]
+        moved = [c for c in judged()[0].comparisons if first.get((c.candidate, c.output, c.case)) != c.max_abs]
         return f"no: {moved[0].candidate} computes other numbers when the same file is loaded again" if moved else "yes"
     worst = off[0]
     if not math.isfinite(worst.max_abs):
@@ -186,11 +187,10 @@ def _reduced(target: str, model: str, strategy: str, precision: str) -> str:
 STREAM = 6  # frames of the zero-state stream a reduced step file is judged on
 
 
-def _stream_from_zero(made: ExportResult, session: Any, engines: dict[str, Any], tol: Tolerance, bound: float) -> list:
+def _stream_from_zero(made: ExportResult, session: Any, engines: dict[str, Any], tol: Tolerance) -> list[Any]:
     """A step file's stream as a user runs it: ``STREAM`` frames from zero states (batch 2 where the batch is not
-    fixed), each runner fed back its own states; the engine(s) on the reduced file against the fp32 file on
-    onnxruntime (``session``), every output of every frame within the precision's bound (fp16: ``tol``; int8:
-    ``bound``). The comparisons that are not."""
+    fixed), each runner fed back its own states; every output of every frame of the engine(s) on the reduced
+    file compared (within ``tol``) with the fp32 file on onnxruntime (``session``)."""
     from edgernn.verify.parity import Comparison, compare
 
     rng = np.random.default_rng(7)
@@ -202,18 +202,16 @@ def _stream_from_zero(made: ExportResult, session: Any, engines: dict[str, Any],
         for _ in range(STREAM)
     ]
     names = [o.name for o in session.get_outputs()]
-    off = []
+    comparisons = []
     for name, engine in engines.items():
         mine, theirs = dict(zero), dict(zero)
         for j, frame in enumerate(frames):
             want, got = session_runner(session)({**frame, **mine}), engine({**frame, **theirs})
             for out, w, g in zip(names, want, got, strict=True):
-                a, rel, ok = compare(w, g, tol)
-                if not (ok if tol.atol else a <= bound):
-                    off.append(Comparison(f"frame {j + 1} from zero states", name, out, a, rel, False))
+                comparisons.append(Comparison(f"frame {j + 1} from zero states", name, out, *compare(w, g, tol)))
             mine = {s.input: want[names.index(s.output)] for s in states}
             theirs = {s.input: got[names.index(s.output)] for s in states}
-    return off
+    return comparisons
 
 
 def _cell_text(line: str) -> str:

@@ -171,12 +171,10 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
     """
     require_model_file(model)
     require_checkpoint(o["ckpt"])
-    from ..export.targets import int8_products_refused, recheck_structure, reduced_form
+    from ..export.targets import quantize_hooks
     from ..optimize.workflow import quantize_file
 
-    result = quantize_file(
-        model, to, out, target_check=recheck_structure, target_form=reduced_form, target_int8=int8_products_refused, **o
-    )
+    result = quantize_file(model, to, out, **quantize_hooks(), **o)
     if as_json:
         echo_json(result.to_dict())
         return

@@ -52,7 +52,7 @@ def export_checkpoint(
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
     from ..optimize.workflow import quantize_bytes
-    from .targets import int8_products_refused, recheck_structure, reduced_form
+    from .targets import quantize_hooks
 
     result = export_model(ck.model(), None, **common, **extra, **options)
     budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop
@@ -64,9 +64,7 @@ def export_checkpoint(
         verify=not no_verify,
         cpu=cpu,
         golden=golden,
-        target_check=recheck_structure,
-        target_form=reduced_form,
-        target_int8=int8_products_refused,
+        **quantize_hooks(),
     )
     result.path = result.precision.path
     result.manifest = result.precision.manifest

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..graphs import all_graphs
+from ..graphs import all_graphs, fresh_name
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -139,8 +139,6 @@ def fp32_fills(model: ModelProto) -> ModelProto:
 
     if not any(odd(n) for g in all_graphs(model.graph) for n in g.node):
         return model
-    from ..graphs import fresh_name
-
     out = _copy(model)
     taken = {o for g in all_graphs(out.graph) for n in g.node for o in (*n.input, *n.output)}
     taken |= {v.name for g in all_graphs(out.graph) for v in (*g.input, *g.output, *g.initializer)}

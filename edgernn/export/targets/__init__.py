@@ -117,11 +117,7 @@ class Target:
         shapes, without the symbolic dims onnxruntime's quantiser writes into value_info (tract refuses
         ``Sym(unk__1)`` against a bound size); a target whose engine needs more overrides this. Returns the model
         to write (may be ``proto`` itself)."""
-        if not self.bound_shapes:
-            return proto
-        from ..travel import for_bound_shapes
-
-        return for_bound_shapes(proto)
+        return Target.graph_form(self, proto)  # the base form only: a subclass's export passes are not for this
 
     def structure_report(self, model: Any) -> TargetReport:
         """What the target's tool says of the graph ``model`` (bytes or onnx.ModelProto), before any number is
@@ -215,6 +211,13 @@ def int8_products_refused(target: str | None) -> str | None:
     if target is None or target not in target_names():
         return None
     return get_target(target).int8_products
+
+
+def quantize_hooks() -> dict[str, Any]:
+    """What ``edgernn.optimize.quantize`` (and its workflow) takes from the target registry, as keyword
+    arguments: the target's check asked again (``target_check``), its engine's form (``target_form``) and why its
+    engine cannot run int8 products (``target_int8``). The export room passes these in; optimize stays below."""
+    return {"target_check": recheck_structure, "target_form": reduced_form, "target_int8": int8_products_refused}
 
 
 def recheck_structure(target: str | None, model: bytes) -> dict[str, Any] | None:
