@@ -1184,6 +1184,12 @@ def refusal(response: Mapping[str, Any]) -> EdgeRNNError:
     return cls(f"stream {sid!r:.80}: {response['error']}" if sid is not None else str(response["error"]))
 
 
+def max_ongoing(max_batch_size: int) -> int:
+    """The requests a replica takes in at once (Serve's ``max_ongoing_requests``): enough to fill a batch while the
+    previous one runs; more wait at the caller, up to ``max_queued``."""
+    return max(2 * max_batch_size, 8)
+
+
 def stream_deployment(
     model_path: str | os.PathLike[str],
     *,
@@ -1260,8 +1266,7 @@ def stream_deployment(
     replica_cls, ingress_cls = _deployments()
     options: dict[str, Any] = {
         "num_replicas": replicas,
-        # enough requests in flight per replica to fill a batch while the previous one runs
-        "max_ongoing_requests": max(2 * max_batch_size, 8),
+        "max_ongoing_requests": max_ongoing(max_batch_size),
         "max_queued_requests": max_queued,  # beyond it, at each caller (the ingress): BackPressureError -> HTTP 503
         "health_check_period_s": health_period_s,
         "health_check_timeout_s": health_timeout_s,
