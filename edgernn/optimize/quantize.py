@@ -151,11 +151,11 @@ def quantize(
     ``max_drift``: without a task, the reduced file's outputs on ``data`` may differ from the fp32 file's by at
     most this share of the fp32 outputs' largest magnitude, or ``ParityError`` and nothing is written.
     ``target_form(target, reduced)``: the reduced file in the form its target's engine loads, before it is judged
-    (``edgernn.export.targets.reduced_form``: e.g. no symbolic shapes where tract binds concrete ones).
+    (``edgernn.targets.reduced_form``: e.g. no symbolic shapes where tract binds concrete ones).
     ``weight_only``: int8 with only the weights reduced (``edgernn.optimize.weight_only``), the only try; without
     it, that is the last try of int8 judged without a choice of scale.
     ``target_int8(target)``: why the file's target's engine cannot run int8 products (DynamicQuantizeLinear and
-    MatMulInteger), or None (``edgernn.export.targets.int8_products_refused``); where it says why, int8 is the
+    MatMulInteger), or None (``edgernn.targets.int8_products_refused``); where it says why, int8 is the
     weights alone, and the report's ``how`` says so.
     """
     if to not in PRECISIONS:
@@ -281,7 +281,7 @@ def _with_manifest(
     if manifest is None:
         return reduced, None
     new_manifest = replace(manifest, precision=report)
-    # target_check(target, reduced): the target's tool asked again (edgernn.export.targets.recheck_structure)
+    # target_check(target, reduced): the target's tool asked again (edgernn.targets.recheck_structure)
     found = target_check(manifest.target, reduced) if target_check is not None else None
     if found is not None:  # its tool asked again: recorded, not fatal
         new_manifest = replace(new_manifest, target_check=found)
@@ -380,6 +380,18 @@ def _judged_on(scheme: Scheme | None) -> dict[str, Any]:
     return out
 
 
+def _timed_shape(manifest: Manifest | None) -> tuple[int, int]:
+    """The (sequence length, batch) the speed of a reduced file is timed at: 100 steps at batch 1, or the file's
+    own fixed length and batch; a streaming file's length a whole number of its chunks (at least one)."""
+    seq_len, batch = 100, 1
+    if manifest is not None:
+        seq_len = manifest.seq_len or seq_len
+        chunk = (manifest.chunk or 1) if manifest.states else 1
+        seq_len = max(chunk, seq_len - seq_len % chunk)
+        batch = manifest.batch or 1
+    return seq_len, batch
+
+
 def _speed(source: bytes, reduced: bytes, manifest: Manifest | None) -> dict[str, Any]:
     """The reduced file's speed against the fp32 one on this CPU, per step and per sequence, timed in turns (as
     ``edgernn bench --against``); ``measured: False`` with the reason where bench cannot drive the model."""
@@ -387,12 +399,7 @@ def _speed(source: bytes, reduced: bytes, manifest: Manifest | None) -> dict[str
     from ..runtime.cpu import host_cpu
     from ..verify.bench import timed_in_turns
 
-    seq_len, batch = 100, 1
-    if manifest is not None:
-        seq_len = manifest.seq_len or seq_len
-        chunk = (manifest.chunk or 1) if manifest.states else 1
-        seq_len = max(chunk, seq_len - seq_len % chunk)
-        batch = manifest.batch or 1
+    seq_len, batch = _timed_shape(manifest)
     try:
         t = timed_in_turns(source, reduced, rounds=3, steps=50, repeats=5, warmup=5, seq_len=seq_len, batch=batch)
     except EdgeRNNError as e:
@@ -669,7 +676,7 @@ def calibration_feeds(
             for t in range(0, len(seq) - len(seq) % k, k):
                 feed = {data_spec.name: np.ascontiguousarray(x[:, t : t + k]), **state}
                 feeds.append(feed)
-                results = sm.session.run(sm._output_names, feed)
+                results = sm.session.run(sm._output_names, feed, sm._ro)
                 state = {st.input: results[st.out_index] for st in sm.states}
         return feeds
     from ..runtime.validate import check_feed
@@ -840,7 +847,7 @@ def _judge(
     task, examples, data, max_metric_drop, max_drift = judges
     from ..runtime.providers import make_session
     from ..verify.check import check_model_inputs
-    from ..verify.drift import LONG_STEPS, long_drift, metric_drop, task_metric
+    from ..verify.drift import LONG_STEPS, long_drift, task_metric
     from ..verify.parity import check, session_runner
 
     out: dict[str, Any] = {}
@@ -883,28 +890,32 @@ def _judge(
     if has_task:
         fp32 = task_metric(source, task, examples, manifest)
         low = task_metric(reduced, task, examples, manifest)
-        if not (math.isfinite(fp32) and math.isfinite(low)):
-            raise ParityError(
-                f"the task's {task.metric} is not a finite number (fp32 {fp32}, {to} {low} on {len(examples)} "
-                "validation sequences): a drop cannot be judged from it; nothing was written"
-            )
-        drop = metric_drop(task, fp32, low)
-        out["metric"] = {
-            "name": task.metric,
-            "fp32": fp32,
-            "reduced": low,
-            "drop": drop,
-            "budget": max_metric_drop,
-            "examples": len(examples),
-        }
-        if drop > max_metric_drop:
-            raise _OverBudget(
-                f"loses {drop:.2%} of the task's {task.metric} ({fp32:.4g} -> {low:.4g} on {len(examples)} "
-                f"validation sequences), over the budget of {max_metric_drop:.2%}"
-            )
+        out["metric"] = _metric_verdict(task, fp32, low, len(examples), max_metric_drop, to)
     elif to != "fp16":
         out["metric"] = None
     return out
+
+
+def _metric_verdict(
+    task: Any, fp32: float, low: float, examples: int, max_metric_drop: float, to: str
+) -> dict[str, Any]:
+    """The task's metric of the fp32 and the reduced model (``low``) judged: the report's ``metric``; ParityError
+    when either is not a finite number, _OverBudget when the drop is over ``max_metric_drop``."""
+    from ..verify.drift import metric_drop
+
+    if not (math.isfinite(fp32) and math.isfinite(low)):
+        raise ParityError(
+            f"the task's {task.metric} is not a finite number (fp32 {fp32}, {to} {low} on {examples} "
+            "validation sequences): a drop cannot be judged from it; nothing was written"
+        )
+    drop = metric_drop(task, fp32, low)
+    if drop > max_metric_drop:
+        raise _OverBudget(
+            f"loses {drop:.2%} of the task's {task.metric} ({fp32:.4g} -> {low:.4g} on {examples} "
+            f"validation sequences), over the budget of {max_metric_drop:.2%}"
+        )
+    return {"name": task.metric, "fp32": fp32, "reduced": low, "drop": drop, "budget": max_metric_drop,
+            "examples": examples}  # fmt: skip
 
 
 def _data_drift(a: Any, b: Any, through: Any, data: Mapping[str, np.ndarray]) -> dict[str, Any]:
