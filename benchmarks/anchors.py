@@ -10,8 +10,8 @@ hidden 128, a Linear(128, 12) head on every step. Two calls are timed:
 Candidates, each with one thread:
 
     edgernn      step: ``StreamingModel(step export).stream().step``; sequence: onnxruntime on the `native` export
-    ort_bound    step only: a bare ``session.run_with_iobinding`` on pre-bound buffers of the same step file (the
-                 floor of any onnxruntime caller)
+    ort_bound    step only: a bare ``session.run_with_iobinding`` on pre-bound buffers of the same step file, with
+                 one RunOptions made beforehand (the floor of any onnxruntime caller)
     torch        torch eager (the edgernn model itself)
     executorch   ExecuTorch with the XNNPACK delegate: torch.export -> to_edge_transform_and_lower -> .pte
                  (the `bench-anchors` extra: pip install 'edgernn[bench-anchors]'); the lowering runs in a child
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import sys
@@ -155,10 +156,13 @@ class BoundStep:
 
     def __init__(self, path: Path, states: list[np.ndarray]) -> None:
         from edgernn.runtime import StreamingModel
+        from edgernn.runtime.model import run_options
 
         sm = StreamingModel(path, provider="cpu", threads=1)
         self.sess, self.sm = sm.session, sm
         import onnxruntime as ort
+
+        self.options = run_options()  # what edgernn gives every call (edgernn.runtime.model.run_options)
 
         ov = ort.OrtValue.ortvalue_from_numpy
         self.x = np.zeros((1, 1, sm.features or 1), np.float32)
@@ -186,13 +190,13 @@ class BoundStep:
 
     def step(self, frame: np.ndarray) -> np.ndarray:
         np.copyto(self.x, frame)
-        self.sess.run_with_iobinding(self.io[self.cur])
+        self.sess.run_with_iobinding(self.io[self.cur], self.options)
         self.cur ^= 1
         return self.primary  # not copied: the floor
 
     def bare(self) -> None:
         """The timed call: only the bound run (the frame stays where it is)."""
-        self.sess.run_with_iobinding(self.io[self.cur])
+        self.sess.run_with_iobinding(self.io[self.cur], self.options)
         self.cur ^= 1
 
 
@@ -469,7 +473,12 @@ def run_step(cell: str, model: Any, dims: tuple[int, int, int, int], frames: np.
             continue
         st.reset()
         frame = frames[0]
-        timed[name] = st.bare if isinstance(st, BoundStep) else (lambda st=st, frame=frame: st.step(frame))
+        if isinstance(st, BoundStep):
+            timed[name] = st.bare
+        elif isinstance(st, EdgernnStep):  # the user's call itself: Stream.step on the frame it was checked on
+            timed[name] = functools.partial(st.stream.step, frame[0])
+        else:
+            timed[name] = lambda st=st, frame=frame: st.step(frame)
     _time(timed, report, args)
     if (lowering.get("cached") or "lower_s" in lowering) and "executorch" in report:  # a program was loaded
         report["executorch"]["lowering"] = lowering

@@ -205,3 +205,25 @@ def test_index_limits_follow_ids_to_every_constant_table_they_read() -> None:
         with pytest.raises(InputError, match=r"ids must be in 0\.\.4"):
             m.run_feed({"ids": np.array(bad), "pos": np.array([0])})
     assert Model(lengths_model()).index_limits == {}  # lengths are not ids: the graph is not read for them
+
+
+def test_every_call_is_given_one_run_options_that_means_the_defaults() -> None:
+    """A session's calls share one RunOptions (faster than None); its graph annotation id is written as the one an
+    unset id means, so that onnxruntime's Python wrapper reads it without raising inside (and captures nothing)."""
+    m = Model(step_model("lstm", 3, 4, 1))
+    assert m.run_options.get_run_config_entry("gpu_graph_id") == "0"
+    assert (m.run_options.terminate, m.run_options.logid, m.run_options.only_execute_path_to_fetches) == (
+        False,
+        "",
+        False,
+    )
+    sm = StreamingModel(m)
+    assert sm._ro is m.run_options
+    s = sm.stream()
+    frames = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    ys = [s.step(f) for f in frames]  # the hot path, given the options from its second frame
+    state = sm.initial_state(1)
+    for f, y in zip(frames, ys, strict=True):  # a plain session.run with no options computes the same
+        out = m.session.run(None, {sm.data.name: f.reshape(1, 1, 3), **state})
+        np.testing.assert_array_equal(y, out[0].reshape(y.shape))
+        state = {st.input: out[st.out_index] for st in sm.states}

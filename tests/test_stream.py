@@ -450,10 +450,11 @@ def test_the_hot_path_computes_what_the_checked_path_and_the_public_call_compute
     assert native == np.float32 and native is not np.dtype(np.float32)
     for i, f in enumerate(frames(10, seed=9)):
         if i == 3:  # both hot by now: make one of them call the public method
-            view, dot, zeros, _, run, primary = public._fast[(F,)]
+            view, dot, zeros, _, run, ro, primary = public._fast[(F,)]
+            assert ro is sm.model.run_options  # one RunOptions for every call
             assert run != sm.session.run_with_iobinding  # the direct entry point was taken
             bound = public._bound[(1, 1, F)]
-            public._fast[(F,)] = (view, dot, zeros, bound.io, sm.session.run_with_iobinding, primary)
+            public._fast[(F,)] = (view, dot, zeros, bound.io, sm.session.run_with_iobinding, ro, primary)
         ys = [hot.step(f), public.step(f), checked.step(f.astype(native))]
         assert all(np.array_equal(ys[0], y) for y in ys[1:])
     assert not checked._fast and hot.steps == public.steps == checked.steps == 10

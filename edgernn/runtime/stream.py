@@ -87,6 +87,7 @@ class StreamingModel:
             raise ConfigError(f"{', '.join(session)}: session options go to Model(...), not with a loaded Model")
         self.model = model if isinstance(model, Model) else Model(model, **session)
         self.session = self.model.session
+        self._ro = self.model.run_options  # every call's RunOptions (see Model.run_options)
         self._output_names = list(self.model.output_names)
         self.states = resolve_states(self.model, states)
         given = dict(constants or {})
@@ -405,7 +406,7 @@ class StreamingModel:
                 b = st.batch_axis
                 rows = self._pool.gather(j, where).reshape(n, *st.row_shape)  # batch axis (1) dropped
                 feed[st.input] = np.ascontiguousarray(np.moveaxis(rows, 0, b))  # type: ignore[arg-type]
-            results = self.session.run(self._output_names, feed)
+            results = self.session.run(self._output_names, feed, self._ro)
             for j, st in enumerate(self.states):
                 b = st.batch_axis
                 self._pool.scatter(j, where, np.expand_dims(np.moveaxis(results[st.out_index], b, 0), 1 + b))  # type: ignore[arg-type,operator]
@@ -470,7 +471,7 @@ class StreamingModel:
         for start in range(0, total, k):
             piece = a[start] if stacked_time else np.take(a, range(start, start + k), axis=t_axis)
             feed = {self.data.name: self._check_full(np.ascontiguousarray(piece)), **state, **self.constants}
-            results = self.session.run(self._output_names, feed)
+            results = self.session.run(self._output_names, feed, self._ro)
             state = {st.input: results[st.out_index] for st in self.states}
             for o in self.outputs:
                 outs[o.name].append(results[o.index])
@@ -681,13 +682,13 @@ class Stream:
         if type(x) is np.ndarray and x.dtype is self._fast_dtype:
             fast = self._fast.get(x.shape)
             if fast is not None:  # a shape seen and bound before: copy, check the copy, run
-                view, dot, zeros, io, run, primary = fast
+                view, dot, zeros, io, run, ro, primary = fast
                 with self._lock:
                     view[...] = x  # same dtype and shape: a plain copy (np.copyto's dispatch costs ~0.3 us more)
                     if isnan(dot(zeros)):  # x . 0 is NaN for a NaN or inf anywhere in the copied frame
                         self._refuse(x)
                     cur = self._cur
-                    run(io[cur], None)
+                    run(io[cur], ro)
                     self._cur = cur ^ 1
                     self.steps += 1
                     return primary.copy()  # a copy: the bound buffer is overwritten by the next step
@@ -699,7 +700,7 @@ class Stream:
                 return self._first_step(a)[0]
             self._remember(x, bound)
             np.copyto(bound.x, a)
-            sm.session.run_with_iobinding(bound.io[self._cur])
+            sm.session.run_with_iobinding(bound.io[self._cur], sm._ro)
             self._cur ^= 1
             self.steps += 1
             return bound.primary.copy()  # a copy: the bound buffer is overwritten by the next step
@@ -710,7 +711,8 @@ class Stream:
         step that costs the bound call a few microseconds on top."""
         if type(x) is np.ndarray and x.dtype is self._fast_dtype and len(self._fast) < 8:
             run, io = _bound_call(self.model.session, bound.io)
-            self._fast[x.shape] = (bound.x.reshape(x.shape), bound.flat.dot, bound.flat_zeros, io, run, bound.primary)
+            hot = (bound.x.reshape(x.shape), bound.flat.dot, bound.flat_zeros, io, run, self.model._ro, bound.primary)
+            self._fast[x.shape] = hot
 
     def _refuse(self, x: np.ndarray) -> None:
         """The frame copied into the bound input is not finite: the checked path's error (the state, read from
@@ -728,7 +730,7 @@ class Stream:
                 values = self._first_step(a)
             else:
                 np.copyto(bound.x, a)
-                sm.session.run_with_iobinding(bound.io[self._cur])
+                sm.session.run_with_iobinding(bound.io[self._cur], sm._ro)
                 self._cur ^= 1
                 self.steps += 1
                 values = [v.copy() for v in bound.views]
@@ -761,7 +763,7 @@ class Stream:
         feed = {sm.data.name: _pad_rows(a, sm.axes.batch, n), **sm.constants}
         for st, buf in zip(sm.states, self._buf[self._cur], strict=True):
             feed[st.input] = _pad_rows(buf, st.batch_axis, n)  # type: ignore[arg-type]
-        results = sm.session.run(sm._output_names, feed)
+        results = sm.session.run(sm._output_names, feed, sm._ro)
         for st, buf in zip(sm.states, self._buf[self._cur], strict=True):
             buf[...] = np.take(results[st.out_index], [0], axis=st.batch_axis)
         self.steps += 1
@@ -870,7 +872,7 @@ class StreamGroup:
                 outs = [results[o.index] for o in sm.outputs]
             else:
                 np.copyto(bound.x, a)
-                sm.session.run_with_iobinding(bound.io[self._cur])
+                sm.session.run_with_iobinding(bound.io[self._cur], sm._ro)
                 self._cur ^= 1
                 outs = bound.outs
             self.steps += 1
@@ -909,14 +911,14 @@ def _run_in_place(sm: StreamingModel, a: np.ndarray, state: list[np.ndarray]) ->
     back into those buffers; every output returned. The first call with an input shape, before it is bound."""
     feed = {sm.data.name: a, **sm.constants}
     feed.update({st.input: buf for st, buf in zip(sm.states, state, strict=True)})
-    results = sm.session.run(sm._output_names, feed)
+    results = sm.session.run(sm._output_names, feed, sm._ro)
     for st, buf in zip(sm.states, state, strict=True):
         buf[...] = results[st.out_index]
     return results
 
 
 def _bound_call(session: Any, ios: Sequence[Any]) -> tuple[Any, list[Any]]:
-    """The bound call of the hot path, ``run(io[cur], None)``: onnxruntime's own entry point under its Python
+    """The bound call of the hot path, ``run(io[cur], run_options)``: onnxruntime's own entry point under its Python
     ``InferenceSession.run_with_iobinding`` where that is the same call. The wrapper checks that each binding
     belongs to the session (true here by construction) and whether WebGPU graph capture is on (fixed for a
     session), and those checks cost ~0.8 us of a ~30 us step; with capture on, or an onnxruntime whose wrapper
