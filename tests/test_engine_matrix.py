@@ -9,10 +9,13 @@ claimed cell that breaks fails this test; the table in the docs must be the one 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import math
 import os
 import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,12 @@ import torch
 
 from edgernn.errors import TargetError
 from edgernn.export import ExportResult, export_model
-from edgernn.export.registry import get_strategy_class
-from edgernn.export.targets import get_target, int8_products_refused, reduced_form
 from edgernn.graphs import all_graphs
 from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
 from edgernn.runtime.providers import make_session
+from edgernn.strategies.registry import get_strategy_class
+from edgernn.targets import get_target, int8_products_refused, reduced_form
 from edgernn.verify.check import check_model_inputs, first_line
 from edgernn.verify.parity import Tolerance, check, session_runner, tolerance
 
@@ -57,17 +60,6 @@ ENGINE_BUGS = {
     ("tract", "gru-bi", "loop"): "tract 0.23: Invalid axis at the flip of a 1-step sequence",
     ("portable", "gru-bi", "loop"): "tract 0.23: Invalid axis at the flip of a 1-step sequence",
 }
-
-
-def _absent(target: str) -> bool:
-    module = ENGINES[target][1]
-    return module is not None and importlib.util.find_spec(module) is None
-
-
-def _missing() -> list[str]:
-    return [ENGINES[t][1] for t in ENGINES if t not in OPTIONAL and _absent(t)] + (
-        ["pnnx"] if importlib.util.find_spec("pnnx") is None else []
-    )
 
 
 # the reduced precisions, each on one small model (the GRU's cells) to keep the test to minutes; the bound each is
@@ -220,42 +212,101 @@ def _cell_text(line: str) -> str:
     return line[:160].rstrip()
 
 
-def _left_out() -> set[str]:
-    return {t for t in OPTIONAL if _absent(t)}
+HEAD = "| target (engine) | cell | precision | " + " | ".join(f"`{s}`" for s in STRATEGIES) + " |"
+RULE = "|" + "---|" * (len(STRATEGIES) + 3)
+BLOCK = re.compile(re.escape(START) + r"\n(.*?)\n" + re.escape(END), re.S)
 
 
-def _table(left_out: frozenset[str] | set[str] = frozenset()) -> str:
-    head = "| target (engine) | cell | precision | " + " | ".join(f"`{s}`" for s in STRATEGIES) + " |"
-    rows = [head, "|" + "---|" * (len(STRATEGIES) + 3)]
-    for target, (engine, _) in ENGINES.items():
-        if target in left_out:
-            continue
-        for model in MODELS:
-            for precision in PRECISIONS:
-                if precision != "fp32" and model not in PRECISION_MODELS:
-                    continue
-                cells = [_cell(target, model, s, precision) for s in STRATEGIES]
-                rows.append(f"| `{target}` ({engine}) | {model} | {precision} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def _precisions(model: str) -> tuple[str, ...]:
+    """The precisions a cell's rows show: fp32, and the reduced ones on PRECISION_MODELS."""
+    return PRECISIONS if model in PRECISION_MODELS else ("fp32",)
 
 
-@pytest.mark.skipif(
-    bool(_missing()), reason=f"engines not installed: {', '.join(_missing())} (pip install -e '.[test]')"
-)
-def test_the_engine_matrix_in_the_docs_is_the_one_measured() -> None:
-    left_out = _left_out()
-    table = _table(left_out)  # raises on any claimed cell that does not export and match torch on its engine
-    text = DOC.read_text()
-    pattern = re.compile(re.escape(START) + r"\n(.*?)\n" + re.escape(END), re.S)
-    found = pattern.search(text)
+def _rows(target: str, model: str) -> list[str]:
+    """The matrix's rows for one engine target and one cell, measured: fp32, then each reduced precision."""
+    engine = ENGINES[target][0]
+    precisions = _precisions(model)
+    cells = {p: " | ".join(_cell(target, model, s, p) for s in STRATEGIES) for p in precisions}
+    return [f"| `{target}` ({engine}) | {model} | {p} | {cells[p]} |" for p in precisions]
+
+
+def _key(row: str) -> tuple[str, str]:
+    """(target, cell) of a written row."""
+    target, cell = (c.strip() for c in row.split("|")[1:3])
+    return target.split("`")[1], cell
+
+
+def _written() -> list[str] | None:
+    """The matrix's rows as docs/targets.md has them (None: the doc has no generated matrix)."""
+    found = BLOCK.search(DOC.read_text())
+    return None if found is None else found.group(1).splitlines()
+
+
+@contextlib.contextmanager
+def _doc_locked() -> Iterator[None]:
+    """The doc held against the other workers' rewrites (EDGERNN_WRITE_DOCS=1 in a parallel run)."""
+    with open(DOC, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_rows(target: str, model: str, rows: list[str]) -> None:
+    """Put this (target, cell)'s rows in docs/targets.md's matrix, every row in ENGINES x MODELS order."""
+    with _doc_locked():
+        text = DOC.read_text()
+        found = BLOCK.search(text)
+        kept = [r for r in (found.group(1).splitlines()[2:] if found else []) if _key(r) != (target, model)]
+        order = {(t, m): i for i, (t, m) in enumerate((t, m) for t in ENGINES for m in MODELS)}
+        body = sorted(kept + rows, key=lambda r: order.get(_key(r), len(order)))  # stable: precisions keep order
+        new = "\n".join([START, HEAD, RULE, *body, END])
+        DOC.write_text(BLOCK.sub(lambda _: new, text) if found else text.rstrip() + "\n\n" + new + "\n")
+
+
+def _why_absent(target: str) -> str | None:
+    module = ENGINES[target][1]
+    if module is not None and importlib.util.find_spec(module) is None:
+        kept = "; its rows in docs/targets.md are left as written" if target in OPTIONAL else ""
+        return f"{ENGINES[target][0]} is not installed (pip install -e '.[test]'){kept}"
+    if target == "ncnn" and importlib.util.find_spec("pnnx") is None:
+        return "pnnx, ncnn's converter, is not installed (pip install --no-deps pnnx)"
+    return None
+
+
+# one test per engine target and cell, each in its own xdist group: the engines' conversions (LiteRT's through
+# TensorFlow take seconds each) spread over the workers
+CELLS = [
+    pytest.param(t, m, id=f"{t}-{m}", marks=pytest.mark.xdist_group(f"engine-matrix-{t}-{m}"))
+    for t in ENGINES
+    for m in MODELS
+]
+
+
+@pytest.mark.parametrize(("target", "model"), CELLS)
+def test_the_engine_matrix_in_the_docs_is_the_one_measured(target: str, model: str) -> None:
+    why = _why_absent(target)
+    if why is not None:
+        pytest.skip(why)
+    rows = _rows(target, model)  # raises on any claimed cell that does not export and match torch on its engine
     if os.environ.get("EDGERNN_WRITE_DOCS") == "1":
-        assert not left_out, f"not installed, so their rows cannot be written: {', '.join(sorted(left_out))}"
-        new = f"{START}\n{table}\n{END}"
-        DOC.write_text(pattern.sub(new, text) if found else text.rstrip() + "\n\n" + new + "\n")
+        _write_rows(target, model, rows)
         return
-    assert found, f"docs/targets.md has no generated matrix; run EDGERNN_WRITE_DOCS=1 pytest {__file__}"
-    written = "\n".join(r for r in found.group(1).splitlines() if not any(r.startswith(f"| `{t}` ") for t in left_out))
-    assert written == table, "docs/targets.md's engine matrix differs from the one measured here"
+    written = _written()
+    assert written is not None, f"docs/targets.md has no generated matrix; run EDGERNN_WRITE_DOCS=1 pytest {__file__}"
+    assert [r for r in written[2:] if _key(r) == (target, model)] == rows, (
+        f"docs/targets.md's engine matrix differs from the one measured here for {target} {model}"
+    )
+
+
+def test_the_written_matrix_has_every_row_once_and_in_order() -> None:
+    written = _written()
+    assert written is not None, f"docs/targets.md has no generated matrix; run EDGERNN_WRITE_DOCS=1 pytest {__file__}"
+    assert written[:2] == [HEAD, RULE]
+    want = [(t, m, p) for t in ENGINES for m in MODELS for p in _precisions(m)]
+    got = [(*_key(r), r.split("|")[3].strip()) for r in written[2:]]
+    assert got == want
 
 
 def test_every_claimed_strategy_is_in_the_matrix() -> None:

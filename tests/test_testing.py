@@ -92,7 +92,7 @@ def test_other_weights_and_architecture_are_named(exported: tuple[nn.Module, Pat
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *args],  # in this process
         capture_output=True,
         text=True,
         cwd=ROOT / "docs" / "examples",
