@@ -94,7 +94,7 @@ class Manifest:
     task: dict[str, Any] | None = None  # trained on a built-in task: its name and data settings (to judge int8)
     # zoo models trained on the user's data: the per-feature mean and std the graph standardises raw inputs with
     input_normalization: dict[str, Any] | None = None
-    target: str = "ort"  # the runtime the graph was made for (edgernn.export.targets)
+    target: str = "ort"  # the runtime the graph was made for (edgernn.targets)
     target_check: dict[str, Any] = field(default_factory=dict)  # what the target's own tool said at export
     precision: dict[str, Any] = field(default_factory=dict)  # int8/fp16 files: how made, sizes, drift, metric
     selection: dict[str, Any] | None = None  # strategy auto: what was timed, how fast, and what won

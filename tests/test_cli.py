@@ -502,7 +502,7 @@ def test_task_and_init_choices_are_the_registries() -> None:
 
 def test_a_targets_default_strategy_comes_from_what_it_takes() -> None:
     from edgernn.export.auto import default_strategy
-    from edgernn.export.targets import Target, get_target, target_names
+    from edgernn.targets import Target, get_target, target_names
 
     for name in target_names():
         t = get_target(name)

@@ -20,9 +20,9 @@ import torch
 
 from edgernn.errors import ExportError, MissingPackageError, TargetError
 from edgernn.export import ExportResult, export_model
-from edgernn.export.targets import get_target, litert
-from edgernn.export.targets.litert import litert_available, read_stacked_directly
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.targets import get_target, litert
+from edgernn.targets.litert import litert_available, read_stacked_directly
 from edgernn.verify.parity import TOLERANCES
 
 TOL = TOLERANCES["fp32"]
@@ -143,7 +143,7 @@ def test_an_output_whose_axes_onnx2tf_moved_is_refused() -> None:
 def test_portable_runs_litert_on_the_forms_it_takes_and_names_it_left_out_of_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edgernn.export.targets.portable import engines_for
+    from edgernn.targets.portable import engines_for
 
     monkeypatch.setattr(litert, "litert_available", lambda: True)
     forms = {

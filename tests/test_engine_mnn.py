@@ -1,5 +1,5 @@
 """The MNN engine (Alibaba, ``pip install MNN``): every strategy the `mnn` target claims converts with MNN's own
-converter (``edgernn.export.targets.mnn.to_mnn``: the wheel's compiled extension in a child process, never the
+converter (``edgernn.targets.mnn.to_mnn``: the wheel's compiled extension in a child process, never the
 console script), loads in MNN and matches eager torch within 1e-5.
 
 For rnn-tanh, LSTM, GRU (2 layers) and a bidirectional GRU: a padded batch (3 sequences, lengths 17, 9, 1, where
@@ -27,8 +27,9 @@ import torch
 
 from edgernn.errors import ExportError, TargetError
 from edgernn.export import ExportResult, export_model, get_strategy_class, get_target
-from edgernn.export.targets import mnn
-from edgernn.export.targets.mnn import (
+from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.targets import mnn
+from edgernn.targets.mnn import (
     CONVERTER_FLAGS,
     converter_error,
     mnn_available,
@@ -38,7 +39,6 @@ from edgernn.export.targets.mnn import (
     run_converter,
     to_mnn,
 )
-from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]
@@ -260,7 +260,7 @@ def test_the_converter_child_is_stopped_before_any_network_or_process() -> None:
 def test_checking_imports_neither_mnn_tools_nor_the_logging_sdk(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from edgernn.export.targets.mnn import mnn_structure\n"
+        "from edgernn.targets.mnn import mnn_structure\n"
         f"r = mnn_structure(open({str(tmp_path / 'm.onnx')!r}, 'rb').read())\n"
         "print(r.passed, sorted(m for m in sys.modules if m.startswith('MNN.tools') or 'aliyun' in m))\n"
     )
@@ -272,6 +272,13 @@ def test_checking_imports_neither_mnn_tools_nor_the_logging_sdk(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------- the MNN behaviours the target rests on
+
+
+def _killed_by_a_signal(returncode: int) -> bool:
+    """How the converter's crash on an LSTM's While lowering ends: it corrupts memory, and what stops it differs
+    from run to run: SIGSEGV (-11) mostly, SIGBUS (-7) where the stray address is mapped but not backed, SIGABRT (-6)
+    where glibc's allocator finds its heap corrupted ("free(): corrupted unsorted chunks")."""
+    return returncode < 0
 
 
 @needs_mnn
@@ -291,7 +298,8 @@ def test_mnn_computes_the_padding_of_a_runtime_sequence_lens_as_data(name: str, 
     for label, flags in (("MNN RNN kernels", CONVERTER_FLAGS), ("MNN While lowering", ())):
         done = run_converter(model, tmp_path / label.replace(" ", "-"), flags)
         if name == "lstm" and not flags:
-            assert done.returncode == -11 and done.path is None  # the While lowering's crash, tested below
+            # the While lowering's crash, tested below
+            assert _killed_by_a_signal(done.returncode) and done.path is None
             continue
         if done.path is None:
             assert name == "gru" and flags and "Don't support sequence_lens" in done.output, done.output
@@ -333,15 +341,15 @@ def test_mnns_lstm_while_lowering_crashes_the_converter_unless_all_outputs_are_n
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/engines/mnn.md's reproduction: one ONNX LSTM node naming only Y (as torch's exporter writes it)
-    crashes MNN's converter (SIGSEGV, nothing written) unless --useOriginRNNImpl; all three outputs named, it
+    crashes MNN's converter (killed by a signal, nothing written) unless --useOriginRNNImpl; all three outputs named, it
     converts. If MNN fixes it, this fails and the flag can be reconsidered."""
     crash = run_converter(_lstm_node_file(("Y",)), tmp_path / "y", ())
-    assert crash.returncode == -11 and crash.path is None, (crash.returncode, crash.output[-300:])
+    assert _killed_by_a_signal(crash.returncode) and crash.path is None, (crash.returncode, crash.output[-300:])
     assert "Use While to compute LSTM" in crash.output
     assert run_converter(_lstm_node_file(("Y", "Y_h", "Y_c")), tmp_path / "all", ()).path is not None
     assert run_converter(_lstm_node_file(("Y",)), tmp_path / "flag", CONVERTER_FLAGS).path is not None
     monkeypatch.setattr(mnn, "CONVERTER_FLAGS", ())  # to_mnn as it would be without the flag
-    with pytest.raises(TargetError, match=r"MNN's converter crashed \(signal 11\) without writing a file"):
+    with pytest.raises(TargetError, match=r"MNN's converter crashed \(signal \d+\) without writing a file"):
         to_mnn(_lstm_node_file(("Y",)), tmp_path / "judged")
 
 
@@ -367,7 +375,7 @@ def test_bidirectional_last_step_readout_runs_on_mnn(cell: str) -> None:
     passes against torch. The pass leaves onnxruntime's outputs as they were."""
     import onnxruntime as ort
 
-    from edgernn.export.ncnn_forms import final_state_from_sequence
+    from edgernn.rewrite.ncnn_forms import final_state_from_sequence
 
     torch.manual_seed(7)
     cfg = ModelConfig(cell=cell, input_size=3, hidden_size=8, num_layers=2, bidirectional=True)
@@ -418,7 +426,7 @@ def test_fp32_fills_computes_the_same_tensor_with_an_fp32_fill() -> None:
     they are (the same object back)."""
     import onnxruntime as ort
 
-    from edgernn.export.travel import fp32_fills
+    from edgernn.rewrite.travel import fp32_fills
 
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     before = onnx.load_from_string(_fill_file(np.float16))
@@ -444,7 +452,7 @@ def test_mnns_converter_reads_an_fp16_fill_as_fp32(tmp_path: Path) -> None:
     fp32, so a fill of 1.5 is not 1.5 in MNN (here: the two bytes past it make a number near 0; in a larger file
     they were other bytes on each conversion). Written with ``fp32_fills``, MNN fills 1.5 exactly. If MNN
     starts reading the fill right, the first half fails and the pass can go."""
-    from edgernn.export.travel import fp32_fills
+    from edgernn.rewrite.travel import fp32_fills
 
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     model = _fill_file(np.float16)
@@ -460,9 +468,9 @@ def test_an_fp16_unroll_file_for_mnn_matches_torch_on_every_load() -> None:
     the file holds no fp16 fill, and MNN, converting and loading it three times, matches torch on the padded
     batch within fp16's tolerance each time. Before the mnn target wrote the fp32 fill, MNN's state started at
     whatever bytes lay past the fill and most loads returned numbers up to 1e38."""
-    from edgernn.export.targets import reduced_form
     from edgernn.graphs import all_graphs
     from edgernn.optimize.quantize import quantize
+    from edgernn.targets import reduced_form
     from edgernn.verify.parity import tolerance
 
     result = export_model(_model("gru"), None, strategy="unroll", target="mnn", seq_len=T)
@@ -490,8 +498,8 @@ def test_int8_for_mnn_is_the_weights_alone_and_streams_from_a_zero_state() -> No
     specification's onnxruntime returns 0). The file `quantize` writes for mnn streams 20 frames from that state
     on MNN, its own states fed back, within int8's drift budget of torch on the whole sequence. If MNN starts
     computing the products from zero, the first half fails and the target can take them."""
-    from edgernn.export.targets import int8_products_refused, reduced_form
     from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
+    from edgernn.targets import int8_products_refused, reduced_form
     from edgernn.verify.parity import Tolerance
 
     result = export_model(_model("gru"), None, strategy="step", target="mnn", chunk=1)

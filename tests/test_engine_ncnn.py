@@ -31,9 +31,12 @@ import pytest
 import torch
 
 from edgernn.errors import ExportError, TargetError
-from edgernn.export import ExportResult, export_model, get_strategy_class, get_target, ncnn_forms
-from edgernn.export.targets import ncnn as ncnn_target
-from edgernn.export.targets.ncnn import (
+from edgernn.export import ExportResult, export_model, get_strategy_class, get_target
+from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.rewrite import ncnn_forms
+from edgernn.rewrite.travel import for_bound_shapes
+from edgernn.targets import ncnn as ncnn_target
+from edgernn.targets.ncnn import (
     ncnn_available,
     ncnn_report,
     ncnn_runner,
@@ -41,8 +44,6 @@ from edgernn.export.targets.ncnn import (
     pnnx_error,
     to_ncnn,
 )
-from edgernn.export.travel import for_bound_shapes
-from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
 from edgernn.verify.parity import Runner as RunnerType
 from edgernn.verify.parity import Tolerance, compare
 

@@ -80,7 +80,7 @@ def test_package_litert_writes_the_tflite_checked_on_litert(tmp_path: Path) -> N
 
 
 def test_package_litert_without_its_packages_exits_10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgernn.export.targets import litert
+    from edgernn.targets import litert
 
     src = tmp_path / "m.onnx"
     export_model(

@@ -1,5 +1,5 @@
 """The tract engine (Sonos, ``pip install tract``): every strategy the `tract` target claims loads in tract at
-concrete input shapes, as written after ``edgernn.export.travel.for_bound_shapes``, and matches eager torch.
+concrete input shapes, as written after ``edgernn.rewrite.travel.for_bound_shapes``, and matches eager torch.
 
 For rnn-tanh, LSTM, GRU (2 layers) and a bidirectional GRU: a padded batch (3 sequences, lengths 17, 9, 1, where
 the form takes lengths; native on this target takes none and runs the batch at full length), and for `step` a
@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from edgernn.errors import ExportError
-from edgernn.export import ExportResult, export_model, get_strategy_class, get_target, travel
-from edgernn.export.targets.tract import tract_available, tract_error, tract_report, tract_runner, tract_structure
+from edgernn.export import ExportResult, export_model, get_strategy_class, get_target
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.rewrite import travel
+from edgernn.targets.tract import tract_available, tract_error, tract_report, tract_runner, tract_structure
 from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]
@@ -331,9 +332,9 @@ def test_an_int8_file_of_a_tract_export_loads_in_tract_and_stays_near_torch(stra
     against a bound size ("Impossible to unify Sym(unk__1) with Val(2)" at the Scan); `edgernn quantize` puts the
     reduced file back in the tract target's form (``reduced_form``), and tract then runs it within quantize's own
     drift bound of torch (5% of the largest output) on a padded batch."""
-    from edgernn.export.targets import reduced_form
-    from edgernn.export.travel import bound_shape_problems
     from edgernn.optimize.quantize import DEFAULT_MAX_DRIFT, quantize
+    from edgernn.rewrite.travel import bound_shape_problems
+    from edgernn.targets import reduced_form
 
     made = _export("gru", strategy, target="tract")
     raw = quantize(made.model_bytes, "int8", verify=False, timing=False).model_bytes

@@ -1,4 +1,4 @@
-"""edgernn.verify.localize: which recurrent layer, direction and step of an export first leaves the tolerance."""
+"""edgernn.diagnose.localize: which recurrent layer, direction and step of an export first leaves the tolerance."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from edgernn.diagnose.localize import Localization, localize, plot_errors
 from edgernn.errors import InputError, ModelFormatError
 from edgernn.export import export, export_model
 from edgernn.manifest import TensorSpec
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
-from edgernn.verify.localize import Localization, localize, plot_errors
 
 T = 20  # every sequence's padded length (the unroll exports are made at it)
 FEATURES = 3

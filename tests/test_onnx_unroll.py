@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgernn.errors import ExportError
-from edgernn.export.onnx_unroll import unroll_scans
+from edgernn.rewrite.onnx_unroll import unroll_scans
 from edgernn.verify.parity import TOLERANCES, compare
 
 TOL = TOLERANCES["fp32"]

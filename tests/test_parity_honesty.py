@@ -130,8 +130,8 @@ def test_parity_command_says_when_it_fell_back(tmp_path: Path) -> None:
 
 def test_strategy_registration_does_not_depend_on_import_order() -> None:
     code = (
-        "import edgernn.export.loop\n"
-        "from edgernn.export.registry import strategy_names\n"
+        "import edgernn.strategies.loop\n"
+        "from edgernn.strategies.registry import strategy_names\n"
         "print(','.join(strategy_names()))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

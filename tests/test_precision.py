@@ -20,10 +20,10 @@ from edgernn.cli.optimize import format_precision
 from edgernn.errors import ConfigError, ParityError
 from edgernn.export import ExportResult, export_model
 from edgernn.export.check import check_model
-from edgernn.export.targets import recheck_structure
 from edgernn.model.zoo import ModelConfig, build_model
 from edgernn.optimize.quantize import quantize
 from edgernn.optimize.scan_form import rewrite
+from edgernn.targets import recheck_structure
 from edgernn.train.data import get_task, make_splits
 
 CELLS = ("rnn-tanh", "rnn-relu", "lstm", "gru")

@@ -148,7 +148,7 @@ def test_triton_export_without_tritonclient_names_the_extra(monkeypatch: pytest.
 
 def test_triton_report_judges_any_model() -> None:
     _tritonclient()
-    from edgernn.export.targets.triton import triton_report
+    from edgernn.targets.triton import triton_report
 
     ok = triton_report(_export("gru", 1).model_bytes)
     assert ok.target == "triton" and ok.passed is True and "h_in/h_out ['batch', 1, 8]" in ok.summary

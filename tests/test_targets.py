@@ -24,9 +24,10 @@ from click.testing import CliRunner
 
 from edgernn.cli import main
 from edgernn.errors import ConfigError, ExportError, ParityError, TargetError
-from edgernn.export import ExportResult, export_model, get_target, hygiene, target_names
+from edgernn.export import ExportResult, export_model, get_target, target_names
 from edgernn.export.check import check_model
 from edgernn.model.zoo import ModelConfig, RecurrentModel, build_model
+from edgernn.rewrite import hygiene
 from edgernn.runtime import Model
 from edgernn.verify.parity import TOLERANCES, compare
 
@@ -65,11 +66,7 @@ def _assert_close(want: np.ndarray, got: np.ndarray, what: str) -> None:
 
 
 def test_registry_lists_the_builtin_targets_whatever_was_imported_first() -> None:
-    code = (
-        "import edgernn.export.targets.coreml\n"
-        "from edgernn.export.targets import target_names\n"
-        "print(','.join(target_names()))\n"
-    )
+    code = "import edgernn.targets.coreml\nfrom edgernn.targets import target_names\nprint(','.join(target_names()))\n"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ort,nnapi,coreml,openvino,portable,triton,tract,mnn,ncnn,litert"
@@ -81,7 +78,7 @@ def test_unknown_target_names_the_valid_ones() -> None:
 
 
 def test_a_target_is_registered_once() -> None:
-    from edgernn.export.targets import register_target
+    from edgernn.targets import register_target
 
     with pytest.raises(ValueError, match="already registered"):
         register_target(get_target("nnapi"))
@@ -112,8 +109,8 @@ def test_native_with_lengths_is_refused_where_sequence_lens_is_ignored(target: s
 def test_openvino_and_onnx_reference_really_ignore_sequence_lens() -> None:
     """Why the refusal above exists: the same padded batch through an `ort` native export is wrong there."""
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from edgernn.export.targets.openvino import openvino_runner
-    from edgernn.export.targets.portable import reference_runner
+    from edgernn.targets.openvino import openvino_runner
+    from edgernn.targets.portable import reference_runner
 
     res = _export("lstm", "native", "ort")
     x = np.random.default_rng(1).standard_normal((3, T, 3)).astype(np.float32)
@@ -215,7 +212,7 @@ OPENVINO_CASES = [pytest.param(c, s, id=f"{c}-{s}") for c in CELLS for s in ("na
 @pytest.mark.parametrize(("cell", "strategy"), OPENVINO_CASES)
 def test_openvino_exports_compile_and_match_torch_on_a_padded_batch(cell: str, strategy: str) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from edgernn.export.targets.openvino import openvino_runner
+    from edgernn.targets.openvino import openvino_runner
 
     res = _export(cell, strategy, "openvino")
     parity = res.manifest.target_check["parity"]
@@ -244,8 +241,8 @@ def test_openvino_feeds_an_input_that_carries_several_names() -> None:
     """An fp16 file's input also names the Cast it feeds; OpenVINO may call it by that other name, and the runner
     dropped the input from the feed (OpenVINO then returned an empty batch, shape (0, 1))."""
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from edgernn.export.targets.openvino import openvino_runner
     from edgernn.optimize.quantize import quantize
+    from edgernn.targets.openvino import openvino_runner
 
     res = export_model(_model("gru"), None, strategy="native", target="openvino", verify=False)
     fp16 = quantize(res.model_bytes, "fp16", verify=False, timing=False).model_bytes
@@ -259,7 +256,7 @@ def test_openvino_feeds_an_input_that_carries_several_names() -> None:
 @pytest.mark.slow
 def test_an_openvino_mismatch_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    import edgernn.export.targets.openvino as check_mod
+    import edgernn.targets.openvino as check_mod
 
     real = check_mod.openvino_runner
 

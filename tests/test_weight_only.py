@@ -246,7 +246,7 @@ def test_int8_for_a_target_whose_engine_cannot_run_int8_products_is_the_weights_
 def test_the_targets_whose_engines_cannot_run_int8_products_say_why() -> None:
     """Measured in the engine matrix (docs/targets.md): MNN computes NaN from a zero state, ncnn and LiteRT have
     no such layer, so `portable` (all of them) takes the weights alone; onnxruntime, OpenVINO and tract run them."""
-    from edgernn.export.targets import int8_products_refused, target_names
+    from edgernn.targets import int8_products_refused, target_names
 
     refused = {t for t in target_names() if int8_products_refused(t)}
     assert refused == {"mnn", "ncnn", "litert", "portable"}

@@ -46,8 +46,13 @@ MODULES: dict[str, list[str]] = {
         "tests/test_stream_constants.py",
         "tests/test_hostile_runtime.py",
     ],
-    "export/onnx_unroll.py": ["tests/test_onnx_unroll.py"],
-    "optimize/quantize.py": ["tests/test_precision.py", "tests/test_scan_form.py"],
+    "rewrite/onnx_unroll.py": ["tests/test_onnx_unroll.py"],
+    "optimize/quantize.py": [
+        "tests/test_quantize_mutants.py",
+        "tests/test_precision.py",
+        "tests/test_weight_only.py",
+        "tests/test_scan_form.py",
+    ],
     "train/loop.py": ["tests/test_train_mutants.py", "tests/test_train.py"],
 }
 

@@ -22,7 +22,7 @@ def _cells() -> list[str]:
 
 
 def _targets() -> list[str]:
-    from ..export.targets import BUILTIN
+    from ..targets import BUILTIN
 
     return list(BUILTIN)
 

@@ -14,7 +14,7 @@ from .common import echo_json, handle_errors, require_model_file
 
 
 def _target_choices() -> list[str]:
-    from ..export.targets import BUILTIN
+    from ..targets import BUILTIN
 
     return list(BUILTIN)
 
@@ -26,7 +26,7 @@ def targets(as_json: bool) -> None:
     """List the targets an export can be made for and what each needs (read from the target registry)."""
     from dataclasses import asdict
 
-    from ..export.targets import get_target, target_names
+    from ..targets import get_target, target_names
 
     rows = [get_target(n) for n in target_names()]
     if as_json:
@@ -63,7 +63,7 @@ def check(model: str, target_names: tuple[str, ...], shapes: tuple[str, ...], as
     """
     require_model_file(model)
     from ..export.check import check_model, manifest_target
-    from ..export.targets import target_names as all_targets
+    from ..targets import target_names as all_targets
     from ..verify.parity import parse_shape
 
     asked = list(dict.fromkeys(target_names))

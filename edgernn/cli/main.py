@@ -83,7 +83,7 @@ def main(debug: bool) -> None:
 
 
 def _strategy_choices() -> list[str]:
-    from ..export.registry import BUILTIN  # torch-free: --help stays instant
+    from ..strategies.registry import BUILTIN  # torch-free: --help stays instant
 
     return list(BUILTIN)
 
@@ -98,7 +98,7 @@ def _export_strategy_choices() -> list[str]:
 
 
 def _target_choices() -> list[str]:
-    from ..export.targets import BUILTIN  # torch-free
+    from ..targets import BUILTIN  # torch-free
 
     return list(BUILTIN)
 
@@ -375,8 +375,8 @@ def _settle_strategy(o: dict[str, Any], *, lengths: bool) -> None:
     """Before any heavy import: a strategy (named, or the default) the --target cannot run in the asked form is
     the target's refusal (exit 9, naming what works); with no --strategy for a target whose default is not the
     library's usual one, the one it takes (``Target.default_strategy``) is chosen here and named on stderr."""
-    from ..export.registry import get_strategy_class
-    from ..export.targets import get_target
+    from ..strategies.registry import get_strategy_class
+    from ..targets import get_target
 
     target = get_target(o["target"])
     strategy = o["strategy"]

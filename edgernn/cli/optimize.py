@@ -171,8 +171,8 @@ def quantize(model: str, to: str, out: str, as_json: bool, **o: Any) -> None:
     """
     require_model_file(model)
     require_checkpoint(o["ckpt"])
-    from ..export.targets import quantize_hooks
     from ..optimize.workflow import quantize_file
+    from ..targets import quantize_hooks
 
     result = quantize_file(model, to, out, **quantize_hooks(), **o)
     if as_json:

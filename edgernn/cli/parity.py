@@ -133,7 +133,7 @@ def parity(
             rtol=rtol,
         )
         if plot_path:
-            from ..verify.localize import plot_errors
+            from ..diagnose.localize import plot_errors
 
             plot_errors(loc, plot_path)
     if as_json:

@@ -1,5 +1,8 @@
 """Export to ONNX: four strategies in one registry, a manifest in every file, parity checked before writing.
 
+The strategy and target registries live in ``edgernn.strategies`` and ``edgernn.targets``; their names are
+re-exported here.
+
 ``export_model`` exports an edgernn zoo model (``RecurrentModel``); ``export`` takes any ``torch.nn.Module``
 that uses ``torch.nn.RNN/LSTM/GRU`` (or edgernn's layers) inside.
 """
@@ -12,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..files import write_atomic
 from ..manifest import TensorSpec
-from .registry import BUILTIN, Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
-from .targets import Target, get_target, register_target, target_names
+from ..strategies.registry import BUILTIN, Capabilities, Strategy, get_strategy_class, register_strategy, strategy_names
+from ..targets import Target, get_target, register_target, target_names
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -71,7 +74,7 @@ def export_model(
     loop (and unroll with ``seq_len``), timed here; ``native`` for other targets (``edgernn.export.auto``).
     ``lengths`` defaults to whether the strategy accepts it (for ``native``, and a target that ignores ONNX's
     sequence_lens, it does not). ``target`` (default ``ort``) and ``batch`` choose the runtime the graph is made
-    for (see ``edgernn.export.targets``). Parity is checked against torch and the numpy oracle. ``golden`` (True
+    for (see ``edgernn.targets``). Parity is checked against torch and the numpy oracle. ``golden`` (True
     or a path) also writes the golden file ``edgernn verify`` checks on the device (see ``export_module``).
     """
     import torch

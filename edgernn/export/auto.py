@@ -64,7 +64,7 @@ def default_strategy(target: str | None, verify: bool, options: dict[str, Any] |
         return "step"
     if (target or "ort") == "ort" and verify:
         return AUTO
-    from .targets import get_target
+    from ..targets import get_target
 
     return get_target(target or "ort").default_strategy(given)
 
@@ -120,7 +120,7 @@ def parse_profile_shape(text: str | Sequence[int] | None) -> tuple[int, int] | N
 
 def candidates(target: str, options: dict[str, Any]) -> list[str]:
     """The strategies auto compares for ``target``: native and loop, and unroll when a seq_len is given."""
-    from .targets import get_target
+    from ..targets import get_target
 
     tgt = get_target(target)
     names = ["native", "loop"] + (["unroll"] if options.get("seq_len") is not None else [])

@@ -1,9 +1,9 @@
 """``edgernn check`` as a library function: will a model (edgernn's or not) run on each target? Each target's own
-check (``edgernn.export.targets``: its tool's verdict on the graph, and its runtime's outputs against
+check (``edgernn.targets``: its tool's verdict on the graph, and its runtime's outputs against
 onnxruntime CPU where the runtime is here), asked without torch.
 
 - ``nnapi`` / ``coreml``: onnxruntime's mobile usability checker, in process: partitions, coverage, each node left
-  out and why (``edgernn.export.targets.mobile``).
+  out and why (``edgernn.targets.mobile``).
 - ``openvino``: the model is read and compiled by OpenVINO (with the fp32 precision hint; its CPU plugin computes
   in bf16 otherwise) and its outputs compared with onnxruntime's.
 - ``portable``: onnx's checker (full) and onnx's reference implementation, which follows the specification,
@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from ..errors import TargetError
 from ..manifest import MANIFEST_KEY, read_manifest
 from ..progress import stage
+from ..targets import get_target, structure_report, target_runners
 from ..verify.check import TargetReport, check_model_inputs, read_bytes
 from ..verify.parity import ParityReport, Runner, check, session_runner
-from .targets import get_target, structure_report, target_runners
 
 
 def manifest_target(model: str | os.PathLike[str] | bytes) -> str | None:

@@ -27,9 +27,12 @@ from ..manifest import Manifest, StateSpec, TensorSpec, write_manifest
 from ..model import nn as enn
 from ..model.layout import LayerWeights, onnx_weights
 from ..progress import stage
+from ..rewrite import hygiene
+from ..strategies.registry import Stack, Strategy, get_strategy_class
+from ..targets import Target, get_target, structure_report, target_runners
 from ..verify.against_torch import call_error, fit_cases, layer_oracle_check, stream_cases, verify_parity, verify_stream
 from ..verify.parity import Case, ParityReport, Runner, case_from_shapes, cases_for, other_axes
-from . import hygiene, packing
+from . import packing
 from .graph import (
     check_dynamic_axes,
     default_opset,
@@ -39,9 +42,7 @@ from .graph import (
     set_opset,
     validate_graph,
 )
-from .registry import Strategy, get_strategy_class
 from .streaming import Probe, StateIO, StepModule, example_states, probe, state_specs
-from .targets import Target, get_target, structure_report, target_runners
 
 
 @dataclass
@@ -150,7 +151,7 @@ def make_hook(
         else:
             h0, c0 = hx, None
         ran.add(enn.layer_slot(layer))
-        y, h, c = strategy.run_stack(layer, weights[enn.layer_slot(layer)], x, h0, c0, lengths)
+        y, h, c = strategy.run_stack(Stack(layer, weights[enn.layer_slot(layer)], x, h0, c0, lengths))
         if states is not None:
             states.give(layer, h, c)
         if packed is not None:

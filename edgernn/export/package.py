@@ -25,8 +25,8 @@ from typing import Any
 from ..errors import ConfigError, MissingPackageError, ModelFormatError, TargetError
 from ..files import write_atomic
 from ..progress import stage
+from ..targets import get_target
 from .check import compare_with_onnxruntime
-from .targets import get_target
 
 ORT_MOBILE = ("ort", "nnapi", "coreml")  # targets whose runtime is onnxruntime (Mobile): the .ort package
 PACKAGED = (*ORT_MOBILE, "mnn", "ncnn", "litert")
@@ -68,13 +68,13 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
     stage(f"converting {src.name} for {target}")
     with tempfile.TemporaryDirectory(prefix=f"edgernn-{target}-") as tmp:
         if target == "mnn":
-            from .targets.mnn import mnn_runner, to_mnn
+            from ..targets.mnn import mnn_runner, to_mnn
 
             made = to_mnn(data, tmp)
             runner = mnn_runner(data, converted=made)
             files = {f"{src.stem}.mnn": made}
         elif target == "litert":
-            from .targets.litert import NOT_INSTALLED, litert_available, litert_runner, to_tflite
+            from ..targets.litert import NOT_INSTALLED, litert_available, litert_runner, to_tflite
 
             if not litert_available():
                 raise MissingPackageError(NOT_INSTALLED)
@@ -82,7 +82,7 @@ def package_for(model: str | os.PathLike[str], target: str, out_dir: str | os.Pa
             runner = litert_runner(data, converted=made)
             files = {f"{src.stem}.tflite": made}
         else:
-            from .targets.ncnn import convert, ncnn_runner
+            from ..targets.ncnn import convert, ncnn_runner
 
             converted = convert(data, tmp)
             runner = ncnn_runner(data, converted=converted)

@@ -52,7 +52,7 @@ def export_checkpoint(
         raise ConfigError("--ort-format packages an fp32 export; package the reduced file with `edgernn package`")
     from ..optimize.quantize import DEFAULT_MAX_METRIC_DROP
     from ..optimize.workflow import quantize_bytes
-    from .targets import quantize_hooks
+    from ..targets import quantize_hooks
 
     result = export_model(ck.model(), None, **common, **extra, **options)
     budget = DEFAULT_MAX_METRIC_DROP if max_metric_drop is None else max_metric_drop

@@ -97,10 +97,10 @@ def quantize_bytes(
     target_int8: TargetInt8 | None = None,
 ) -> QuantizeResult:
     """``quantize`` with its judges found: the task from ``ckpt`` or the file's manifest, ``data`` from .npz.
-    ``target_check`` asks the target's tool about the reduced file (``edgernn.export.targets.recheck_structure``;
+    ``target_check`` asks the target's tool about the reduced file (``edgernn.targets.recheck_structure``;
     the export room above passes it in), and ``target_form`` puts the reduced file in the form its target's engine
-    loads (``edgernn.export.targets.reduced_form``); ``target_int8`` says why a target's engine cannot run int8
-    products (``edgernn.export.targets.int8_products_refused``), where int8 stores the weights alone."""
+    loads (``edgernn.targets.reduced_form``); ``target_int8`` says why a target's engine cannot run int8
+    products (``edgernn.targets.int8_products_refused``), where int8 stores the weights alone."""
     check_budget(max_metric_drop)  # before the task is rebuilt: a bad option fails fast
     check_weight_only(to, per_channel, weights_only)
     check_budget(max_drift, "--max-drift")

@@ -2,7 +2,7 @@
 state on the server, a validator of configs against the ONNX graph, and a small gRPC client.
 
 A `step` export made with ``--target triton`` has batch-first states ``(batch, layers*directions, hidden)``
-(``edgernn.export.targets.triton``). ``model_config`` builds its Triton config field by field with Triton's own
+(``edgernn.targets.triton``). ``model_config`` builds its Triton config field by field with Triton's own
 config protobuf (``tritonclient.grpc.model_config_pb2``), from the graph and the manifest:
 
 * ``input``/``output``: the graph's inputs and outputs without the states, each without its batch axis (dims of

@@ -1,7 +1,7 @@
 """What every target's check shares, without torch: the report a check returns (``TargetReport``), the inputs a
 comparison of runtimes on one model runs (``check_model_inputs``), and the reading of a model as bytes or proto.
 
-The checks themselves belong to the targets (``edgernn.export.targets``: each target's module owns its check);
+The checks themselves belong to the targets (``edgernn.targets``: each target's module owns its check);
 ``edgernn check`` asks them about any ONNX file (``edgernn.export.check``). Outputs are compared on random
 inputs at the manifest's shapes (or the ones given), with the fp32 tolerances.
 """

@@ -188,8 +188,8 @@ def _against_checkpoint(
     shapes: Any,
     tol: Tolerance,
 ) -> ParityReport:
-    from ..export.targets import target_runners
     from ..model import checkpoint
+    from ..targets import target_runners
     from ..verify import reference
 
     manifest = _require_manifest(cand, "a check against a checkpoint")
@@ -477,8 +477,8 @@ def localize_check(
     """Layer by layer, direction by direction, step by step: where ``model``'s hidden states first leave the
     tolerance against the torch reference (a checkpoint, or ``module``), on ``inputs``, on seeded inputs of
     ``shape`` (``{"x": (2, 30, 3)}``), or on a seeded padded batch of ``LOCALIZE_STEPS`` steps (the export's
-    fixed length or whole chunks where it has one). Returns a ``edgernn.verify.localize.Localization``."""
-    from ..verify.localize import localize
+    fixed length or whole chunks where it has one). Returns a ``edgernn.diagnose.localize.Localization``."""
+    from ..diagnose.localize import localize
     from ..verify.parity import make_inputs
 
     cand = load_model(model)

@@ -1,27 +1,27 @@
 """The target registry: the runtime an export is made for, and what that runtime needs of the graph.
 
-A *strategy* is the graph form of the recurrence; a *target* is the runtime that will execute it. Each target is
-one module here that registers a ``Target``: the strategies it takes, whether the batch axis must be fixed, how
-padded batches are expressed in ops it supports, the op forms it needs, the precision its runtime must be asked
-for, and the check its own tool runs on every export: the target's ``structure_report`` (what the tool says of
-the graph) and ``runners`` (the target's runtime as parity candidates beside onnxruntime), which the export and
-``edgernn check`` (``edgernn.export.check``) reach through ``structure_report`` and ``target_runners`` here. A new
-engine target is one module here, with its check, and its tests. The registry imports neither torch nor onnx (nor
-numpy until a check runs), so ``edgernn targets`` and the CLI's choices are instant.
+A *strategy* is the graph form of the recurrence; a *target* is the runtime that will execute it. Each target is one
+module here that registers a ``Target``: the strategies it takes, whether the batch axis must be fixed, how padded
+batches are expressed in ops it supports, the op forms it needs, the precision its runtime must be asked for, and the
+check its own tool runs on every export: the target's ``structure_report`` (what the tool says of the graph) and
+``runners`` (the target's runtime as parity candidates beside onnxruntime), which the export and ``edgernn check``
+(``edgernn.export.check``) reach through ``structure_report`` and ``target_runners`` here. A new engine target is one
+module here, with its check, and its tests. The registry imports neither torch nor onnx, so ``edgernn targets`` and the
+CLI's choices are instant.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigError, ExportError
+from ..catalog import Catalog, module_names
+from ..errors import ConfigError, ExportError
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner
 
 # How a target's runtime is told which steps of a padded batch are padding:
 #   "sequence_lens"  whatever the strategy emits: ONNX's sequence_lens (native) or Less/Where masking (the others)
@@ -44,7 +44,7 @@ class Target:
     precision_hint: str | None = None  # what the target's runtime must be told to compute fp32 in
     check: str = "ort"  # the target whose check (structure_report, runners) runs on every export for this one
     needs: str | None = None  # the pip extra its check needs, e.g. "openvino"
-    bound_shapes: bool = False  # its engine binds concrete shapes: written in edgernn.export.travel's form
+    bound_shapes: bool = False  # its engine binds concrete shapes: written in edgernn.rewrite.travel's form
     # why its engine cannot run int8 products (onnxruntime's dynamic form: DynamicQuantizeLinear, MatMulInteger),
     # so that `quantize --to int8` for it stores the weights alone (edgernn.optimize.weight_only); None: it can
     int8_products: str | None = None
@@ -89,7 +89,7 @@ class Target:
         order of preference): the first one that runs with the options ``given`` (their names, e.g.
         {"seq_len"}). A fixed-length whole-sequence strategy (unroll) needs its length, so it is taken only when
         one of its options is given; nnapi and coreml thus take unroll with a sequence length, else step."""
-        from ..registry import get_strategy_class
+        from ..strategies.registry import get_strategy_class
 
         for name in self.strategies:
             cls = get_strategy_class(name)
@@ -103,11 +103,11 @@ class Target:
 
     def graph_form(self, proto: Any) -> Any:
         """The exported graph (an onnx.ModelProto, after hygiene) in the form this target's engine loads: for an
-        engine that binds concrete shapes, ``edgernn.export.travel.for_bound_shapes``; a target whose engine needs
+        engine that binds concrete shapes, ``edgernn.rewrite.travel.for_bound_shapes``; a target whose engine needs
         more overrides this. Returns the model to write (may be ``proto`` itself)."""
         if not self.bound_shapes:
             return proto
-        from ..travel import for_bound_shapes
+        from ..rewrite.travel import for_bound_shapes
 
         return for_bound_shapes(proto)
 
@@ -122,7 +122,7 @@ class Target:
     def structure_report(self, model: Any) -> TargetReport:
         """What the target's tool says of the graph ``model`` (bytes or onnx.ModelProto), before any number is
         compared. Here: onnxruntime's, which loads it (a target with its own tool overrides this)."""
-        from ...verify.check import TargetReport
+        from ..verify.check import TargetReport
 
         return TargetReport(self.name, True, "onnxruntime loads the model")
 
@@ -135,47 +135,28 @@ class Target:
 # reasons a target refuses a strategy, filled in by the target modules
 WHY_NOT: dict[tuple[str, str], str] = {}
 
-_TARGETS: dict[str, Target] = {}
-
-BUILTIN = (
-    "ort",
-    "nnapi",
-    "coreml",
-    "openvino",
-    "portable",
-    "triton",
-    "tract",
-    "mnn",
-    "ncnn",
-    "litert",
-)  # `edgernn targets` order
+# `edgernn targets` order; a module of this package not named here (a new target) comes after, by name
+BUILTIN = module_names(
+    __file__,
+    ("ort", "nnapi", "coreml", "openvino", "portable", "triton", "tract", "mnn", "ncnn", "litert"),
+    helpers={"mobile"},
+)
+_TARGETS: Catalog[Target] = Catalog("target", __name__, BUILTIN)
 
 
 def register_target(target: Target, why_not: dict[str, str] | None = None) -> Target:
-    if target.name in _TARGETS:
-        raise ValueError(f"target {target.name!r} is already registered")
-    _TARGETS[target.name] = target
+    _TARGETS.register(target.name, target)
     for strategy, reason in (why_not or {}).items():
         WHY_NOT[(target.name, strategy)] = reason
     return target
 
 
-def _load_builtin() -> None:
-    # every built-in module, whatever was imported before: registration never depends on import order
-    for name in BUILTIN:
-        importlib.import_module(f"{__name__}.{name}")
-
-
 def target_names() -> list[str]:
-    _load_builtin()
-    return [n for n in BUILTIN if n in _TARGETS] + [n for n in _TARGETS if n not in BUILTIN]
+    return _TARGETS.names()
 
 
 def get_target(name: str) -> Target:
-    names = target_names()
-    if name not in _TARGETS:
-        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(names)}")
-    return _TARGETS[name]
+    return _TARGETS.get(name)
 
 
 def structure_report(target: str, model: Any) -> TargetReport:
@@ -214,9 +195,10 @@ def int8_products_refused(target: str | None) -> str | None:
 
 
 def quantize_hooks() -> dict[str, Any]:
-    """What ``edgernn.optimize.quantize`` (and its workflow) takes from the target registry, as keyword
-    arguments: the target's check asked again (``target_check``), its engine's form (``target_form``) and why its
-    engine cannot run int8 products (``target_int8``). The export room passes these in; optimize stays below."""
+    """What ``edgernn.optimize.quantize`` (and its workflow) takes from the target registry, as keyword arguments: the
+    target's check asked again (``target_check``), its engine's form (``target_form``) and why its engine cannot run
+    int8 products (``target_int8``). The export room passes these in: optimize, a room of the same tier as targets, does
+    not import them."""
     return {"target_check": recheck_structure, "target_form": reduced_form, "target_int8": int8_products_refused}
 
 

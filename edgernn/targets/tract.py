@@ -1,7 +1,7 @@
 """Target `tract`: Sonos' tract, a Rust inference engine embedded in apps and boards (``pip install tract``).
 
 tract binds concrete shapes: its user sets the input shapes and tract unifies every shape the file states with
-them, so the file must not state symbolic shapes beyond its inputs (``edgernn.export.travel.for_bound_shapes``
+them, so the file must not state symbolic shapes beyond its inputs (``edgernn.rewrite.travel.for_bound_shapes``
 makes every strategy load, `loop` included). tract refuses ONNX RNN/LSTM/GRU ops with a runtime
 ``sequence_lens`` ("Non constant seq_len is not supported"), so padded batches are masked in plain ops and
 `native` is taken only without lengths. The check on every export: tract loads the file with the parity cases'
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import TargetError
+from ..errors import TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner, Tolerance
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner, Tolerance
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _probe(model: Any) -> dict[str, np.ndarray]:
     """Zeros at concrete shapes for each graph input: a batch-named dim 2, a time-named one 5, others 1."""
     from onnx import helper
 
-    from ...runtime.layout import BATCH_NAMES, TIME_NAMES
+    from ..runtime.layout import BATCH_NAMES, TIME_NAMES
 
     weights = {t.name for t in model.graph.initializer}
     feed: dict[str, np.ndarray] = {}
@@ -199,7 +199,7 @@ def tract_structure(model: bytes | Any, shapes: Mapping[str, Sequence[int]] | No
     the node it names."""
     import onnx
 
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
     feed = _probe(proto)
@@ -233,9 +233,9 @@ def tract_report(
     passed None: tract is not installed (the summary names the pip extra). passed False: tract refuses the file
     (its own first error line and the node it names) or an output differs (the worst one named).
     """
-    from ...verify.check import TargetReport
-    from ...verify.parity import compare
-    from ...verify.parity import tolerance as tolerance_for
+    from ..verify.check import TargetReport
+    from ..verify.parity import compare
+    from ..verify.parity import tolerance as tolerance_for
 
     tol = tolerance or tolerance_for("fp32")
     if len(feeds) != len(expected):

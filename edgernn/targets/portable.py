@@ -2,7 +2,7 @@
 
 Padded batches are masked in plain ops (several runtimes, and onnx's own reference implementation, ignore the
 ``sequence_lens`` input of ONNX's recurrent ops), so `native` is taken only without lengths. The file is written in
-the form engines that bind concrete shapes load (``edgernn.export.travel``). The check on every export: onnx's
+the form engines that bind concrete shapes load (``edgernn.rewrite.travel``). The check on every export: onnx's
 reference implementation (``onnx.reference``), which follows the specification, and every edge engine installed
 here that takes the graph's form (OpenVINO, tract, MNN, LiteRT) compute what torch computes. An engine is left out
 only for a graph form its own target refuses (MNN: no Scan; LiteRT: no Scan and no ONNX recurrent op, so `unroll`
@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import TargetError
+from ..errors import TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner
 
 
 def reference_runner(model: Any) -> Runner:
@@ -30,7 +30,7 @@ def reference_runner(model: Any) -> Runner:
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from ...verify.check import first_line
+    from ..verify.check import first_line
 
     try:
         evaluator = ReferenceEvaluator(model)
@@ -48,14 +48,14 @@ def reference_runner(model: Any) -> Runner:
 class PortableTarget(Target):
     def graph_form(self, proto: Any) -> Any:
         """The bound-shape form (tract), and bidirectional final states read from the output sequence (MNN)."""
-        from ..ncnn_forms import final_state_from_sequence
+        from ..rewrite.ncnn_forms import final_state_from_sequence
 
         return final_state_from_sequence(super().graph_form(proto))
 
     def reduced_graph_form(self, proto: Any) -> Any:
         """The bound-shape form (tract), and an fp16 zero state filled in fp32 and cast (MNN:
-        ``edgernn.export.travel.fp32_fills``)."""
-        from ..travel import fp32_fills
+        ``edgernn.rewrite.travel.fp32_fills``)."""
+        from ..rewrite.travel import fp32_fills
 
         return fp32_fills(super().reduced_graph_form(proto))
 
@@ -63,7 +63,7 @@ class PortableTarget(Target):
         """onnx's checker, in full (strict shape inference included)."""
         import onnx
 
-        from ...verify.check import TargetReport, as_proto, first_line
+        from ..verify.check import TargetReport, as_proto, first_line
 
         try:
             onnx.checker.check_model(as_proto(model), full_check=True)
@@ -78,7 +78,7 @@ class PortableTarget(Target):
     def runners(self, model: Any) -> dict[str, Runner]:
         """onnx's reference implementation, which follows the specification, and every other engine installed
         here that takes the graph's form (``engine_runners``): portable means the file runs on each of them."""
-        from ...verify.check import as_proto
+        from ..verify.check import as_proto
 
         return {"onnx.reference": reference_runner(as_proto(model)), **engine_runners(model)}
 
@@ -96,7 +96,7 @@ def engines_for(model: Any) -> tuple[list[str], dict[str, str]]:
     forms (its own target's form: batch 1, a float mask). Engines that are not installed are in neither."""
     import importlib.util
 
-    from ...verify.check import as_proto
+    from ..verify.check import as_proto
     from .litert import litert_available
 
     ops = {n.op_type for n in as_proto(model).graph.node}
@@ -130,7 +130,7 @@ def engine_runners(model: Any) -> dict[str, Runner]:
     the portable file itself converted by the litert target's onnx2tf child process). An engine that is not
     installed is left out (the export's report names the runners that ran); one that is installed and refuses
     the file raises TargetError."""
-    from ...verify.check import as_bytes
+    from ..verify.check import as_bytes
 
     ran, _ = engines_for(model)
     out: dict[str, Runner] = {}

@@ -10,7 +10,7 @@ weights). What converts and runs, measured with pnnx 20261020 and ncnn 1.0.20261
   output sequence; with ``sequence_lens`` nothing honours the lengths, so `native` is taken only without them;
 - `unroll` and `step` (the plain step and ``--fused``) in the forms NNAPI takes: batch fixed to 1 (ncnn has no
   batch axis), padding as a float ``mask`` input multiplied in (pnnx lowers no ``Less``: ``torch.lt not
-  exists``), with ``edgernn.export.ncnn_forms.for_ncnn`` applied (a Gemm's runtime addend as an Add);
+  exists``), with ``edgernn.rewrite.ncnn_forms.for_ncnn`` applied (a Gemm's runtime addend as an Add);
 - `loop`: never (pnnx crashes with SIGSEGV on every Scan).
 
 Two defaults of the tools compute fp16 and must be turned off for fp32 parity (each alone costs ~5e-5): pnnx
@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import TargetError
+from ..errors import TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner, Tolerance
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner, Tolerance
 
 _NO_SCAN = "pnnx crashes (SIGSEGV) converting any ONNX Scan; use native (without lengths), unroll or step"
 
@@ -63,8 +63,8 @@ class NcnnTarget(Target):
         """No symbolic shapes beyond the inputs (pnnx reads the annotations as shapes to keep), each final state a
         recurrent op's reader takes sliced out of its output sequence (pnnx lowers the op only with that sequence
         read), and a Gemm whose added term is computed at run time as Gemm + Add (pnnx leaves it as F.linear)."""
-        from ..ncnn_forms import for_ncnn
-        from ..travel import for_bound_shapes
+        from ..rewrite.ncnn_forms import for_ncnn
+        from ..rewrite.travel import for_bound_shapes
 
         return for_ncnn(for_bound_shapes(proto))
 
@@ -411,7 +411,7 @@ def ncnn_runner(model: bytes | Any, converted: Any = None) -> Runner:
 
 
 def _failure(e: TargetError) -> TargetReport:
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     return TargetReport("ncnn", None if str(e) == NOT_INSTALLED else False, str(e))
 
@@ -419,7 +419,7 @@ def _failure(e: TargetError) -> TargetReport:
 def ncnn_structure(model: bytes | Any) -> TargetReport:
     """Does pnnx convert ``model`` and ncnn load the result? The ncnn target's structure check, before any number
     is compared: passed None when ncnn or pnnx is not installed, False with pnnx's or ncnn's own error line."""
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     try:
         _Ncnn(model)
@@ -451,8 +451,8 @@ def ncnn_report(
     the file, ncnn cannot load or run it (their own first error line and the node/layer it names), or an output
     differs (the worst case named).
     """
-    from ...verify.check import TargetReport
-    from ...verify.parity import Tolerance, compare
+    from ..verify.check import TargetReport
+    from ..verify.parity import Tolerance, compare
 
     tol = tolerance or Tolerance(atol=1e-5, rtol=0.0)
     if len(feeds) != len(expected):

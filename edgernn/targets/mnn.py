@@ -9,7 +9,7 @@ What MNN 3.6 takes of edgernn's exports (measured; docs/engines/mnn.md has the n
   ops (``Less``/``Where``, which MNN takes) and `native` is taken only without lengths;
 - `unroll` (masking in plain ops, or the float mask) and `step` (plain or ``--fused``) convert and match;
 - `loop` does not convert: MNN has no ``Scan`` ("These Op Not Support: ONNX::Scan");
-- its converter's default lowering of an ONNX LSTM to a ``While`` loop crashes the converter (SIGSEGV, no file
+- its converter's default lowering of an ONNX LSTM to a ``While`` loop crashes the converter (a memory fault, no file
   written) when the LSTM node does not name all three outputs, as torch's exporter writes it; MNN's own RNN
   kernels (``--useOriginRNNImpl``) convert every cell, so edgernn always passes that flag.
 
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import TargetError
+from ..errors import TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner, Tolerance
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner, Tolerance
 
 _NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan")'
 
@@ -53,15 +53,15 @@ _NO_SCAN = 'MNN\'s converter has no ONNX Scan ("These Op Not Support: ONNX::Scan
 class MnnTarget(Target):
     def graph_form(self, proto: Any) -> Any:
         """A bidirectional recurrent op's final state read from its output sequence (MNN gets the reverse
-        direction's Y_h wrong: ``edgernn.export.ncnn_forms.final_state_from_sequence``, made for ncnn)."""
-        from ..ncnn_forms import final_state_from_sequence
+        direction's Y_h wrong: ``edgernn.rewrite.ncnn_forms.final_state_from_sequence``, made for ncnn)."""
+        from ..rewrite.ncnn_forms import final_state_from_sequence
 
         return final_state_from_sequence(proto)
 
     def reduced_graph_form(self, proto: Any) -> Any:
-        """An fp16 file's zero state filled in fp32 and cast (``edgernn.export.travel.fp32_fills``): MNN's
+        """An fp16 file's zero state filled in fp32 and cast (``edgernn.rewrite.travel.fp32_fills``): MNN's
         converter reads an fp16 fill's bytes as an fp32, a different number on each conversion."""
-        from ..travel import fp32_fills
+        from ..rewrite.travel import fp32_fills
 
         return fp32_fills(proto)
 
@@ -360,7 +360,7 @@ def mnn_runner(model: bytes | Any, converted: Path | None = None) -> Runner:
 def mnn_structure(model: bytes | Any) -> TargetReport:
     """Does MNN's converter take ``model`` and MNN load the result? The mnn target's structure check (no numbers
     compared): passed None when MNN is not installed, False with MNN's first error line and the node it names."""
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     try:
         _Mnn(model)
@@ -370,7 +370,7 @@ def mnn_structure(model: bytes | Any) -> TargetReport:
 
 
 def _not_checked(e: TargetError) -> TargetReport:
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     return TargetReport("mnn", None if str(e) == NOT_INSTALLED else False, str(e))
 
@@ -396,9 +396,9 @@ def mnn_report(
     passed None: MNN is not installed (the summary names the pip extra). passed False: the converter or MNN
     refuses the file (MNN's own first error line and the node it names) or an output differs (the worst named).
     """
-    from ...verify.check import TargetReport
-    from ...verify.parity import compare
-    from ...verify.parity import tolerance as tolerance_for
+    from ..verify.check import TargetReport
+    from ..verify.parity import compare
+    from ..verify.parity import tolerance as tolerance_for
 
     tol = tolerance or tolerance_for("fp32")
     if len(feeds) != len(expected):

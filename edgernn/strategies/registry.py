@@ -6,13 +6,13 @@ read it from here.
 
 from __future__ import annotations
 
-import importlib
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..catalog import Catalog, module_names
 from ..errors import ConfigError, ExportError
 
 if TYPE_CHECKING:  # the registry itself stays importable without torch (the CLI reads BUILTIN for --help)
@@ -23,15 +23,36 @@ if TYPE_CHECKING:  # the registry itself stays importable without torch (the CLI
 
 
 @dataclass(frozen=True)
+class Stack:
+    """What a strategy's ``run_stack`` is given for one call of a recurrent layer: the layer (its module), the
+    weights of each of its layers and directions in ONNX layout, time-major ``x`` (T, B, I), the initial states
+    ``h0`` (and ``c0`` for an LSTM), and the lengths of a padded batch (None: every sequence is full)."""
+
+    layer: Any
+    weights: list[LayerWeights]
+    x: Tensor
+    h0: Tensor
+    c0: Tensor | None
+    lengths: Tensor | None
+
+    def cell_args(self) -> tuple[Any, ...]:
+        """The arguments of the cell math's stack functions (``edgernn.model.cell_ops.run_stack``, the loop
+        strategy's ``scan_stack``): the cell kind, then the weights, x, the states and the lengths."""
+        return self.layer.cell_kind, self.weights, self.x, self.h0, self.c0, self.lengths
+
+
+@dataclass(frozen=True)
 class Capabilities:
     dynamic_length: bool  # sequence length is a dynamic axis of the exported graph
     lengths: bool  # can take a `lengths` input for padded batches
     bidirectional: bool  # can export bidirectional layers
     variants: frozenset[str]  # LSTM variants it exports: "peephole", "projection"
     streaming: bool  # state is a graph input and output
-    opset_min: int  # lowest ONNX opset it is tested at
-    opset_max: int  # highest ONNX opset it is tested at
-    default_opset: int  # what it emits when no opset is asked for
+    # the opsets it is tested at (lowest, highest) and what it emits when none is asked for: the defaults are the
+    # range every built-in is tested over (torch's exporter emits 18)
+    opset_min: int = 15
+    opset_max: int = 25
+    default_opset: int = 18
 
     def describe(self) -> str:
         parts = ["dynamic length" if self.dynamic_length else "fixed length"]
@@ -90,15 +111,7 @@ class Strategy(ABC):
         return "it is not supported"
 
     @abstractmethod
-    def run_stack(
-        self,
-        layer: Any,
-        weights: list[LayerWeights],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def run_stack(self, s: Stack) -> tuple[Tensor, Tensor, Tensor | None]:
         """Time-major x (T, B, I) through the layer's stack, as the graph should compute it: y, h_n, c_n."""
 
     def positive_int_option(self, name: str, default: int | None = None) -> int:
@@ -140,31 +153,18 @@ def layer_variants(layer: Any) -> frozenset[str]:
     return frozenset(v)
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+# how the CLI and --help list them; a module of this package not named here (a new strategy) comes after, by name
+BUILTIN = module_names(__file__, ("native", "loop", "unroll", "step"), helpers={"registry", "native_op"})
+_STRATEGIES: Catalog[type[Strategy]] = Catalog("export strategy", __package__, BUILTIN)
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    if cls.name in _STRATEGIES:
-        raise ValueError(f"strategy {cls.name!r} is already registered")
-    _STRATEGIES[cls.name] = cls
-    return cls
-
-
-BUILTIN = ("native", "loop", "unroll", "step")  # registration order is the order the CLI and --help list them in
-
-
-def _load_builtin() -> None:
-    for name in BUILTIN:  # each strategy module registers itself on import
-        importlib.import_module(f"{__package__}.{name}")
+    return _STRATEGIES.register(cls.name, cls)
 
 
 def strategy_names() -> list[str]:
-    _load_builtin()  # every built-in, whatever was imported first (imports are cached: cheap after the first)
-    return [n for n in BUILTIN if n in _STRATEGIES] + [n for n in _STRATEGIES if n not in BUILTIN]
+    return _STRATEGIES.names()
 
 
 def get_strategy_class(name: str) -> type[Strategy]:
-    names = strategy_names()
-    if name not in _STRATEGIES:
-        raise ConfigError(f"unknown export strategy {name!r}; choose one of: {', '.join(names)}")
-    return _STRATEGIES[name]
+    return _STRATEGIES.get(name)

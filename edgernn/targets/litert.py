@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import MissingPackageError, TargetError
+from ..errors import MissingPackageError, TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner
 
 WHY = {
     "native": (
@@ -354,7 +354,7 @@ def litert_runner(model: bytes | Any, converted: Path | None = None) -> Runner:
 def litert_structure(model: bytes | Any) -> TargetReport:
     """Does onnx2tf convert ``model`` and LiteRT load the result? The litert target's structure check (no numbers
     compared): passed None when the packages are not installed, False with the tool's own first error line."""
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
     try:
         _Litert(model)

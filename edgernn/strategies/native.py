@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .registry import Capabilities, Strategy, register_strategy
+from .registry import Capabilities, Stack, Strategy, register_strategy
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-    from ..model.layout import LayerWeights
 
 
 @register_strategy
@@ -27,28 +25,17 @@ class Native(Strategy):
         bidirectional=True,
         variants=frozenset({"peephole"}),
         streaming=False,
-        opset_min=15,
-        opset_max=25,
-        default_opset=18,
     )
 
-    def run_stack(
-        self,
-        layer: Any,
-        weights: list[LayerWeights],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def run_stack(self, s: Stack) -> tuple[Tensor, Tensor, Tensor | None]:
         flat: list[Tensor] = []
-        for w in weights:
+        for w in s.weights:
             flat += [w.W, w.R, w.B, w.P if w.P is not None else w.B.new_zeros(w.B.shape[0], 0)]
         from .native_op import native_recurrent
 
-        c_in = c0 if c0 is not None else h0.new_zeros(0)
-        y, h, c = native_recurrent(x, h0, c_in, lengths, flat, layer.cell_kind.name, layer.hidden_size)
-        return y, h, (c if c0 is not None else None)
+        c_in = s.c0 if s.c0 is not None else s.h0.new_zeros(0)
+        y, h, c = native_recurrent(s.x, s.h0, c_in, s.lengths, flat, s.layer.cell_kind.name, s.layer.hidden_size)
+        return y, h, (c if s.c0 is not None else None)
 
     def translation_table(self) -> dict[Any, Any]:
         import torch

@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import InputError, ModelFormatError, ParityError
 from ..graphs import constant_value
 from ..manifest import Manifest, TensorSpec, read_manifest
-from .parity import Tolerance, align_chunk, compare, flat_outputs
+from ..verify.parity import Tolerance, align_chunk, compare, flat_outputs
 
 if TYPE_CHECKING:
     import onnx
@@ -430,7 +430,7 @@ def _torch_run(module: nn.Module, specs: Sequence[TensorSpec], feed: Mapping[str
     except (ParityError, ModelFormatError):
         raise
     except Exception as e:
-        from .parity import module_failed
+        from ..verify.parity import module_failed
 
         raise module_failed(e, args) from None
 
@@ -1033,7 +1033,7 @@ def _chained(
 ) -> tuple[dict[tuple[int, int, int], np.ndarray], list[OutputCheck]]:
     """A stream from zero states, one chunk per call: each layer's steps, all chunks joined, and each output's
     worst chunk against the module on the steps so far."""
-    from .parity import torch_runner
+    from ..verify.parity import torch_runner
 
     total = _time_size(specs, feed) or chunk
     batch = _batch_size(specs, feed)

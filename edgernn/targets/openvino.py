@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import TargetError
+from ..errors import TargetError
 from . import Target, register_target
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ...verify.check import TargetReport
-    from ...verify.parity import Runner
+    from ..verify.check import TargetReport
+    from ..verify.parity import Runner
 
 
 def openvino_runner(model: bytes, *, threads: int = 1) -> Runner:
@@ -66,13 +66,13 @@ def _ov_message(e: BaseException) -> str:
 class OpenvinoTarget(Target):
     def structure_report(self, model: Any) -> TargetReport:
         """OpenVINO has no verdict on the graph apart from compiling it, which ``runners`` does."""
-        from ...verify.check import TargetReport
+        from ..verify.check import TargetReport
 
         return TargetReport(self.name, True, "OpenVINO compiles the model (fp32 precision hint)")
 
     def runners(self, model: Any) -> dict[str, Runner]:
         """OpenVINO's CPU plugin, compiled with the fp32 precision hint."""
-        from ...verify.check import as_bytes
+        from ..verify.check import as_bytes
 
         return {"openvino:cpu": openvino_runner(as_bytes(model))}
 

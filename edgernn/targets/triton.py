@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import ConfigError, ExportError, MissingPackageError, ModelFormatError
-from ...manifest import Manifest, StateSpec, TensorSpec
+from ..errors import ConfigError, ExportError, MissingPackageError, ModelFormatError
+from ..manifest import Manifest, StateSpec, TensorSpec
 from . import Target, register_target
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
 _STEP_ONLY = (
     "Triton's sequence batcher carries each stream's state from call to call, which only a step export takes as "
@@ -57,13 +57,13 @@ class TritonTarget(Target):
         """As every target, and tritonclient must be installed (the check builds Triton's config with it): a
         MissingPackageError (exit code 10) naming the extra before any work."""
         super().validate(strategy, lengths=lengths, fused=fused)
-        from ...serve.triton import config_pb2
+        from ..serve.triton import config_pb2
 
         config_pb2()
 
     def structure_report(self, model: Any) -> TargetReport:
         """``triton_report``: a step export with batch-first states whose Triton config validates."""
-        from ...verify.check import as_bytes
+        from ..verify.check import as_bytes
 
         return triton_report(as_bytes(model))
 
@@ -71,7 +71,7 @@ class TritonTarget(Target):
         """The step graph ``proto`` with batch-first states, its manifest, the target's report (onnxruntime loads
         the graph; the Triton config made for it validates) and the parity runners that check the new graph
         against torch (fed torch's state layout, they transpose on the way in and out)."""
-        from ...verify.check import TargetReport
+        from ..verify.check import TargetReport
 
         if manifest.strategy != "step" or not manifest.states:
             raise ExportError(f"target {self.name!r} takes step exports only: {_STEP_ONLY}")
@@ -87,7 +87,7 @@ class TritonTarget(Target):
         except Exception as e:  # onnxruntime's own refusal, whatever its type
             line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             return out, new_manifest, TargetReport(self.name, False, f"onnxruntime cannot load it: {line}"), {}
-        from ...manifest import write_manifest
+        from ..manifest import write_manifest
 
         with_manifest = type(out)()
         with_manifest.CopyFrom(out)
@@ -103,8 +103,8 @@ def triton_report(model: str | os.PathLike[str] | bytes | Any) -> TargetReport:
     """What the `triton` target's check says of ``model``: passed when it is a step export with batch-first states
     and the Triton config made for it (``edgernn.serve.triton``) validates against its graph; failed, saying why,
     otherwise; not checked (passed None) where tritonclient is not installed."""
-    from ...serve.triton import config_problems, model_config, read_graph, servable_states
-    from ...verify.check import TargetReport
+    from ..serve.triton import config_problems, model_config, read_graph, servable_states
+    from ..verify.check import TargetReport
 
     try:
         graph = read_graph(model)
@@ -220,7 +220,7 @@ def _permute_dims(value_info: Any, order: Sequence[int]) -> None:
 
 
 def _session(data: bytes) -> Any:
-    from ...runtime.providers import make_session
+    from ..runtime.providers import make_session
 
     session, _ = make_session(data, "cpu", threads=None)
     return session

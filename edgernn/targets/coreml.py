@@ -15,7 +15,7 @@ from . import Target, register_target
 from .mobile import MobileProvider, mobile_report
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
 PROVIDER = MobileProvider("CoreML MLProgram", "coreml_supported_mlprogram_ops.md", 5)
 

@@ -14,9 +14,9 @@ steps L-1..0 run exactly as they would for the sequence alone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .registry import Capabilities, Strategy, register_strategy
+from .registry import Capabilities, Stack, Strategy, register_strategy
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -111,18 +111,7 @@ class Loop(Strategy):
         bidirectional=True,
         variants=frozenset({"peephole", "projection"}),
         streaming=False,
-        opset_min=15,
-        opset_max=25,
-        default_opset=18,
     )
 
-    def run_stack(
-        self,
-        layer: Any,
-        weights: list[LayerWeights],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        return scan_stack(layer.cell_kind, weights, x, h0, c0, lengths)
+    def run_stack(self, s: Stack) -> tuple[Tensor, Tensor, Tensor | None]:
+        return scan_stack(*s.cell_args())

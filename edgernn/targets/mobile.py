@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ...verify.check import TargetReport
+    from ..verify.check import TargetReport
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def mobile_report(model: Any, target: str, provider: MobileProvider) -> TargetRe
     import onnx
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
 
-    from ...verify.check import TargetReport, as_proto, first_line
+    from ..verify.check import TargetReport, as_proto, first_line
 
     ep, ops_file, max_rank = provider.name, provider.ops_file, provider.max_rank
     model = as_proto(model)

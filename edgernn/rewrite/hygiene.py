@@ -72,7 +72,7 @@ def check(model: Any) -> list[str]:
 
 def apply(model: Any, *, gather_as_slice: bool = False) -> None:
     """Make ``model`` (an onnx.ModelProto, changed in place) hold the rules above; weights must already be
-    folded (``graph.fold`` does it at export)."""
+    folded (``edgernn.export.graph.fold`` does it at export)."""
     for graph in all_graphs(model.graph):
         _type_constant_of_shape(graph)
         _materialise_constant_of_shape(graph, model.graph)

@@ -1,14 +1,14 @@
 """Strategy `unroll`: a fixed number of cell steps written out, no control flow and no recurrent ops.
 
-The graph is the `loop` strategy's, traced at the export's ``seq_len`` (one ``Scan`` per layer and direction,
-with the cell in its body), and then written out at the ONNX level by ``onnx_unroll.unroll_scans``: each Scan
-becomes ``seq_len`` copies of its body, the input projection of each step a ``Gather`` of the one MatMul that
-computes it for every step, the outputs stacked with ``Unsqueeze`` + ``Concat``. What is left is plain tensor
-ops (MatMul, Gemm, Add, Sigmoid, Tanh, Relu, Mul, Where, Slice, Gather, Concat ...): no ``Loop``, ``Scan``,
-``If``, ``RNN``, ``LSTM`` or ``GRU`` node (``postprocess`` refuses to return a graph that holds one), which is
-what NPU compilers (NNAPI, CoreML, TensorRT-style) can take whole, and what quantises through MatMul. The batch
-stays dynamic; the time axis is fixed. Padded batches (``lengths``) use the same masking as every other strategy;
-a shorter sequence runs padded to ``seq_len`` with its length in ``lengths``.
+The graph is the `loop` strategy's, traced at the export's ``seq_len`` (one ``Scan`` per layer and direction, with the
+cell in its body), and then written out at the ONNX level by ``edgernn.rewrite.onnx_unroll.unroll_scans``: each Scan
+becomes ``seq_len`` copies of its body, the input projection of each step a ``Gather`` of the one MatMul that computes
+it for every step, the outputs stacked with ``Unsqueeze`` + ``Concat``. What is left is plain tensor ops (MatMul, Gemm,
+Add, Sigmoid, Tanh, Relu, Mul, Where, Slice, Gather, Concat ...): no ``Loop``, ``Scan``, ``If``, ``RNN``, ``LSTM`` or
+``GRU`` node (``postprocess`` refuses to return a graph that holds one), which is what NPU compilers (NNAPI, CoreML,
+TensorRT-style) can take whole, and what quantises through MatMul. The batch stays dynamic; the time axis is fixed.
+Padded batches (``lengths``) use the same masking as every other strategy; a shorter sequence runs padded to ``seq_len``
+with its length in ``lengths``.
 
 The reverse direction, which torch writes as flip -> Scan -> flip, reads the steps in reverse instead: no
 negative-step ``Slice`` is left (some NPU runtimes lack it).
@@ -24,21 +24,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
-from .loop import scan_stack
-from .registry import Capabilities, Strategy, register_strategy
+from .loop import Loop
+from .registry import Capabilities, register_strategy
 
 if TYPE_CHECKING:
     import onnx
-    from torch import Tensor
 
-    from ..model.layout import LayerWeights
 
 # what the unrolled graph must not hold: control flow, and the recurrent ops NPU runtimes cannot partition
 BANNED_OPS = frozenset({"Loop", "Scan", "If", "RNN", "LSTM", "GRU"})
 
 
 @register_strategy
-class Unroll(Strategy):
+class Unroll(Loop):
+    """The loop strategy's Scans (its ``run_stack``), traced with the time axis fixed to seq_len; ``postprocess``
+    writes them out."""
+
     name = "unroll"
     summary = "fixed length (seq_len), plain MatMul + activations, no control flow: NPUs, NNAPI, CoreML, compilers"
     caps = Capabilities(
@@ -47,9 +48,6 @@ class Unroll(Strategy):
         bidirectional=True,
         variants=frozenset({"peephole", "projection"}),
         streaming=False,
-        opset_min=15,
-        opset_max=25,
-        default_opset=18,
     )
     option_names = frozenset({"seq_len"})
 
@@ -60,22 +58,10 @@ class Unroll(Strategy):
     def fixed_length(self) -> int:
         return self.seq_len
 
-    def run_stack(
-        self,
-        layer: Any,
-        weights: list[LayerWeights],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        # the loop strategy's Scans, traced with the time axis fixed to seq_len; postprocess writes them out
-        return scan_stack(layer.cell_kind, weights, x, h0, c0, lengths)
-
     def postprocess(self, model: onnx.ModelProto) -> onnx.ModelProto:
         import onnx
 
-        from .onnx_unroll import unroll_scans
+        from ..rewrite.onnx_unroll import unroll_scans
 
         out = unroll_scans(model, self.seq_len)
         left = sorted(_op_types(out) & BANNED_OPS)

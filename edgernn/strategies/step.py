@@ -28,12 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from .native import Native
-from .registry import Capabilities, Strategy, layer_variants, register_strategy
+from .registry import Capabilities, Stack, Strategy, layer_variants, register_strategy
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-    from ..model.layout import LayerWeights
 
 
 @register_strategy
@@ -46,9 +44,7 @@ class Step(Strategy):
         bidirectional=False,
         variants=frozenset({"peephole", "projection"}),
         streaming=True,
-        opset_min=14,
-        opset_max=25,
-        default_opset=18,
+        opset_min=14,  # tested down to opset 14
     )
     rewrite_graph = False  # the graph grows with the steps; see Strategy.rewrite_graph
     option_names = frozenset({"chunk", "fused"})
@@ -91,20 +87,12 @@ class Step(Strategy):
             "arrived yet"
         )
 
-    def run_stack(
-        self,
-        layer: Any,
-        weights: list[LayerWeights],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        if self.fuses(layer):
-            return Native().run_stack(layer, weights, x, h0, c0, lengths)
+    def run_stack(self, s: Stack) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.fuses(s.layer):
+            return Native().run_stack(s)
         from ..model.cell_ops import run_stack
 
-        return run_stack(layer.cell_kind, weights, x, h0, c0, lengths)
+        return run_stack(*s.cell_args())
 
     def postprocess(self, model: Any) -> Any:
         squeeze_one_direction(model)
