@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -55,6 +55,20 @@ values = st.one_of(
 
 @SETTINGS
 @given(specs=specs, feed=st.dictionaries(st.sampled_from(["x", "y", "lengths", "mask", "other"]), values, max_size=4))
+@example(  # a left-out lengths input that is not (batch,): once filled as (batch,) anyway
+    specs=[
+        TensorSpec(name="x", dtype="float32", shape=[1, 1], role="lengths"),
+        TensorSpec(name="y", dtype="float32", shape=["time"], role="data"),
+    ],
+    feed={"y": np.array(0.0, dtype=np.float32)},
+)
+@example(  # a left-out lengths input of a fixed size other than the batch
+    specs=[
+        TensorSpec(name="lengths", dtype="int64", shape=[2], role="lengths"),
+        TensorSpec(name="x", dtype="float32", shape=["batch", "time", 1], role="data"),
+    ],
+    feed={"x": np.zeros((1, 3, 1), dtype=np.float32)},
+)
 def test_check_feed_accepts_or_raises_input_error(specs: list[TensorSpec], feed: dict[str, object]) -> None:
     try:
         out = check_feed(specs, feed)

@@ -82,11 +82,22 @@ def check_feed(
     if pending_lengths is not None and pending_lengths.role == "mask":
         out[pending_lengths.name] = _mask_for(pending_lengths, host_lengths, dims)
     elif pending_lengths is not None:
-        batch = dims.get("batch", (1, ""))[0]
-        if "time" not in dims:
-            raise InputError(f"cannot infer {pending_lengths.name!r}; pass it explicitly")
-        out[pending_lengths.name] = np.full(batch, dims["time"][0], dtype=np.dtype(pending_lengths.dtype))
+        out[pending_lengths.name] = _full_lengths(pending_lengths, dims)
     return {s.name: out[s.name] for s in specs if s.name in out}
+
+
+def _full_lengths(spec: TensorSpec, dims: dict[str, tuple[int, str]]) -> np.ndarray:
+    """The lengths input ``spec`` left out of the feed: every sequence its full length."""
+    if len(spec.shape) != 1:
+        raise ModelFormatError(
+            f"the model's lengths input {spec.name!r} has shape {_fmt(spec.shape)}: lengths are one per sequence, "
+            "(batch,); re-export the model"
+        )
+    fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
+    batch = dims.get("batch", (fixed or 1, ""))[0]
+    if "time" not in dims or (fixed is not None and fixed != batch):
+        raise InputError(f"cannot infer {spec.name!r} {_fmt(spec.shape)}; pass it explicitly")
+    return np.full(batch, dims["time"][0], dtype=np.dtype(spec.dtype))
 
 
 def _convert(spec: TensorSpec, value: Any) -> np.ndarray:
