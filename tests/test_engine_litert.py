@@ -218,3 +218,86 @@ def test_check_target_all_includes_litert(tmp_path: Path) -> None:
     assert reports["litert"]["parity"]["passed"] is True and reports["litert"]["parity"]["max_abs"] <= TOL.atol
     text = CliRunner().invoke(main, ["check", str(path), "--target", "all"]).output
     assert any(line.split()[:2] == ["litert", "ok"] for line in text.splitlines()), text
+
+
+# onnx2tf's own fp32 output, as it writes it in a process of its own (the SavedModel and the fp16 file too)
+_ONNX2TF_ITSELF = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import onnx2tf
+onnx2tf.convert(input_onnx_file_path=sys.argv[1], output_folder_path=sys.argv[2],
+                keep_shape_absolutely_input_names=sys.argv[3:], copy_onnx_input_output_names_to_tflite=True,
+                not_use_onnxsim=True, non_verbose=True)
+"""
+
+
+def _litert_form(strategy: str) -> onnx.ModelProto:
+    """The ONNX file the litert target converts for ``strategy`` (a stacked state read where it is made)."""
+    return read_stacked_directly(onnx.load_from_string(_export(strategy).model_bytes))
+
+
+@needs_litert
+@pytest.mark.parametrize("strategy", ["step", "unroll"])
+def test_the_converted_file_is_byte_for_byte_the_fp32_file_onnx2tf_writes(
+    strategy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(litert, "_CONVERTED", {})
+    model = _litert_form(strategy)
+    src = tmp_path / "model.onnx"
+    onnx.save(model, src)
+    inputs = [v.name for v in model.graph.input]
+    done = subprocess.run(
+        [sys.executable, "-c", _ONNX2TF_ITSELF, str(src), str(tmp_path / "out"), *inputs],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    made = litert.to_tflite(model, tmp_path / "ours")
+    assert made.read_bytes() == (tmp_path / "out" / litert.TFLITE).read_bytes()
+
+
+@needs_litert
+def test_one_child_converts_model_after_model_and_one_that_fails_or_hangs_is_ended(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+
+    monkeypatch.setattr(litert, "_CONVERTED", {})
+    converter = litert._CONVERTER
+    step, unroll = _litert_form("step"), _litert_form("unroll")
+    first = litert.to_tflite(step, tmp_path / "a").read_bytes()
+    child = converter.proc
+    assert child is not None and child.poll() is None
+    litert.to_tflite(unroll, tmp_path / "b")
+    assert converter.proc is child  # the same child, TensorFlow imported once
+
+    scan = export_model(_model(), None, strategy="loop", target="ort", verify=False).model_bytes
+    with pytest.raises(TargetError, match=r"onnx2tf cannot convert the model \(raised\): .*KerasTensor"):
+        litert.to_tflite(scan, tmp_path / "c")
+    assert converter.proc is None and child.poll() is not None  # a failed conversion ends the child
+    assert not (tmp_path / "c" / "model.tflite").exists()
+
+    monkeypatch.setattr(litert, "_CONVERTED", {})
+    with pytest.raises(TargetError, match=r"did not finish converting the model in 0.5 s"):
+        litert.to_tflite(step, tmp_path / "d", timeout=0.5)  # TensorFlow's import alone takes longer
+    assert converter.proc is None
+
+    litert.to_tflite(unroll, tmp_path / "e")  # a new child; killed from outside while it waits for the next
+    os.kill(converter.proc.pid, signal.SIGKILL)
+    monkeypatch.setattr(litert, "_CONVERTED", {})
+    assert litert.to_tflite(step, tmp_path / "f").read_bytes() == first  # a new one again, the same file
+
+    monkeypatch.setattr(litert, "_CONVERTED", {})
+    killer = threading.Timer(1.0, lambda: converter.proc.kill())
+    converter.close()
+    killer.start()
+    with pytest.raises(TargetError, match=r"onnx2tf cannot convert the model \(crashed \(signal 9\)\)"):
+        litert.to_tflite(step, tmp_path / "g")  # killed while it imports TensorFlow
+    killer.join()
+    assert converter.proc is None

@@ -17,9 +17,10 @@ takes of edgernn's exports, measured with onnx2tf 1.29.24, TensorFlow 2.21 and a
 An output may come back with its size-1 axes moved (the state ``(2, 1, 8)`` as ``(1, 2, 8)``): the same values in
 the same order, so the runner reshapes it to the ONNX output's shape; any other shape is a failure.
 
-The converter runs in a child process in a temporary folder (it writes a SavedModel and two .tflite files there;
-nothing is written beside the user's file), with an audit hook that stops it at any attempt to connect or look a
-host up.
+The converter runs in a child process, in a temporary folder for each conversion (nothing is written beside the
+user's file), with an audit hook that stops it at any attempt to connect, look a host up or fetch with curl or
+wget. The child stays for the next conversion, since TensorFlow's import alone takes seconds; one that fails, crashes
+or times out is ended and the next conversion starts a new one.
 The check on every export: the file converts, LiteRT's interpreter loads the ``.tflite``, and its outputs on the
 parity cases (a padded sequence through the mask; for `step` a stream of frames with the state fed back) match
 torch's (``litert_structure``, then ``litert_runner`` as a parity runner).
@@ -27,13 +28,19 @@ torch's (``litert_structure``, then ``litert_runner`` as a parity runner).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
+import select
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,28 +162,175 @@ CONVERT_TIMEOUT_S = 600.0
 _CONVERTED: dict[str, bytes] = {}  # the last few conversions, by the sha256 of the ONNX bytes
 TFLITE = "model_float32.tflite"  # what onnx2tf writes for model.onnx: fp32 weights and arithmetic
 
-# The child process that runs onnx2tf: argv source .onnx, output folder, then the input names to keep as they are.
-# The audit hook ends it before it connects anywhere or looks a host up (onnx2tf downloads calibration data for its
-# int8 output only, never asked here; TensorFlow's import makes a local socket pair, which is let be).
-_CONVERT = """
-import os, sys
+# The child process that runs onnx2tf, kept for the next conversion (TensorFlow's import alone takes seconds). It
+# reads one request a line on stdin (JSON: the source .onnx, the output folder, the input names to keep as they are,
+# the folder to work in, the file its output goes to) and answers one line on what was its stdout.
+# - It has onnx2tf build the Keras model only (``disable_model_save``) and makes the fp32 .tflite itself, with the
+#   settings onnx2tf's own fp32 output uses: onnx2tf would also write a SavedModel and an fp16 .tflite, which nothing
+#   here reads, and that is two thirds of its time. tests/test_engine_litert.py checks the file is the same, byte for
+#   byte, as the one onnx2tf writes.
+# - Each conversion starts from a cleared Keras session; one that fails ends the child (``_Converter``), so a
+#   conversion only ever follows conversions that succeeded.
+# - The audit hook ends it before it connects anywhere, looks a host up or starts curl or wget (onnx2tf downloads
+#   calibration data for its int8 output only, and a schema when flatc is installed, neither asked here;
+#   TensorFlow's import makes a local socket pair, which is let be).
+_SERVER = """
+import json, os, sys, traceback
+NETWORK = ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "socket.sendmsg")
+def _fetches(args):
+    argv = args[1] if args[1] else [args[0]]
+    first = argv.split()[0] if isinstance(argv, (str, bytes)) else argv[0]
+    return os.path.basename(os.fsdecode(first)) in ("curl", "wget")
 def _guard(event, args):
-    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "socket.sendmsg"):
+    if (event == "subprocess.Popen" and _fetches(args)) or event in NETWORK:
         sys.stderr.write("edgernn: onnx2tf tried " + event + "; stopped\\n")
         sys.stderr.flush()
         os._exit(70)
 sys.addaudithook(_guard)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import onnx2tf
-onnx2tf.convert(
-    input_onnx_file_path=sys.argv[1],
-    output_folder_path=sys.argv[2],
-    keep_shape_absolutely_input_names=sys.argv[3:] or None,
-    copy_onnx_input_output_names_to_tflite=True,
-    not_use_onnxsim=True,
-    non_verbose=True,
-)
+reply = os.fdopen(os.dup(1), "w")
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+home = os.getcwd()
+onnx2tf = tf = tf_keras = None
+for line in sys.stdin:
+    req = json.loads(line)
+    log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    ok = False
+    try:
+        if onnx2tf is None:
+            import onnx2tf
+            import tensorflow as tf
+            import tf_keras
+        tf_keras.backend.clear_session()
+        os.chdir(req["cwd"])
+        model = onnx2tf.convert(
+            input_onnx_file_path=req["src"],
+            output_folder_path=req["out"],
+            keep_shape_absolutely_input_names=req["names"] or None,
+            copy_onnx_input_output_names_to_tflite=True,
+            not_use_onnxsim=True,
+            non_verbose=True,
+            disable_model_save=True,
+        )
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        converter.unfold_batchmatmul = False
+        made = converter.convert()
+        os.makedirs(req["out"], exist_ok=True)
+        with open(os.path.join(req["out"], "model_float32.tflite"), "wb") as f:
+            f.write(made)
+        ok = True
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.chdir(home)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    reply.write(json.dumps({"ok": ok}) + "\\n")
+    reply.flush()
 """
+
+
+class _Converter:
+    """The onnx2tf child (``_SERVER``): started on the first conversion, used for up to ``MAX_USES`` conversions
+    that succeed, then started anew; ended after any conversion that fails, crashes or times out, and when this
+    process exits (its stdin closes: it ends itself)."""
+
+    MAX_USES = 24
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.owner = 0
+        self.uses = 0
+        self.lock = threading.Lock()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or self.owner != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self.proc is not None and (self.owner != os.getpid() or self.proc.poll() is not None):
+            self.proc = None  # a fork's copy, or a child that ended
+        if self.proc is None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _SERVER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                cwd=tempfile.gettempdir(),
+            )
+            self.owner, self.uses = os.getpid(), 0
+        return self.proc
+
+    def convert(self, src: str, out: str, names: list[str], tmp: str, timeout: float) -> None:
+        """onnx2tf on ``src`` into ``out``: returns when it says it succeeded, ``TargetError`` otherwise. A kept
+        child found ended when asked (killed from outside while it waited) hands the request to a new one."""
+        log = os.path.join(tmp, "onnx2tf.log")
+        request = json.dumps({"src": src, "out": out, "names": names, "cwd": tmp, "log": log}).encode() + b"\n"
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            kept = self.proc is not None
+            answer = self._ask(request, deadline, timeout)
+            if not answer and kept:
+                self.close()
+                answer = self._ask(request, deadline, timeout)
+            ok = answer.strip() == b'{"ok": true}'
+            ended = None if answer else self.proc.wait()  # type: ignore[union-attr]  # None: it answered
+            self.uses += 1
+            if not ok or self.uses >= self.MAX_USES:
+                self.close()
+            output = Path(log).read_text(errors="replace") if os.path.isfile(log) else ""
+        if not ok:
+            how = "raised" if ended is None else f"crashed (signal {-ended})" if ended < 0 else f"exit {ended}"
+            raise TargetError(f"onnx2tf cannot convert the model ({how}): {converter_error(output)}")
+
+    def _ask(self, request: bytes, deadline: float, timeout: float) -> bytes:
+        """The child's answer to ``request``, b"" when it ends first; TargetError (the child killed) at the
+        deadline."""
+        proc = self._start()
+        try:
+            proc.stdin.write(request)  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            return _read_line(proc.stdout, deadline)
+        except TimeoutError:
+            proc.kill()
+            self.close()
+            raise TargetError(f"onnx2tf did not finish converting the model in {timeout:g} s") from None
+        except OSError:
+            return b""  # it ended before it read the request
+
+
+def _read_line(stream: Any, deadline: float) -> bytes:
+    """One line from ``stream`` (a pipe), b"" when it closes first; TimeoutError at ``deadline``."""
+    fd, got = stream.fileno(), b""
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        got += chunk
+    return got
+
+
+_CONVERTER = _Converter()
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda drivers|^I0000|^W0000|oneDNN|rebuild TensorFlow|AVX|^\s*$")
@@ -235,23 +389,10 @@ def to_tflite(model: bytes | Any, workdir: str | os.PathLike[str], *, timeout: f
         with open(src, "wb") as f:
             f.write(data)
         out = os.path.join(tmp, "out")
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _CONVERT, src, out, *names],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                cwd=tmp,
-            )
-        except subprocess.TimeoutExpired:
-            raise TargetError(f"onnx2tf did not finish converting the model in {timeout:g} s") from None
-        output = proc.stdout + "\n" + proc.stderr
+        _CONVERTER.convert(src, out, names, tmp, timeout)
         made = os.path.join(out, TFLITE)
-        if proc.returncode != 0 or not os.path.isfile(made):
-            how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exit {proc.returncode}"
-            raise TargetError(f"onnx2tf cannot convert the model ({how}): {converter_error(output)}")
+        if not os.path.isfile(made):
+            raise TargetError(f"onnx2tf cannot convert the model: it wrote no {TFLITE}")
         os.replace(made, dest)
     _CONVERTED[key] = dest.read_bytes()
     while len(_CONVERTED) > 4:
