@@ -35,7 +35,6 @@ import importlib.util
 import json
 import os
 import re
-import select
 import subprocess
 import sys
 import tempfile
@@ -317,17 +316,15 @@ class _Converter:
 
 
 def _read_line(stream: Any, deadline: float) -> bytes:
-    """One line from ``stream`` (a pipe), b"" when it closes first; TimeoutError at ``deadline``."""
-    fd, got = stream.fileno(), b""
-    while not got.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b""
-        got += chunk
-    return got
+    """One line from ``stream`` (a pipe), b"" when it closes first; TimeoutError at ``deadline`` (read in a thread:
+    ``select`` takes no pipes on Windows)."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(max(0.0, deadline - time.monotonic()))
+    if reader.is_alive():
+        raise TimeoutError  # the caller kills the child, which ends the read
+    return got[0] if got else b""  # a read that failed: the pipe is gone
 
 
 _CONVERTER = _Converter()
