@@ -162,8 +162,9 @@ _CONVERTED: dict[str, bytes] = {}  # the last few conversions, by the sha256 of 
 TFLITE = "model_float32.tflite"  # what onnx2tf writes for model.onnx: fp32 weights and arithmetic
 
 # The child process that runs onnx2tf, kept for the next conversion (TensorFlow's import alone takes seconds). It
-# reads one request a line on stdin (JSON: the source .onnx, the output folder, the input names to keep as they are,
-# the folder to work in, the file its output goes to) and answers one line on what was its stdout.
+# reads one request a line on stdin (JSON: the source .onnx, the output folder, the .tflite to write, the input names
+# to keep as they are, the folder to work in, the file its output goes to) and answers "ok" or "failed", one line on
+# what was its stdout.
 # - It has onnx2tf build the Keras model only (``disable_model_save``) and makes the fp32 .tflite itself, with the
 #   settings onnx2tf's own fp32 output uses: onnx2tf would also write a SavedModel and an fp16 .tflite, which nothing
 #   here reads, and that is two thirds of its time. tests/test_engine_litert.py checks the file is the same, byte for
@@ -219,8 +220,7 @@ for line in sys.stdin:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         converter.unfold_batchmatmul = False
         made = converter.convert()
-        os.makedirs(req["out"], exist_ok=True)
-        with open(os.path.join(req["out"], "model_float32.tflite"), "wb") as f:
+        with open(req["tflite"], "wb") as f:
             f.write(made)
         ok = True
     except BaseException:
@@ -231,7 +231,7 @@ for line in sys.stdin:
         os.chdir(home)
         os.dup2(null, 1)
         os.dup2(null, 2)
-    reply.write(json.dumps({"ok": ok}) + "\\n")
+    reply.write("ok\\n" if ok else "failed\\n")
     reply.flush()
 """
 
@@ -277,11 +277,12 @@ class _Converter:
             self.owner, self.uses = os.getpid(), 0
         return self.proc
 
-    def convert(self, src: str, out: str, names: list[str], tmp: str, timeout: float) -> None:
-        """onnx2tf on ``src`` into ``out``: returns when it says it succeeded, ``TargetError`` otherwise. A kept
-        child found ended when asked (killed from outside while it waited) hands the request to a new one."""
-        log = os.path.join(tmp, "onnx2tf.log")
-        request = json.dumps({"src": src, "out": out, "names": names, "cwd": tmp, "log": log}).encode() + b"\n"
+    def convert(self, src: str, names: list[str], tmp: str, timeout: float) -> Path:
+        """onnx2tf on ``src``, the fp32 .tflite written in ``tmp`` (returned) or ``TargetError``. A kept child found
+        ended when asked (killed from outside while it waited) hands the request to a new one."""
+        log, out, made = (os.path.join(tmp, name) for name in ("onnx2tf.log", "out", TFLITE))
+        asked = {"src": src, "out": out, "tflite": made, "names": names, "cwd": tmp, "log": log}
+        request = json.dumps(asked).encode() + b"\n"
         deadline = time.monotonic() + timeout
         with self.lock:
             kept = self.proc is not None
@@ -289,7 +290,7 @@ class _Converter:
             if not answer and kept:
                 self.close()
                 answer = self._ask(request, deadline, timeout)
-            ok = answer.strip() == b'{"ok": true}'
+            ok = answer == b"ok\n"
             ended = None if answer else self.proc.wait()  # type: ignore[union-attr]  # None: it answered
             self.uses += 1
             if not ok or self.uses >= self.MAX_USES:
@@ -298,6 +299,7 @@ class _Converter:
         if not ok:
             how = "raised" if ended is None else f"crashed (signal {-ended})" if ended < 0 else f"exit {ended}"
             raise TargetError(f"onnx2tf cannot convert the model ({how}): {converter_error(output)}")
+        return Path(made)
 
     def _ask(self, request: bytes, deadline: float, timeout: float) -> bytes:
         """The child's answer to ``request``, b"" when it ends first; TargetError (the child killed) at the
@@ -385,12 +387,7 @@ def to_tflite(model: bytes | Any, workdir: str | os.PathLike[str], *, timeout: f
         src = os.path.join(tmp, "model.onnx")
         with open(src, "wb") as f:
             f.write(data)
-        out = os.path.join(tmp, "out")
-        _CONVERTER.convert(src, out, names, tmp, timeout)
-        made = os.path.join(out, TFLITE)
-        if not os.path.isfile(made):
-            raise TargetError(f"onnx2tf cannot convert the model: it wrote no {TFLITE}")
-        os.replace(made, dest)
+        os.replace(_CONVERTER.convert(src, names, tmp, timeout), dest)
     _CONVERTED[key] = dest.read_bytes()
     while len(_CONVERTED) > 4:
         del _CONVERTED[next(iter(_CONVERTED))]
